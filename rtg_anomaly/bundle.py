@@ -1,0 +1,102 @@
+"""The fitted model on disk: a versioned folder of plain arrays and a JSON manifest.
+
+Nothing is unpickled on load, so a bundle from a stranger cannot run code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+FORMAT_NAME = "rtg-anomaly-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class BundleError(ValueError):
+    """A model bundle is missing, corrupt, from a newer version or does not fit."""
+
+
+def _array_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def save_bundle(folder: str | os.PathLike, manifest: dict, arrays: dict[str, np.ndarray]) -> Path:
+    """Write ``manifest.json`` and one ``<name>.npy`` per array, atomically.
+
+    The bundle is written to a temporary sibling folder and renamed into place;
+    an existing bundle at ``folder`` is replaced only once the new one is
+    complete. The manifest gains the format, and the shape, dtype and sha256 of
+    every array file.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
+    try:
+        entries = {}
+        for name, array in arrays.items():
+            data = _array_bytes(array)
+            (tmp / f"{name}.npy").write_bytes(data)
+            entries[name] = {"file": f"{name}.npy", "shape": list(array.shape), "dtype": str(array.dtype),
+                             "sha256": hashlib.sha256(data).hexdigest()}
+        full = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **manifest, "arrays": entries}
+        (tmp / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=False) + "\n")
+        if folder.exists():
+            old = folder.parent / f".{folder.name}.old-{os.getpid()}"
+            os.replace(folder, old)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def read_manifest(folder: str | os.PathLike) -> dict:
+    """The checked manifest of a bundle (format name and version)."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"no model bundle at {folder} (missing {MANIFEST}); run 'rtg-anomaly fit' first")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"model bundle {folder} has a corrupt {MANIFEST}: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise BundleError(f"{folder} is not an rtg-anomaly model bundle")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise BundleError(
+            f"model bundle {folder} has format version {version}, newer than this rtg-anomaly "
+            f"understands ({FORMAT_VERSION}); upgrade rtg-anomaly"
+        )
+    return manifest
+
+
+def load_bundle(folder: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
+    """Read and verify a bundle: (manifest, arrays). Any mismatch raises BundleError."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    arrays = {}
+    for name, entry in manifest.get("arrays", {}).items():
+        path = folder / entry["file"]
+        if not path.is_file() or path.parent != folder:
+            raise BundleError(f"model bundle {folder} is missing {entry['file']}")
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise BundleError(f"model bundle {folder}: checksum mismatch in {entry['file']} (file changed or corrupt)")
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+        if list(array.shape) != entry["shape"] or str(array.dtype) != entry["dtype"]:
+            raise BundleError(f"model bundle {folder}: {entry['file']} has an unexpected shape or dtype")
+        arrays[name] = array
+    return manifest, arrays

@@ -1,0 +1,114 @@
+"""Clean-score statistics: the unit of the anomaly map and thresholds at a false-alarm rate."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from statistics import NormalDist
+
+import numpy as np
+
+DEFAULT_FALSE_ALARM_RATE = 0.01
+PIXEL_QUANTILES = (0.5, 0.9, 0.99, 0.999)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What clean scans score, and the thresholds derived from it.
+
+    clean_level: raw map value that becomes 1.0 in calibrated units (the
+        median over clean scans of their image score).
+    image_scores: calibrated image scores of the clean calibration scans.
+    pixel_maxima: calibrated map maxima of the same scans.
+    pixel_quantiles: quantiles of all their pixel values, calibrated, keyed "0.99".
+    false_alarm_rate: share of clean scans allowed to be flagged.
+    image_threshold: calibrated image score above which a scan is anomalous.
+    pixel_threshold: calibrated map value above which a pixel is coloured in
+        calibrated mode (a clean scan has no pixel above it with probability
+        1 - false_alarm_rate).
+    n_scans: how many clean scans the figures rest on.
+    method: "empirical" quantile, or "normal-tail" when there are too few
+        scans for the rate (a log-normal fit extrapolates the tail).
+    warnings: human-readable caveats (too few scans, ...).
+    """
+
+    clean_level: float
+    image_scores: list[float]
+    pixel_maxima: list[float]
+    pixel_quantiles: dict[str, float]
+    false_alarm_rate: float
+    image_threshold: float
+    pixel_threshold: float
+    n_scans: int
+    method: str
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Calibration":
+        return cls(**values)
+
+
+def threshold_at_rate(clean_scores: np.ndarray, false_alarm_rate: float) -> tuple[float, str]:
+    """Score that at most ``false_alarm_rate`` of clean scans exceed.
+
+    With at least 1/rate scans it is the empirical (1 - rate) quantile. With
+    fewer, the empirical quantile is just the sample maximum and would
+    under-state the tail, so a normal fit to the log scores is extrapolated
+    and the larger of the two is used. Returns (threshold, method).
+    """
+    scores = np.asarray(clean_scores, dtype=np.float64)
+    if scores.size == 0:
+        raise ValueError("no clean scores to calibrate on")
+    if not 0.0 < false_alarm_rate < 1.0:
+        raise ValueError("false-alarm rate must be in (0, 1)")
+    empirical = float(np.quantile(scores, 1.0 - false_alarm_rate, method="higher"))
+    if scores.size * false_alarm_rate >= 1.0 or scores.size < 2:
+        return empirical, "empirical"
+    logs = np.log(np.maximum(scores, 1e-12))
+    z = NormalDist().inv_cdf(1.0 - false_alarm_rate)
+    tail = float(math.exp(logs.mean() + z * logs.std(ddof=1)))
+    return max(empirical, tail), "normal-tail"
+
+
+def calibrate(image_scores: np.ndarray, pixel_maxima: np.ndarray, pixel_samples: np.ndarray,
+              false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE, clean_level: float | None = None) -> Calibration:
+    """Build a Calibration from raw (uncalibrated) clean statistics.
+
+    image_scores, pixel_maxima: (n_scans,) raw scores of clean scans.
+    pixel_samples: (n,) raw map values sampled from those scans.
+    clean_level: keep an existing unit (recalibration); default: the median
+        of ``image_scores``.
+    """
+    image_scores = np.asarray(image_scores, dtype=np.float64)
+    if clean_level is None:
+        clean_level = float(np.median(image_scores))
+    if not clean_level > 0:
+        raise ValueError("clean scans score zero everywhere; cannot set the calibrated unit")
+    image_cal = image_scores / clean_level
+    maxima_cal = np.asarray(pixel_maxima, dtype=np.float64) / clean_level
+    image_threshold, method = threshold_at_rate(image_cal, false_alarm_rate)
+    pixel_threshold, _ = threshold_at_rate(maxima_cal, false_alarm_rate)
+    samples = np.asarray(pixel_samples, dtype=np.float64) / clean_level
+    quantiles = {f"{q:g}": float(np.quantile(samples, q)) for q in PIXEL_QUANTILES} if samples.size else {}
+    warnings = []
+    needed = int(math.ceil(1.0 / false_alarm_rate))
+    if image_scores.size < needed:
+        warnings.append(
+            f"calibration rests on {image_scores.size} clean scans; a false-alarm rate of {false_alarm_rate:g} "
+            f"needs at least {needed} to be measured (the threshold is extrapolated)"
+        )
+    return Calibration(
+        clean_level=float(clean_level),
+        image_scores=[float(s) for s in image_cal],
+        pixel_maxima=[float(s) for s in maxima_cal],
+        pixel_quantiles=quantiles,
+        false_alarm_rate=float(false_alarm_rate),
+        image_threshold=float(image_threshold),
+        pixel_threshold=float(pixel_threshold),
+        n_scans=int(image_scores.size),
+        method=method,
+        warnings=warnings,
+    )

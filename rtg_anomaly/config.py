@@ -1,0 +1,136 @@
+"""Every hyper-parameter of the detector, in one frozen, self-validating dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_BACKBONE = "vit_small_patch14_dinov2"
+IMAGE_SCORE_RULES = ("max", "top_mean")
+INTENSITY_WINDOWS = ("auto", "dtype", "percentile")
+
+
+class ConfigError(ValueError):
+    """A hyper-parameter has an invalid value."""
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Hyper-parameters of the PatchCore-style detector.
+
+    Sizes are in pixels of the original scan unless stated otherwise.
+
+    backbone: timm model name.
+    weights: local weights file; ``None`` picks the bundled file for the default
+        backbone (else the hub weights the normal timm way); ``"random"`` means
+        no pretrained weights (tests and ablations only).
+    model_kwargs: extra keyword arguments passed to ``timm.create_model``.
+    layers: indices of the backbone blocks whose patch tokens are used; several
+        are concatenated along the feature axis.
+    tile_size, overlap: square tiles cut from the scan; neighbours overlap by
+        ``overlap * tile_size`` pixels.
+    input_size: side of the square backbone input each tile is resized to
+        (``None``: the backbone's default).
+    neighbourhood: side of the average-pooling window applied to the patch grid
+        (1 = off); gives every patch feature some local context.
+    pca_dim: dimension kept after PCA (``None`` or >= feature dim: no reduction).
+    coreset_ratio / memory_bank_size: size of the memory bank, as a fraction of
+        all clean patches or as an absolute count (the count wins when given).
+    k: neighbours averaged for the patch score.
+    smoothing_sigma: Gaussian sigma of the anomaly map, in backbone patches
+        (converted to scan pixels through the tile scale).
+    image_score: ``"max"`` of the map or ``"top_mean"`` (mean of the top
+        ``top_fraction`` of map pixels).
+    intensity_window: ``"auto"`` (8-bit: full range; deeper: percentile window),
+        ``"dtype"`` (divide by the dtype maximum) or ``"percentile"``.
+    window_percentiles: low/high percentiles of the percentile window.
+    holdout_fraction: share of the clean scans held out to calibrate.
+    max_bank_size: hard cap on the memory bank (a final greedy pass enforces it).
+    max_patches_per_scan: cap on patches one scan contributes before its
+        per-scan coreset (bounded memory at fit time).
+    seed: the one seed for every random choice.
+    batch_size: tiles per backbone batch.
+    """
+
+    backbone: str = DEFAULT_BACKBONE
+    weights: str | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    layers: tuple[int, ...] = (7,)
+    tile_size: int = 512
+    overlap: float = 0.25
+    input_size: int | None = 448
+    neighbourhood: int = 3
+    pca_dim: int | None = 128
+    coreset_ratio: float = 0.1
+    memory_bank_size: int | None = None
+    k: int = 1
+    smoothing_sigma: float = 1.0
+    image_score: str = "max"
+    top_fraction: float = 0.001
+    intensity_window: str = "auto"
+    window_percentiles: tuple[float, float] = (0.5, 99.5)
+    holdout_fraction: float = 0.2
+    max_bank_size: int = 200_000
+    max_patches_per_scan: int = 100_000
+    seed: int = 0
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
+        object.__setattr__(self, "window_percentiles", tuple(float(p) for p in self.window_percentiles))
+        object.__setattr__(self, "model_kwargs", dict(self.model_kwargs))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first invalid field."""
+        checks = [
+            (bool(self.backbone), "backbone must be a timm model name"),
+            (len(self.layers) >= 1, "layers must name at least one block"),
+            (self.tile_size >= 8, "tile_size must be >= 8 pixels"),
+            (0.0 <= self.overlap < 1.0, "overlap must be in [0, 1)"),
+            (self.input_size is None or self.input_size >= 8, "input_size must be >= 8"),
+            (self.neighbourhood >= 1 and self.neighbourhood % 2 == 1, "neighbourhood must be an odd integer >= 1"),
+            (self.pca_dim is None or self.pca_dim >= 1, "pca_dim must be >= 1"),
+            (0.0 < self.coreset_ratio <= 1.0, "coreset_ratio must be in (0, 1]"),
+            (self.memory_bank_size is None or self.memory_bank_size >= 1, "memory_bank_size must be >= 1"),
+            (self.k >= 1, "k must be >= 1"),
+            (self.smoothing_sigma >= 0.0, "smoothing_sigma must be >= 0"),
+            (self.image_score in IMAGE_SCORE_RULES, f"image_score must be one of {IMAGE_SCORE_RULES}"),
+            (0.0 < self.top_fraction <= 1.0, "top_fraction must be in (0, 1]"),
+            (self.intensity_window in INTENSITY_WINDOWS, f"intensity_window must be one of {INTENSITY_WINDOWS}"),
+            (0.0 <= self.window_percentiles[0] < self.window_percentiles[1] <= 100.0
+             and len(self.window_percentiles) == 2, "window_percentiles must be (low, high) with 0 <= low < high <= 100"),
+            (0.0 <= self.holdout_fraction < 1.0, "holdout_fraction must be in [0, 1)"),
+            (self.max_bank_size >= 1, "max_bank_size must be >= 1"),
+            (self.max_patches_per_scan >= 1, "max_patches_per_scan must be >= 1"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    @property
+    def stride(self) -> int:
+        """Distance between neighbouring tile origins, in pixels."""
+        return max(1, int(round(self.tile_size * (1.0 - self.overlap))))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (tuples become lists)."""
+        out = dataclasses.asdict(self)
+        out["layers"] = list(self.layers)
+        out["window_percentiles"] = list(self.window_percentiles)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "DetectorConfig":
+        """Inverse of ``to_dict``; unknown keys are an error."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "DetectorConfig":
+        """A copy with some fields changed (validated)."""
+        return dataclasses.replace(self, **changes)

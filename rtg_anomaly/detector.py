@@ -1,0 +1,429 @@
+"""The library API: fit a detector on clean scans, score new scans, save and load it.
+
+    detector = Detector(DetectorConfig()).fit(paths)
+    result = detector.score("scan.bmp")        # AnomalyResult: heatmap, score, anomalous
+    detector.save("model_artifacts/default")
+    detector = Detector.load("model_artifacts/default", device="cuda")
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from . import __version__
+from .bundle import BundleError, load_bundle, read_manifest, save_bundle
+from .calibration import DEFAULT_FALSE_ALARM_RATE, Calibration, calibrate
+from .config import DetectorConfig
+from .features import FeatureExtractor, resolve_device
+from .intensity import apply_window, window_limits
+from .io import load_image
+from .memory_bank import StreamingCoreset, knn_distance, random_rows
+from .overlay import DEFAULT_COLOR_RANGE, percentile_mask, render_overlay
+from .pca import PCAProjection
+from .stitching import MapStitcher, gaussian_smooth
+from .tiling import extract_tiles, pad_to_tile, tile_grid
+
+ImageInput = "str | os.PathLike | np.ndarray"
+PCA_SAMPLE_TOTAL = 200_000
+CALIBRATION_PIXELS_PER_SCAN = 20_000
+
+
+class NotFittedError(RuntimeError):
+    """The detector was used before ``fit`` or ``load``."""
+
+
+class ImageTooSmallError(ValueError):
+    """The scan cannot hold a single backbone patch."""
+
+
+@dataclass
+class AnomalyResult:
+    """Outcome of scoring one scan.
+
+    heatmap: float32 (H, W), same size as the scan, calibrated units (1.0 = the
+        clean level), smoothed, before any display threshold.
+    score: image-level anomaly score in calibrated units (higher = more anomalous).
+    anomalous: score > image_threshold.
+    image_threshold, pixel_threshold: the calibrated thresholds used.
+    window: raw intensity (low, high) mapped to [0, 1] for this scan.
+    timings: seconds per stage (backbone, knn, stitch, smooth).
+    """
+
+    heatmap: np.ndarray
+    score: float
+    anomalous: bool
+    image_threshold: float
+    pixel_threshold: float
+    window: tuple[float, float]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Detector:
+    """PatchCore-style anomaly detector over tiled scans (sklearn-style estimator).
+
+    Parameters are stored by ``__init__``; learned state ends in ``_`` and is
+    set by ``fit`` or ``load``:
+      pca_: PCAProjection; memory_bank_: float32 (M, d); calibration_: Calibration;
+      backbone_digest_: sha256 of the backbone weights the bank was built with.
+    """
+
+    def __init__(self, config: DetectorConfig | None = None, device: str | torch.device = "auto"):
+        self.config = config or DetectorConfig()
+        self.device = device
+        self._extractor: FeatureExtractor | None = None
+        self._bank_on_device: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    # ------------------------------------------------------------------ backbone
+    @property
+    def extractor(self) -> FeatureExtractor:
+        """The frozen backbone, created on first use."""
+        if self._extractor is None:
+            self._extractor = FeatureExtractor(self.config, resolve_device(str(self.device)))
+        return self._extractor
+
+    def _patch_features(self, image: np.ndarray, timings: dict | None = None):
+        """Yield ``(origins, features)`` per batch of tiles of a scan.
+
+        origins: int (B, 2) tile corners (y, x) in the padded scan.
+        features: float32 tensor (B, h, w, D) on the device.
+        """
+        config = self.config
+        padded = pad_to_tile(image, config.tile_size)
+        low, high = window_limits(image, config.intensity_window, config.window_percentiles)
+        origins = tile_grid(padded.shape[0], padded.shape[1], config.tile_size, config.stride)
+        for start in range(0, len(origins), config.batch_size):
+            batch = origins[start : start + config.batch_size]
+            tiles = apply_window(extract_tiles(padded, batch, config.tile_size), low, high)
+            t0 = time.perf_counter()
+            features = self.extractor.embed(tiles)
+            if timings is not None:
+                _synchronise(features)
+                timings["backbone"] = timings.get("backbone", 0.0) + time.perf_counter() - t0
+            yield batch, features
+
+    def _valid_patches(self, origins: np.ndarray, image_shape: tuple[int, int]) -> np.ndarray:
+        """bool (B, h, w): patches whose centre lies inside the unpadded scan."""
+        h, w = self.extractor.grid
+        step_y, step_x = self.config.tile_size / h, self.config.tile_size / w
+        centres_y = origins[:, 0, None] + (np.arange(h) + 0.5) * step_y  # (B, h)
+        centres_x = origins[:, 1, None] + (np.arange(w) + 0.5) * step_x  # (B, w)
+        return (centres_y[:, :, None] < image_shape[0]) & (centres_x[:, None, :] < image_shape[1])
+
+    def _scan_features(self, image: np.ndarray) -> torch.Tensor:
+        """All valid patch features of a scan, (n_patches, D) float32 on the device."""
+        chunks = []
+        for origins, features in self._patch_features(image):
+            valid = torch.from_numpy(self._valid_patches(origins, image.shape[:2])).to(features.device)
+            chunks.append(features[valid])
+        return torch.cat(chunks)
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, images: Sequence, progress: bool = False,
+            on_bad_image: Callable[[object, Exception], None] | None = None) -> "Detector":
+        """Learn normality from clean scans.
+
+        images: paths or arrays ((H, W) or (H, W, 3), any dtype) of clean scans.
+        A seeded share (``holdout_fraction``) is held out: it is scored against
+        the bank built from the others to calibrate, then joins the bank.
+        on_bad_image: called with (item, error) for an unreadable image, which is
+            then skipped; without it the error propagates.
+        Returns self.
+        """
+        from tqdm import tqdm
+
+        config = self.config
+        images = list(images)
+        if not images:
+            raise ValueError("no clean images to fit on")
+        order = np.random.default_rng(config.seed).permutation(len(images))
+        n_holdout = 0
+        if config.holdout_fraction > 0 and len(images) >= 2:
+            n_holdout = min(len(images) - 1, max(1, int(round(config.holdout_fraction * len(images)))))
+        train_items = [images[i] for i in sorted(order[n_holdout:])]
+        holdout_items = [images[i] for i in sorted(order[:n_holdout])]
+
+        started = time.perf_counter()
+        builder = StreamingCoreset(config.coreset_ratio, seed=config.seed,
+                                   max_patches_per_scan=config.max_patches_per_scan)
+        pca_samples, n_train = [], 0
+        per_scan_sample = max(256, PCA_SAMPLE_TOTAL // max(1, len(train_items)))
+        bar = tqdm(total=len(images), unit="scan", desc="fit", disable=not progress, leave=False)
+        for item in train_items:
+            image = self._read(item, on_bad_image)
+            bar.update(1)
+            if image is None:
+                continue
+            features = self._scan_features(image)
+            rows = random_rows(features.shape[0], per_scan_sample, config.seed + n_train)
+            pca_samples.append(features[torch.from_numpy(rows).to(features.device)].cpu().numpy())
+            builder.add(features)
+            n_train += 1
+            bar.set_postfix(patches=builder.patches_seen, bank=builder.pool_size)
+        if n_train == 0:
+            bar.close()
+            raise ValueError("none of the clean images could be read")
+
+        self.pca_ = PCAProjection.fit(np.concatenate(pca_samples), config.pca_dim, seed=config.seed)
+        self.backbone_digest_ = self.extractor.digest
+        bank_cap = config.memory_bank_size or config.max_bank_size
+        self._set_bank(self.pca_.transform_numpy(builder.finish(bank_cap, self.extractor.device).numpy()))
+
+        image_scores, maxima, samples, n_calibration = [], [], [], 0
+        for item in holdout_items:
+            image = self._read(item, on_bad_image)
+            bar.update(1)
+            if image is None:
+                continue
+            raw_map, features = self._raw_map(image, keep_features=True)
+            image_scores.append(self._image_score(raw_map))
+            maxima.append(float(raw_map.max()))
+            samples.append(raw_map.reshape(-1)[random_rows(raw_map.size, CALIBRATION_PIXELS_PER_SCAN,
+                                                           config.seed + n_calibration)])
+            builder.add(features)
+            n_calibration += 1
+        bar.close()
+        self.calibration_ = None
+        if n_calibration == 0:
+            # Too few clean scans to hold any out: calibrate on the training scans (optimistic).
+            for item in train_items[: max(1, min(len(train_items), 10))]:
+                image = self._read(item, None if on_bad_image is None else (lambda *_: None))
+                if image is None:
+                    continue
+                raw_map = self._raw_map(image)
+                image_scores.append(self._image_score(raw_map))
+                maxima.append(float(raw_map.max()))
+                samples.append(raw_map.reshape(-1)[random_rows(raw_map.size, CALIBRATION_PIXELS_PER_SCAN, 0)])
+        else:
+            self._set_bank(self.pca_.transform_numpy(builder.finish(bank_cap, self.extractor.device).numpy()))
+        calibration = calibrate(np.array(image_scores), np.array(maxima), np.concatenate(samples),
+                                DEFAULT_FALSE_ALARM_RATE)
+        if n_calibration == 0:
+            calibration.warnings.append("no clean scan was held out: calibrated on training scans (optimistic)")
+        self.calibration_ = calibration
+        self.fit_info_ = {"n_train_scans": n_train, "n_calibration_scans": n_calibration,
+                          "patches_seen": builder.patches_seen, "memory_bank_size": int(self.memory_bank_.shape[0]),
+                          "seconds": time.perf_counter() - started}
+        return self
+
+    def _read(self, item, on_bad_image) -> np.ndarray | None:
+        try:
+            image = load_image(item) if isinstance(item, (str, os.PathLike)) else np.asarray(item)
+            self._check_size(image, item)
+            return image
+        except ValueError as exc:
+            if on_bad_image is None:
+                raise
+            on_bad_image(item, exc)
+            return None
+
+    def _check_size(self, image: np.ndarray, item) -> None:
+        h, w = self.extractor.grid
+        min_side = int(math.ceil(self.config.tile_size / min(h, w)))
+        if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
+            raise ImageTooSmallError(f"{_name(item)}: expected a grey or RGB image, got shape {image.shape}")
+        if min(image.shape[:2]) < min_side:
+            raise ImageTooSmallError(
+                f"{_name(item)}: image of {image.shape[1]}x{image.shape[0]} px is too small; "
+                f"one backbone patch covers {min_side} px at tile size {self.config.tile_size}"
+            )
+
+    def _set_bank(self, bank: np.ndarray) -> None:
+        self.memory_bank_ = np.ascontiguousarray(bank, dtype=np.float32)
+        self._bank_on_device = None
+
+    # ------------------------------------------------------------------ scoring
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "memory_bank_"):
+            raise NotFittedError("this Detector is not fitted yet: call fit() or Detector.load() first")
+
+    def _device_bank(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._bank_on_device is None:
+            bank = torch.from_numpy(self.memory_bank_).to(self.extractor.device)
+            self._bank_on_device = (bank, (bank * bank).sum(1))
+        return self._bank_on_device
+
+    def _raw_map(self, image: np.ndarray, keep_features: bool = False, timings: dict | None = None):
+        """Smoothed anomaly map in raw (uncalibrated) units, float32 (H, W).
+
+        With keep_features, also returns the scan's valid raw patch features.
+        """
+        config = self.config
+        padded_shape = (max(image.shape[0], config.tile_size), max(image.shape[1], config.tile_size))
+        stitcher = MapStitcher(padded_shape[0], padded_shape[1], config.tile_size, config.stride)
+        bank, bank_norms = self._device_bank()
+        kept = []
+        for origins, features in self._patch_features(image, timings):
+            if keep_features:
+                valid = torch.from_numpy(self._valid_patches(origins, image.shape[:2])).to(features.device)
+                kept.append(features[valid])
+            t0 = time.perf_counter()
+            b, h, w, d = features.shape
+            projected = self.pca_.transform(features.reshape(-1, d))
+            scores = knn_distance(projected, bank, config.k, bank_norms).reshape(b, h, w).cpu().numpy()
+            t1 = time.perf_counter()
+            for (y, x), patch_map in zip(origins, scores):
+                stitcher.add(int(y), int(x), patch_map)
+            if timings is not None:
+                timings["knn"] = timings.get("knn", 0.0) + t1 - t0
+                timings["stitch"] = timings.get("stitch", 0.0) + time.perf_counter() - t1
+        t0 = time.perf_counter()
+        anomaly_map = stitcher.result()[: image.shape[0], : image.shape[1]]
+        anomaly_map = gaussian_smooth(np.ascontiguousarray(anomaly_map), self.smoothing_pixels)
+        if timings is not None:
+            timings["smooth"] = time.perf_counter() - t0
+        return (anomaly_map, torch.cat(kept)) if keep_features else anomaly_map
+
+    @property
+    def smoothing_pixels(self) -> float:
+        """Gaussian sigma of the map in scan pixels (config sigma is in patches)."""
+        return self.config.smoothing_sigma * self.config.tile_size / self.extractor.grid[0]
+
+    def _image_score(self, anomaly_map: np.ndarray) -> float:
+        if self.config.image_score == "max":
+            return float(anomaly_map.max())
+        flat = anomaly_map.reshape(-1)
+        n_top = max(1, int(round(self.config.top_fraction * flat.size)))
+        return float(np.partition(flat, flat.size - n_top)[-n_top:].mean())
+
+    def load_scan(self, item) -> np.ndarray:
+        """Read and check one scan (path or array) as the detector sees it."""
+        image = load_image(item) if isinstance(item, (str, os.PathLike)) else np.asarray(item)
+        self._check_size(image, item)
+        return image
+
+    def score(self, image, timings: dict | None = None) -> AnomalyResult:
+        """Anomaly map and score of one scan (path or array (H, W) / (H, W, 3)).
+
+        Pass a dict as ``timings`` to have the seconds per stage added to it.
+        """
+        self._check_fitted()
+        image = self.load_scan(image)
+        stage_times = {} if timings is None else timings
+        anomaly_map = self._raw_map(image, timings=stage_times)
+        raw_score = self._image_score(anomaly_map)
+        calibration = self.calibration_
+        anomaly_map /= np.float32(calibration.clean_level)
+        score = raw_score / calibration.clean_level
+        return AnomalyResult(
+            heatmap=anomaly_map, score=float(score), anomalous=bool(score > calibration.image_threshold),
+            image_threshold=calibration.image_threshold, pixel_threshold=calibration.pixel_threshold,
+            window=window_limits(image, self.config.intensity_window, self.config.window_percentiles),
+            timings=stage_times,
+        )
+
+    def overlay(self, image: np.ndarray, result: AnomalyResult, threshold: str = "percentile",
+                percentile: float = 90.0, color_range: tuple[float, float] = DEFAULT_COLOR_RANGE,
+                alpha: float = 0.6) -> np.ndarray:
+        """uint8 (H, W, 3) colour overlay of ``result`` on ``image``.
+
+        threshold: ``"percentile"`` colours pixels at or above the ``percentile``-th
+        percentile of this scan's map; ``"calibrated"`` colours only pixels above
+        the calibrated pixel threshold (a clean scan stays uncoloured). Either
+        way the colours follow the fixed calibrated scale ``color_range``.
+        """
+        if threshold == "percentile":
+            mask = percentile_mask(result.heatmap, percentile)
+        elif threshold == "calibrated":
+            mask = result.heatmap > result.pixel_threshold
+        else:
+            raise ValueError(f"unknown threshold mode {threshold!r}")
+        scan = apply_window(image, *result.window)
+        return render_overlay(scan, result.heatmap, mask, color_range=color_range, alpha=alpha)
+
+    # ------------------------------------------------------------------ calibration
+    def calibrate(self, images: Iterable, false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
+                  on_bad_image: Callable[[object, Exception], None] | None = None) -> Calibration:
+        """Re-derive the thresholds from extra clean scans, keeping the calibrated unit.
+
+        Sets and returns ``calibration_``.
+        """
+        self._check_fitted()
+        scores, maxima, samples = [], [], []
+        for index, item in enumerate(images):
+            image = self._read(item, on_bad_image)
+            if image is None:
+                continue
+            raw_map = self._raw_map(image)
+            scores.append(self._image_score(raw_map))
+            maxima.append(float(raw_map.max()))
+            samples.append(raw_map.reshape(-1)[random_rows(raw_map.size, CALIBRATION_PIXELS_PER_SCAN, index)])
+        if not scores:
+            raise ValueError("no clean scan could be read to calibrate on")
+        self.calibration_ = calibrate(np.array(scores), np.array(maxima), np.concatenate(samples),
+                                      false_alarm_rate, clean_level=self.calibration_.clean_level)
+        return self.calibration_
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write the fitted model as a bundle folder (atomic; see bundle.py)."""
+        self._check_fitted()
+        import timm
+
+        info = self.extractor.weights_info
+        manifest = {
+            "package_version": __version__,
+            "config": self.config.to_dict(),
+            "backbone": {
+                "name": self.config.backbone,
+                "weights_file": None if info["weights"] in ("hub", "random") else Path(info["weights"]).name,
+                "weights_source": "file" if info["weights_sha256"] else info["weights"],
+                "weights_sha256": info["weights_sha256"],
+                "state_dict_sha256": self.backbone_digest_,
+                "feature_dim": self.extractor.feature_dim,
+                "input_size": self.extractor.input_size,
+                "grid": list(self.extractor.grid),
+            },
+            "calibration": self.calibration_.to_dict(),
+            "fit": {k: v for k, v in self.fit_info_.items() if k != "seconds"},
+            "versions": {"torch": torch.__version__.split("+")[0], "timm": timm.__version__, "numpy": np.__version__},
+        }
+        arrays = {"memory_bank": self.memory_bank_, **self.pca_.to_arrays()}
+        return save_bundle(folder, manifest, arrays)
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike, device: str | torch.device = "auto") -> "Detector":
+        """Load a bundle and its backbone; refuses a bundle built on other backbone weights."""
+        manifest = read_manifest(folder)
+        try:
+            config = DetectorConfig.from_dict(manifest["config"])
+            calibration = Calibration.from_dict(manifest["calibration"])
+            backbone = manifest["backbone"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"model bundle {folder} has an invalid manifest: {exc}") from None
+        manifest, arrays = load_bundle(folder)
+        detector = cls(config, device=device)
+        extractor = detector.extractor
+        if extractor.digest != backbone.get("state_dict_sha256"):
+            raise BundleError(
+                f"model bundle {folder} was fitted with other backbone weights than {config.backbone!r} "
+                f"loaded from {extractor.weights_info['weights']}; refit or pass the original weights"
+            )
+        try:
+            detector.pca_ = PCAProjection.from_arrays(arrays)
+            bank = arrays["memory_bank"]
+        except KeyError as exc:
+            raise BundleError(f"model bundle {folder} lacks array {exc}") from None
+        if detector.pca_.mean.shape[0] != extractor.feature_dim or bank.shape[1] != detector.pca_.output_dim:
+            raise BundleError(f"model bundle {folder} does not match the feature size of {config.backbone!r}")
+        detector._set_bank(bank)
+        detector.calibration_ = calibration
+        detector.backbone_digest_ = backbone["state_dict_sha256"]
+        detector.fit_info_ = dict(manifest.get("fit", {}))
+        return detector
+
+
+def _synchronise(tensor: torch.Tensor) -> None:
+    if tensor.device.type == "cuda":
+        torch.cuda.synchronize(tensor.device)
+
+
+def _name(item) -> str:
+    return str(item) if isinstance(item, (str, os.PathLike)) else "image"

@@ -1,0 +1,211 @@
+"""Frozen timm backbone: device choice, weights, preprocessing and batched patch embedding."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import DEFAULT_BACKBONE, DetectorConfig
+
+# Weights shipped with the project so the default works offline on a fresh machine.
+BUNDLED_WEIGHTS = {DEFAULT_BACKBONE: "vit_small_patch14_dinov2.imgfocus_fp16.safetensors"}
+
+
+class BackboneError(ValueError):
+    """The backbone or its weights cannot be created or loaded."""
+
+
+class DeviceError(ValueError):
+    """The requested compute device is not available."""
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """Turn ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` into an available torch device."""
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {name!r} was requested but CUDA is not available on this machine")
+        index = name.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            raise DeviceError(f"device {name!r} does not exist ({torch.cuda.device_count()} CUDA device(s) found)")
+        return torch.device(name)
+    raise DeviceError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)")
+
+
+def backbones_dirs() -> list[Path]:
+    """Folders searched for bundled backbone weights, in order."""
+    dirs = []
+    if os.environ.get("RTG_ANOMALY_BACKBONES"):
+        dirs.append(Path(os.environ["RTG_ANOMALY_BACKBONES"]))
+    dirs.append(Path(__file__).resolve().parent.parent / "model_artifacts" / "backbones")
+    dirs.append(Path.cwd() / "model_artifacts" / "backbones")
+    return dirs
+
+
+def resolve_weights(config: DetectorConfig) -> str | None:
+    """Where the backbone's weights come from.
+
+    Returns a local file path, ``"random"`` (no pretrained weights) or ``None``
+    (the timm hub weights). An explicit file must exist.
+    """
+    if config.weights == "random":
+        return "random"
+    if config.weights:
+        path = Path(config.weights).expanduser()
+        if not path.is_file():
+            raise BackboneError(f"weights file {path} does not exist")
+        return str(path.resolve())
+    bundled = BUNDLED_WEIGHTS.get(config.backbone)
+    if bundled:
+        for folder in backbones_dirs():
+            if (folder / bundled).is_file():
+                return str((folder / bundled).resolve())
+    return None
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def state_dict_digest(model: torch.nn.Module) -> str:
+    """Hex sha256 over every parameter and buffer (names and float32 values).
+
+    Identifies the backbone's actual weights whatever their source (file, hub
+    or seeded random init), so a bundle can refuse a different backbone.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def create_backbone(config: DetectorConfig) -> tuple[torch.nn.Module, dict]:
+    """Build the frozen timm model in eval mode on the CPU.
+
+    Returns ``(model, info)`` where info holds ``weights`` (source) and
+    ``weights_sha256`` (of the file, when there is one).
+    """
+    import timm  # imported here: timm is slow to import and not needed to load arrays
+
+    weights = resolve_weights(config)
+    kwargs = dict(num_classes=0, **config.model_kwargs)
+    if weights == "random":
+        kwargs["pretrained"] = False
+        torch.manual_seed(config.seed)
+    elif weights is None:
+        kwargs["pretrained"] = True
+    else:
+        kwargs["pretrained"] = True
+        kwargs["pretrained_cfg_overlay"] = dict(file=weights)
+    if config.input_size is not None:
+        kwargs.setdefault("img_size", config.input_size)
+    try:
+        try:
+            model = timm.create_model(config.backbone, **kwargs)
+        except TypeError as exc:  # CNNs take no img_size
+            if "img_size" not in str(exc):
+                raise
+            kwargs.pop("img_size")
+            model = timm.create_model(config.backbone, **kwargs)
+    except RuntimeError as exc:
+        if "Unknown model" in str(exc):
+            raise BackboneError(f"unknown timm model {config.backbone!r}") from None
+        raise BackboneError(f"cannot create backbone {config.backbone!r}: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # hub download failures, bad weight files
+        hint = " (no internet? pass --weights FILE)" if weights is None else ""
+        raise BackboneError(f"cannot load weights for {config.backbone!r}{hint}: {str(exc).splitlines()[0]}") from None
+    if not hasattr(model, "forward_intermediates"):
+        raise BackboneError(f"backbone {config.backbone!r} does not expose intermediate features")
+    model.eval().requires_grad_(False)
+    info = {"weights": weights or "hub", "weights_sha256": sha256_file(weights) if weights not in (None, "random") else None}
+    return model, info
+
+
+class FeatureExtractor:
+    """Patch features of image tiles from intermediate blocks of a frozen backbone.
+
+    Attributes:
+      device: torch device the model runs on.
+      input_size: side of the square model input, in pixels.
+      grid: (h, w) patch grid per tile.
+      feature_dim: D, channels per patch feature.
+      digest: sha256 of the backbone weights as loaded (see ``state_dict_digest``).
+    """
+
+    def __init__(self, config: DetectorConfig, device: torch.device | str = "cpu"):
+        self.config = config
+        self.device = resolve_device(str(device)) if not isinstance(device, torch.device) else device
+        model, self.weights_info = create_backbone(config)
+        self.digest = state_dict_digest(model)
+        data_cfg = model.pretrained_cfg
+        self.input_size = int(config.input_size or data_cfg.get("input_size", (3, 224, 224))[-1])
+        self.mean = torch.tensor(data_cfg.get("mean", (0.485, 0.456, 0.406)), dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(data_cfg.get("std", (0.229, 0.224, 0.225)), dtype=torch.float32).view(1, 3, 1, 1)
+        patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+        if patch is not None and self.input_size % int(patch[0]) != 0:
+            raise BackboneError(f"input size {self.input_size} is not a multiple of the patch size {patch[0]}")
+        self.model = model.to(self.device)
+        if self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.mean, self.std = self.mean.to(self.device), self.std.to(self.device)
+        probe = self._forward(torch.zeros(1, 3, self.input_size, self.input_size, device=self.device))
+        self.grid = (int(probe.shape[1]), int(probe.shape[2]))
+        self.feature_dim = int(probe.shape[3])
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) normalised input -> (B, h, w, D) float32 features."""
+        layers = list(self.config.layers)
+        with torch.inference_mode(), torch.autocast(
+            device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"
+        ):
+            try:
+                maps = self.model.forward_intermediates(
+                    batch, indices=layers, intermediates_only=True, stop_early=True, output_fmt="NCHW"
+                )
+            except (IndexError, AssertionError, ValueError) as exc:
+                raise BackboneError(f"layers {layers} not available in {self.config.backbone!r}: {exc}") from None
+            size = maps[0].shape[-2:]
+            maps = [m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+                    for m in maps]
+            features = torch.cat(maps, dim=1).float()
+            n = self.config.neighbourhood
+            if n > 1:
+                features = F.avg_pool2d(features, n, stride=1, padding=n // 2, count_include_pad=False)
+        return features.permute(0, 2, 3, 1).contiguous()
+
+    def to_input(self, tiles: np.ndarray) -> torch.Tensor:
+        """(T, S, S) or (T, S, S, 3) float32 tiles in [0, 1] -> normalised (T, 3, s, s) on the device."""
+        batch = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device, non_blocking=True)
+        batch = batch.unsqueeze(1).expand(-1, 3, -1, -1) if batch.ndim == 3 else batch.permute(0, 3, 1, 2)
+        if batch.shape[-1] != self.input_size or batch.shape[-2] != self.input_size:
+            batch = F.interpolate(batch, size=(self.input_size, self.input_size), mode="bilinear",
+                                  align_corners=False, antialias=True)
+        batch = (batch - self.mean) / self.std
+        if self.device.type == "cuda":
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+
+    def embed(self, tiles: np.ndarray) -> torch.Tensor:
+        """Patch features of tiles, in batches of ``config.batch_size``.
+
+        tiles: float32 array (T, S, S) or (T, S, S, 3), values in [0, 1].
+        Returns a float32 tensor (T, h, w, D) on ``self.device``.
+        """
+        outputs = [self._forward(self.to_input(tiles[i : i + self.config.batch_size]))
+                   for i in range(0, len(tiles), self.config.batch_size)]
+        return torch.cat(outputs)

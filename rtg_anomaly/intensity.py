@@ -1,0 +1,47 @@
+"""Mapping raw detector values (8-bit, 16-bit, float) to [0, 1] before the backbone."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def window_limits(image: np.ndarray, window: str = "auto",
+                  percentiles: tuple[float, float] = (0.5, 99.5)) -> tuple[float, float]:
+    """Raw values (low, high) that map to 0 and 1 for this scan.
+
+    window:
+      ``"dtype"``: the dtype's full range (uint8 -> 0..255, uint16 -> 0..65535;
+      floats are taken as already in [0, 1]).
+      ``"percentile"``: the ``percentiles`` (low, high) of this scan. Robust to
+      the narrow band of the 16-bit range a detector uses and to exposure
+      changes between scans; a local anomaly barely moves it.
+      ``"auto"``: ``"dtype"`` for 8-bit scans, ``"percentile"`` for deeper ones.
+    """
+    if window == "auto":
+        window = "dtype" if image.dtype == np.uint8 else "percentile"
+    if window == "dtype":
+        high = float(np.iinfo(image.dtype).max) if np.issubdtype(image.dtype, np.integer) else 1.0
+        return 0.0, high
+    if window == "percentile":
+        low, high = np.percentile(_subsample(image), percentiles)
+        return float(low), float(high) if high > low else float(low) + 1.0
+    raise ValueError(f"unknown intensity window {window!r}")
+
+
+def apply_window(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """float32 array of the same shape, ``(values - low) / (high - low)`` clipped to [0, 1]."""
+    scaled = (values.astype(np.float32) - np.float32(low)) * np.float32(1.0 / (high - low))
+    return np.clip(scaled, 0.0, 1.0, out=scaled)
+
+
+def normalise_intensity(image: np.ndarray, window: str = "auto",
+                        percentiles: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:
+    """Window a whole scan into float32 values in [0, 1], same shape as ``image``."""
+    return apply_window(image, *window_limits(image, window, percentiles))
+
+
+def _subsample(values: np.ndarray, max_values: int = 1_000_000) -> np.ndarray:
+    """A regular subsample of pixels, so percentiles of huge scans stay cheap."""
+    flat = values.reshape(-1)
+    step = max(1, flat.size // max_values)
+    return flat[::step]

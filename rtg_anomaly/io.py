@@ -1,0 +1,131 @@
+"""Reading and writing scans: every common format, 8- and 16-bit, nothing clipped."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_SUFFIXES = (".bmp", ".png", ".tif", ".tiff", ".jpg", ".jpeg")
+# Vehicle scans are large (4000 x 12000 and more); Pillow's default bomb guard
+# (89 Mpx) would refuse legitimate scans, so allow up to 1 Gpx.
+Image.MAX_IMAGE_PIXELS = 1_000_000_000
+
+
+class ImageReadError(ValueError):
+    """An image file is missing, unreadable, truncated or not an image."""
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Read one scan with its full dynamic range.
+
+    Returns an array of shape (H, W) for grey or (H, W, 3) for colour, in the
+    file's own dtype: uint8, uint16 (16-bit PNG/TIFF) or float32 (float TIFF).
+    Alpha channels are dropped; palette images become RGB.
+    Raises ImageReadError with a one-line reason.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"cannot read image {path}: no such file")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return _to_array(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        reason = str(exc).split("\n")[0] or type(exc).__name__
+        if isinstance(exc, UnidentifiedImageError):
+            reason = "not a recognised image file"
+        raise ImageReadError(f"cannot read image {path}: {reason}") from None
+
+
+def _to_array(img: Image.Image) -> np.ndarray:
+    mode = img.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+        array = np.asarray(img).astype(np.uint16)
+    elif mode == "I":
+        array = np.asarray(img)
+        # 16-bit PNGs may decode as 32-bit "I"; keep them uint16 when they fit.
+        array = array.astype(np.uint16) if array.min() >= 0 and array.max() <= 65535 else array.astype(np.float32)
+    elif mode == "F":
+        array = np.asarray(img, dtype=np.float32)
+    elif mode in ("L", "1", "LA", "La"):
+        array = np.asarray(img.convert("L"))
+    else:  # RGB, RGBA, P, CMYK, YCbCr ...: 8 bits per channel
+        array = np.asarray(img.convert("RGB"))
+    if array.ndim == 3 and array.shape[2] == 3 and _is_grey(array):
+        array = array[..., 0]
+    if array.size == 0:
+        raise ValueError("image has no pixels")
+    return np.ascontiguousarray(array)
+
+
+def _is_grey(rgb: np.ndarray) -> bool:
+    """True when the three channels are equal (grey stored in an RGB container)."""
+    return bool(np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]))
+
+
+def save_image(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Write a uint8 (H, W) or (H, W, 3) image atomically, in the format of the suffix.
+
+    The file appears complete or not at all (written to a temporary file in the
+    same folder, then renamed).
+    """
+    path = Path(path)
+    check_output_path(path)
+    fmt = _pil_format(path)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix, delete=False) as tmp:
+        tmp_path = Path(tmp.name)
+    try:
+        Image.fromarray(np.ascontiguousarray(image)).save(tmp_path, format=fmt)
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def save_array(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write a ``.npy`` file atomically (no pickles)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise ImageReadError(f"cannot write {path}: folder {path.parent} does not exist")
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.stem}.", suffix=".npy", delete=False) as tmp:
+        tmp_path = Path(tmp.name)
+        np.save(tmp, array, allow_pickle=False)
+    os.replace(tmp_path, path)
+
+
+def _pil_format(path: Path) -> str:
+    formats = {".bmp": "BMP", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG"}
+    try:
+        return formats[path.suffix.lower()]
+    except KeyError:
+        raise ImageReadError(
+            f"cannot write {path}: unknown image format {path.suffix!r} (use one of {', '.join(IMAGE_SUFFIXES)})"
+        ) from None
+
+
+def check_output_path(path: str | os.PathLike, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> None:
+    """Fail early, before any work, if an output file cannot be written there."""
+    path = Path(path)
+    if path.suffix.lower() not in suffixes:
+        raise ImageReadError(f"cannot write {path}: expected one of {', '.join(suffixes)}")
+    if not path.parent.is_dir():
+        raise ImageReadError(f"cannot write {path}: folder {path.parent} does not exist")
+    if path.is_dir():
+        raise ImageReadError(f"cannot write {path}: it is a folder")
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files directly inside ``folder``, sorted by name.
+
+    Raises ImageReadError when the folder is missing or holds no image file.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ImageReadError(f"folder {folder} does not exist")
+    paths = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise ImageReadError(f"folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return paths

@@ -1,0 +1,125 @@
+"""Memory bank: seeded approximate greedy coreset and chunked nearest-neighbour distances."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+# Bound on the temporary distance block of the kNN, in elements (128 MiB of float32).
+_DISTANCE_BLOCK = 1 << 25
+
+
+def greedy_coreset(features: torch.Tensor, n_select: int, seed: int = 0, projection_dim: int = 128) -> torch.Tensor:
+    """Indices of an approximate greedy (k-centre) coreset.
+
+    features: tensor (N, D). Distances are measured after a seeded Gaussian
+    random projection to ``projection_dim`` (PatchCore's approximation); each
+    step keeps only the (N,) vector of distances to the chosen set, never an
+    N x N matrix. Runs on the features' device (GPU when there is one).
+    Returns a long tensor (min(n_select, N),) of distinct indices, on the CPU.
+    """
+    n = features.shape[0]
+    if n_select >= n:
+        return torch.arange(n)
+    generator = torch.Generator().manual_seed(seed)
+    points = features.float()
+    if points.shape[1] > projection_dim:
+        projection = torch.randn(points.shape[1], projection_dim, generator=generator) / math.sqrt(projection_dim)
+        points = points @ projection.to(points.device)
+    squared_norms = (points * points).sum(1)
+    selected = torch.empty(n_select, dtype=torch.long)
+    index = int(torch.randint(n, (1,), generator=generator))
+    min_distance = torch.full((n,), float("inf"), device=points.device)
+    for step in range(n_select):
+        selected[step] = index
+        chosen = points[index]
+        distance = squared_norms - 2.0 * (points @ chosen) + squared_norms[index]
+        torch.minimum(min_distance, distance, out=min_distance)
+        index = int(torch.argmax(min_distance))
+    return selected
+
+
+def knn_distance(queries: torch.Tensor, bank: torch.Tensor, k: int = 1,
+                 bank_squared_norms: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean Euclidean distance from each query to its ``k`` nearest bank rows.
+
+    queries: (Q, d); bank: (M, d), on the same device. Work is chunked over
+    queries and bank so the temporary distance block never exceeds
+    ``_DISTANCE_BLOCK`` elements: no full Q x M matrix is formed.
+    Returns a float32 tensor (Q,).
+    """
+    k = min(k, bank.shape[0])
+    queries = queries.to(bank.dtype)
+    if bank_squared_norms is None:
+        bank_squared_norms = (bank.float() ** 2).sum(1)
+    bank_chunk = min(bank.shape[0], 65536)
+    query_chunk = max(1, _DISTANCE_BLOCK // bank_chunk)
+    result = torch.empty(queries.shape[0], device=queries.device, dtype=torch.float32)
+    for q0 in range(0, queries.shape[0], query_chunk):
+        q = queries[q0 : q0 + query_chunk]
+        q_norms = (q.float() ** 2).sum(1, keepdim=True)
+        best = None
+        for b0 in range(0, bank.shape[0], bank_chunk):
+            products = (q @ bank[b0 : b0 + bank_chunk].T).float()
+            distance = q_norms + bank_squared_norms[b0 : b0 + bank_chunk] - 2.0 * products
+            nearest = torch.topk(distance, k, dim=1, largest=False).values
+            best = nearest if best is None else torch.topk(torch.cat([best, nearest], 1), k, dim=1, largest=False).values
+        result[q0 : q0 + query_chunk] = best.clamp_min_(0.0).sqrt_().mean(1)
+    return result
+
+
+class StreamingCoreset:
+    """Builds the memory bank from scans one at a time, in bounded memory.
+
+    Each scan's patch features are first cut to at most ``max_patches_per_scan``
+    (seeded random subsample), then reduced by a greedy coreset to
+    ``ratio`` of their count, and the survivors pooled. ``finish`` runs one more
+    greedy pass over the pool when it holds more than the requested bank size.
+    Peak memory: the pool (about ``ratio`` of all patches, on the CPU) plus one
+    scan's features.
+    """
+
+    def __init__(self, ratio: float, seed: int = 0, max_patches_per_scan: int = 100_000):
+        self.ratio = ratio
+        self.seed = seed
+        self.max_patches_per_scan = max_patches_per_scan
+        self.patches_seen = 0
+        self._pool: list[torch.Tensor] = []
+        self._scans = 0
+
+    def add(self, features: torch.Tensor) -> None:
+        """features: (n, D) patch features of one scan (any device)."""
+        self.patches_seen += features.shape[0]
+        seed = self.seed + self._scans
+        self._scans += 1
+        if features.shape[0] > self.max_patches_per_scan:
+            generator = torch.Generator().manual_seed(seed)
+            keep = torch.randperm(features.shape[0], generator=generator)[: self.max_patches_per_scan]
+            features = features[keep.to(features.device)]
+        n_keep = max(1, int(math.ceil(self.ratio * features.shape[0])))
+        chosen = greedy_coreset(features, n_keep, seed=seed)
+        self._pool.append(features[chosen.to(features.device)].float().cpu())
+
+    @property
+    def pool_size(self) -> int:
+        return sum(p.shape[0] for p in self._pool)
+
+    def finish(self, max_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """The pooled bank (M, D) float32 on the CPU, reduced to at most ``max_size`` rows."""
+        if not self._pool:
+            raise ValueError("no features were added to the memory bank")
+        pool = torch.cat(self._pool)
+        if pool.shape[0] > max_size:
+            chosen = greedy_coreset(pool.to(device), max_size, seed=self.seed)
+            pool = pool[chosen]
+        return pool
+
+
+def random_rows(n_rows: int, n_pick: int, seed: int) -> np.ndarray:
+    """Sorted distinct row indices, a seeded uniform sample of ``n_pick`` out of ``n_rows``."""
+    rng = np.random.default_rng(seed)
+    if n_pick >= n_rows:
+        return np.arange(n_rows)
+    return np.sort(rng.choice(n_rows, size=n_pick, replace=False))
