@@ -15,18 +15,21 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import InputError
+
 FORMAT_NAME = "rtg-anomaly-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 
 
-class BundleError(ValueError):
+class BundleError(InputError):
     """A model bundle is missing, corrupt, from a newer version or does not fit."""
 
 
 def _array_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    # np.asarray keeps 0-d arrays 0-d (np.ascontiguousarray would make them (1,) and break the shape check)
+    np.save(buffer, np.asarray(array, order="C"), allow_pickle=False)
     return buffer.getvalue()
 
 
@@ -53,7 +56,11 @@ def save_bundle(folder: str | os.PathLike, manifest: dict, arrays: dict[str, np.
         if folder.exists():
             old = folder.parent / f".{folder.name}.old-{os.getpid()}"
             os.replace(folder, old)
-            os.replace(tmp, folder)
+            try:
+                os.replace(tmp, folder)
+            except BaseException:
+                os.replace(old, folder)  # put the previous bundle back
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, folder)
@@ -95,7 +102,10 @@ def load_bundle(folder: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]
         data = path.read_bytes()
         if hashlib.sha256(data).hexdigest() != entry["sha256"]:
             raise BundleError(f"model bundle {folder}: checksum mismatch in {entry['file']} (file changed or corrupt)")
-        array = np.load(io.BytesIO(data), allow_pickle=False)
+        try:
+            array = np.load(io.BytesIO(data), allow_pickle=False)
+        except ValueError as exc:  # e.g. an object (pickled) array: never unpickled
+            raise BundleError(f"model bundle {folder}: cannot read {entry['file']}: {exc}") from None
         if list(array.shape) != entry["shape"] or str(array.dtype) != entry["dtype"]:
             raise BundleError(f"model bundle {folder}: {entry['file']} has an unexpected shape or dtype")
         arrays[name] = array

@@ -8,6 +8,8 @@ from statistics import NormalDist
 
 import numpy as np
 
+from .errors import InputError
+
 DEFAULT_FALSE_ALARM_RATE = 0.01
 PIXEL_QUANTILES = (0.5, 0.9, 0.99, 0.999)
 
@@ -61,9 +63,9 @@ def threshold_at_rate(clean_scores: np.ndarray, false_alarm_rate: float) -> tupl
     """
     scores = np.asarray(clean_scores, dtype=np.float64)
     if scores.size == 0:
-        raise ValueError("no clean scores to calibrate on")
+        raise InputError("no clean scores to calibrate on")
     if not 0.0 < false_alarm_rate < 1.0:
-        raise ValueError("false-alarm rate must be in (0, 1)")
+        raise InputError("false-alarm rate must be in (0, 1)")
     empirical = float(np.quantile(scores, 1.0 - false_alarm_rate, method="higher"))
     if scores.size * false_alarm_rate >= 1.0 or scores.size < 2:
         return empirical, "empirical"
@@ -86,7 +88,7 @@ def calibrate(image_scores: np.ndarray, pixel_maxima: np.ndarray, pixel_samples:
     if clean_level is None:
         clean_level = float(np.median(image_scores))
     if not clean_level > 0:
-        raise ValueError("clean scans score zero everywhere; cannot set the calibrated unit")
+        raise InputError("clean scans score zero everywhere; cannot set the calibrated unit")
     image_cal = image_scores / clean_level
     maxima_cal = np.asarray(pixel_maxima, dtype=np.float64) / clean_level
     image_threshold, method = threshold_at_rate(image_cal, false_alarm_rate)

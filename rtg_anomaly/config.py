@@ -6,12 +6,14 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import InputError
+
 DEFAULT_BACKBONE = "vit_small_patch14_dinov2"
 IMAGE_SCORE_RULES = ("max", "top_mean")
 INTENSITY_WINDOWS = ("auto", "dtype", "percentile")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A hyper-parameter has an invalid value."""
 
 

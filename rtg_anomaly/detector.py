@@ -22,6 +22,7 @@ from . import __version__
 from .bundle import BundleError, load_bundle, read_manifest, save_bundle
 from .calibration import DEFAULT_FALSE_ALARM_RATE, Calibration, calibrate
 from .config import DetectorConfig
+from .errors import InputError
 from .features import FeatureExtractor, resolve_device
 from .intensity import apply_window, window_limits
 from .io import load_image
@@ -40,7 +41,7 @@ class NotFittedError(RuntimeError):
     """The detector was used before ``fit`` or ``load``."""
 
 
-class ImageTooSmallError(ValueError):
+class ImageTooSmallError(InputError):
     """The scan cannot hold a single backbone patch."""
 
 
@@ -127,7 +128,8 @@ class Detector:
 
     # ------------------------------------------------------------------ fit
     def fit(self, images: Sequence, progress: bool = False,
-            on_bad_image: Callable[[object, Exception], None] | None = None) -> "Detector":
+            on_bad_image: Callable[[object, Exception], None] | None = None,
+            false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE) -> "Detector":
         """Learn normality from clean scans.
 
         images: paths or arrays ((H, W) or (H, W, 3), any dtype) of clean scans.
@@ -135,6 +137,7 @@ class Detector:
         the bank built from the others to calibrate, then joins the bank.
         on_bad_image: called with (item, error) for an unreadable image, which is
             then skipped; without it the error propagates.
+        false_alarm_rate: share of clean scans the calibrated thresholds may flag.
         Returns self.
         """
         from tqdm import tqdm
@@ -142,7 +145,7 @@ class Detector:
         config = self.config
         images = list(images)
         if not images:
-            raise ValueError("no clean images to fit on")
+            raise InputError("no clean images to fit on")
         order = np.random.default_rng(config.seed).permutation(len(images))
         n_holdout = 0
         if config.holdout_fraction > 0 and len(images) >= 2:
@@ -169,7 +172,7 @@ class Detector:
             bar.set_postfix(patches=builder.patches_seen, bank=builder.pool_size)
         if n_train == 0:
             bar.close()
-            raise ValueError("none of the clean images could be read")
+            raise InputError("none of the clean images could be read")
 
         self.pca_ = PCAProjection.fit(np.concatenate(pca_samples), config.pca_dim, seed=config.seed)
         self.backbone_digest_ = self.extractor.digest
@@ -204,7 +207,7 @@ class Detector:
         else:
             self._set_bank(self.pca_.transform_numpy(builder.finish(bank_cap, self.extractor.device).numpy()))
         calibration = calibrate(np.array(image_scores), np.array(maxima), np.concatenate(samples),
-                                DEFAULT_FALSE_ALARM_RATE)
+                                false_alarm_rate)
         if n_calibration == 0:
             calibration.warnings.append("no clean scan was held out: calibrated on training scans (optimistic)")
         self.calibration_ = calibration
@@ -218,7 +221,7 @@ class Detector:
             image = load_image(item) if isinstance(item, (str, os.PathLike)) else np.asarray(item)
             self._check_size(image, item)
             return image
-        except ValueError as exc:
+        except InputError as exc:
             if on_bad_image is None:
                 raise
             on_bad_image(item, exc)
@@ -334,9 +337,8 @@ class Detector:
         elif threshold == "calibrated":
             mask = result.heatmap > result.pixel_threshold
         else:
-            raise ValueError(f"unknown threshold mode {threshold!r}")
-        scan = apply_window(image, *result.window)
-        return render_overlay(scan, result.heatmap, mask, color_range=color_range, alpha=alpha)
+            raise InputError(f"unknown threshold mode {threshold!r}")
+        return render_overlay(image, result.heatmap, mask, color_range=color_range, alpha=alpha, window=result.window)
 
     # ------------------------------------------------------------------ calibration
     def calibrate(self, images: Iterable, false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
@@ -356,7 +358,7 @@ class Detector:
             maxima.append(float(raw_map.max()))
             samples.append(raw_map.reshape(-1)[random_rows(raw_map.size, CALIBRATION_PIXELS_PER_SCAN, index)])
         if not scores:
-            raise ValueError("no clean scan could be read to calibrate on")
+            raise InputError("no clean scan could be read to calibrate on")
         self.calibration_ = calibrate(np.array(scores), np.array(maxima), np.concatenate(samples),
                                       false_alarm_rate, clean_level=self.calibration_.clean_level)
         return self.calibration_

@@ -11,16 +11,17 @@ import torch
 import torch.nn.functional as F
 
 from .config import DEFAULT_BACKBONE, DetectorConfig
+from .errors import InputError
 
 # Weights shipped with the project so the default works offline on a fresh machine.
 BUNDLED_WEIGHTS = {DEFAULT_BACKBONE: "vit_small_patch14_dinov2.imgfocus_fp16.safetensors"}
 
 
-class BackboneError(ValueError):
+class BackboneError(InputError):
     """The backbone or its weights cannot be created or loaded."""
 
 
-class DeviceError(ValueError):
+class DeviceError(InputError):
     """The requested compute device is not available."""
 
 

@@ -9,13 +9,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .errors import InputError
+
 IMAGE_SUFFIXES = (".bmp", ".png", ".tif", ".tiff", ".jpg", ".jpeg")
 # Vehicle scans are large (4000 x 12000 and more); Pillow's default bomb guard
 # (89 Mpx) would refuse legitimate scans, so allow up to 1 Gpx.
 Image.MAX_IMAGE_PIXELS = 1_000_000_000
 
 
-class ImageReadError(ValueError):
+class ImageReadError(InputError):
     """An image file is missing, unreadable, truncated or not an image."""
 
 
@@ -92,8 +94,11 @@ def save_array(path: str | os.PathLike, array: np.ndarray) -> None:
         raise ImageReadError(f"cannot write {path}: folder {path.parent} does not exist")
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.stem}.", suffix=".npy", delete=False) as tmp:
         tmp_path = Path(tmp.name)
-        np.save(tmp, array, allow_pickle=False)
-    os.replace(tmp_path, path)
+    try:
+        np.save(tmp_path, array, allow_pickle=False)
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)  # a failed write (e.g. an object array) leaves no stray file
 
 
 def _pil_format(path: Path) -> str:

@@ -59,7 +59,11 @@ class MapStitcher:
 
 
 def gaussian_smooth(anomaly_map: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian blur with ``sigma`` in pixels (0: unchanged), float32 in and out, same shape."""
+    """Gaussian blur with ``sigma`` in pixels (0: unchanged), in place on a contiguous float32 (H, W) map.
+
+    In place, so smoothing a scan-sized map allocates no second full-size array.
+    """
     if sigma <= 0:
         return anomaly_map
-    return cv2.GaussianBlur(anomaly_map, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT)
+    return cv2.GaussianBlur(anomaly_map, (0, 0), dst=anomaly_map, sigmaX=sigma, sigmaY=sigma,
+                            borderType=cv2.BORDER_REFLECT)

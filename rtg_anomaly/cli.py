@@ -1,0 +1,336 @@
+"""Command line: ``rtg-anomaly fit | detect | calibrate``, a thin layer over the library API.
+
+Exit codes: 0 success, 2 bad usage or bad input (one-line message on stderr),
+1 unexpected failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from .errors import InputError
+
+DEFAULT_MODEL_DIR = "model_artifacts/default"
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit code 2) instead of usage dumps."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+def _default_model() -> str:
+    return os.environ.get("RTG_ANOMALY_MODEL", DEFAULT_MODEL_DIR)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="rtg-anomaly", description="Learn what clean X-ray scans look like; flag what departs from it.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    fit = commands.add_parser("fit", help="fit a model on a folder of clean scans")
+    fit.add_argument("--clean-dir", required=True, help="folder of clean scans (BMP, PNG, TIFF, JPEG)")
+    fit.add_argument("--model", default=None, help="bundle folder to write (default: $RTG_ANOMALY_MODEL or model_artifacts/default)")
+    _add_device(fit)
+    fit.add_argument("--backbone", help="timm model name (default vit_small_patch14_dinov2)")
+    fit.add_argument("--weights", help="local weights file for the backbone ('random': untrained, for tests)")
+    fit.add_argument("--tile-size", type=_positive_int, help="tile side in scan pixels (default 512)")
+    fit.add_argument("--overlap", type=float, help="fraction of a tile shared with its neighbour (default 0.25)")
+    fit.add_argument("--input-size", type=_positive_int, help="backbone input side each tile is resized to (default 448)")
+    fit.add_argument("--pca-dim", type=_positive_int, help="feature dimension kept by PCA (default 128)")
+    bank = fit.add_mutually_exclusive_group()
+    bank.add_argument("--coreset-ratio", type=float, help="memory bank size as a fraction of clean patches (default 0.1)")
+    bank.add_argument("--memory-bank-size", type=_positive_int, help="memory bank size in patches")
+    fit.add_argument("--k", type=_positive_int, help="nearest neighbours averaged per patch (default 1)")
+    fit.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
+    fit.add_argument("--batch-size", type=_positive_int, help="tiles per backbone batch (default 8)")
+    fit.add_argument("--layers", type=lambda s: tuple(int(x) for x in s.split(",")),
+                     help="comma-separated backbone block indices (default 7)")
+    fit.add_argument("--smoothing-sigma", type=float, help="Gaussian sigma of the map, in backbone patches (default 1)")
+    fit.add_argument("--image-score", choices=("max", "top_mean"), help="image score rule (default max)")
+    fit.add_argument("--intensity-window", choices=("auto", "dtype", "percentile"),
+                     help="how raw values map to [0, 1] (default auto: 8-bit as is, 16-bit by percentiles)")
+    fit.add_argument("--holdout-fraction", type=float, help="share of clean scans held out to calibrate (default 0.2)")
+    fit.add_argument("--false-alarm-rate", type=float, default=0.01,
+                     help="share of clean scans the calibrated thresholds may flag (default 0.01)")
+    fit.add_argument("--quiet", action="store_true", help="no progress bar")
+    fit.set_defaults(handler=_run_fit)
+
+    detect = commands.add_parser("detect", help="score a scan or a folder of scans and write overlays")
+    detect.add_argument("--input", required=True, help="scan file or folder of scans")
+    detect.add_argument("--output", required=True, help="overlay file (format from its extension) or folder")
+    detect.add_argument("--model", default=None, help="bundle folder (default: $RTG_ANOMALY_MODEL or model_artifacts/default)")
+    _add_device(detect)
+    detect.add_argument("--threshold", choices=("percentile", "calibrated"), default="percentile",
+                        help="colour pixels above this scan's percentile (default) or above the calibrated pixel threshold")
+    detect.add_argument("--threshold-percentile", type=float, default=90.0,
+                        help="in percentile mode, pixels below this percentile of the scan's map stay uncoloured (default 90)")
+    detect.add_argument("--heatmap", help="write the raw calibrated map as float32 .npy (a folder for folder input)")
+    detect.add_argument("--report", help="write a JSON report")
+    detect.add_argument("--color-range", type=float, nargs=2, metavar=("LOW", "HIGH"), default=(1.0, 2.0),
+                        help="calibrated values at the bottom and top of the colour scale (default 1 2)")
+    detect.add_argument("--alpha", type=float, default=0.6, help="overlay opacity at the top of the scale (default 0.6)")
+    detect.add_argument("--min-region-area", type=int, default=64,
+                        help="suspicious regions smaller than this many pixels are dropped (default 64)")
+    detect.add_argument("--draw-regions", action="store_true", help="outline the regions with their rank on the overlay")
+    detect.add_argument("--csv", help="triage CSV, one row per scan (folder input: default OUTPUT/triage.csv)")
+    detect.add_argument("--sort-into", help="folder input: copy or link each scan into SORT_INTO/clean or SORT_INTO/suspect")
+    detect.add_argument("--sort-mode", choices=("copy", "link", "symlink"), default="copy",
+                        help="how --sort-into places scans (default copy)")
+    detect.add_argument("--quiet", action="store_true", help="no progress bar")
+    detect.set_defaults(handler=_run_detect)
+
+    cal = commands.add_parser("calibrate", help="set the thresholds of a model from extra clean scans")
+    cal.add_argument("--clean-dir", required=True, help="folder of clean scans not used to fit")
+    cal.add_argument("--model", default=None, help="bundle folder to update (default: $RTG_ANOMALY_MODEL or model_artifacts/default)")
+    _add_device(cal)
+    cal.add_argument("--false-alarm-rate", type=float, default=0.01,
+                     help="share of clean scans the thresholds may flag (default 0.01)")
+    cal.set_defaults(handler=_run_calibrate)
+    return parser
+
+
+def _add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors
+        return int(exc.code or 0)
+    try:
+        return args.handler(args)
+    except InputError as exc:
+        print(f"rtg-anomaly: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("rtg-anomaly: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug or an environment failure: one line, details on request
+        if os.environ.get("RTG_ANOMALY_DEBUG"):
+            traceback.print_exc()
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"rtg-anomaly: unexpected error: {type(exc).__name__}: {first_line} "
+              "(set RTG_ANOMALY_DEBUG=1 for the traceback)", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+# ---------------------------------------------------------------------------- fit
+def _run_fit(args: argparse.Namespace) -> int:
+    from .config import DetectorConfig
+    from .detector import Detector
+    from .features import resolve_device
+    from .io import list_images
+
+    overrides = {
+        "backbone": args.backbone, "weights": args.weights, "tile_size": args.tile_size, "overlap": args.overlap,
+        "input_size": args.input_size, "pca_dim": args.pca_dim, "coreset_ratio": args.coreset_ratio,
+        "memory_bank_size": args.memory_bank_size, "k": args.k, "seed": args.seed, "batch_size": args.batch_size,
+        "layers": args.layers, "smoothing_sigma": args.smoothing_sigma, "image_score": args.image_score,
+        "intensity_window": args.intensity_window, "holdout_fraction": args.holdout_fraction,
+    }
+    try:
+        config = DetectorConfig(**{k: v for k, v in overrides.items() if v is not None})
+    except TypeError as exc:
+        raise InputError(str(exc)) from None
+    model_dir = Path(args.model or _default_model())
+    _check_writable_folder(model_dir)
+    paths = list_images(args.clean_dir)
+    device = resolve_device(args.device)
+    started = time.perf_counter()
+    detector = Detector(config, device=device)
+    _check_rate(args.false_alarm_rate)
+    detector.fit(paths, progress=not args.quiet, on_bad_image=_warn_skipped, false_alarm_rate=args.false_alarm_rate)
+    detector.save(model_dir)
+    info, calibration = detector.fit_info_, detector.calibration_
+    for warning in calibration.warnings:
+        print(f"rtg-anomaly: warning: {warning}", file=sys.stderr)
+    print(f"fitted on {info['n_train_scans']} clean scans (+{info['n_calibration_scans']} held out to calibrate): "
+          f"memory bank {info['memory_bank_size']} x {detector.memory_bank_.shape[1]} from {info['patches_seen']} patches, "
+          f"image threshold {calibration.image_threshold:.3f}, {time.perf_counter() - started:.1f} s on {device}; "
+          f"saved to {model_dir}")
+    return EXIT_OK
+
+
+def _check_writable_folder(folder: Path) -> None:
+    parent = folder.resolve().parent
+    if not parent.is_dir():
+        raise InputError(f"cannot write model to {folder}: folder {parent} does not exist")
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"cannot write model to {folder}: it is a file")
+
+
+def _warn_skipped(item, error: Exception) -> None:
+    print(f"rtg-anomaly: warning: skipped {error}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------- detect
+def _run_detect(args: argparse.Namespace) -> int:
+    from .detector import Detector
+    from .io import IMAGE_SUFFIXES, check_output_path, list_images
+    from .triage import sort_into, triage_row, write_triage_csv
+
+    source = Path(args.input)
+    if not source.exists():
+        raise InputError(f"input {source} does not exist")
+    folder_mode = source.is_dir()
+    if not 0.0 <= args.threshold_percentile <= 100.0:
+        raise InputError("--threshold-percentile must be between 0 and 100")
+    if not args.color_range[1] > args.color_range[0]:
+        raise InputError("--color-range needs LOW < HIGH")
+    output = Path(args.output)
+    heatmap = Path(args.heatmap) if args.heatmap else None
+    report = Path(args.report) if args.report else None
+    if args.min_region_area < 0:
+        raise InputError("--min-region-area must be >= 0")
+    if folder_mode:
+        report = report or output / "report.json"
+        csv_path = Path(args.csv) if args.csv else output / "triage.csv"
+        paths = list_images(source)
+        for folder, flag in ((output, "--output"), (heatmap, "--heatmap"), (Path(args.sort_into) if args.sort_into else None, "--sort-into")):
+            if folder is not None:
+                _prepare_output_folder(folder, flag)
+        jobs = [(p, output / p.name, heatmap / f"{p.stem}.npy" if heatmap else None) for p in paths]
+    else:
+        if args.sort_into:
+            raise InputError("--sort-into needs a folder as --input")
+        csv_path = Path(args.csv) if args.csv else None
+        if source.suffix.lower() not in IMAGE_SUFFIXES:
+            raise InputError(f"input {source} is not an image file ({', '.join(IMAGE_SUFFIXES)})")
+        check_output_path(output)
+        if heatmap is not None:
+            check_output_path(heatmap, suffixes=(".npy",))
+        jobs = [(source, output, heatmap)]
+    if report is not None:
+        check_output_path(report, suffixes=(".json",))
+    if csv_path is not None:
+        check_output_path(csv_path, suffixes=(".csv",))
+
+    model_dir = args.model or _default_model()
+    detector = Detector.load(model_dir, device=args.device)
+    entries, errors = [], []
+    from tqdm import tqdm
+
+    rows = []
+    for path, overlay_path, heatmap_path in tqdm(jobs, unit="scan", desc="detect", leave=False,
+                                                 disable=args.quiet or len(jobs) < 2):
+        try:
+            entry = _detect_one(detector, path, overlay_path, heatmap_path, args)
+        except InputError as exc:
+            if not folder_mode:
+                raise
+            print(f"rtg-anomaly: warning: skipped {exc}", file=sys.stderr)
+            errors.append({"input": str(path), "error": str(exc)})
+            rows.append(triage_row(path, decision="error", error=exc))
+            continue
+        entries.append(entry)
+        decision = "suspect" if entry["anomalous"] else "clean"
+        rows.append(triage_row(path, score=entry["score"], decision=decision,
+                               regions=[r["bbox"] for r in entry["regions"]]))
+        if args.sort_into:
+            entry["sorted_to"] = str(sort_into(args.sort_into, path, decision, mode=args.sort_mode))
+    if report is not None:
+        _write_json(report, {"model": str(model_dir), "threshold_mode": args.threshold,
+                             "threshold_percentile": args.threshold_percentile,
+                             "images": entries, "errors": errors})
+    if csv_path is not None:
+        write_triage_csv(csv_path, rows)
+    flagged = sum(e["anomalous"] for e in entries)
+    if folder_mode:
+        print(f"scored {len(entries)} scans: {flagged} suspect, {len(entries) - flagged} clean, "
+              f"{len(errors)} unreadable; overlays in {output}, triage in {csv_path}")
+        return EXIT_OK if entries else EXIT_BAD_INPUT
+    entry = entries[0]
+    print(f"{entry['input']}: score {entry['score']:.3f} (threshold {entry['threshold']:.3f}) -> "
+          f"{'SUSPECT' if entry['anomalous'] else 'clean'}, {len(entry['regions'])} region(s); overlay {entry['output']}")
+    return EXIT_OK
+
+
+def _prepare_output_folder(folder: Path, flag: str) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{flag} {folder} must be a folder when --input is a folder")
+    if not folder.resolve().parent.is_dir():
+        raise InputError(f"cannot write {folder}: folder {folder.resolve().parent} does not exist")
+    folder.mkdir(exist_ok=True)
+
+
+def _detect_one(detector, path: Path, overlay_path: Path, heatmap_path: Path | None, args) -> dict:
+    from .io import save_array, save_image
+    from .regions import draw_regions, find_regions
+
+    image = detector.load_scan(path)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    result = detector.score(image, timings=timings)
+    regions = find_regions(result.heatmap, result.pixel_threshold, min_area=args.min_region_area)
+    picture = detector.overlay(image, result, threshold=args.threshold, percentile=args.threshold_percentile,
+                               color_range=tuple(args.color_range), alpha=args.alpha)
+    if args.draw_regions and regions:
+        picture = draw_regions(picture, regions)
+    save_image(overlay_path, picture)
+    if heatmap_path is not None:
+        save_array(heatmap_path, result.heatmap)
+    peak_y, peak_x = divmod(int(result.heatmap.argmax()), result.heatmap.shape[1])
+    return {
+        "input": str(path), "output": str(overlay_path), "heatmap": str(heatmap_path) if heatmap_path else None,
+        "score": result.score, "anomalous": result.anomalous, "threshold": result.image_threshold,
+        "pixel_threshold": result.pixel_threshold, "peak_xy": [peak_x, peak_y],
+        "width": int(image.shape[1]), "height": int(image.shape[0]),
+        "regions": [region.to_dict() for region in regions],
+        "seconds": round(time.perf_counter() - started, 4),
+    }
+
+
+def _check_rate(rate: float) -> None:
+    if not 0.0 < rate < 1.0:
+        raise InputError(f"--false-alarm-rate must be between 0 and 1, got {rate}")
+
+
+# ---------------------------------------------------------------------------- calibrate
+def _run_calibrate(args: argparse.Namespace) -> int:
+    from .detector import Detector
+    from .io import list_images
+
+    _check_rate(args.false_alarm_rate)
+    model_dir = Path(args.model or _default_model())
+    paths = list_images(args.clean_dir)
+    detector = Detector.load(model_dir, device=args.device)
+    calibration = detector.calibrate(paths, args.false_alarm_rate, on_bad_image=_warn_skipped)
+    detector.save(model_dir)
+    for warning in calibration.warnings:
+        print(f"rtg-anomaly: warning: {warning}", file=sys.stderr)
+    print(f"calibrated on {calibration.n_scans} clean scans at a false-alarm rate of {calibration.false_alarm_rate:g} "
+          f"({calibration.method}): image threshold {calibration.image_threshold:.3f}, "
+          f"pixel threshold {calibration.pixel_threshold:.3f}; saved to {model_dir}")
+    return EXIT_OK
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,63 @@
+"""Shared fixtures: a tiny random backbone, a synthetic dataset, and the real shared data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from rtg_anomaly import Detector, DetectorConfig
+from rtg_anomaly.synthetic import write_demo_dataset
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# A 2-block, 32-wide ViT with random (seeded) weights: fast enough for unit tests.
+TINY_MODEL = dict(depth=2, embed_dim=32, num_heads=2)
+
+
+def tiny_config(**changes) -> DetectorConfig:
+    """Detector settings with the tiny random backbone on 64 px tiles."""
+    base = dict(backbone="vit_small_patch14_dinov2", weights="random", model_kwargs=TINY_MODEL, layers=(1,),
+                tile_size=64, input_size=56, pca_dim=16, batch_size=8)
+    base.update(changes)
+    return DetectorConfig(**base)
+
+
+TINY_CLI_FLAGS = ["--weights", "random", "--tile-size", "64", "--input-size", "56", "--layers", "1",
+                  "--pca-dim", "16", "--quiet"]
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> Path:
+    """A small synthetic dataset in MVTec layout (8-bit BMP scans, 96 px high)."""
+    root = tmp_path_factory.mktemp("demo")
+    write_demo_dataset(root, n_clean_train=5, n_clean_test=2, n_anomalous=2, height=96, seed=3, fmt="bmp")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_detector(demo_data) -> Detector:
+    """The tiny detector fitted on the synthetic clean scans."""
+    paths = sorted((demo_data / "train" / "good").iterdir())
+    return Detector(tiny_config(), device="cpu").fit(paths)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_detector, tmp_path_factory) -> Path:
+    """The tiny detector saved as a bundle folder (treat as read-only)."""
+    return tiny_detector.save(tmp_path_factory.mktemp("bundle") / "model")
+
+
+def shared_data_dir() -> Path:
+    """Root of the licensed evaluation data: $RTG_ANOMALY_DATA or ../shared/data beside the repo.
+
+    Missing data skips the real-data tests on a developer's machine but fails them in CI (CI=true).
+    """
+    root = Path(os.environ.get("RTG_ANOMALY_DATA", REPO_ROOT.parent / "shared" / "data"))
+    if not root.is_dir():
+        message = f"shared evaluation data not found at {root} (set RTG_ANOMALY_DATA)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return root

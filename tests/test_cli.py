@@ -1,0 +1,271 @@
+"""The command line, called as main([...]) with every path in a temporary folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rtg_anomaly.cli import main
+from tests.conftest import TINY_CLI_FLAGS
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_fit_writes_bundle_and_summary(demo_data, tmp_path, capsys):
+    model = tmp_path / "model"
+    code = main(["fit", "--clean-dir", str(demo_data / "train" / "good"), "--model", str(model), *TINY_CLI_FLAGS])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "memory bank" in out and str(model) in out
+    manifest = json.loads((model / "manifest.json").read_text())
+    assert manifest["config"]["tile_size"] == 64
+    assert manifest["fit"]["n_train_scans"] + manifest["fit"]["n_calibration_scans"] == 5
+    assert (model / "memory_bank.npy").is_file()
+
+
+def test_fit_is_deterministic(demo_data, tmp_path):
+    for name in ("a", "b"):
+        assert main(["fit", "--clean-dir", str(demo_data / "train" / "good"), "--model", str(tmp_path / name),
+                     *TINY_CLI_FLAGS]) == 0
+    for file in ("manifest.json", "memory_bank.npy", "pca_components.npy"):
+        assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes()
+
+
+def test_detect_single_file_writes_overlay_heatmap_and_report(demo_data, tiny_bundle, tmp_path, capsys):
+    scan = sorted((demo_data / "test" / "anomalous").iterdir())[0]
+    out, heat, report = tmp_path / "overlay.bmp", tmp_path / "map.npy", tmp_path / "report.json"
+    code = main(["detect", "--input", str(scan), "--output", str(out), "--model", str(tiny_bundle),
+                 "--device", "cpu", "--threshold-percentile", "90", "--heatmap", str(heat), "--report", str(report)])
+    assert code == 0, capsys.readouterr().err
+    with Image.open(out) as img:
+        assert img.format == "BMP"
+        width, height = img.size
+    with Image.open(scan) as original:
+        assert (width, height) == original.size
+    heatmap = np.load(heat, allow_pickle=False)
+    assert heatmap.dtype == np.float32 and heatmap.shape == (height, width)
+    payload = json.loads(report.read_text())
+    entry = payload["images"][0]
+    assert payload["model"] == str(tiny_bundle)
+    assert {"input", "output", "score", "anomalous", "threshold"} <= set(entry)
+    assert isinstance(entry["score"], float) and isinstance(entry["anomalous"], bool)
+    assert entry["score"] == pytest.approx(float(heatmap.max()), rel=1e-5)
+
+
+@pytest.mark.parametrize("suffix,fmt", [(".png", "PNG"), (".jpg", "JPEG"), (".tiff", "TIFF")])
+def test_overlay_format_follows_extension(demo_data, tiny_bundle, tmp_path, suffix, fmt):
+    scan = sorted((demo_data / "test" / "good").iterdir())[0]
+    out = tmp_path / f"overlay{suffix}"
+    assert main(["detect", "--input", str(scan), "--output", str(out), "--model", str(tiny_bundle), "--device", "cpu"]) == 0
+    with Image.open(out) as img:
+        assert img.format == fmt and img.mode == "RGB"
+
+
+def test_calibrated_mode_leaves_clean_scan_uncoloured(demo_data, tiny_bundle, tmp_path):
+    scan = sorted((demo_data / "train" / "good").iterdir())[0]
+    out = tmp_path / "overlay.png"
+    assert main(["detect", "--input", str(scan), "--output", str(out), "--model", str(tiny_bundle),
+                 "--threshold", "calibrated", "--heatmap", str(tmp_path / "m.npy")]) == 0
+    heatmap = np.load(tmp_path / "m.npy")
+    overlay = np.asarray(Image.open(out)).astype(int)
+    grey = np.asarray(Image.open(scan))
+    quiet = heatmap <= json.loads((tiny_bundle / "manifest.json").read_text())["calibration"]["pixel_threshold"]
+    # Every pixel below the calibrated pixel threshold keeps its grey value.
+    assert np.abs(overlay[quiet] - grey[quiet][:, None]).max() <= 1
+
+
+def test_detect_folder_skips_bad_file(demo_data, tiny_bundle, tmp_path, capsys):
+    folder = tmp_path / "in"
+    shutil.copytree(demo_data / "test" / "anomalous", folder)
+    (folder / "broken.bmp").write_text("this is not an image")
+    out, heat, report = tmp_path / "out", tmp_path / "maps", tmp_path / "r.json"
+    code = main(["detect", "--input", str(folder), "--output", str(out), "--heatmap", str(heat),
+                 "--report", str(report), "--model", str(tiny_bundle)])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "broken.bmp" in captured.err and "Traceback" not in captured.err
+    good = sorted(p.name for p in folder.iterdir() if p.name != "broken.bmp")
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".bmp") == good
+    assert sorted(p.name for p in heat.iterdir()) == [Path(n).stem + ".npy" for n in good]
+    payload = json.loads(report.read_text())
+    assert len(payload["images"]) == len(good)
+    assert payload["errors"][0]["input"].endswith("broken.bmp")
+
+
+def test_bad_inputs_exit_2_with_one_line(demo_data, tiny_bundle, tmp_path, capsys):
+    scan = sorted((demo_data / "test" / "good").iterdir())[0]
+    text_bmp = tmp_path / "fake.bmp"
+    text_bmp.write_text("hello")
+    truncated = tmp_path / "truncated.png"
+    Image.fromarray(np.full((200, 300), 128, np.uint8)).save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    tiny = tmp_path / "tiny.png"
+    Image.fromarray(np.zeros((3, 3), np.uint8)).save(tiny)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = [
+        (["fit", "--clean-dir", str(tmp_path / "missing"), *TINY_CLI_FLAGS], "does not exist"),
+        (["fit", "--clean-dir", str(empty), *TINY_CLI_FLAGS], "holds no images"),
+        (["fit", "--clean-dir", str(demo_data / "train" / "good"), "--model", str(tmp_path / "no" / "m"),
+          *TINY_CLI_FLAGS], "does not exist"),
+        (["detect", "--input", str(text_bmp), "--output", str(tmp_path / "o1.png"), "--model", str(tiny_bundle)],
+         "not a recognised image"),
+        (["detect", "--input", str(truncated), "--output", str(tmp_path / "o2.png"), "--model", str(tiny_bundle)],
+         "cannot read image"),
+        (["detect", "--input", str(tiny), "--output", str(tmp_path / "o3.png"), "--model", str(tiny_bundle)],
+         "too small"),
+        (["detect", "--input", str(scan), "--output", str(tmp_path / "missing" / "o.png"), "--model", str(tiny_bundle)],
+         "does not exist"),
+        (["detect", "--input", str(scan), "--output", str(tmp_path / "o4.gif"), "--model", str(tiny_bundle)],
+         "expected one of"),
+        (["detect", "--input", str(tmp_path / "nope.png"), "--output", str(tmp_path / "o5.png"),
+          "--model", str(tiny_bundle)], "does not exist"),
+        (["detect", "--input", str(scan), "--output", str(tmp_path / "o6.png"), "--model", str(tmp_path / "nomodel")],
+         "no model bundle"),
+        (["detect", "--input", str(scan), "--output", str(tmp_path / "o7.png"), "--model", str(tiny_bundle),
+          "--threshold-percentile", "120"], "between 0 and 100"),
+        (["detect", "--input", str(scan)], "required"),
+        (["fit", "--clean-dir", str(empty), "--overlap", "1.5", *TINY_CLI_FLAGS], "overlap"),
+    ]
+    for argv, expected in cases:
+        assert main(argv) == 2, argv
+        line = _one_line_error(capsys)
+        assert expected in line, (argv, line)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("o")) == []
+
+
+def _copy_bundle(bundle: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    return copy
+
+
+@pytest.mark.parametrize("damage,expected", [
+    ("checksum", "checksum mismatch"),
+    ("newer", "newer than this rtg-anomaly"),
+    ("backbone", "other backbone weights"),
+    ("missing_array", "missing memory_bank.npy"),
+])
+def test_damaged_bundles_are_refused(demo_data, tiny_bundle, tmp_path, capsys, damage, expected):
+    bundle = _copy_bundle(tiny_bundle, tmp_path)
+    manifest_path = bundle / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    if damage == "checksum":
+        data = bytearray((bundle / "memory_bank.npy").read_bytes())
+        data[-1] ^= 0xFF
+        (bundle / "memory_bank.npy").write_bytes(bytes(data))
+    elif damage == "newer":
+        manifest["format_version"] += 1
+    elif damage == "backbone":
+        manifest["config"]["seed"] = 12345  # a different random init: other backbone weights
+    elif damage == "missing_array":
+        (bundle / "memory_bank.npy").unlink()
+    manifest_path.write_text(json.dumps(manifest))
+    scan = sorted((demo_data / "test" / "good").iterdir())[0]
+    out = tmp_path / "o.png"
+    assert main(["detect", "--input", str(scan), "--output", str(out), "--model", str(bundle)]) == 2
+    assert expected in _one_line_error(capsys)
+    assert not out.exists()
+
+
+def test_cuda_requested_without_cuda_is_a_clear_error(demo_data, tiny_bundle, tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    scan = sorted((demo_data / "test" / "good").iterdir())[0]
+    assert main(["detect", "--input", str(scan), "--output", str(tmp_path / "o.png"), "--model", str(tiny_bundle),
+                 "--device", "cuda"]) == 2
+    assert "CUDA is not available" in _one_line_error(capsys)
+
+
+def test_failed_fit_leaves_existing_bundle_untouched(tiny_bundle, tmp_path, capsys):
+    bundle = _copy_bundle(tiny_bundle, tmp_path)
+    before = {p.name: p.read_bytes() for p in bundle.iterdir()}
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for i in range(3):
+        (broken / f"{i}.bmp").write_text("not an image")
+    assert main(["fit", "--clean-dir", str(broken), "--model", str(bundle), *TINY_CLI_FLAGS]) == 2
+    assert "none of the clean images" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in bundle.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_model_env_variable_is_the_default(demo_data, tiny_bundle, tmp_path, monkeypatch):
+    monkeypatch.setenv("RTG_ANOMALY_MODEL", str(tiny_bundle))
+    scan = sorted((demo_data / "test" / "good").iterdir())[0]
+    assert main(["detect", "--input", str(scan), "--output", str(tmp_path / "o.png")]) == 0
+
+
+def test_python_dash_m_entry_point():
+    result = subprocess.run([sys.executable, "-m", "rtg_anomaly", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "fit" in result.stdout and "detect" in result.stdout
+
+
+def test_folder_triage_csv_regions_and_sorting(demo_data, tiny_bundle, tmp_path, capsys):
+    import csv
+
+    folder = tmp_path / "lane"
+    folder.mkdir()
+    clean = sorted((demo_data / "train" / "good").iterdir())[:2]
+    suspicious = sorted((demo_data / "test" / "anomalous").iterdir())
+    for path in clean + suspicious:
+        shutil.copy(path, folder / path.name.replace(".bmp", f"_{path.parent.name}.bmp"))
+    (folder / "zz_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    out, sorted_dir = tmp_path / "out", tmp_path / "sorted"
+    code = main(["detect", "--input", str(folder), "--output", str(out), "--model", str(tiny_bundle),
+                 "--sort-into", str(sorted_dir), "--sort-mode", "link", "--draw-regions", "--min-region-area", "4",
+                 "--threshold", "calibrated"])
+    assert code == 0
+    summary = capsys.readouterr().out
+    rows = list(csv.DictReader((out / "triage.csv").open()))
+    assert [r["path"] for r in rows] == [str(p) for p in sorted(folder.iterdir())]
+    report = json.loads((out / "report.json").read_text())
+    by_path = {e["input"]: e for e in report["images"]}
+    for row in rows:
+        if row["path"].endswith("zz_broken.png"):
+            assert row["decision"] == "error" and row["error"] and row["score"] == ""
+            continue
+        entry = by_path[row["path"]]
+        assert row["decision"] == ("suspect" if entry["anomalous"] else "clean")
+        assert float(row["score"]) == pytest.approx(entry["score"])
+        assert int(row["n_regions"]) == len(entry["regions"])
+        for region in entry["regions"]:
+            assert region["peak"] > entry["pixel_threshold"] and region["area"] >= 4
+        if entry["regions"]:
+            assert row["top_region"] == " ".join(str(v) for v in entry["regions"][0]["bbox"])
+        assert (sorted_dir / row["decision"] / Path(row["path"]).name).is_file()
+    n_suspect = sum(r["decision"] == "suspect" for r in rows)
+    n_clean = sum(r["decision"] == "clean" for r in rows)
+    assert f"{n_suspect} suspect, {n_clean} clean, 1 unreadable" in summary
+    assert not (sorted_dir / "error").exists()
+
+
+def test_calibrate_updates_thresholds_in_the_bundle(demo_data, tiny_bundle, tmp_path, capsys):
+    bundle = _copy_bundle(tiny_bundle, tmp_path)
+    before = json.loads((bundle / "manifest.json").read_text())["calibration"]
+    code = main(["calibrate", "--clean-dir", str(demo_data / "test" / "good"), "--model", str(bundle),
+                 "--false-alarm-rate", "0.2"])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "calibrated on 2 clean scans" in captured.out
+    assert "needs at least 5" in captured.err
+    after = json.loads((bundle / "manifest.json").read_text())["calibration"]
+    assert after["n_scans"] == 2 and after["false_alarm_rate"] == 0.2
+    assert after["clean_level"] == before["clean_level"]
+    assert main(["calibrate", "--clean-dir", str(demo_data / "test" / "good"), "--model", str(bundle),
+                 "--false-alarm-rate", "2"]) == 2
+    assert "between 0 and 1" in _one_line_error(capsys)

@@ -1,0 +1,107 @@
+"""The library API: fit, score, save/load, calibrate, on tiny synthetic data."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from rtg_anomaly import Detector, NotFittedError
+from rtg_anomaly.detector import ImageTooSmallError
+from rtg_anomaly.synthetic import make_vehicle_scan
+from tests.conftest import tiny_config
+
+
+def test_score_before_fit_is_a_clear_error():
+    with pytest.raises(NotFittedError, match="not fitted"):
+        Detector(tiny_config(), device="cpu").score(np.zeros((64, 64), np.uint8))
+
+
+def test_heatmap_matches_scan_size_and_units(tiny_detector, demo_data):
+    scan = sorted((demo_data / "test" / "anomalous").iterdir())[0]
+    result = tiny_detector.score(scan)
+    image = tiny_detector.load_scan(scan)
+    assert result.heatmap.shape == image.shape[:2] and result.heatmap.dtype == np.float32
+    assert result.score == pytest.approx(float(result.heatmap.max()), rel=1e-6)
+    assert result.anomalous == (result.score > result.image_threshold)
+    # Calibrated units: the clean calibration scans sit around 1.0 by construction.
+    assert np.median(tiny_detector.calibration_.image_scores) == pytest.approx(1.0)
+
+
+def test_save_load_round_trip_gives_identical_heatmaps(tiny_detector, tiny_bundle, demo_data):
+    loaded = Detector.load(tiny_bundle, device="cpu")
+    for scan in sorted((demo_data / "test").rglob("*.bmp")):
+        before, after = tiny_detector.score(scan), loaded.score(scan)
+        np.testing.assert_array_equal(before.heatmap, after.heatmap)
+        assert before.score == after.score and before.anomalous == after.anomalous
+    np.testing.assert_array_equal(loaded.memory_bank_, tiny_detector.memory_bank_)
+    assert loaded.calibration_ == tiny_detector.calibration_
+
+
+def test_scoring_is_deterministic(tiny_detector, demo_data):
+    scan = sorted((demo_data / "test" / "good").iterdir())[0]
+    np.testing.assert_array_equal(tiny_detector.score(scan).heatmap, tiny_detector.score(scan).heatmap)
+
+
+@pytest.mark.parametrize("shape", [(40, 50), (64, 20), (30, 200)])
+def test_scans_smaller_than_a_tile_work(tiny_detector, shape):
+    image = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
+    assert tiny_detector.score(image).heatmap.shape == shape
+
+
+def test_scan_smaller_than_one_patch_is_refused(tiny_detector):
+    with pytest.raises(ImageTooSmallError, match="too small"):
+        tiny_detector.score(np.zeros((2, 100), np.uint8))
+
+
+def test_sixteen_bit_and_colour_scans(tiny_detector):
+    grey16, _ = make_vehicle_scan(seed=5, height=96, length=300, bit_depth=16)
+    assert tiny_detector.score(grey16).heatmap.shape == grey16.shape
+    colour = np.stack([grey16 // 257] * 3, axis=2).astype(np.uint8)
+    colour[..., 0] //= 2
+    assert tiny_detector.score(colour).heatmap.shape == grey16.shape
+
+
+def test_overlay_modes(tiny_detector, demo_data):
+    scan = tiny_detector.load_scan(sorted((demo_data / "test" / "anomalous").iterdir())[0])
+    result = tiny_detector.score(scan)
+    by_percentile = tiny_detector.overlay(scan, result, threshold="percentile", percentile=90)
+    calibrated = tiny_detector.overlay(scan, result, threshold="calibrated")
+    assert by_percentile.shape == scan.shape + (3,) and by_percentile.dtype == np.uint8
+    grey = np.repeat(scan[..., None], 3, axis=2).astype(int)
+    tinted = np.abs(by_percentile.astype(int) - grey).max(axis=2) > 1
+    # 90th percentile: about a tenth of the pixels are coloured.
+    assert 0.05 < tinted.mean() < 0.15
+    quiet = result.heatmap <= result.pixel_threshold
+    assert np.abs(calibrated.astype(int) - grey)[quiet].max() <= 1
+
+
+def test_recalibration_keeps_the_unit_and_moves_thresholds(tiny_detector, demo_data):
+    import copy
+
+    detector = copy.copy(tiny_detector)
+    clean = sorted((demo_data / "train" / "good").iterdir()) + sorted((demo_data / "test" / "good").iterdir())
+    strict = detector.calibrate(clean, false_alarm_rate=0.01)
+    loose = detector.calibrate(clean, false_alarm_rate=0.5)
+    assert strict.clean_level == loose.clean_level == tiny_detector.calibration_.clean_level
+    assert strict.n_scans == len(clean)
+    assert loose.image_threshold <= strict.image_threshold
+    assert strict.warnings and "needs at least 100" in strict.warnings[0]
+
+
+def test_large_sixteen_bit_scan_in_bounded_memory():
+    """A 4000 x 12000 16-bit scan: the map is the only full-size float array."""
+    detector = Detector(tiny_config(tile_size=512, batch_size=16), device="cpu")
+    rng = np.random.default_rng(0)
+    clean = [rng.normal(30000, 800, (600, 900)).astype(np.uint16) for _ in range(3)]
+    detector.fit(clean)
+    scan = rng.normal(30000, 800, (4000, 12000)).astype(np.uint16)
+    map_bytes = scan.size * 4
+    tracemalloc.start()
+    result = detector.score(scan)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert result.heatmap.shape == scan.shape
+    # The map itself plus bounded per-batch buffers; a second full-size float array would double it.
+    assert peak < 1.5 * map_bytes, f"peak {peak / 2**20:.0f} MiB for a {map_bytes / 2**20:.0f} MiB map"
