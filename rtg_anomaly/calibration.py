@@ -48,6 +48,16 @@ class Calibration:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def color_range(self) -> tuple[float, float]:
+        """Calibrated values at the bottom and top of the overlay's colour scale.
+
+        From the clean level (1.0) to twice the pixel threshold's excess over
+        it: the same for every scan scored with this calibration, so clean
+        scans stay cold and an anomaly well past the threshold saturates.
+        """
+        return 1.0, 1.0 + 2.0 * max(self.pixel_threshold - 1.0, 0.25)
+
     @classmethod
     def from_dict(cls, values: dict) -> "Calibration":
         return cls(**values)
@@ -97,10 +107,15 @@ def calibrate(image_scores: np.ndarray, pixel_maxima: np.ndarray, pixel_samples:
     quantiles = {f"{q:g}": float(np.quantile(samples, q)) for q in PIXEL_QUANTILES} if samples.size else {}
     warnings = []
     needed = int(math.ceil(1.0 / false_alarm_rate))
-    if image_scores.size < needed:
+    if image_scores.size < 2:
+        warnings.append(
+            f"calibration rests on a single clean scan, which sets no spread: the thresholds equal its score; "
+            f"run 'rtg-anomaly calibrate' with at least {needed} clean scans"
+        )
+    elif image_scores.size < needed:
         warnings.append(
             f"calibration rests on {image_scores.size} clean scans; a false-alarm rate of {false_alarm_rate:g} "
-            f"needs at least {needed} to be measured (the threshold is extrapolated)"
+            f"needs at least {needed} to be measured (the threshold is extrapolated from a log-normal fit)"
         )
     return Calibration(
         clean_level=float(clean_level),

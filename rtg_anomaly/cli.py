@@ -48,27 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--clean-dir", required=True, help="folder of clean scans (BMP, PNG, TIFF, JPEG)")
     fit.add_argument("--model", default=None, help="bundle folder to write (default: $RTG_ANOMALY_MODEL or model_artifacts/default)")
     _add_device(fit)
-    fit.add_argument("--backbone", help="timm model name (default vit_small_patch14_dinov2)")
-    fit.add_argument("--weights", help="local weights file for the backbone ('random': untrained, for tests)")
-    fit.add_argument("--tile-size", type=_positive_int, help="tile side in scan pixels (default 512)")
-    fit.add_argument("--overlap", type=float, help="fraction of a tile shared with its neighbour (default 0.25)")
-    fit.add_argument("--input-size", type=_positive_int, help="backbone input side each tile is resized to (default 448)")
-    fit.add_argument("--pca-dim", type=_positive_int, help="feature dimension kept by PCA (default 128)")
-    bank = fit.add_mutually_exclusive_group()
-    bank.add_argument("--coreset-ratio", type=float, help="memory bank size as a fraction of clean patches (default 0.1)")
-    bank.add_argument("--memory-bank-size", type=_positive_int, help="memory bank size in patches")
-    fit.add_argument("--k", type=_positive_int, help="nearest neighbours averaged per patch (default 1)")
-    fit.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
-    fit.add_argument("--batch-size", type=_positive_int, help="tiles per backbone batch (default 8)")
-    fit.add_argument("--layers", type=lambda s: tuple(int(x) for x in s.split(",")),
-                     help="comma-separated backbone block indices (default 7)")
-    fit.add_argument("--smoothing-sigma", type=float, help="Gaussian sigma of the map, in backbone patches (default 1)")
-    fit.add_argument("--image-score", choices=("max", "top_mean"), help="image score rule (default max)")
-    fit.add_argument("--intensity-window", choices=("auto", "dtype", "percentile"),
-                     help="how raw values map to [0, 1] (default auto: 8-bit as is, 16-bit by percentiles)")
-    fit.add_argument("--holdout-fraction", type=float, help="share of clean scans held out to calibrate (default 0.2)")
-    fit.add_argument("--false-alarm-rate", type=float, default=0.01,
-                     help="share of clean scans the calibrated thresholds may flag (default 0.01)")
+    _add_config_flags(fit)
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
     fit.set_defaults(handler=_run_fit)
 
@@ -83,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="in percentile mode, pixels below this percentile of the scan's map stay uncoloured (default 90)")
     detect.add_argument("--heatmap", help="write the raw calibrated map as float32 .npy (a folder for folder input)")
     detect.add_argument("--report", help="write a JSON report")
-    detect.add_argument("--color-range", type=float, nargs=2, metavar=("LOW", "HIGH"), default=(1.0, 2.0),
-                        help="calibrated values at the bottom and top of the colour scale (default 1 2)")
+    detect.add_argument("--color-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        help="calibrated values at the bottom and top of the colour scale "
+                             "(default: 1.0 to twice the pixel threshold's excess over 1.0)")
     detect.add_argument("--alpha", type=float, default=0.6, help="overlay opacity at the top of the scale (default 0.6)")
     detect.add_argument("--min-region-area", type=int, default=64,
                         help="suspicious regions smaller than this many pixels are dropped (default 64)")
@@ -103,7 +84,62 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--false-alarm-rate", type=float, default=0.01,
                      help="share of clean scans the thresholds may flag (default 0.01)")
     cal.set_defaults(handler=_run_calibrate)
+
+    ev = commands.add_parser("evaluate", help="image and pixel metrics on a labelled folder in MVTec AD layout")
+    ev.add_argument("--data", required=True, help="folder with train/good, test/good, test/<type>, optional ground_truth/")
+    ev.add_argument("--model", default=None, help="evaluate this bundle (default: fit first on DATA/train/good)")
+    ev.add_argument("--output", help="folder for metrics.json, metrics.md and the plots")
+    ev.add_argument("--save-model", help="when fitting, also save the bundle here")
+    ev.add_argument("--max-per-class", type=_positive_int, help="evenly subsample at most N test images per type")
+    ev.add_argument("--worst", type=int, default=0, help="write overlays of the N worst misses of each kind")
+    _add_device(ev)
+    _add_config_flags(ev)
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.set_defaults(handler=_run_evaluate)
     return parser
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """The detector's hyper-parameters, shared by fit and evaluate (None = the DetectorConfig default)."""
+    parser.add_argument("--backbone", help="timm model name (default vit_small_patch14_dinov2)")
+    parser.add_argument("--weights", help="local weights file for the backbone ('random': untrained, for tests)")
+    parser.add_argument("--tile-size", type=_positive_int, help="tile side in scan pixels (default 512)")
+    parser.add_argument("--overlap", type=float, help="fraction of a tile shared with its neighbour (default 0.25)")
+    parser.add_argument("--input-size", type=_positive_int, help="backbone input side each tile is resized to (default 448)")
+    parser.add_argument("--pca-dim", type=_positive_int, help="feature dimension kept by PCA (default 128)")
+    bank = parser.add_mutually_exclusive_group()
+    bank.add_argument("--coreset-ratio", type=float, help="memory bank size as a fraction of clean patches (default 0.1)")
+    bank.add_argument("--memory-bank-size", type=_positive_int, help="memory bank size in patches")
+    parser.add_argument("--k", type=_positive_int, help="nearest neighbours averaged per patch (default 1)")
+    parser.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
+    parser.add_argument("--batch-size", type=_positive_int, help="tiles per backbone batch (default 8)")
+    parser.add_argument("--layers", type=lambda s: tuple(int(x) for x in s.split(",")),
+                        help="comma-separated backbone block indices (default 6)")
+    parser.add_argument("--neighbourhood", type=_positive_int,
+                        help="side of the average pooling over the patch grid, odd (default 1: off)")
+    parser.add_argument("--smoothing-sigma", type=float, help="Gaussian sigma of the map, in backbone patches (default 1)")
+    parser.add_argument("--image-score", choices=("max", "top_mean"), help="image score rule (default max)")
+    parser.add_argument("--intensity-window", choices=("auto", "dtype", "percentile"),
+                        help="how raw values map to [0, 1] (default auto: 8-bit as is, 16-bit by percentiles)")
+    parser.add_argument("--holdout-fraction", type=float, help="share of clean scans held out to calibrate (default 0.2)")
+    parser.add_argument("--false-alarm-rate", type=float, default=0.01,
+                        help="share of clean scans the calibrated thresholds may flag (default 0.01)")
+
+
+def _config_from_args(args: argparse.Namespace):
+    from .config import DetectorConfig
+
+    overrides = {
+        "backbone": args.backbone, "weights": args.weights, "tile_size": args.tile_size, "overlap": args.overlap,
+        "input_size": args.input_size, "pca_dim": args.pca_dim, "coreset_ratio": args.coreset_ratio,
+        "memory_bank_size": args.memory_bank_size, "k": args.k, "seed": args.seed, "batch_size": args.batch_size,
+        "layers": args.layers, "neighbourhood": args.neighbourhood, "smoothing_sigma": args.smoothing_sigma, "image_score": args.image_score,
+        "intensity_window": args.intensity_window, "holdout_fraction": args.holdout_fraction,
+    }
+    try:
+        return DetectorConfig(**{k: v for k, v in overrides.items() if v is not None})
+    except TypeError as exc:
+        raise InputError(str(exc)) from None
 
 
 def _add_device(parser: argparse.ArgumentParser) -> None:
@@ -142,22 +178,11 @@ def main(argv: list[str] | None = None) -> int:
 
 # ---------------------------------------------------------------------------- fit
 def _run_fit(args: argparse.Namespace) -> int:
-    from .config import DetectorConfig
     from .detector import Detector
     from .features import resolve_device
     from .io import list_images
 
-    overrides = {
-        "backbone": args.backbone, "weights": args.weights, "tile_size": args.tile_size, "overlap": args.overlap,
-        "input_size": args.input_size, "pca_dim": args.pca_dim, "coreset_ratio": args.coreset_ratio,
-        "memory_bank_size": args.memory_bank_size, "k": args.k, "seed": args.seed, "batch_size": args.batch_size,
-        "layers": args.layers, "smoothing_sigma": args.smoothing_sigma, "image_score": args.image_score,
-        "intensity_window": args.intensity_window, "holdout_fraction": args.holdout_fraction,
-    }
-    try:
-        config = DetectorConfig(**{k: v for k, v in overrides.items() if v is not None})
-    except TypeError as exc:
-        raise InputError(str(exc)) from None
+    config = _config_from_args(args)
     model_dir = Path(args.model or _default_model())
     _check_writable_folder(model_dir)
     paths = list_images(args.clean_dir)
@@ -201,7 +226,7 @@ def _run_detect(args: argparse.Namespace) -> int:
     folder_mode = source.is_dir()
     if not 0.0 <= args.threshold_percentile <= 100.0:
         raise InputError("--threshold-percentile must be between 0 and 100")
-    if not args.color_range[1] > args.color_range[0]:
+    if args.color_range and not args.color_range[1] > args.color_range[0]:
         raise InputError("--color-range needs LOW < HIGH")
     output = Path(args.output)
     heatmap = Path(args.heatmap) if args.heatmap else None
@@ -289,7 +314,7 @@ def _detect_one(detector, path: Path, overlay_path: Path, heatmap_path: Path | N
     result = detector.score(image, timings=timings)
     regions = find_regions(result.heatmap, result.pixel_threshold, min_area=args.min_region_area)
     picture = detector.overlay(image, result, threshold=args.threshold, percentile=args.threshold_percentile,
-                               color_range=tuple(args.color_range), alpha=args.alpha)
+                               color_range=tuple(args.color_range) if args.color_range else None, alpha=args.alpha)
     if args.draw_regions and regions:
         picture = draw_regions(picture, regions)
     save_image(overlay_path, picture)
@@ -327,6 +352,33 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     print(f"calibrated on {calibration.n_scans} clean scans at a false-alarm rate of {calibration.false_alarm_rate:g} "
           f"({calibration.method}): image threshold {calibration.image_threshold:.3f}, "
           f"pixel threshold {calibration.pixel_threshold:.3f}; saved to {model_dir}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------- evaluate
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from .detector import Detector
+    from .evaluation import evaluate, load_mvtec_folder, markdown_report
+
+    _check_rate(args.false_alarm_rate)
+    eval_set = load_mvtec_folder(args.data)
+    if args.output:
+        _check_writable_folder(Path(args.output))
+    if args.model:
+        detector = Detector.load(args.model, device=args.device)
+    else:
+        if args.save_model:
+            _check_writable_folder(Path(args.save_model))
+        detector = Detector(_config_from_args(args), device=args.device)
+        detector.fit(eval_set.train_paths, progress=not args.quiet, on_bad_image=_warn_skipped,
+                     false_alarm_rate=args.false_alarm_rate)
+        if args.save_model:
+            detector.save(args.save_model)
+    metrics = evaluate(detector, eval_set, output_dir=args.output, max_per_class=args.max_per_class,
+                       worst_overlays=max(0, args.worst), progress=not args.quiet)
+    print(markdown_report(metrics))
+    if args.output:
+        print(f"metrics, curves and histogram written to {args.output}")
     return EXIT_OK
 
 

@@ -58,11 +58,11 @@ class DetectorConfig:
     backbone: str = DEFAULT_BACKBONE
     weights: str | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
-    layers: tuple[int, ...] = (7,)
+    layers: tuple[int, ...] = (6,)
     tile_size: int = 512
     overlap: float = 0.25
     input_size: int | None = 448
-    neighbourhood: int = 3
+    neighbourhood: int = 1
     pca_dim: int | None = 128
     coreset_ratio: float = 0.1
     memory_bank_size: int | None = None
@@ -101,8 +101,9 @@ class DetectorConfig:
             (self.image_score in IMAGE_SCORE_RULES, f"image_score must be one of {IMAGE_SCORE_RULES}"),
             (0.0 < self.top_fraction <= 1.0, "top_fraction must be in (0, 1]"),
             (self.intensity_window in INTENSITY_WINDOWS, f"intensity_window must be one of {INTENSITY_WINDOWS}"),
-            (0.0 <= self.window_percentiles[0] < self.window_percentiles[1] <= 100.0
-             and len(self.window_percentiles) == 2, "window_percentiles must be (low, high) with 0 <= low < high <= 100"),
+            (len(self.window_percentiles) == 2
+             and 0.0 <= self.window_percentiles[0] < self.window_percentiles[1] <= 100.0,
+             "window_percentiles must be (low, high) with 0 <= low < high <= 100"),
             (0.0 <= self.holdout_fraction < 1.0, "holdout_fraction must be in [0, 1)"),
             (self.max_bank_size >= 1, "max_bank_size must be >= 1"),
             (self.max_patches_per_scan >= 1, "max_patches_per_scan must be >= 1"),

@@ -27,7 +27,7 @@ from .features import FeatureExtractor, resolve_device
 from .intensity import apply_window, window_limits
 from .io import load_image
 from .memory_bank import StreamingCoreset, knn_distance, random_rows
-from .overlay import DEFAULT_COLOR_RANGE, percentile_mask, render_overlay
+from .overlay import percentile_mask, render_overlay
 from .pca import PCAProjection
 from .stitching import MapStitcher, gaussian_smooth
 from .tiling import extract_tiles, pad_to_tile, tile_grid
@@ -149,13 +149,18 @@ class Detector:
         order = np.random.default_rng(config.seed).permutation(len(images))
         n_holdout = 0
         if config.holdout_fraction > 0 and len(images) >= 2:
-            n_holdout = min(len(images) - 1, max(1, int(round(config.holdout_fraction * len(images)))))
+            # At least two held-out scans when there are three or more: one scan alone sets no spread.
+            wanted = max(2, int(round(config.holdout_fraction * len(images))))
+            n_holdout = min(len(images) - 1, wanted, max(1, len(images) // 2))
         train_items = [images[i] for i in sorted(order[n_holdout:])]
         holdout_items = [images[i] for i in sorted(order[:n_holdout])]
 
         started = time.perf_counter()
+        bank_cap = config.memory_bank_size or config.max_bank_size
+        # Each scan may keep its share of the bank cap, so memory stays bounded for any number of scans.
         builder = StreamingCoreset(config.coreset_ratio, seed=config.seed,
-                                   max_patches_per_scan=config.max_patches_per_scan)
+                                   max_patches_per_scan=config.max_patches_per_scan,
+                                   max_kept_per_scan=max(1, -(-config.max_bank_size // len(images))))
         pca_samples, n_train = [], 0
         per_scan_sample = max(256, PCA_SAMPLE_TOTAL // max(1, len(train_items)))
         bar = tqdm(total=len(images), unit="scan", desc="fit", disable=not progress, leave=False)
@@ -176,7 +181,6 @@ class Detector:
 
         self.pca_ = PCAProjection.fit(np.concatenate(pca_samples), config.pca_dim, seed=config.seed)
         self.backbone_digest_ = self.extractor.digest
-        bank_cap = config.memory_bank_size or config.max_bank_size
         self._set_bank(self.pca_.transform_numpy(builder.finish(bank_cap, self.extractor.device).numpy()))
 
         image_scores, maxima, samples, n_calibration = [], [], [], 0
@@ -323,15 +327,17 @@ class Detector:
         )
 
     def overlay(self, image: np.ndarray, result: AnomalyResult, threshold: str = "percentile",
-                percentile: float = 90.0, color_range: tuple[float, float] = DEFAULT_COLOR_RANGE,
+                percentile: float = 90.0, color_range: tuple[float, float] | None = None,
                 alpha: float = 0.6) -> np.ndarray:
         """uint8 (H, W, 3) colour overlay of ``result`` on ``image``.
 
         threshold: ``"percentile"`` colours pixels at or above the ``percentile``-th
         percentile of this scan's map; ``"calibrated"`` colours only pixels above
         the calibrated pixel threshold (a clean scan stays uncoloured). Either
-        way the colours follow the fixed calibrated scale ``color_range``.
+        way the colours follow the fixed calibrated scale ``color_range``
+        (default: the calibration's, see ``Calibration.color_range``).
         """
+        color_range = color_range or self.calibration_.color_range
         if threshold == "percentile":
             mask = percentile_mask(result.heatmap, percentile)
         elif threshold == "calibrated":

@@ -37,6 +37,7 @@ def greedy_coreset(features: torch.Tensor, n_select: int, seed: int = 0, project
         chosen = points[index]
         distance = squared_norms - 2.0 * (points @ chosen) + squared_norms[index]
         torch.minimum(min_distance, distance, out=min_distance)
+        min_distance[index] = -math.inf  # never pick a chosen row again (duplicate features tie at 0)
         index = int(torch.argmax(min_distance))
     return selected
 
@@ -54,7 +55,7 @@ def knn_distance(queries: torch.Tensor, bank: torch.Tensor, k: int = 1,
     queries = queries.to(bank.dtype)
     if bank_squared_norms is None:
         bank_squared_norms = (bank.float() ** 2).sum(1)
-    bank_chunk = min(bank.shape[0], 65536)
+    bank_chunk = min(bank.shape[0], max(k, min(65536, _DISTANCE_BLOCK)))
     query_chunk = max(1, _DISTANCE_BLOCK // bank_chunk)
     result = torch.empty(queries.shape[0], device=queries.device, dtype=torch.float32)
     for q0 in range(0, queries.shape[0], query_chunk):
@@ -64,7 +65,7 @@ def knn_distance(queries: torch.Tensor, bank: torch.Tensor, k: int = 1,
         for b0 in range(0, bank.shape[0], bank_chunk):
             products = (q @ bank[b0 : b0 + bank_chunk].T).float()
             distance = q_norms + bank_squared_norms[b0 : b0 + bank_chunk] - 2.0 * products
-            nearest = torch.topk(distance, k, dim=1, largest=False).values
+            nearest = torch.topk(distance, min(k, distance.shape[1]), dim=1, largest=False).values
             best = nearest if best is None else torch.topk(torch.cat([best, nearest], 1), k, dim=1, largest=False).values
         result[q0 : q0 + query_chunk] = best.clamp_min_(0.0).sqrt_().mean(1)
     return result
@@ -74,17 +75,20 @@ class StreamingCoreset:
     """Builds the memory bank from scans one at a time, in bounded memory.
 
     Each scan's patch features are first cut to at most ``max_patches_per_scan``
-    (seeded random subsample), then reduced by a greedy coreset to
-    ``ratio`` of their count, and the survivors pooled. ``finish`` runs one more
-    greedy pass over the pool when it holds more than the requested bank size.
-    Peak memory: the pool (about ``ratio`` of all patches, on the CPU) plus one
-    scan's features.
+    (seeded random subsample), then reduced by a greedy coreset to ``ratio``
+    of their count, but to no more than ``max_kept_per_scan``, and the survivors
+    pooled. With ``max_kept_per_scan = bank cap / number of scans`` the pool can
+    never outgrow the cap, however many scans there are: peak memory is the
+    capped pool plus one scan's features. ``finish`` runs one more greedy pass
+    over the pool when it holds more than the requested bank size.
     """
 
-    def __init__(self, ratio: float, seed: int = 0, max_patches_per_scan: int = 100_000):
+    def __init__(self, ratio: float, seed: int = 0, max_patches_per_scan: int = 100_000,
+                 max_kept_per_scan: int | None = None):
         self.ratio = ratio
         self.seed = seed
         self.max_patches_per_scan = max_patches_per_scan
+        self.max_kept_per_scan = max_kept_per_scan
         self.patches_seen = 0
         self._pool: list[torch.Tensor] = []
         self._scans = 0
@@ -99,6 +103,8 @@ class StreamingCoreset:
             keep = torch.randperm(features.shape[0], generator=generator)[: self.max_patches_per_scan]
             features = features[keep.to(features.device)]
         n_keep = max(1, int(math.ceil(self.ratio * features.shape[0])))
+        if self.max_kept_per_scan is not None:
+            n_keep = min(n_keep, self.max_kept_per_scan)
         chosen = greedy_coreset(features, n_keep, seed=seed)
         self._pool.append(features[chosen.to(features.device)].float().cpu())
 

@@ -5,8 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 source .venv/bin/activate
-python scripts/make_demo_data.py --out demo/data --n-clean 8 --n-test-clean 1 --n-anomalous 2 --seed 0
-rtg-anomaly fit --clean-dir demo/data/train/good --model demo/model
+python scripts/make_demo_data.py --out demo/data --n-clean 16 --n-test-clean 2 --n-anomalous 3 --seed 0
+rtg-anomaly fit --clean-dir demo/data/train/good --model demo/model --tile-size 256 --false-alarm-rate 0.05
 rtg-anomaly detect --model demo/model --input demo/data/test/anomalous --output demo/overlays \
   --threshold calibrated --heatmap demo/heatmaps --report demo/report.json
 rtg-anomaly detect --model demo/model --input demo/data/test/good --output demo/overlays_clean \

@@ -269,3 +269,27 @@ def test_calibrate_updates_thresholds_in_the_bundle(demo_data, tiny_bundle, tmp_
     assert main(["calibrate", "--clean-dir", str(demo_data / "test" / "good"), "--model", str(bundle),
                  "--false-alarm-rate", "2"]) == 2
     assert "between 0 and 1" in _one_line_error(capsys)
+
+
+def test_evaluate_fits_and_writes_metrics(demo_data, tmp_path, capsys):
+    out = tmp_path / "eval"
+    code = main(["evaluate", "--data", str(demo_data), "--output", str(out), "--save-model", str(tmp_path / "m"),
+                 "--worst", "1", *TINY_CLI_FLAGS])
+    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["image_auroc"] <= 1.0 and 0.0 <= metrics["aupro"] <= 1.0
+    assert "image_auroc" in (out / "metrics.md").read_text().lower().replace(" ", "_") or "AUROC" in printed
+    for name in ("roc.png", "pr.png", "score_histogram.png"):
+        assert (out / name).stat().st_size > 1000
+    assert (tmp_path / "m" / "manifest.json").is_file()
+    # The saved model evaluates to the same image scores.
+    assert main(["evaluate", "--data", str(demo_data), "--model", str(tmp_path / "m"), "--output",
+                 str(tmp_path / "eval2"), "--quiet"]) == 0
+    again = json.loads((tmp_path / "eval2" / "metrics.json").read_text())
+    assert [i["score"] for i in again["images"]] == [i["score"] for i in metrics["images"]]
+
+
+def test_evaluate_bad_layout_is_one_line(tmp_path, capsys):
+    assert main(["evaluate", "--data", str(tmp_path), *TINY_CLI_FLAGS]) == 2
+    assert "train" in _one_line_error(capsys)

@@ -1,0 +1,108 @@
+"""scripts/benchmark_quality.py on a tiny synthetic MVTec-layout dataset with a tiny random backbone."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from rtg_anomaly.synthetic import write_demo_dataset
+from tests.conftest import REPO_ROOT
+
+TINY_FLAGS = "--weights random --tile-size 64 --input-size 56 --layers 1 --pca-dim 16"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("benchmark_quality", REPO_ROOT / "scripts" / "benchmark_quality.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("benchmark_quality", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+bq = _load_script()
+
+
+def test_clopper_pearson_exact_values():
+    # k = 0: upper = 1 - (alpha/2)^(1/n); k = n: lower = (alpha/2)^(1/n).
+    low, high = bq.clopper_pearson(0, 8)
+    assert low == 0.0 and high == pytest.approx(1 - 0.025 ** (1 / 8), abs=1e-9)
+    low, high = bq.clopper_pearson(5, 5)
+    assert low == pytest.approx(0.025 ** (1 / 5), abs=1e-9) and high == 1.0
+    low, high = bq.clopper_pearson(3, 45)  # reference: R binom.test(3, 45)$conf.int
+    assert (low, high) == (pytest.approx(0.01396, abs=1e-4), pytest.approx(0.18270, abs=1e-4))
+    with pytest.raises(ValueError):
+        bq.clopper_pearson(1, 0)
+
+
+def test_evenly_spaced_keeps_ends_and_order():
+    assert bq.evenly_spaced(list(range(10)), 4) == [0, 3, 6, 9]
+    assert bq.evenly_spaced(list(range(3)), 5) == [0, 1, 2]
+    assert bq.evenly_spaced(list(range(3)), None) == [0, 1, 2]
+
+
+def test_benchmark_then_ablation_writes_both_sections(tmp_path, capsys):
+    write_demo_dataset(tmp_path / "synthetic_demo", n_clean_train=4, n_clean_test=2, n_anomalous=2,
+                       height=96, seed=1)
+    out = tmp_path / "docs" / "benchmarks.md"
+    common = ["--data-root", str(tmp_path), "--datasets", "synthetic_demo", "--device", "cpu",
+              f"--extra-flags={TINY_FLAGS}", "--output", str(out)]
+
+    assert bq.main([*common, "--max-train", "3"]) == 0
+    stdout = capsys.readouterr().out
+    command = (f"rtg-anomaly evaluate --data {tmp_path / 'synthetic_demo'} {TINY_FLAGS} "
+               "--false-alarm-rate 0.05 --device cpu")
+    assert command in stdout
+
+    cache = json.loads(out.with_suffix(".json").read_text())
+    entry = cache["sections"]["benchmark"]["datasets"]["synthetic_demo"]
+    assert entry["command"] == command
+    assert entry["flags"] == TINY_FLAGS.split()
+    assert entry["config"]["tile_size"] == 64 and entry["config"]["layers"] == [1]
+    assert entry["subsample"]["n_train_used"] == 3 and entry["subsample"]["subsampled"]
+    assert (entry["n_good"], entry["n_anomalous"]) == (2, 2)
+    assert 0.0 <= entry["image_auroc"] <= 1.0 and entry["pixel_auroc"] is not None and entry["aupro"] is not None
+    assert entry["memory_bank_size"] > 0 and entry["calibration_scans"] >= 1
+    op = entry["operator"]
+    assert op["requested"] == 0.05 and op["n_good"] == 2
+    low, high = bq.clopper_pearson(op["false_alarms"], 2)
+    assert (op["ci_low"], op["ci_high"]) == (pytest.approx(low), pytest.approx(high))
+    assert op["within"] == (low <= 0.05 <= high)
+
+    text = out.read_text()
+    assert "| synthetic_demo † | 3 / 2 / 2 |" in text
+    assert f"`{command}`" not in text and command in text           # in the reproduce block
+    assert f"{op['false_alarms']}/2" in text
+    assert f"[{100 * low:.1f} %, {100 * high:.1f} %]" in text        # the Clopper-Pearson interval
+    assert "fitted on 3 of 4 train/good images" in text              # the subsampling note
+    assert "PaDiM | EfficientNet-Lite0 | 0.969 | 0.921 | 0.694" in text
+    assert "No ablation run yet" in text
+
+    # Ablation afterwards (two variants to stay fast): the benchmark section must survive.
+    assert bq.main([*common, "--ablation", "--variants", "0,4"]) == 0
+    cache = json.loads(out.with_suffix(".json").read_text())
+    assert "synthetic_demo" in cache["sections"]["benchmark"]["datasets"]
+    variants = cache["sections"]["ablation"]["datasets"]["synthetic_demo"]["variants"]
+    assert [v["variant"] for v in variants] == [[], ["--image-score", "top_mean"]]
+    assert variants[1]["config"]["image_score"] == "top_mean" and variants[1]["config"]["tile_size"] == 64
+    text = out.read_text()
+    assert "## Ablations" in text and "| baseline |" in text and "| `--image-score top_mean` |" in text
+    assert "| synthetic_demo † | 3 / 2 / 2 |" in text                # the results table is still there
+
+    # --render-only regenerates the same page from the cache.
+    out.unlink()
+    assert bq.main(["--output", str(out), "--render-only"]) == 0
+    assert out.read_text() == text
+
+
+def test_bad_flags_and_missing_dataset_fail_before_running(tmp_path, capsys):
+    write_demo_dataset(tmp_path / "synthetic_demo", n_clean_train=2, n_clean_test=1, n_anomalous=1,
+                       height=96, seed=1)
+    out = tmp_path / "benchmarks.md"
+    assert bq.main(["--data-root", str(tmp_path), "--datasets", "nope", "--output", str(out)]) == 2
+    assert bq.main(["--data-root", str(tmp_path), "--datasets", "synthetic_demo", "--output", str(out),
+                    "--extra-flags=--image-score median"]) == 2
+    assert not out.exists()

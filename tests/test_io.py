@@ -1,0 +1,279 @@
+"""Tests for reading and writing scans (8/16-bit, grey/colour, broken files, atomic writes)."""
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from rtg_anomaly.errors import InputError
+from rtg_anomaly.io import ImageReadError, check_output_path, list_images, load_image, save_array, save_image
+
+
+def _grey8(shape=(23, 37), seed=0):
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def _grey16(shape=(23, 37), seed=0):
+    image = np.random.default_rng(seed).integers(0, 60001, shape, dtype=np.uint16)
+    image[0, 0], image[0, 1], image[0, 2] = 0, 60000, 65535  # extremes survive
+    return image
+
+
+# ---------------------------------------------------------------- load_image
+
+@pytest.mark.parametrize("suffix", [".png", ".bmp", ".tif"])
+def test_load_grey8_lossless(tmp_path, suffix):
+    image = _grey8()
+    path = tmp_path / f"scan{suffix}"
+    Image.fromarray(image).save(path)
+    out = load_image(path)
+    assert out.dtype == np.uint8 and out.shape == image.shape
+    assert np.array_equal(out, image)
+
+
+def test_load_grey8_jpeg(tmp_path):
+    image = np.tile(np.linspace(0, 255, 64).astype(np.uint8), (48, 1))  # smooth: small JPEG error
+    path = tmp_path / "scan.jpg"
+    Image.fromarray(image).save(path, quality=95)
+    out = load_image(str(path))  # str paths work too
+    assert out.dtype == np.uint8 and out.shape == (48, 64)
+    assert np.abs(out.astype(int) - image).max() <= 4
+
+
+@pytest.mark.parametrize("writer", ["pil", "cv2"])
+@pytest.mark.parametrize("suffix", [".png", ".tif", ".tiff"])
+def test_load_16bit_preserves_values(tmp_path, writer, suffix):
+    image = _grey16()
+    path = tmp_path / f"scan16{suffix}"
+    if writer == "pil":
+        Image.fromarray(image).save(path)
+    else:
+        assert cv2.imwrite(str(path), image)
+    out = load_image(path)
+    assert out.dtype == np.uint16 and out.shape == image.shape
+    assert np.array_equal(out, image)
+    assert out.max() == 65535 and (out > 255).mean() > 0.9
+
+
+def test_load_float_tiff(tmp_path):
+    image = np.random.default_rng(1).random((9, 11), dtype=np.float32) * 3.0 - 1.0
+    path = tmp_path / "float.tif"
+    Image.fromarray(image).save(path)
+    out = load_image(path)
+    assert out.dtype == np.float32 and np.array_equal(out, image)
+
+
+def test_rgb_with_equal_channels_is_grey(tmp_path):
+    grey = _grey8()
+    path = tmp_path / "rgb.png"
+    Image.fromarray(np.stack([grey] * 3, axis=2)).save(path)
+    out = load_image(path)
+    assert out.shape == grey.shape and out.dtype == np.uint8
+    assert np.array_equal(out, grey)
+
+
+def test_real_colour_stays_colour(tmp_path):
+    colour = np.random.default_rng(2).integers(0, 256, (15, 20, 3), dtype=np.uint8)
+    for suffix in (".png", ".bmp", ".tif"):
+        path = tmp_path / f"colour{suffix}"
+        Image.fromarray(colour).save(path)
+        out = load_image(path)
+        assert out.shape == (15, 20, 3) and out.dtype == np.uint8
+        assert np.array_equal(out, colour)
+        assert out.flags.c_contiguous
+
+
+def test_rgba_drops_alpha(tmp_path):
+    rng = np.random.default_rng(3)
+    colour = rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)
+    alpha = rng.integers(0, 256, (10, 12, 1), dtype=np.uint8)
+    Image.fromarray(np.concatenate([colour, alpha], axis=2), mode="RGBA").save(tmp_path / "c.png")
+    out = load_image(tmp_path / "c.png")
+    assert out.shape == (10, 12, 3) and np.array_equal(out, colour)  # not premultiplied
+    grey = colour[..., 0]
+    Image.fromarray(np.concatenate([np.stack([grey] * 3, 2), alpha], axis=2), mode="RGBA").save(tmp_path / "g.png")
+    out = load_image(tmp_path / "g.png")
+    assert out.shape == (10, 12) and np.array_equal(out, grey)
+    Image.fromarray(np.stack([grey, alpha[..., 0]], axis=2), mode="LA").save(tmp_path / "la.png")
+    out = load_image(tmp_path / "la.png")
+    assert out.shape == (10, 12) and np.array_equal(out, grey)
+
+
+def test_palette_and_bilevel_images(tmp_path):
+    colour = np.zeros((8, 8, 3), dtype=np.uint8)
+    colour[:4] = (255, 0, 0)
+    colour[4:] = (0, 0, 255)
+    Image.fromarray(colour).convert("P").save(tmp_path / "p.png")
+    out = load_image(tmp_path / "p.png")
+    assert out.shape == (8, 8, 3) and np.array_equal(out, colour)
+    bits = np.zeros((8, 8), dtype=bool)
+    bits[:, 4:] = True
+    Image.fromarray(bits).save(tmp_path / "b.png")
+    out = load_image(tmp_path / "b.png")
+    assert out.dtype == np.uint8 and out.shape == (8, 8)
+    assert set(np.unique(out)) == {0, 255} and np.array_equal(out == 255, bits)
+
+
+def _assert_read_error(path, match=None):
+    with pytest.raises(ImageReadError, match=match) as info:
+        load_image(path)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message
+    assert isinstance(info.value, InputError)
+
+
+def test_missing_file(tmp_path):
+    _assert_read_error(tmp_path / "nope.png", "no such file")
+
+
+def test_folder_is_not_an_image(tmp_path):
+    (tmp_path / "dir.png").mkdir()
+    _assert_read_error(tmp_path / "dir.png")
+
+
+def test_text_file_named_bmp(tmp_path):
+    path = tmp_path / "fake.bmp"
+    path.write_text("this is not an image\n" * 20)
+    _assert_read_error(path, "not a recognised image")
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.png"
+    path.write_bytes(b"")
+    _assert_read_error(path)
+
+
+@pytest.mark.parametrize("suffix,image", [(".png", _grey8((64, 64))), (".png", _grey16((64, 64))),
+                                          (".tif", _grey16((64, 64))), (".jpg", _grey8((64, 64))),
+                                          (".bmp", _grey8((64, 64)))])
+def test_truncated_file(tmp_path, suffix, image):
+    path = tmp_path / f"cut{suffix}"
+    Image.fromarray(image).save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    _assert_read_error(path)
+
+
+def test_bad_png_body(tmp_path):
+    path = tmp_path / "bad.png"
+    Image.fromarray(_grey8((64, 64))).save(path)
+    data = bytearray(path.read_bytes())
+    data[60:80] = b"\x00" * 20  # corrupt the compressed data / CRC
+    path.write_bytes(bytes(data))
+    _assert_read_error(path)
+
+
+# ---------------------------------------------------------------- list_images
+
+def test_list_images_sorted_and_filtered(tmp_path):
+    for name in ["b.png", "a.BMP", "c.tif", "d.tiff", "e.jpeg", "f.jpg", "Z.png", "notes.txt", "noext", "x.npy"]:
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "folder.png").mkdir()  # folders are skipped even with an image suffix
+    (tmp_path / "folder.png" / "inner.png").write_bytes(b"x")  # not recursive
+    found = list_images(tmp_path)
+    names = [p.name for p in found]
+    assert names == sorted(["b.png", "a.BMP", "c.tif", "d.tiff", "e.jpeg", "f.jpg", "Z.png"])
+    assert all(isinstance(p, Path) and p.parent == tmp_path for p in found)
+
+
+def test_list_images_missing_or_empty(tmp_path):
+    with pytest.raises(ImageReadError, match="does not exist"):
+        list_images(tmp_path / "missing")
+    with pytest.raises(ImageReadError, match="no images"):
+        list_images(tmp_path)
+    (tmp_path / "readme.txt").write_text("hi")
+    with pytest.raises(ImageReadError, match="no images"):
+        list_images(tmp_path)
+    with pytest.raises(ImageReadError):
+        list_images(tmp_path / "readme.txt")  # a file, not a folder
+
+
+# ---------------------------------------------------------------- save_image
+
+@pytest.mark.parametrize("suffix,fmt", [(".bmp", "BMP"), (".png", "PNG"), (".PNG", "PNG"), (".tif", "TIFF"),
+                                        (".tiff", "TIFF"), (".jpg", "JPEG"), (".jpeg", "JPEG"), (".JPG", "JPEG")])
+@pytest.mark.parametrize("colour", [False, True])
+def test_save_image_format_by_extension(tmp_path, suffix, fmt, colour):
+    rng = np.random.default_rng(4)
+    image = rng.integers(0, 256, (12, 17, 3) if colour else (12, 17), dtype=np.uint8)
+    if colour:
+        image[..., 1] = 255 - image[..., 0]  # make sure it is not grey
+    path = tmp_path / f"out{suffix}"
+    save_image(path, image)
+    with Image.open(path) as img:
+        assert img.format == fmt
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
+    out = load_image(path)
+    assert out.shape == image.shape
+    if fmt != "JPEG":
+        assert np.array_equal(out, image)
+
+
+def test_save_image_overwrites_atomically(tmp_path):
+    path = tmp_path / "out.png"
+    save_image(path, np.zeros((4, 4), np.uint8))
+    save_image(path, np.full((5, 6), 9, np.uint8))
+    assert np.array_equal(load_image(path), np.full((5, 6), 9, np.uint8))
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
+
+
+def test_save_image_failure_leaves_old_file_and_no_temp(tmp_path):
+    path = tmp_path / "out.png"
+    save_image(path, np.full((4, 4), 7, np.uint8))
+    before = path.read_bytes()
+    with pytest.raises(Exception):
+        save_image(path, np.zeros((4, 4), dtype=np.complex64))  # not an image
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
+
+
+@pytest.mark.parametrize("name", ["out.gif", "out.npy", "out", "out.png.tmp"])
+def test_save_image_unknown_extension_rejected(tmp_path, name):
+    with pytest.raises(ImageReadError, match="cannot write"):
+        save_image(tmp_path / name, np.zeros((4, 4), np.uint8))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_image_missing_parent_rejected(tmp_path):
+    with pytest.raises(ImageReadError, match="does not exist"):
+        save_image(tmp_path / "missing" / "out.png", np.zeros((4, 4), np.uint8))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_image_onto_folder_rejected(tmp_path):
+    (tmp_path / "out.png").mkdir()
+    with pytest.raises(ImageReadError, match="folder"):
+        save_image(tmp_path / "out.png", np.zeros((4, 4), np.uint8))
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
+
+
+def test_check_output_path_custom_suffixes(tmp_path):
+    check_output_path(tmp_path / "report.json", suffixes=(".json",))
+    with pytest.raises(ImageReadError):
+        check_output_path(tmp_path / "report.png", suffixes=(".json",))
+
+
+# ---------------------------------------------------------------- save_array
+
+@pytest.mark.parametrize("array", [np.random.default_rng(5).random((7, 9), dtype=np.float32),
+                                   np.arange(24, dtype=np.uint16).reshape(2, 3, 4), np.array(2.5)])
+def test_save_array_round_trip(tmp_path, array):
+    path = tmp_path / "heat.npy"
+    save_array(path, np.zeros(3))  # overwrite an existing file
+    save_array(path, array)
+    out = np.load(path, allow_pickle=False)
+    assert out.dtype == array.dtype and out.shape == array.shape and np.array_equal(out, array)
+    assert [p.name for p in tmp_path.iterdir()] == ["heat.npy"]
+
+
+def test_save_array_no_pickles_and_no_leftovers(tmp_path):
+    with pytest.raises(ValueError):
+        save_array(tmp_path / "obj.npy", np.array([{"a": 1}, None], dtype=object))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_array_missing_parent(tmp_path):
+    with pytest.raises(ImageReadError, match="does not exist"):
+        save_array(tmp_path / "missing" / "heat.npy", np.zeros(3))
+    assert list(tmp_path.iterdir()) == []
