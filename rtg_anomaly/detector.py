@@ -32,7 +32,6 @@ from .pca import PCAProjection
 from .stitching import MapStitcher, gaussian_smooth
 from .tiling import extract_tiles, pad_to_tile, tile_grid
 
-ImageInput = "str | os.PathLike | np.ndarray"
 PCA_SAMPLE_TOTAL = 200_000
 CALIBRATION_PIXELS_PER_SCAN = 20_000
 
@@ -183,42 +182,48 @@ class Detector:
         self.backbone_digest_ = self.extractor.digest
         self._set_bank(self.pca_.transform_numpy(builder.finish(bank_cap, self.extractor.device).numpy()))
 
-        image_scores, maxima, samples, n_calibration = [], [], [], 0
-        for item in holdout_items:
-            image = self._read(item, on_bad_image)
-            bar.update(1)
-            if image is None:
-                continue
-            raw_map, features = self._raw_map(image, keep_features=True)
-            image_scores.append(self._image_score(raw_map))
-            maxima.append(float(raw_map.max()))
-            samples.append(raw_map.reshape(-1)[random_rows(raw_map.size, CALIBRATION_PIXELS_PER_SCAN,
-                                                           config.seed + n_calibration)])
-            builder.add(features)
-            n_calibration += 1
+        scores, maxima, samples = self._clean_statistics(holdout_items, on_bad_image, bar=bar, pool=builder)
         bar.close()
-        self.calibration_ = None
-        if n_calibration == 0:
-            # Too few clean scans to hold any out: calibrate on the training scans (optimistic).
-            for item in train_items[: max(1, min(len(train_items), 10))]:
-                image = self._read(item, None if on_bad_image is None else (lambda *_: None))
-                if image is None:
-                    continue
-                raw_map = self._raw_map(image)
-                image_scores.append(self._image_score(raw_map))
-                maxima.append(float(raw_map.max()))
-                samples.append(raw_map.reshape(-1)[random_rows(raw_map.size, CALIBRATION_PIXELS_PER_SCAN, 0)])
-        else:
+        n_calibration = len(scores)
+        if n_calibration:
             self._set_bank(self.pca_.transform_numpy(builder.finish(bank_cap, self.extractor.device).numpy()))
-        calibration = calibrate(np.array(image_scores), np.array(maxima), np.concatenate(samples),
-                                false_alarm_rate)
-        if n_calibration == 0:
+        else:
+            # Too few clean scans to hold any out: calibrate on training scans (optimistic).
+            scores, maxima, samples = self._clean_statistics(train_items[:10], lambda *_: None)
+        calibration = calibrate(scores, maxima, samples, false_alarm_rate)
+        if not n_calibration:
             calibration.warnings.append("no clean scan was held out: calibrated on training scans (optimistic)")
         self.calibration_ = calibration
         self.fit_info_ = {"n_train_scans": n_train, "n_calibration_scans": n_calibration,
                           "patches_seen": builder.patches_seen, "memory_bank_size": int(self.memory_bank_.shape[0]),
                           "seconds": time.perf_counter() - started}
         return self
+
+    def _clean_statistics(self, items: Sequence, on_bad_image, bar=None, pool: StreamingCoreset | None = None):
+        """Raw clean-scan statistics for calibration.
+
+        Returns (image_scores (n,), map_maxima (n,), pixel_samples (m,)) as
+        float arrays over the n readable scans. With ``pool``, each scan's patch
+        features are also added to it (held-out scans join the memory bank).
+        """
+        scores, maxima, samples = [], [], []
+        for item in items:
+            image = self._read(item, on_bad_image)
+            if bar is not None:
+                bar.update(1)
+            if image is None:
+                continue
+            if pool is None:
+                raw_map = self._raw_map(image)
+            else:
+                raw_map, features = self._raw_map(image, keep_features=True)
+                pool.add(features)
+            scores.append(self._image_score(raw_map))
+            maxima.append(float(raw_map.max()))
+            rows = random_rows(raw_map.size, CALIBRATION_PIXELS_PER_SCAN, self.config.seed + len(samples))
+            samples.append(raw_map.reshape(-1)[rows])
+        pixel_samples = np.concatenate(samples) if samples else np.zeros(0, np.float32)
+        return np.array(scores), np.array(maxima), pixel_samples
 
     def _read(self, item, on_bad_image) -> np.ndarray | None:
         try:
@@ -354,19 +359,11 @@ class Detector:
         Sets and returns ``calibration_``.
         """
         self._check_fitted()
-        scores, maxima, samples = [], [], []
-        for index, item in enumerate(images):
-            image = self._read(item, on_bad_image)
-            if image is None:
-                continue
-            raw_map = self._raw_map(image)
-            scores.append(self._image_score(raw_map))
-            maxima.append(float(raw_map.max()))
-            samples.append(raw_map.reshape(-1)[random_rows(raw_map.size, CALIBRATION_PIXELS_PER_SCAN, index)])
-        if not scores:
+        scores, maxima, samples = self._clean_statistics(list(images), on_bad_image)
+        if not scores.size:
             raise InputError("no clean scan could be read to calibrate on")
-        self.calibration_ = calibrate(np.array(scores), np.array(maxima), np.concatenate(samples),
-                                      false_alarm_rate, clean_level=self.calibration_.clean_level)
+        self.calibration_ = calibrate(scores, maxima, samples, false_alarm_rate,
+                                      clean_level=self.calibration_.clean_level)
         return self.calibration_
 
     # ------------------------------------------------------------------ persistence
