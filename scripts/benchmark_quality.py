@@ -269,6 +269,14 @@ def _metric_cell(entry: dict, metric: str) -> str:
     return text
 
 
+def _pct0(value: float) -> str:
+    return f"{100 * value:g} %"
+
+
+def _ms(value: float) -> str:
+    return f"{value:.1f}" if value < 10 else f"{value:.0f}"
+
+
 def _pct(value) -> str:
     return "n/a" if value is None else f"{100 * value:.1f} %"
 
@@ -322,9 +330,10 @@ def render_markdown(cache: dict) -> str:
               "`train/good` images and evaluated on `test/`, with the settings of the `rtg-anomaly` command shown "
               "below: the per-dataset flags are documented CLI flags only (`DATASET_FLAGS` in the script), parsed "
               "by the CLI's own parser. Thresholds are calibrated at a requested false-alarm rate of "
-              f"{FALSE_ALARM_RATE:.0%} on clean images held out from `train/good`. *Fit s* is the wall time of "
+              f"{_pct0(FALSE_ALARM_RATE)} on clean images held out from `train/good`. *Fit s* is the wall time of "
               "`fit` (backbone loading included); *detect ms/image* is the mean / median wall time of scoring "
-              "one test image (reading it included).", "",
+              "one test image (reading it included). Runs are deterministic: every random choice follows the "
+              "config's seed (0 unless `--seed` says otherwise).", "",
               "### Runs", "", "| Section | Datasets | Date (UTC) | Machine | Command |", "|---|---|---|---|---|"]
     seen = {}
     for section, entries in (("benchmark", bench), ("ablation", ablation)):
@@ -366,21 +375,21 @@ def render_markdown(cache: dict) -> str:
                 f"| {name}{mark} | {e['subsample']['n_train_used']} / {e['n_good']} / {e['n_anomalous']} "
                 f"| {_metric_cell(e, 'image_auroc')} | {_metric_cell(e, 'pixel_auroc')} | {_metric_cell(e, 'aupro')} "
                 f"| {_num(e['best_f1'])} | {e['fit_seconds']:.1f} "
-                f"| {e['detect_ms_mean']:.0f} / {e['detect_ms_median']:.0f} | {e['memory_bank_size']} "
+                f"| {_ms(e['detect_ms_mean'])} / {_ms(e['detect_ms_median'])} | {e['memory_bank_size']} "
                 f"| {e['calibration_scans']} |")
         if subsampled:
             lines += ["", "† subsampled (see the note at the top)."]
         lines += ["", "AUPRO is integrated up to a per-region false-positive rate of 0.3 and normalised. "
                   "gdxray_castings has bounding-box masks, so its pixel metrics are approximate."]
 
-        lines += ["", f"## Operator target: requested false-alarm rate {FALSE_ALARM_RATE:.0%}", "",
-                  f"The calibrated image threshold should flag about {FALSE_ALARM_RATE:.0%} of clean scans. "
+        lines += ["", f"## Operator target: requested false-alarm rate {_pct0(FALSE_ALARM_RATE)}", "",
+                  f"The calibrated image threshold should flag about {_pct0(FALSE_ALARM_RATE)} of clean scans. "
                   "Measured on `test/good` (images the detector never saw) with an exact "
-                  f"{CONFIDENCE:.0%} Clopper-Pearson interval: the target holds when {FALSE_ALARM_RATE:.0%} lies inside "
+                  f"{_pct0(CONFIDENCE)} Clopper-Pearson interval: the target holds when {_pct0(FALSE_ALARM_RATE)} lies inside "
                   "it (within sampling error). Recall is the share of anomalous test images flagged at the same "
                   "threshold.", "",
-                  f"| Dataset | Requested | False alarms on test/good (k/n) | Measured rate | {CONFIDENCE:.0%} CI "
-                  f"(Clopper-Pearson) | {FALSE_ALARM_RATE:.0%} within sampling error | Recall at threshold "
+                  f"| Dataset | Requested | False alarms on test/good (k/n) | Measured rate | {_pct0(CONFIDENCE)} CI "
+                  f"(Clopper-Pearson) | {_pct0(FALSE_ALARM_RATE)} within sampling error | Recall at threshold "
                   "| Calibration (scans, method) |",
                   "|---|---|---|---|---|---|---|---|"]
         for name in order:
@@ -428,7 +437,7 @@ def render_markdown(cache: dict) -> str:
                 op = v["operator"]
                 lines.append(f"| {_flags_text(v['variant']) if v['variant'] else 'baseline'} "
                              f"| {_num(v['image_auroc'])} | {_num(v['pixel_auroc'])} | {_num(v['aupro'])} "
-                             f"| {v['fit_seconds']:.1f} | {v['detect_ms_mean']:.0f} | {v['memory_bank_size']} "
+                             f"| {v['fit_seconds']:.1f} | {_ms(v['detect_ms_mean'])} | {v['memory_bank_size']} "
                              f"| {op['false_alarms']}/{op['n_good']} |")
             lines += [""]
 
@@ -547,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # record it, go on with the next dataset
             failures += 1
             message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            log(f"{name} {label}: FAILED: {message}")
+            log(f"{name}{' ' + label if label else ''}: FAILED: {message}")
             if os.environ.get("RTG_ANOMALY_DEBUG"):
                 traceback.print_exc()
             entry = None
@@ -564,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
             section["failed"].pop(name, None)
         else:
             section["failed"][name] = message
-        log(f"{name} {label}: done in {time.perf_counter() - started:.1f} s")
+        log(f"{name}{' ' + label if label else ''}: done in {time.perf_counter() - started:.1f} s")
         # Save after every run, so a long benchmark that fails late keeps what it measured.
         write_text(cache_path, json.dumps(cache, indent=2, allow_nan=False) + "\n")
         write_text(output, render_markdown(cache))
