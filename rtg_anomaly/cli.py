@@ -247,6 +247,10 @@ def _run_detect(args: argparse.Namespace) -> int:
         csv_path = Path(args.csv) if args.csv else None
         if source.suffix.lower() not in IMAGE_SUFFIXES:
             raise InputError(f"input {source} is not an image file ({', '.join(IMAGE_SUFFIXES)})")
+        if output.is_dir():  # an existing folder: the overlay takes the scan's name there
+            output = output / source.name
+        if heatmap is not None and heatmap.is_dir():
+            heatmap = heatmap / f"{source.stem}.npy"
         check_output_path(output)
         if heatmap is not None:
             check_output_path(heatmap, suffixes=(".npy",))

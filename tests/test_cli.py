@@ -293,3 +293,11 @@ def test_evaluate_fits_and_writes_metrics(demo_data, tmp_path, capsys):
 def test_evaluate_bad_layout_is_one_line(tmp_path, capsys):
     assert main(["evaluate", "--data", str(tmp_path), *TINY_CLI_FLAGS]) == 2
     assert "train" in _one_line_error(capsys)
+
+
+def test_single_scan_into_existing_folders(demo_data, tiny_bundle, tmp_path):
+    scan = sorted((demo_data / "test" / "good").iterdir())[0]
+    (tmp_path / "maps").mkdir()
+    assert main(["detect", "--input", str(scan), "--output", str(tmp_path), "--heatmap", str(tmp_path / "maps"),
+                 "--model", str(tiny_bundle)]) == 0
+    assert (tmp_path / scan.name).is_file() and (tmp_path / "maps" / f"{scan.stem}.npy").is_file()
