@@ -183,13 +183,15 @@ def _run_fit(args: argparse.Namespace) -> int:
     from .io import list_images
 
     config = _config_from_args(args)
+    _check_rate(args.false_alarm_rate)
     model_dir = Path(args.model or _default_model())
+    if args.model is None:  # the default place may not exist yet in a fresh working folder
+        model_dir.parent.mkdir(parents=True, exist_ok=True)
     _check_writable_folder(model_dir)
     paths = list_images(args.clean_dir)
     device = resolve_device(args.device)
     started = time.perf_counter()
     detector = Detector(config, device=device)
-    _check_rate(args.false_alarm_rate)
     detector.fit(paths, progress=not args.quiet, on_bad_image=_warn_skipped, false_alarm_rate=args.false_alarm_rate)
     detector.save(model_dir)
     info, calibration = detector.fit_info_, detector.calibration_
@@ -205,9 +207,9 @@ def _run_fit(args: argparse.Namespace) -> int:
 def _check_writable_folder(folder: Path) -> None:
     parent = folder.resolve().parent
     if not parent.is_dir():
-        raise InputError(f"cannot write model to {folder}: folder {parent} does not exist")
+        raise InputError(f"cannot write to {folder}: folder {parent} does not exist")
     if folder.exists() and not folder.is_dir():
-        raise InputError(f"cannot write model to {folder}: it is a file")
+        raise InputError(f"cannot write to {folder}: it is a file")
 
 
 def _warn_skipped(item, error: Exception) -> None:

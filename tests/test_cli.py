@@ -301,3 +301,10 @@ def test_single_scan_into_existing_folders(demo_data, tiny_bundle, tmp_path):
     assert main(["detect", "--input", str(scan), "--output", str(tmp_path), "--heatmap", str(tmp_path / "maps"),
                  "--model", str(tiny_bundle)]) == 0
     assert (tmp_path / scan.name).is_file() and (tmp_path / "maps" / f"{scan.stem}.npy").is_file()
+
+
+def test_fit_default_model_path_in_a_fresh_folder(demo_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RTG_ANOMALY_MODEL", raising=False)
+    assert main(["fit", "--clean-dir", str(demo_data / "train" / "good"), *TINY_CLI_FLAGS]) == 0
+    assert (tmp_path / "model_artifacts" / "default" / "manifest.json").is_file()
