@@ -220,6 +220,7 @@ def _warn_skipped(item, error: Exception) -> None:
 def _run_detect(args: argparse.Namespace) -> int:
     from .detector import Detector
     from .io import IMAGE_SUFFIXES, check_output_path, list_images
+    from .io import prefetch
     from .triage import sort_into, triage_row, write_triage_csv
 
     source = Path(args.input)
@@ -268,10 +269,12 @@ def _run_detect(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     rows = []
-    for path, overlay_path, heatmap_path in tqdm(jobs, unit="scan", desc="detect", leave=False,
-                                                 disable=args.quiet or len(jobs) < 2):
+    scans = prefetch(detector.load_scan, [path for path, _, _ in jobs])
+    for (path, overlay_path, heatmap_path), loaded in tqdm(zip(jobs, scans), total=len(jobs), unit="scan",
+                                                           desc="detect", leave=False,
+                                                           disable=args.quiet or len(jobs) < 2):
         try:
-            entry = _detect_one(detector, path, overlay_path, heatmap_path, args)
+            entry = _detect_one(detector, path, loaded.result(), overlay_path, heatmap_path, args)
         except InputError as exc:
             if not folder_mode:
                 raise
@@ -310,11 +313,10 @@ def _prepare_output_folder(folder: Path, flag: str) -> None:
     folder.mkdir(exist_ok=True)
 
 
-def _detect_one(detector, path: Path, overlay_path: Path, heatmap_path: Path | None, args) -> dict:
+def _detect_one(detector, path: Path, image, overlay_path: Path, heatmap_path: Path | None, args) -> dict:
     from .io import save_array, save_image
     from .regions import draw_regions, find_regions
 
-    image = detector.load_scan(path)
     timings: dict[str, float] = {}
     started = time.perf_counter()
     result = detector.score(image, timings=timings)

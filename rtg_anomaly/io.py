@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -134,3 +136,17 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     if not paths:
         raise ImageReadError(f"folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     return paths
+
+
+def prefetch(load: Callable[[Path], np.ndarray], paths: list[Path]) -> Iterator[Future]:
+    """Yield one future per path, in order, decoding the next scan while the caller works on this one.
+
+    At most two scans are decoded at any time (the one handed out and the next).
+    ``future.result()`` returns the array or raises the loader's error.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rtg-prefetch") as pool:
+        upcoming = pool.submit(load, paths[0]) if paths else None
+        for index in range(len(paths)):
+            current = upcoming
+            upcoming = pool.submit(load, paths[index + 1]) if index + 1 < len(paths) else None
+            yield current

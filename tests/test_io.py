@@ -277,3 +277,27 @@ def test_save_array_missing_parent(tmp_path):
     with pytest.raises(ImageReadError, match="does not exist"):
         save_array(tmp_path / "missing" / "heat.npy", np.zeros(3))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_prefetch_keeps_order_and_errors(tmp_path):
+    import threading
+
+    from rtg_anomaly.io import prefetch
+
+    calls = []
+
+    def load(path):
+        calls.append((path, threading.current_thread().name))
+        if path == "bad":
+            raise ImageReadError("cannot read image bad: broken")
+        return path.upper()
+
+    futures = prefetch(load, ["a", "bad", "c"])
+    first = next(futures)
+    assert first.result() == "A"
+    with pytest.raises(ImageReadError):
+        next(futures).result()
+    assert next(futures).result() == "C"
+    assert [c[0] for c in calls] == ["a", "bad", "c"]
+    assert all(name.startswith("rtg-prefetch") for _, name in calls)
+    assert list(prefetch(load, [])) == []
