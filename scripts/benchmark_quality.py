@@ -168,6 +168,8 @@ def run_dataset(name: str, data_dir: Path, display_dir: str, flags: list[str], d
 
     argv = evaluate_argv(str(data_dir), flags, max_per_class, device)
     command = shlex.join(["rtg-anomaly", *evaluate_argv(display_dir, flags, max_per_class, device)])
+    # Show the shared weights folder the way the data root is shown (../shared/weights, not an absolute path).
+    command = command.replace(str(Path(data_dir).parent.parent / "weights"), str(Path(display_dir).parent.parent / "weights"))
     args = parse_cli(argv)
     config = _config_from_args(args)
     eval_set = load_mvtec_folder(args.data)
@@ -419,7 +421,8 @@ def render_markdown(cache: dict) -> str:
     if PEERS_DATASET in bench:
         e = bench[PEERS_DATASET]
         mark = " †" if e["subsample"]["subsampled"] else ""
-        lines.append(f"| **rtg-anomaly (this page){mark}** | DINOv2 ViT-S/14 | {_num(e['image_auroc'])} "
+        backbone = e["config"]["backbone"]
+        lines.append(f"| **rtg-anomaly PatchCore-style (this page){mark}** | `{backbone}` | {_num(e['image_auroc'])} "
                      f"| {_num(e['pixel_auroc'])} | {_num(e['aupro'])} |")
     lines += ["", "Project targets:", ""]
     for name, targets in TARGETS.items():

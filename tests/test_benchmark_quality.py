@@ -92,7 +92,8 @@ def test_benchmark_then_ablation_writes_both_sections(tmp_path, capsys, one_thre
     assert "No ablation run yet" in text
 
     # Ablation afterwards (one variant, to stay fast): the benchmark section must survive.
-    assert bq.main([*common, "--ablation", "--variants", "4"]) == 0
+    top_mean = bq.ABLATION_VARIANTS.index(["--image-score", "top_mean"])
+    assert bq.main([*common, "--ablation", "--variants", str(top_mean)]) == 0
     cache = json.loads(out.with_suffix(".json").read_text())
     assert "synthetic_demo" in cache["sections"]["benchmark"]["datasets"]
     variants = cache["sections"]["ablation"]["datasets"]["synthetic_demo"]["variants"]
