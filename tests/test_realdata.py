@@ -76,3 +76,23 @@ def test_clean_scans_are_quiet_and_calibrated(castings, castings_detector):
     threshold = castings_detector.calibration_.image_threshold
     assert 0.5 < np.median(scores) < 1.5
     assert np.mean(scores > threshold) <= 0.25
+
+
+def test_welds_evaluation_with_pixel_metrics(tmp_path):
+    """A small real-data evaluation through the evaluate command's library path.
+
+    gdxray_welds: fitted on all 16 clean tiles, scored on 10 good-or-fewer and 10 defect tiles.
+    """
+    from rtg_anomaly.evaluation import evaluate, load_mvtec_folder
+
+    root = shared_data_dir() / "gdxray_welds"
+    eval_set = load_mvtec_folder(root)
+    detector = Detector(DetectorConfig(), device="cpu").fit(eval_set.train_paths)
+    metrics = evaluate(detector, eval_set, output_dir=tmp_path, max_per_class=10)
+    print(f"\ngdxray_welds (16 train, {metrics['n_good']} good + {metrics['n_anomalous']} defect): "
+          f"image AUROC {metrics['image_auroc']:.3f}, pixel AUROC {metrics['pixel_auroc']:.3f}, "
+          f"AUPRO {metrics['aupro']:.3f}")
+    assert metrics["pixel_metrics"] and metrics["n_anomalous"] == 10
+    assert metrics["pixel_auroc"] >= 0.8
+    assert metrics["aupro"] >= 0.4
+    assert (tmp_path / "metrics.json").is_file() and (tmp_path / "roc.png").is_file()
