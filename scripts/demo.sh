@@ -11,4 +11,4 @@ rtg-anomaly detect --model demo/model --input demo/data/test/anomalous --output 
   --threshold calibrated --heatmap demo/heatmaps --report demo/report.json
 rtg-anomaly detect --model demo/model --input demo/data/test/good --output demo/overlays_clean \
   --threshold calibrated --report demo/report_clean.json
-echo "demo done: overlays of scans with hidden packages in demo/overlays/, of a clean scan in demo/overlays_clean/"
+echo "demo done: overlays of scans with hidden packages in demo/overlays/, of clean scans in demo/overlays_clean/"
