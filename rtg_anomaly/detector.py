@@ -89,7 +89,8 @@ class Detector:
             self._extractor = FeatureExtractor(self.config, resolve_device(str(self.device)))
         return self._extractor
 
-    def _patch_features(self, image: np.ndarray, timings: dict | None = None):
+    def _patch_features(self, image: np.ndarray, timings: dict | None = None,
+                        window: tuple[float, float] | None = None):
         """Yield ``(origins, features)`` per batch of tiles of a scan.
 
         origins: int (B, 2) tile corners (y, x) in the padded scan.
@@ -97,7 +98,7 @@ class Detector:
         """
         config = self.config
         padded = pad_to_tile(image, config.tile_size)
-        low, high = window_limits(image, config.intensity_window, config.window_percentiles)
+        low, high = window or self._window(image)
         origins = tile_grid(padded.shape[0], padded.shape[1], config.tile_size, config.stride)
         for start in range(0, len(origins), config.batch_size):
             batch = origins[start : start + config.batch_size]
@@ -262,7 +263,11 @@ class Detector:
             self._bank_on_device = (bank, (bank * bank).sum(1))
         return self._bank_on_device
 
-    def _raw_map(self, image: np.ndarray, keep_features: bool = False, timings: dict | None = None):
+    def _window(self, image: np.ndarray) -> tuple[float, float]:
+        return window_limits(image, self.config.intensity_window, self.config.window_percentiles)
+
+    def _raw_map(self, image: np.ndarray, keep_features: bool = False, timings: dict | None = None,
+                 window: tuple[float, float] | None = None):
         """Smoothed anomaly map in raw (uncalibrated) units, float32 (H, W).
 
         With keep_features, also returns the scan's valid raw patch features.
@@ -272,7 +277,7 @@ class Detector:
         stitcher = MapStitcher(padded_shape[0], padded_shape[1], config.tile_size, config.stride)
         bank, bank_norms = self._device_bank()
         kept = []
-        for origins, features in self._patch_features(image, timings):
+        for origins, features in self._patch_features(image, timings, window):
             if keep_features:
                 valid = torch.from_numpy(self._valid_patches(origins, image.shape[:2])).to(features.device)
                 kept.append(features[valid])
@@ -319,7 +324,8 @@ class Detector:
         self._check_fitted()
         image = self.load_scan(image)
         stage_times = {} if timings is None else timings
-        anomaly_map = self._raw_map(image, timings=stage_times)
+        window = self._window(image)
+        anomaly_map = self._raw_map(image, timings=stage_times, window=window)
         raw_score = self._image_score(anomaly_map)
         calibration = self.calibration_
         anomaly_map /= np.float32(calibration.clean_level)
@@ -327,8 +333,7 @@ class Detector:
         return AnomalyResult(
             heatmap=anomaly_map, score=float(score), anomalous=bool(score > calibration.image_threshold),
             image_threshold=calibration.image_threshold, pixel_threshold=calibration.pixel_threshold,
-            window=window_limits(image, self.config.intensity_window, self.config.window_percentiles),
-            timings=stage_times,
+            window=window, timings=stage_times,
         )
 
     def overlay(self, image: np.ndarray, result: AnomalyResult, threshold: str = "percentile",
