@@ -15,6 +15,7 @@ import traceback
 from pathlib import Path
 
 from .errors import InputError
+from .regions import DEFAULT_MIN_AREA
 
 DEFAULT_MODEL_DIR = "model_artifacts/default"
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
@@ -67,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="calibrated values at the bottom and top of the colour scale "
                              "(default: 1.0 to twice the pixel threshold's excess over 1.0)")
     detect.add_argument("--alpha", type=float, default=0.6, help="overlay opacity at the top of the scale (default 0.6)")
-    detect.add_argument("--min-region-area", type=int, default=64,
-                        help="suspicious regions smaller than this many pixels are dropped (default 64)")
+    detect.add_argument("--min-region-area", type=int, default=DEFAULT_MIN_AREA,
+                        help=f"suspicious regions smaller than this many pixels are dropped (default {DEFAULT_MIN_AREA})")
     detect.add_argument("--draw-regions", action="store_true", help="outline the regions with their rank on the overlay")
     detect.add_argument("--csv", help="triage CSV, one row per scan (folder input: default OUTPUT/triage.csv)")
     detect.add_argument("--sort-into", help="folder input: copy or link each scan into SORT_INTO/clean or SORT_INTO/suspect")
@@ -217,11 +218,13 @@ def _warn_skipped(item, error: Exception) -> None:
 
 
 # ---------------------------------------------------------------------------- detect
-def _run_detect(args: argparse.Namespace) -> int:
-    from .detector import Detector
+def _plan_detect(args: argparse.Namespace):
+    """Check every input and output before any work.
+
+    Returns (jobs, folder_mode, output, report, csv_path); each job is
+    (scan path, overlay path, heatmap path or None).
+    """
     from .io import IMAGE_SUFFIXES, check_output_path, list_images
-    from .io import prefetch
-    from .triage import sort_into, triage_row, write_triage_csv
 
     source = Path(args.input)
     if not source.exists():
@@ -262,13 +265,20 @@ def _run_detect(args: argparse.Namespace) -> int:
         check_output_path(report, suffixes=(".json",))
     if csv_path is not None:
         check_output_path(csv_path, suffixes=(".csv",))
+    return jobs, folder_mode, output, report, csv_path
 
-    model_dir = args.model or _default_model()
-    detector = Detector.load(model_dir, device=args.device)
-    entries, errors = [], []
+
+def _run_detect(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    rows = []
+    from .detector import Detector
+    from .io import prefetch
+    from .triage import sort_into, triage_row, write_triage_csv
+
+    jobs, folder_mode, output, report, csv_path = _plan_detect(args)
+    model_dir = args.model or _default_model()
+    detector = Detector.load(model_dir, device=args.device)
+    entries, errors, rows = [], [], []
     scans = prefetch(detector.load_scan, [path for path, _, _ in jobs])
     for (path, overlay_path, heatmap_path), loaded in tqdm(zip(jobs, scans), total=len(jobs), unit="scan",
                                                            desc="detect", leave=False,

@@ -118,13 +118,15 @@ class Detector:
         centres_x = origins[:, 1, None] + (np.arange(w) + 0.5) * step_x  # (B, w)
         return (centres_y[:, :, None] < image_shape[0]) & (centres_x[:, None, :] < image_shape[1])
 
+    def _valid_features(self, origins: np.ndarray, features: torch.Tensor, image_shape) -> torch.Tensor:
+        """(n_valid, D) rows of a (B, h, w, D) batch whose patch centre lies inside the unpadded scan."""
+        valid = torch.from_numpy(self._valid_patches(origins, image_shape[:2])).to(features.device)
+        return features[valid]
+
     def _scan_features(self, image: np.ndarray) -> torch.Tensor:
         """All valid patch features of a scan, (n_patches, D) float32 on the device."""
-        chunks = []
-        for origins, features in self._patch_features(image):
-            valid = torch.from_numpy(self._valid_patches(origins, image.shape[:2])).to(features.device)
-            chunks.append(features[valid])
-        return torch.cat(chunks)
+        return torch.cat([self._valid_features(origins, features, image.shape)
+                          for origins, features in self._patch_features(image)])
 
     # ------------------------------------------------------------------ fit
     def fit(self, images: Sequence, progress: bool = False,
@@ -228,9 +230,7 @@ class Detector:
 
     def _read(self, item, on_bad_image) -> np.ndarray | None:
         try:
-            image = load_image(item) if isinstance(item, (str, os.PathLike)) else np.asarray(item)
-            self._check_size(image, item)
-            return image
+            return self.load_scan(item)
         except InputError as exc:
             if on_bad_image is None:
                 raise
@@ -279,8 +279,7 @@ class Detector:
         kept = []
         for origins, features in self._patch_features(image, timings, window):
             if keep_features:
-                valid = torch.from_numpy(self._valid_patches(origins, image.shape[:2])).to(features.device)
-                kept.append(features[valid])
+                kept.append(self._valid_features(origins, features, image.shape))
             t0 = time.perf_counter()
             b, h, w, d = features.shape
             projected = self.pca_.transform(features.reshape(-1, d))
