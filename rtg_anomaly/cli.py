@@ -122,9 +122,26 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-score", choices=("max", "top_mean"), help="image score rule (default max)")
     parser.add_argument("--intensity-window", choices=("auto", "dtype", "percentile"),
                         help="how raw values map to [0, 1] (default auto: 8-bit as is, 16-bit by percentiles)")
+    parser.add_argument("--augment", type=_augment_names, metavar="NAMES",
+                        help="flips/rotations of each clean scan added to the memory bank, comma-separated from "
+                             "hflip, vflip, rot90, rot180, rot270 ('none': off, the default)")
     parser.add_argument("--holdout-fraction", type=float, help="share of clean scans held out to calibrate (default 0.2)")
     parser.add_argument("--false-alarm-rate", type=float, default=0.01,
                         help="share of clean scans the calibrated thresholds may flag (default 0.01)")
+
+
+def _augment_names(value: str) -> tuple[str, ...]:
+    """``--augment`` value: comma-separated augmentation names, or ``none``."""
+    from .config import AUGMENTATION_NAMES
+
+    names = tuple(name.strip() for name in value.split(",") if name.strip())
+    if names == ("none",):
+        return ()
+    unknown = [name for name in names if name not in AUGMENTATION_NAMES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown augmentation {', '.join(unknown) or value!r} "
+                                         f"(choose from {', '.join(AUGMENTATION_NAMES)}, or none)")
+    return names
 
 
 def _config_from_args(args: argparse.Namespace):
@@ -136,6 +153,7 @@ def _config_from_args(args: argparse.Namespace):
         "memory_bank_size": args.memory_bank_size, "k": args.k, "seed": args.seed, "batch_size": args.batch_size,
         "layers": args.layers, "neighbourhood": args.neighbourhood, "smoothing_sigma": args.smoothing_sigma, "image_score": args.image_score,
         "intensity_window": args.intensity_window, "holdout_fraction": args.holdout_fraction,
+        "augment": args.augment,
     }
     try:
         return DetectorConfig(**{k: v for k, v in overrides.items() if v is not None})

@@ -11,6 +11,7 @@ from .errors import InputError
 DEFAULT_BACKBONE = "vit_small_patch14_dinov2"
 IMAGE_SCORE_RULES = ("max", "top_mean")
 INTENSITY_WINDOWS = ("auto", "dtype", "percentile")
+AUGMENTATION_NAMES = ("hflip", "vflip", "rot90", "rot180", "rot270")
 
 
 class ConfigError(InputError):
@@ -47,6 +48,10 @@ class DetectorConfig:
     intensity_window: ``"auto"`` (8-bit: full range; deeper: percentile window),
         ``"dtype"`` (divide by the dtype maximum) or ``"percentile"``.
     window_percentiles: low/high percentiles of the percentile window.
+    augment: flips/rotations of every clean scan added to the memory bank
+        (names from ``AUGMENTATION_NAMES``); for objects whose orientation
+        varies, or when clean scans are few. Calibration scores only the
+        scans as they are.
     holdout_fraction: share of the clean scans held out to calibrate.
     max_bank_size: hard cap on the memory bank (a final greedy pass enforces it).
     max_patches_per_scan: cap on patches one scan contributes before its
@@ -72,6 +77,7 @@ class DetectorConfig:
     top_fraction: float = 0.001
     intensity_window: str = "auto"
     window_percentiles: tuple[float, float] = (0.5, 99.5)
+    augment: tuple[str, ...] = ()
     holdout_fraction: float = 0.2
     max_bank_size: int = 200_000
     max_patches_per_scan: int = 100_000
@@ -82,6 +88,7 @@ class DetectorConfig:
         object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
         object.__setattr__(self, "window_percentiles", tuple(float(p) for p in self.window_percentiles))
         object.__setattr__(self, "model_kwargs", dict(self.model_kwargs))
+        object.__setattr__(self, "augment", tuple(str(name) for name in self.augment))
         self.validate()
 
     def validate(self) -> None:
@@ -104,6 +111,9 @@ class DetectorConfig:
             (len(self.window_percentiles) == 2
              and 0.0 <= self.window_percentiles[0] < self.window_percentiles[1] <= 100.0,
              "window_percentiles must be (low, high) with 0 <= low < high <= 100"),
+            (all(name in AUGMENTATION_NAMES for name in self.augment)
+             and len(set(self.augment)) == len(self.augment),
+             f"augment must list distinct names from {AUGMENTATION_NAMES}"),
             (0.0 <= self.holdout_fraction < 1.0, "holdout_fraction must be in [0, 1)"),
             (self.max_bank_size >= 1, "max_bank_size must be >= 1"),
             (self.max_patches_per_scan >= 1, "max_patches_per_scan must be >= 1"),
@@ -123,6 +133,7 @@ class DetectorConfig:
         out = dataclasses.asdict(self)
         out["layers"] = list(self.layers)
         out["window_percentiles"] = list(self.window_percentiles)
+        out["augment"] = list(self.augment)
         return out
 
     @classmethod

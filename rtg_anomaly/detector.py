@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .augment import augmented_views
 from .bundle import BundleError, load_bundle, read_manifest, save_bundle
 from .calibration import DEFAULT_FALSE_ALARM_RATE, Calibration, calibrate
 from .config import DetectorConfig
@@ -160,21 +161,23 @@ class Detector:
         started = time.perf_counter()
         bank_cap = config.memory_bank_size or config.max_bank_size
         # Each scan may keep its share of the bank cap, so memory stays bounded for any number of scans.
+        n_views = 1 + len(config.augment)
         builder = StreamingCoreset(config.coreset_ratio, seed=config.seed,
                                    max_patches_per_scan=config.max_patches_per_scan,
-                                   max_kept_per_scan=max(1, -(-config.max_bank_size // len(images))))
+                                   max_kept_per_scan=max(1, -(-config.max_bank_size // (len(images) * n_views))))
         pca_samples, n_train = [], 0
-        per_scan_sample = max(256, PCA_SAMPLE_TOTAL // max(1, len(train_items)))
+        per_scan_sample = max(256, PCA_SAMPLE_TOTAL // max(1, len(train_items) * n_views))
         bar = tqdm(total=len(images), unit="scan", desc="fit", disable=not progress, leave=False)
         for item in train_items:
             image = self._read(item, on_bad_image)
             bar.update(1)
             if image is None:
                 continue
-            features = self._scan_features(image)
-            rows = random_rows(features.shape[0], per_scan_sample, config.seed + n_train)
-            pca_samples.append(features[torch.from_numpy(rows).to(features.device)].cpu().numpy())
-            builder.add(features)
+            for view_index, view in enumerate((image, *augmented_views(image, config.augment))):
+                features = self._scan_features(view)
+                rows = random_rows(features.shape[0], per_scan_sample, config.seed + n_train * n_views + view_index)
+                pca_samples.append(features[torch.from_numpy(rows).to(features.device)].cpu().numpy())
+                builder.add(features)
             n_train += 1
             bar.set_postfix(patches=builder.patches_seen, bank=builder.pool_size)
         if n_train == 0:
@@ -198,7 +201,8 @@ class Detector:
             calibration.warnings.append("no clean scan was held out: calibrated on training scans (optimistic)")
         self.calibration_ = calibration
         self.fit_info_ = {"n_train_scans": n_train, "n_calibration_scans": n_calibration,
-                          "patches_seen": builder.patches_seen, "memory_bank_size": int(self.memory_bank_.shape[0]),
+                          "n_views_per_scan": n_views, "patches_seen": builder.patches_seen,
+                          "memory_bank_size": int(self.memory_bank_.shape[0]),
                           "seconds": time.perf_counter() - started}
         return self
 
@@ -221,6 +225,8 @@ class Detector:
             else:
                 raw_map, features = self._raw_map(image, keep_features=True)
                 pool.add(features)
+                for view in augmented_views(image, self.config.augment):
+                    pool.add(self._scan_features(view))
             scores.append(self._image_score(raw_map))
             maxima.append(float(raw_map.max()))
             rows = random_rows(raw_map.size, CALIBRATION_PIXELS_PER_SCAN, self.config.seed + len(samples))
