@@ -43,8 +43,11 @@ def test_config_round_trips_through_its_dict():
     assert DetectorConfig.from_dict(config.to_dict()) == config
 
 
-def test_cli_flag_parses_names_and_none():
+def test_cli_flags_reach_the_config():
     parser = build_parser()
+    args = parser.parse_args(["fit", "--clean-dir", "x", "--image-score", "top_mean", "--top-fraction", "0.01"])
+    config = _config_from_args(args)
+    assert (config.image_score, config.top_fraction, config.augment) == ("top_mean", 0.01, ())
     args = parser.parse_args(["fit", "--clean-dir", "x", "--augment", "hflip, vflip"])
     assert _config_from_args(args).augment == ("hflip", "vflip")
     args = parser.parse_args(["fit", "--clean-dir", "x", "--augment", "none"])

@@ -139,6 +139,8 @@ def test_bad_inputs_exit_2_with_one_line(demo_data, tiny_bundle, tmp_path, capsy
           "--threshold-percentile", "120"], "between 0 and 100"),
         (["detect", "--input", str(scan)], "required"),
         (["fit", "--clean-dir", str(empty), "--overlap", "1.5", *TINY_CLI_FLAGS], "overlap"),
+        (["fit", "--clean-dir", str(empty), "--top-fraction", "0", *TINY_CLI_FLAGS], "top_fraction"),
+        (["fit", "--clean-dir", str(empty), "--augment", "spin", *TINY_CLI_FLAGS], "unknown augmentation"),
     ]
     for argv, expected in cases:
         assert main(argv) == 2, argv
