@@ -64,7 +64,10 @@ DATASET_FLAGS: dict[str, list[str]] = {
     "gdxray_castings": [],
     "gdxray_welds": WELDS_FLAGS,
     "gdxray_castingpatches": ["--tile-size", "32"],
-    "gdxray_fishbones": ["--tile-size", "100"],
+    # Fillets differ in thickness and exposure; a per-image percentile window makes thin bones stand out,
+    # and 224 px input (2.2x, not 4.5x upsampling) keeps them sharp: image AUROC 0.795 with the defaults
+    # (160 train images), 0.863 at 224 px, 0.988 at 224 px with the percentile window.
+    "gdxray_fishbones": ["--tile-size", "100", "--input-size", "224", "--intensity-window", "percentile"],
     "mvtec_screw": [],
 }
 
@@ -90,6 +93,7 @@ ABLATION_VARIANTS: list[list[str]] = [
     ["--coreset-ratio", "0.25"],
     ["--augment", "hflip"],
     ["--augment", "hflip,vflip,rot180"],
+    ["--intensity-window", "percentile"],
 ]
 
 # Project targets (minimum values), checked and marked in the results table.
