@@ -96,3 +96,24 @@ def test_welds_evaluation_with_pixel_metrics(tmp_path):
     assert metrics["pixel_auroc"] >= 0.8
     assert metrics["aupro"] >= 0.4
     assert (tmp_path / "metrics.json").is_file() and (tmp_path / "roc.png").is_file()
+
+
+def test_fishbones_evaluate_command_with_its_documented_flags(tmp_path):
+    """`rtg-anomaly evaluate` end to end on gdxray_fishbones (image-level only: no masks).
+
+    The benchmark's flags for 100 px fillet crops: one tile per image, 224 px input, per-image percentile
+    window. Fitted on all 320 clean crops, scored on all 20 good and 20 fishbone crops.
+    """
+    import json
+
+    from rtg_anomaly.cli import main
+
+    root = shared_data_dir() / "gdxray_fishbones"
+    argv = ["evaluate", "--data", str(root), "--output", str(tmp_path), "--device", "cpu", "--quiet",
+            "--tile-size", "100", "--input-size", "224", "--intensity-window", "percentile"]
+    assert main(argv) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    print(f"\ngdxray_fishbones: image AUROC {metrics['image_auroc']:.3f}, best F1 {metrics['best_f1']:.3f}")
+    assert (metrics["n_good"], metrics["n_anomalous"]) == (20, 20)
+    assert metrics["pixel_auroc"] is None and any("mask" in note for note in metrics["notes"])
+    assert metrics["image_auroc"] >= 0.95
