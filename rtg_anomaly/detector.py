@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import time
@@ -173,7 +174,8 @@ class Detector:
             bar.update(1)
             if image is None:
                 continue
-            for view_index, view in enumerate((image, *augmented_views(image, config.augment))):
+            # One view in memory at a time: a copy of a large scan per augmentation would add up.
+            for view_index, view in enumerate(itertools.chain([image], augmented_views(image, config.augment))):
                 features = self._scan_features(view)
                 rows = random_rows(features.shape[0], per_scan_sample, config.seed + n_train * n_views + view_index)
                 pca_samples.append(features[torch.from_numpy(rows).to(features.device)].cpu().numpy())
