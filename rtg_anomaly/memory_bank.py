@@ -48,8 +48,10 @@ def greedy_coreset(features: torch.Tensor, n_select: int, seed: int = 0, project
 def _single_cpu_thread(device: torch.device):
     """Run a loop of small CPU tensor ops on one thread.
 
-    Each greedy step is one matrix-vector product: thread hand-offs cost more
-    than they save (measured 1.4-6.3x faster per pick on 2 cores). No effect on GPU.
+    Each greedy step is one matrix-vector product, bound by memory: a second
+    thread gains nothing on an idle 2-core machine (1.00x, docs/performance.md)
+    and its hand-offs cost 1.4-6.3x per pick when other jobs share the cores.
+    No effect on GPU.
     """
     if device.type != "cpu":
         yield

@@ -28,7 +28,8 @@ def test_quick_benchmark_writes_report_with_ratios_and_agreement(tmp_path, capsy
     assert "## 2. Ours vs plain reference" in capsys.readouterr().out  # the report is printed too
     for heading in ["# Performance", "## Setup", "## 1. Detect per scan", "## 2. Ours vs plain reference",
                     "## 3. Where the detect time goes (cProfile)", "## 4. Fit scaling",
-                    "## 5. Coreset selection time vs bank size", "## 6. kNN on the CPU", "## 7. Measured candidate"]:
+                    "## 5. Coreset selection time vs bank size", "## 6. kNN on the CPU",
+                    "## 7. Speed-ups: applied, and measured candidates"]:
         assert heading in text, heading
     assert "--tiny-backbone" in text and "torch threads" in text and "load average" in text
     # Every comparison row carries a numeric ours/plain ratio and speed-up.
