@@ -118,10 +118,14 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated backbone block indices (default 6)")
     parser.add_argument("--neighbourhood", type=_positive_int,
                         help="side of the average pooling over the patch grid, odd (default 1: off)")
-    parser.add_argument("--smoothing-sigma", type=float, help="Gaussian sigma of the map, in backbone patches (default 1)")
-    parser.add_argument("--image-score", choices=("max", "top_mean"), help="image score rule (default max)")
+    parser.add_argument("--smoothing-sigma", type=float, help="Gaussian sigma of the map, in backbone patches (default 0.5)")
+    parser.add_argument("--image-score", choices=("max", "top_mean", "patch_top_mean"),
+                        help="image score rule: max of the map, top_mean of the map, or patch_top_mean of the "
+                             "raw patch scores (default patch_top_mean)")
     parser.add_argument("--top-fraction", type=float,
                         help="with --image-score top_mean: share of map pixels averaged (default 0.001)")
+    parser.add_argument("--top-patches", type=_positive_int,
+                        help="with --image-score patch_top_mean: number of highest patch scores averaged (default 5)")
     parser.add_argument("--intensity-window", choices=("auto", "dtype", "percentile"),
                         help="how raw values map to [0, 1] (default auto: 8-bit as is, 16-bit by percentiles)")
     parser.add_argument("--augment", type=_augment_names, metavar="NAMES",
@@ -154,7 +158,8 @@ def _config_from_args(args: argparse.Namespace):
         "input_size": args.input_size, "pca_dim": args.pca_dim, "coreset_ratio": args.coreset_ratio,
         "memory_bank_size": args.memory_bank_size, "k": args.k, "seed": args.seed, "batch_size": args.batch_size,
         "layers": args.layers, "neighbourhood": args.neighbourhood, "smoothing_sigma": args.smoothing_sigma,
-        "image_score": args.image_score, "top_fraction": args.top_fraction, "intensity_window": args.intensity_window,
+        "image_score": args.image_score, "top_fraction": args.top_fraction, "top_patches": args.top_patches,
+        "intensity_window": args.intensity_window,
         "holdout_fraction": args.holdout_fraction, "augment": args.augment,
     }
     try:

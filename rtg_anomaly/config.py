@@ -9,7 +9,7 @@ from typing import Any
 from .errors import InputError
 
 DEFAULT_BACKBONE = "vit_small_patch14_dinov2"
-IMAGE_SCORE_RULES = ("max", "top_mean")
+IMAGE_SCORE_RULES = ("max", "top_mean", "patch_top_mean")
 INTENSITY_WINDOWS = ("auto", "dtype", "percentile")
 AUGMENTATION_NAMES = ("hflip", "vflip", "rot90", "rot180", "rot270")
 
@@ -43,8 +43,10 @@ class DetectorConfig:
     k: neighbours averaged for the patch score.
     smoothing_sigma: Gaussian sigma of the anomaly map, in backbone patches
         (converted to scan pixels through the tile scale).
-    image_score: ``"max"`` of the map or ``"top_mean"`` (mean of the top
-        ``top_fraction`` of map pixels).
+    image_score: ``"max"`` of the smoothed map, ``"top_mean"`` (mean of the top
+        ``top_fraction`` of map pixels) or ``"patch_top_mean"`` (mean of the
+        ``top_patches`` highest patch kNN distances, before stitching and
+        smoothing, which would dilute a defect one or two patches wide).
     intensity_window: ``"auto"`` (8-bit: full range; deeper: percentile window),
         ``"dtype"`` (divide by the dtype maximum) or ``"percentile"``.
     window_percentiles: low/high percentiles of the percentile window.
@@ -72,9 +74,10 @@ class DetectorConfig:
     coreset_ratio: float = 0.1
     memory_bank_size: int | None = None
     k: int = 1
-    smoothing_sigma: float = 1.0
-    image_score: str = "max"
+    smoothing_sigma: float = 0.5
+    image_score: str = "patch_top_mean"
     top_fraction: float = 0.001
+    top_patches: int = 5
     intensity_window: str = "auto"
     window_percentiles: tuple[float, float] = (0.5, 99.5)
     augment: tuple[str, ...] = ()
@@ -107,6 +110,7 @@ class DetectorConfig:
             (self.smoothing_sigma >= 0.0, "smoothing_sigma must be >= 0"),
             (self.image_score in IMAGE_SCORE_RULES, f"image_score must be one of {IMAGE_SCORE_RULES}"),
             (0.0 < self.top_fraction <= 1.0, "top_fraction must be in (0, 1]"),
+            (self.top_patches >= 1, "top_patches must be >= 1"),
             (self.intensity_window in INTENSITY_WINDOWS, f"intensity_window must be one of {INTENSITY_WINDOWS}"),
             (len(self.window_percentiles) == 2
              and 0.0 <= self.window_percentiles[0] < self.window_percentiles[1] <= 100.0,

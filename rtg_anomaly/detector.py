@@ -14,7 +14,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -36,6 +36,20 @@ from .tiling import extract_tiles, pad_to_tile, tile_grid
 
 PCA_SAMPLE_TOTAL = 200_000
 CALIBRATION_PIXELS_PER_SCAN = 20_000
+
+
+class _RawScores(NamedTuple):
+    """One scan's scores in raw (uncalibrated) units.
+
+    anomaly_map: float32 (H, W), stitched and smoothed.
+    patch_scores: float32 (n,), the kNN distance of every patch whose centre lies in
+        the scan (a patch in the overlap of two tiles counts once per tile).
+    features: (n, D) raw patch features on the device, or None when not kept.
+    """
+
+    anomaly_map: np.ndarray
+    patch_scores: np.ndarray
+    features: torch.Tensor | None
 
 
 class NotFittedError(RuntimeError):
@@ -222,17 +236,15 @@ class Detector:
                 bar.update(1)
             if image is None:
                 continue
-            if pool is None:
-                raw_map = self._raw_map(image)
-            else:
-                raw_map, features = self._raw_map(image, keep_features=True)
-                pool.add(features)
+            raw = self._raw_scores(image, keep_features=pool is not None)
+            if pool is not None:
+                pool.add(raw.features)
                 for view in augmented_views(image, self.config.augment):
                     pool.add(self._scan_features(view))
-            scores.append(self._image_score(raw_map))
-            maxima.append(float(raw_map.max()))
-            rows = random_rows(raw_map.size, CALIBRATION_PIXELS_PER_SCAN, self.config.seed + len(samples))
-            samples.append(raw_map.reshape(-1)[rows])
+            scores.append(self._image_score(raw))
+            maxima.append(float(raw.anomaly_map.max()))
+            rows = random_rows(raw.anomaly_map.size, CALIBRATION_PIXELS_PER_SCAN, self.config.seed + len(samples))
+            samples.append(raw.anomaly_map.reshape(-1)[rows])
         pixel_samples = np.concatenate(samples) if samples else np.zeros(0, np.float32)
         return np.array(scores), np.array(maxima), pixel_samples
 
@@ -274,17 +286,17 @@ class Detector:
     def _window(self, image: np.ndarray) -> tuple[float, float]:
         return window_limits(image, self.config.intensity_window, self.config.window_percentiles)
 
-    def _raw_map(self, image: np.ndarray, keep_features: bool = False, timings: dict | None = None,
-                 window: tuple[float, float] | None = None):
-        """Smoothed anomaly map in raw (uncalibrated) units, float32 (H, W).
+    def _raw_scores(self, image: np.ndarray, keep_features: bool = False, timings: dict | None = None,
+                    window: tuple[float, float] | None = None) -> _RawScores:
+        """Smoothed anomaly map and patch scores of a scan, in raw (uncalibrated) units.
 
-        With keep_features, also returns the scan's valid raw patch features.
+        With keep_features, the scan's valid raw patch features are kept too.
         """
         config = self.config
         padded_shape = (max(image.shape[0], config.tile_size), max(image.shape[1], config.tile_size))
         stitcher = MapStitcher(padded_shape[0], padded_shape[1], config.tile_size, config.stride)
         bank, bank_norms = self._device_bank()
-        kept = []
+        kept, patch_scores = [], []
         for origins, features in self._patch_features(image, timings, window):
             if keep_features:
                 kept.append(self._valid_features(origins, features, image.shape))
@@ -293,6 +305,7 @@ class Detector:
             projected = self.pca_.transform(features.reshape(-1, d))
             scores = knn_distance(projected, bank, config.k, bank_norms).reshape(b, h, w).cpu().numpy()
             t1 = time.perf_counter()
+            patch_scores.append(scores[self._valid_patches(origins, image.shape[:2])])
             for (y, x), patch_map in zip(origins, scores):
                 stitcher.add(int(y), int(x), patch_map)
             if timings is not None:
@@ -303,19 +316,25 @@ class Detector:
         anomaly_map = gaussian_smooth(np.ascontiguousarray(anomaly_map), self.smoothing_pixels)
         if timings is not None:
             timings["smooth"] = time.perf_counter() - t0
-        return (anomaly_map, torch.cat(kept)) if keep_features else anomaly_map
+        return _RawScores(anomaly_map, np.concatenate(patch_scores), torch.cat(kept) if keep_features else None)
 
     @property
     def smoothing_pixels(self) -> float:
         """Gaussian sigma of the map in scan pixels (config sigma is in patches)."""
         return self.config.smoothing_sigma * self.config.tile_size / self.extractor.grid[0]
 
-    def _image_score(self, anomaly_map: np.ndarray) -> float:
-        if self.config.image_score == "max":
-            return float(anomaly_map.max())
-        flat = anomaly_map.reshape(-1)
-        n_top = max(1, int(round(self.config.top_fraction * flat.size)))
-        return float(np.partition(flat, flat.size - n_top)[-n_top:].mean())
+    def _image_score(self, raw: _RawScores) -> float:
+        """The scan's raw image score under ``config.image_score``."""
+        rule = self.config.image_score
+        if rule == "max":
+            return float(raw.anomaly_map.max())
+        if rule == "patch_top_mean":
+            values, n_top = raw.patch_scores, self.config.top_patches
+        else:  # top_mean
+            values = raw.anomaly_map.reshape(-1)
+            n_top = max(1, int(round(self.config.top_fraction * values.size)))
+        n_top = min(n_top, values.size)
+        return float(np.partition(values, values.size - n_top)[-n_top:].mean())
 
     def load_scan(self, item) -> np.ndarray:
         """Read and check one scan (path or array) as the detector sees it."""
@@ -332,8 +351,8 @@ class Detector:
         image = self.load_scan(image)
         stage_times = {} if timings is None else timings
         window = self._window(image)
-        anomaly_map = self._raw_map(image, timings=stage_times, window=window)
-        raw_score = self._image_score(anomaly_map)
+        raw = self._raw_scores(image, timings=stage_times, window=window)
+        anomaly_map, raw_score = raw.anomaly_map, self._image_score(raw)
         calibration = self.calibration_
         anomaly_map /= np.float32(calibration.clean_level)
         score = raw_score / calibration.clean_level

@@ -65,7 +65,10 @@ DATASET_FLAGS: dict[str, list[str]] = {
     # 78 frames (30 training frames, 24+24 test frames: image AUROC 0.823 -> 0.858, pixel 0.940 -> 0.938).
     "gdxray_castings": ["--augment", "hflip"],
     "gdxray_welds": WELDS_FLAGS,
-    "gdxray_castingpatches": ["--tile-size", "32"],
+    # 32 px crops whose defect is a faint blob spread over the whole crop: the mean of the top 1 % of the
+    # smoothed map beats the top raw patch scores (cached block-6 features, all 1127 train crops, 281+281
+    # test: 0.840 vs 0.831 for the map max and 0.804 for the top-5 patch mean).
+    "gdxray_castingpatches": ["--tile-size", "32", "--image-score", "top_mean", "--top-fraction", "0.01"],
     # Fillets differ in thickness and exposure; a per-image percentile window makes thin bones stand out,
     # and 224 px input (2.2x, not 4.5x upsampling) keeps them sharp: image AUROC 0.795 with the defaults
     # (160 train images), 0.863 at 224 px, 0.988 at 224 px with the percentile window.
@@ -87,10 +90,13 @@ ABLATION_VARIANTS: list[list[str]] = [
     ["--layers", "11"],
     ["--neighbourhood", "3"],
     ["--tile-size", "384"],
+    ["--image-score", "max"],
     ["--image-score", "top_mean"],
+    ["--top-patches", "1"],
     ["--k", "3"],
     ["--input-size", "224"],
-    ["--smoothing-sigma", "2"],
+    ["--smoothing-sigma", "1"],
+    ["--smoothing-sigma", "0.25"],
     ["--pca-dim", "64"],
     ["--coreset-ratio", "0.25"],
     ["--augment", "hflip"],

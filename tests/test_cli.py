@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from rtg_anomaly import Detector
 from rtg_anomaly.cli import main
 from tests.conftest import TINY_CLI_FLAGS
 
@@ -62,7 +63,9 @@ def test_detect_single_file_writes_overlay_heatmap_and_report(demo_data, tiny_bu
     assert payload["model"] == str(tiny_bundle)
     assert {"input", "output", "score", "anomalous", "threshold"} <= set(entry)
     assert isinstance(entry["score"], float) and isinstance(entry["anomalous"], bool)
-    assert entry["score"] == pytest.approx(float(heatmap.max()), rel=1e-5)
+    library = Detector.load(tiny_bundle, device="cpu").score(scan)
+    assert entry["score"] == pytest.approx(library.score, rel=1e-6)
+    np.testing.assert_allclose(heatmap, library.heatmap, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("suffix,fmt", [(".png", "PNG"), (".jpg", "JPEG"), (".tiff", "TIFF")])
@@ -140,6 +143,7 @@ def test_bad_inputs_exit_2_with_one_line(demo_data, tiny_bundle, tmp_path, capsy
         (["detect", "--input", str(scan)], "required"),
         (["fit", "--clean-dir", str(empty), "--overlap", "1.5", *TINY_CLI_FLAGS], "overlap"),
         (["fit", "--clean-dir", str(empty), "--top-fraction", "0", *TINY_CLI_FLAGS], "top_fraction"),
+        (["fit", "--clean-dir", str(empty), "--top-patches", "0", *TINY_CLI_FLAGS], "positive"),
         (["fit", "--clean-dir", str(empty), "--augment", "spin", *TINY_CLI_FLAGS], "unknown augmentation"),
     ]
     for argv, expected in cases:

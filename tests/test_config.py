@@ -44,6 +44,7 @@ INVALID = [
     ("image_score", ""),
     ("top_fraction", 0.0),
     ("top_fraction", 1.01),
+    ("top_patches", 0),
     ("intensity_window", "linear"),
     ("window_percentiles", (99.5, 0.5)),
     ("window_percentiles", (50.0, 50.0)),
@@ -75,6 +76,7 @@ VALID_EDGES = [
     ("overlap", 0.0), ("overlap", 0.99), ("tile_size", 8), ("input_size", None), ("input_size", 8),
     ("neighbourhood", 1), ("neighbourhood", 5), ("pca_dim", None), ("pca_dim", 1), ("coreset_ratio", 1.0),
     ("memory_bank_size", 1), ("smoothing_sigma", 0.0), ("image_score", "top_mean"), ("top_fraction", 1.0),
+    ("image_score", "patch_top_mean"), ("top_patches", 1),
     ("intensity_window", "dtype"), ("intensity_window", "percentile"), ("window_percentiles", (0, 100)),
     ("holdout_fraction", 0.0), ("layers", (3, 7, 11)), ("weights", "random"), ("seed", -3),
 ]
@@ -110,7 +112,8 @@ def test_json_round_trip():
     config = DetectorConfig(backbone="vit_tiny_patch16_224", weights="random", model_kwargs={"img_size": 224},
                             layers=(2, 5), tile_size=128, overlap=0.5, input_size=None, neighbourhood=5,
                             pca_dim=None, memory_bank_size=1000, k=3, smoothing_sigma=2.5,
-                            image_score="top_mean", top_fraction=0.01, intensity_window="percentile",
+                            image_score="patch_top_mean", top_fraction=0.01, top_patches=7,
+                            intensity_window="percentile",
                             window_percentiles=(1.0, 99.0), holdout_fraction=0.3, seed=7, batch_size=2)
     as_dict = config.to_dict()
     assert as_dict["layers"] == [2, 5] and as_dict["window_percentiles"] == [1.0, 99.0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import tracemalloc
 
 import numpy as np
@@ -23,7 +24,8 @@ def test_heatmap_matches_scan_size_and_units(tiny_detector, demo_data):
     result = tiny_detector.score(scan)
     image = tiny_detector.load_scan(scan)
     assert result.heatmap.shape == image.shape[:2] and result.heatmap.dtype == np.float32
-    assert result.score == pytest.approx(float(result.heatmap.max()), rel=1e-6)
+    top = np.sort(tiny_detector._raw_scores(image).patch_scores)[-tiny_detector.config.top_patches:]
+    assert result.score == pytest.approx(float(top.mean()) / tiny_detector.calibration_.clean_level, rel=1e-6)
     assert result.anomalous == (result.score > result.image_threshold)
     # Calibrated units: the clean calibration scans sit around 1.0 by construction.
     assert np.median(tiny_detector.calibration_.image_scores) == pytest.approx(1.0)
@@ -105,3 +107,35 @@ def test_large_sixteen_bit_scan_in_bounded_memory():
     assert result.heatmap.shape == scan.shape
     # The map itself plus bounded per-batch buffers; a second full-size float array would double it.
     assert peak < 1.5 * map_bytes, f"peak {peak / 2**20:.0f} MiB for a {map_bytes / 2**20:.0f} MiB map"
+
+
+def _with_config(detector: Detector, **changes) -> Detector:
+    """A shallow copy of a fitted detector that scores under other settings (same bank and calibration)."""
+    other = copy.copy(detector)
+    other.config = detector.config.replace(**changes)
+    return other
+
+
+def test_patch_top_mean_averages_the_highest_raw_patch_scores(tiny_detector, demo_data):
+    scan = tiny_detector.load_scan(sorted((demo_data / "test" / "anomalous").iterdir())[0])
+    raw = tiny_detector._raw_scores(scan)
+    assert raw.patch_scores.dtype == np.float32 and raw.patch_scores.ndim == 1
+    clean_level = tiny_detector.calibration_.clean_level
+    top3 = _with_config(tiny_detector, image_score="patch_top_mean", top_patches=3).score(scan)
+    assert top3.score == pytest.approx(np.sort(raw.patch_scores)[-3:].mean() / clean_level, rel=1e-6)
+    # The heatmap does not depend on the image-score rule.
+    np.testing.assert_array_equal(top3.heatmap, tiny_detector.score(scan).heatmap)
+    # Stitching and smoothing only average patch scores: the best patch is never below the map's maximum.
+    top1 = _with_config(tiny_detector, image_score="patch_top_mean", top_patches=1).score(scan)
+    assert top1.score >= float(top3.heatmap.max()) * (1 - 1e-6)
+    # Asking for more patches than the scan has averages them all.
+    everything = _with_config(tiny_detector, image_score="patch_top_mean", top_patches=10**9).score(scan)
+    assert everything.score == pytest.approx(raw.patch_scores.mean() / clean_level, rel=1e-5)
+
+
+def test_patch_top_mean_counts_every_in_scan_patch_once_per_tile(tiny_detector):
+    image = np.random.default_rng(1).integers(0, 255, (100, 150), dtype=np.uint8)
+    raw = tiny_detector._raw_scores(image)
+    expected = sum(int(tiny_detector._valid_patches(origins, image.shape).sum())
+                   for origins, _ in tiny_detector._patch_features(image))
+    assert raw.patch_scores.size == expected
