@@ -298,14 +298,15 @@ class Detector:
         bank, bank_norms = self._device_bank()
         kept, patch_scores = [], []
         for origins, features in self._patch_features(image, timings, window):
+            valid = self._valid_patches(origins, image.shape[:2])
             if keep_features:
-                kept.append(self._valid_features(origins, features, image.shape))
+                kept.append(features[torch.from_numpy(valid).to(features.device)])
             t0 = time.perf_counter()
             b, h, w, d = features.shape
             projected = self.pca_.transform(features.reshape(-1, d))
             scores = knn_distance(projected, bank, config.k, bank_norms).reshape(b, h, w).cpu().numpy()
             t1 = time.perf_counter()
-            patch_scores.append(scores[self._valid_patches(origins, image.shape[:2])])
+            patch_scores.append(scores[valid])
             for (y, x), patch_map in zip(origins, scores):
                 stitcher.add(int(y), int(x), patch_map)
             if timings is not None:

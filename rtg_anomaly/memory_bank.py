@@ -49,7 +49,7 @@ def _single_cpu_thread(device: torch.device):
     """Run a loop of small CPU tensor ops on one thread.
 
     Each greedy step is one matrix-vector product, bound by memory: a second
-    thread gains nothing on an idle 2-core machine (1.00x, docs/performance.md)
+    thread gains nothing on an idle 2-core machine (1.00-1.08x, docs/performance.md)
     and its hand-offs cost 1.4-6.3x per pick when other jobs share the cores.
     No effect on GPU.
     """
