@@ -26,12 +26,12 @@ from .calibration import DEFAULT_FALSE_ALARM_RATE, Calibration, calibrate
 from .config import DetectorConfig
 from .errors import InputError
 from .features import FeatureExtractor, resolve_device
-from .intensity import apply_window, window_limits
+from .intensity import apply_window, apply_window_torch, to_device_float, window_limits
 from .io import load_image
 from .memory_bank import StreamingCoreset, knn_distance, random_rows
-from .overlay import percentile_mask, render_overlay
+from .overlay import percentile_mask, percentile_mask_torch, render_overlay, render_overlay_torch
 from .pca import PCAProjection
-from .stitching import MapStitcher, gaussian_smooth
+from .stitching import DeviceMapStitcher, MapStitcher, gaussian_smooth, gaussian_smooth_torch
 from .tiling import extract_tiles, pad_to_tile, tile_grid
 
 PCA_SAMPLE_TOTAL = 200_000
@@ -112,19 +112,30 @@ class Detector:
         origins: int (B, 2) tile corners (y, x) in the padded scan.
         features: float32 tensor (B, h, w, D) on the device.
         """
-        config = self.config
-        padded = pad_to_tile(image, config.tile_size)
+        config, tile = self.config, self.config.tile_size
+        padded = pad_to_tile(image, tile)
         low, high = window or self._window(image)
-        origins = tile_grid(padded.shape[0], padded.shape[1], config.tile_size, config.stride)
+        origins = tile_grid(padded.shape[0], padded.shape[1], tile, config.stride)
+        if self._on_gpu:  # the scan crosses to the device once; tiles are cut and windowed there
+            scan = apply_window_torch(to_device_float(padded, self.extractor.device), low, high)
         for start in range(0, len(origins), config.batch_size):
             batch = origins[start : start + config.batch_size]
-            tiles = apply_window(extract_tiles(padded, batch, config.tile_size), low, high)
+            if self._on_gpu:
+                tiles = torch.stack([scan[y : y + tile, x : x + tile] for y, x in batch.tolist()])
+            else:
+                tiles = apply_window(extract_tiles(padded, batch, tile), low, high)
             t0 = time.perf_counter()
             features = self.extractor.embed(tiles)
             if timings is not None:
                 _synchronise(features)
                 timings["backbone"] = timings.get("backbone", 0.0) + time.perf_counter() - t0
             yield batch, features
+
+    @property
+    def _on_gpu(self) -> bool:
+        """Pixel work (tiling, stitching, smoothing, overlay) runs on the device, not with numpy."""
+        device = self._extractor.device if self._extractor is not None else resolve_device(str(self.device))
+        return device.type == "cuda"
 
     def _valid_patches(self, origins: np.ndarray, image_shape: tuple[int, int]) -> np.ndarray:
         """bool (B, h, w): patches whose centre lies inside the unpadded scan."""
@@ -294,27 +305,42 @@ class Detector:
         """
         config = self.config
         padded_shape = (max(image.shape[0], config.tile_size), max(image.shape[1], config.tile_size))
-        stitcher = MapStitcher(padded_shape[0], padded_shape[1], config.tile_size, config.stride)
+        device, on_gpu = self.extractor.device, self._on_gpu
+        stitcher = (DeviceMapStitcher(*padded_shape, config.tile_size, config.stride, device) if on_gpu
+                    else MapStitcher(*padded_shape, config.tile_size, config.stride))
         bank, bank_norms = self._device_bank()
         kept, patch_scores = [], []
         for origins, features in self._patch_features(image, timings, window):
             valid = self._valid_patches(origins, image.shape[:2])
+            if on_gpu or keep_features:
+                valid_on_device = torch.from_numpy(valid).to(device)
             if keep_features:
-                kept.append(features[torch.from_numpy(valid).to(features.device)])
+                kept.append(features[valid_on_device])
             t0 = time.perf_counter()
             b, h, w, d = features.shape
             projected = self.pca_.transform(features.reshape(-1, d))
-            scores = knn_distance(projected, bank, config.k, bank_norms).reshape(b, h, w).cpu().numpy()
+            scores = knn_distance(projected, bank, config.k, bank_norms).reshape(b, h, w)
+            if on_gpu:  # scores stay on the device until the map is finished
+                if timings is not None:
+                    _synchronise(scores)
+                patch_scores.append(scores[valid_on_device])
+            else:
+                scores = scores.cpu().numpy()
+                patch_scores.append(scores[valid])
             t1 = time.perf_counter()
-            patch_scores.append(scores[valid])
-            for (y, x), patch_map in zip(origins, scores):
-                stitcher.add(int(y), int(x), patch_map)
+            stitcher.add_batch(origins, scores)
             if timings is not None:
+                if on_gpu:
+                    _synchronise(scores)
                 timings["knn"] = timings.get("knn", 0.0) + t1 - t0
                 timings["stitch"] = timings.get("stitch", 0.0) + time.perf_counter() - t1
         t0 = time.perf_counter()
         anomaly_map = stitcher.result()[: image.shape[0], : image.shape[1]]
-        anomaly_map = gaussian_smooth(np.ascontiguousarray(anomaly_map), self.smoothing_pixels)
+        if on_gpu:
+            anomaly_map = gaussian_smooth_torch(anomaly_map, self.smoothing_pixels).cpu().numpy()
+            patch_scores = [torch.cat(patch_scores).cpu().numpy()]
+        else:
+            anomaly_map = gaussian_smooth(np.ascontiguousarray(anomaly_map), self.smoothing_pixels)
         if timings is not None:
             timings["smooth"] = time.perf_counter() - t0
         return _RawScores(anomaly_map, np.concatenate(patch_scores), torch.cat(kept) if keep_features else None)
@@ -375,12 +401,16 @@ class Detector:
         (default: the calibration's, see ``Calibration.color_range``).
         """
         color_range = color_range or self.calibration_.color_range
-        if threshold == "percentile":
-            mask = percentile_mask(result.heatmap, percentile)
-        elif threshold == "calibrated":
-            mask = result.heatmap > result.pixel_threshold
-        else:
+        if threshold not in ("percentile", "calibrated"):
             raise InputError(f"unknown threshold mode {threshold!r}")
+        if self._on_gpu:
+            heatmap = torch.from_numpy(result.heatmap).to(resolve_device(str(self.device)))
+            mask = (percentile_mask_torch(heatmap, percentile) if threshold == "percentile"
+                    else heatmap > result.pixel_threshold)
+            return render_overlay_torch(image, heatmap, mask, color_range=color_range, alpha=alpha,
+                                        window=result.window)
+        mask = (percentile_mask(result.heatmap, percentile) if threshold == "percentile"
+                else result.heatmap > result.pixel_threshold)
         return render_overlay(image, result.heatmap, mask, color_range=color_range, alpha=alpha, window=result.window)
 
     # ------------------------------------------------------------------ calibration

@@ -189,9 +189,11 @@ class FeatureExtractor:
                 features = F.avg_pool2d(features, n, stride=1, padding=n // 2, count_include_pad=False)
         return features.permute(0, 2, 3, 1).contiguous()
 
-    def to_input(self, tiles: np.ndarray) -> torch.Tensor:
-        """(T, S, S) or (T, S, S, 3) float32 tiles in [0, 1] -> normalised (T, 3, s, s) on the device."""
-        batch = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device, non_blocking=True)
+    def to_input(self, tiles: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(T, S, S) or (T, S, S, 3) float32 tiles in [0, 1] (numpy, or a tensor already on the device)
+        -> normalised (T, 3, s, s) on the device."""
+        batch = (tiles if isinstance(tiles, torch.Tensor)
+                 else torch.from_numpy(np.ascontiguousarray(tiles))).to(self.device, non_blocking=True)
         batch = batch.unsqueeze(1).expand(-1, 3, -1, -1) if batch.ndim == 3 else batch.permute(0, 3, 1, 2)
         if batch.shape[-1] != self.input_size or batch.shape[-2] != self.input_size:
             batch = F.interpolate(batch, size=(self.input_size, self.input_size), mode="bilinear",
@@ -204,7 +206,7 @@ class FeatureExtractor:
     def embed(self, tiles: np.ndarray) -> torch.Tensor:
         """Patch features of tiles, in batches of ``config.batch_size``.
 
-        tiles: float32 array (T, S, S) or (T, S, S, 3), values in [0, 1].
+        tiles: float32 array or tensor (T, S, S) or (T, S, S, 3), values in [0, 1].
         Returns a float32 tensor (T, h, w, D) on ``self.device``.
         """
         outputs = [self._forward(self.to_input(tiles[i : i + self.config.batch_size]))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+import torch
 
 
 def window_limits(image: np.ndarray, window: str = "auto",
@@ -32,6 +35,35 @@ def apply_window(values: np.ndarray, low: float, high: float) -> np.ndarray:
     """float32 array of the same shape, ``(values - low) / (high - low)`` clipped to [0, 1]."""
     scaled = (values.astype(np.float32) - np.float32(low)) * np.float32(1.0 / (high - low))
     return np.clip(scaled, 0.0, 1.0, out=scaled)
+
+
+def to_device_float(values: np.ndarray, device: torch.device | str) -> torch.Tensor:
+    """Upload raw values as they are and convert them to float32 on ``device``.
+
+    uint16 travels as its 2 bytes per pixel (torch has few uint16 kernels, so it is
+    reinterpreted as int16 and unwrapped on the device), uint8 and int16 as themselves;
+    other dtypes are converted to float32 on the host first. Same shape as ``values``; always
+    a new tensor, so it can be windowed in place.
+    """
+    values = np.ascontiguousarray(values)
+    if values.dtype == np.uint16:
+        return (_host_tensor(values.view(np.int16)).to(device).to(torch.int32) & 0xFFFF).to(torch.float32)
+    if values.dtype not in (np.uint8, np.int16, np.float32):
+        values = values.astype(np.float32)
+    return _host_tensor(values).to(device).to(torch.float32, copy=True)  # never aliases the caller's array
+
+
+def _host_tensor(values: np.ndarray) -> torch.Tensor:
+    """``torch.from_numpy`` without its warning for read-only arrays: the tensor is only read (copied)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(values)
+
+
+def apply_window_torch(values: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """``apply_window`` on a float32 tensor, in place: the same float32 arithmetic, so equal results."""
+    values.sub_(float(np.float32(low))).mul_(float(np.float32(1.0 / (high - low))))
+    return values.clamp_(0.0, 1.0)
 
 
 def normalise_intensity(image: np.ndarray, window: str = "auto",

@@ -1,11 +1,19 @@
-"""Colour overlay of an anomaly map on its scan, on a fixed calibrated colour scale."""
+"""Colour overlay of an anomaly map on its scan, on a fixed calibrated colour scale.
+
+``render_overlay`` and ``percentile_mask`` are the numpy versions (CPU); the ``*_torch``
+twins compute the same pixels with torch on a device, for the GPU path.
+"""
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
+import torch
 
 from .errors import InputError
-from .intensity import apply_window
+from .intensity import apply_window, apply_window_torch, to_device_float
 
 DEFAULT_COLOR_RANGE = (1.0, 2.0)
 _ROWS_PER_CHUNK = 512
@@ -18,14 +26,39 @@ def colour_lut(cmap: str = "jet") -> np.ndarray:
     return (colormaps[cmap](np.linspace(0.0, 1.0, 256))[:, :3] * 255.0 + 0.5).astype(np.uint8)
 
 
+_PERCENTILE_SAMPLE = 2_000_000
+
+
 def percentile_mask(anomaly_map: np.ndarray, percentile: float) -> np.ndarray:
-    """Pixels at or above the ``percentile``-th percentile of this map: bool (H, W)."""
-    if not 0.0 <= percentile <= 100.0:
-        raise InputError("threshold percentile must be between 0 and 100")
+    """Pixels at or above the ``percentile``-th percentile of this map: bool (H, W).
+
+    The level is taken over a regular subsample of at most ~2 million pixels.
+    """
+    _check_percentile(percentile)
     flat = anomaly_map.reshape(-1)
-    step = max(1, flat.size // 2_000_000)
+    step = max(1, flat.size // _PERCENTILE_SAMPLE)
     level = np.percentile(flat[::step], percentile)
     return anomaly_map >= level
+
+
+def percentile_mask_torch(anomaly_map: torch.Tensor, percentile: float) -> torch.Tensor:
+    """``percentile_mask`` of a (H, W) float32 tensor, on its device: the same subsample and
+    numpy's linear interpolation in float32, so the same level and the same mask."""
+    _check_percentile(percentile)
+    flat = anomaly_map.reshape(-1)
+    ordered = torch.sort(flat[:: max(1, flat.numel() // _PERCENTILE_SAMPLE)]).values
+    position = percentile / 100.0 * (ordered.numel() - 1)
+    below = int(np.floor(position))
+    fraction = position - below
+    low, high = ordered[below], ordered[min(below + 1, ordered.numel() - 1)]
+    gap = high - low
+    level = low + gap * float(np.float32(fraction)) if fraction < 0.5 else high - gap * float(np.float32(1.0 - fraction))
+    return anomaly_map >= level
+
+
+def _check_percentile(percentile: float) -> None:
+    if not 0.0 <= percentile <= 100.0:
+        raise InputError("threshold percentile must be between 0 and 100")
 
 
 def render_overlay(scan: np.ndarray, anomaly_map: np.ndarray, display_mask: np.ndarray | None = None,
@@ -50,10 +83,11 @@ def render_overlay(scan: np.ndarray, anomaly_map: np.ndarray, display_mask: np.n
         raise InputError("color range must be (low, high) with high > low")
     lut = colour_lut(cmap)
     out = np.empty(anomaly_map.shape + (3,), dtype=np.uint8)
-    for r0 in range(0, anomaly_map.shape[0], _ROWS_PER_CHUNK):
+
+    def render_rows(r0: int) -> None:
         rows = slice(r0, r0 + _ROWS_PER_CHUNK)
         grey = scan[rows] if window is None else apply_window(scan[rows], *window)
-        base = np.repeat(grey[..., None], 3, axis=2) if grey.ndim == 2 else grey
+        base = grey[..., None] if grey.ndim == 2 else grey
         level = np.clip((anomaly_map[rows] - low) / (high - low), 0.0, 1.0)
         colour = lut[(level * 255.0 + 0.5).astype(np.uint8)].astype(np.float32) / 255.0
         weight = alpha * (0.25 + 0.75 * level)
@@ -61,4 +95,46 @@ def render_overlay(scan: np.ndarray, anomaly_map: np.ndarray, display_mask: np.n
             weight = weight * display_mask[rows]
         weight = weight[..., None]
         out[rows] = np.clip((base * (1.0 - weight) + colour * weight) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+    starts = range(0, anomaly_map.shape[0], _ROWS_PER_CHUNK)
+    # numpy releases the GIL inside these operations, so row chunks render in parallel on all cores.
+    workers = min(len(starts), os.cpu_count() or 1)
+    if workers > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(render_rows, starts))
+    else:
+        for r0 in starts:
+            render_rows(r0)
     return out
+
+
+def render_overlay_torch(scan: np.ndarray, anomaly_map: torch.Tensor, display_mask: torch.Tensor | None = None,
+                         color_range: tuple[float, float] = DEFAULT_COLOR_RANGE, alpha: float = 0.6,
+                         cmap: str = "jet", window: tuple[float, float] | None = None,
+                         rows_per_chunk: int = 2048) -> np.ndarray:
+    """``render_overlay`` computed with torch on ``anomaly_map``'s device (the same float32 formula).
+
+    scan: numpy (H, W) or (H, W, 3), uploaded in row chunks of ``rows_per_chunk``.
+    anomaly_map: (H, W) float32 tensor; display_mask: bool (H, W) tensor on the same device or None.
+    Returns uint8 (H, W, 3) RGB as a numpy array.
+    """
+    low, high = color_range
+    if not high > low:
+        raise InputError("color range must be (low, high) with high > low")
+    device = anomaly_map.device
+    lut = torch.from_numpy(colour_lut(cmap)).to(device).to(torch.float32) / 255.0
+    out = torch.empty(anomaly_map.shape + (3,), dtype=torch.uint8, device=device)
+    for r0 in range(0, anomaly_map.shape[0], rows_per_chunk):
+        rows = slice(r0, r0 + rows_per_chunk)
+        grey = to_device_float(scan[rows], device)
+        if window is not None:
+            grey = apply_window_torch(grey, *window)
+        base = grey[..., None] if grey.ndim == 2 else grey
+        level = ((anomaly_map[rows] - low) / (high - low)).clamp_(0.0, 1.0)
+        colour = lut[(level * 255.0 + 0.5).to(torch.uint8).long()]
+        weight = alpha * (0.25 + 0.75 * level)
+        if display_mask is not None:
+            weight = weight * display_mask[rows]
+        weight = weight[..., None]
+        out[rows] = ((base * (1.0 - weight) + colour * weight) * 255.0 + 0.5).clamp_(0, 255).to(torch.uint8)
+    return out.cpu().numpy()

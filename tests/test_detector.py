@@ -7,6 +7,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+import torch
 
 from rtg_anomaly import Detector, NotFittedError
 from rtg_anomaly.detector import ImageTooSmallError
@@ -63,6 +64,37 @@ def test_sixteen_bit_and_colour_scans(tiny_detector):
     colour = np.stack([grey16 // 257] * 3, axis=2).astype(np.uint8)
     colour[..., 0] //= 2
     assert tiny_detector.score(colour).heatmap.shape == grey16.shape
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_pixel_path_matches_numpy_path(tiny_bundle, demo_data, monkeypatch, device):
+    """On CUDA, tiling, stitching, smoothing and overlay run with torch on the device; forced on here
+    (on the CPU too), they must give the numpy path's heatmap, score and overlay."""
+    detector = Detector.load(tiny_bundle, device=device)
+    grey16, _ = make_vehicle_scan(seed=5, height=96, length=300, bit_depth=16)
+    colour = np.stack([grey16 // 257] * 3, axis=2).astype(np.uint8)
+    colour[..., 0] //= 2
+    scans = [detector.load_scan(sorted((demo_data / "test" / "anomalous").iterdir())[0]), grey16, colour,
+             np.random.default_rng(0).integers(0, 255, (40, 50), dtype=np.uint8)]  # smaller than a tile
+    outputs = {}
+    for on_device in (False, True):
+        monkeypatch.setattr(Detector, "_on_gpu", property(lambda self, flag=on_device: flag))
+        outputs[on_device] = []
+        for scan in scans:
+            result = detector.score(scan)
+            outputs[on_device].append((result, detector.overlay(scan, result),
+                                       detector.overlay(scan, result, threshold="calibrated")))
+    for (numpy_result, *numpy_overlays), (device_result, *device_overlays) in zip(outputs[False], outputs[True]):
+        assert device_result.heatmap.dtype == np.float32 and device_result.heatmap.shape == numpy_result.heatmap.shape
+        np.testing.assert_allclose(device_result.heatmap, numpy_result.heatmap, rtol=0, atol=1e-5)
+        assert device_result.score == pytest.approx(numpy_result.score, rel=1e-6)
+        for numpy_overlay, device_overlay in zip(numpy_overlays, device_overlays):
+            # the maps agree to float32 rounding, so a pixel may fall on the other side of a colour step
+            assert np.abs(device_overlay.astype(int) - numpy_overlay).max() <= 3
+            assert (device_overlay != numpy_overlay).any(axis=2).mean() < 0.01
 
 
 def test_overlay_modes(tiny_detector, demo_data):

@@ -2,7 +2,9 @@
 import numpy as np
 import pytest
 
-from rtg_anomaly.intensity import apply_window, normalise_intensity, window_limits
+import torch
+
+from rtg_anomaly.intensity import apply_window, apply_window_torch, normalise_intensity, to_device_float, window_limits
 
 
 def test_auto_uint8_uses_dtype_range():
@@ -92,3 +94,18 @@ def test_non_contiguous_input():
 def test_unknown_window():
     with pytest.raises(ValueError):
         window_limits(np.zeros((2, 2), np.uint8), "linear")
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.float32, np.float64, np.int32])
+@pytest.mark.parametrize("shape", [(30, 40), (12, 9, 3)])
+def test_device_window_equals_numpy_window(dtype, shape):
+    rng = np.random.default_rng(0)
+    scale = 255 if dtype == np.uint8 else 30000
+    values = (rng.random(shape) * scale).astype(dtype)
+    if dtype == np.uint16:
+        values[0, 0] = 65535  # above int16: must not wrap negative on the way to the device
+    low, high = window_limits(values, "percentile")
+    on_device = to_device_float(values, "cpu")
+    assert on_device.dtype == torch.float32 and tuple(on_device.shape) == shape
+    np.testing.assert_array_equal(on_device.numpy(), values.astype(np.float32))
+    np.testing.assert_array_equal(apply_window_torch(on_device, low, high).numpy(), apply_window(values, low, high))

@@ -1,11 +1,13 @@
 """Tests for the colour overlay: fixed calibrated scale, display mask, faint clean pixels."""
 import numpy as np
 import pytest
+import torch
 
 import rtg_anomaly.overlay as overlay
 from rtg_anomaly.errors import InputError
 from rtg_anomaly.intensity import apply_window
-from rtg_anomaly.overlay import colour_lut, percentile_mask, render_overlay
+from rtg_anomaly.overlay import (colour_lut, percentile_mask, percentile_mask_torch, render_overlay,
+                                 render_overlay_torch)
 
 
 def _scan(shape=(40, 50), seed=0):
@@ -149,3 +151,54 @@ def test_percentile_mask_extremes():
 def test_percentile_mask_invalid(percentile):
     with pytest.raises(InputError):
         percentile_mask(np.zeros((4, 4), np.float32), percentile)
+
+
+# --- the torch twins used on the GPU, run here on CPU tensors -------------------------------------------
+@pytest.mark.parametrize("seed", range(20))
+def test_percentile_mask_torch_equals_numpy(seed):
+    rng = np.random.default_rng(seed)
+    anomaly_map = (rng.random((int(rng.integers(1, 120)), int(rng.integers(1, 120)))) * 3).astype(np.float32)
+    percentile = float(rng.choice([0.0, 100.0, rng.random() * 100]))
+    mask = percentile_mask_torch(torch.from_numpy(anomaly_map), percentile)
+    assert mask.dtype == torch.bool
+    np.testing.assert_array_equal(mask.numpy(), percentile_mask(anomaly_map, percentile))
+
+
+def test_percentile_mask_torch_subsamples_large_maps_like_numpy(monkeypatch):
+    monkeypatch.setattr(overlay, "_PERCENTILE_SAMPLE", 1000)
+    anomaly_map = np.random.default_rng(3).random((97, 103), dtype=np.float32)
+    np.testing.assert_array_equal(percentile_mask_torch(torch.from_numpy(anomaly_map), 90.0).numpy(),
+                                  percentile_mask(anomaly_map, 90.0))
+
+
+@pytest.mark.parametrize("kind", ["float grey", "raw uint16 with window", "colour"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_render_overlay_torch_equals_numpy(kind, masked):
+    rng = np.random.default_rng(7)
+    anomaly_map = (rng.random((37, 45)) * 2.5).astype(np.float32)
+    window = None
+    if kind == "float grey":
+        scan = _scan((37, 45))
+    elif kind == "colour":
+        scan = _scan((37, 45, 3))
+    else:
+        scan, window = (rng.random((37, 45)) * 60000).astype(np.uint16), (1000.0, 50000.0)
+    mask = percentile_mask(anomaly_map, 60.0) if masked else None
+    expected = render_overlay(scan, anomaly_map, mask, color_range=(1.0, 2.0), alpha=0.6, window=window)
+    result = render_overlay_torch(scan, torch.from_numpy(anomaly_map), None if mask is None else torch.from_numpy(mask),
+                                  color_range=(1.0, 2.0), alpha=0.6, window=window, rows_per_chunk=16)
+    assert result.dtype == np.uint8 and result.shape == (37, 45, 3)
+    np.testing.assert_array_equal(result, expected)
+
+
+def test_render_overlay_torch_invalid_colour_range():
+    with pytest.raises(InputError, match="color range"):
+        render_overlay_torch(_scan((4, 4)), torch.ones(4, 4), color_range=(2.0, 1.0))
+
+
+def test_render_overlay_parallel_chunks_equal_serial(monkeypatch):
+    scan, anomaly_map = _scan((100, 30)), (np.random.default_rng(2).random((100, 30)) * 3).astype(np.float32)
+    monkeypatch.setattr(overlay, "_ROWS_PER_CHUNK", 7)
+    parallel = render_overlay(scan, anomaly_map)
+    monkeypatch.setattr(overlay.os, "cpu_count", lambda: 1)
+    np.testing.assert_array_equal(render_overlay(scan, anomaly_map), parallel)

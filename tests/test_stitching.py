@@ -2,8 +2,10 @@
 import cv2
 import numpy as np
 import pytest
+import torch
 
-from rtg_anomaly.stitching import MapStitcher, blend_window, gaussian_smooth, upsample_patch_map
+from rtg_anomaly.stitching import (DeviceMapStitcher, MapStitcher, _reflect_indices, blend_window, gaussian_smooth,
+                                   gaussian_smooth_torch, upsample_patch_map)
 from rtg_anomaly.tiling import tile_grid
 
 # (height, width, tile, stride, patch size in px); sizes are >= tile (the detector pads smaller scans)
@@ -132,3 +134,36 @@ def test_gaussian_smooth_blurs_impulse_symmetrically():
     noise = np.random.default_rng(1).standard_normal((64, 64)).astype(np.float32)
     noise_std = float(noise.std())
     assert gaussian_smooth(noise, 2.0).std() < 0.5 * noise_std
+
+
+# --- the torch twins used on the GPU, run here on CPU tensors -------------------------------------------
+@pytest.mark.parametrize("height,width,tile,stride,patch", GRIDS)
+def test_device_stitcher_matches_cpu_stitcher(height, width, tile, stride, patch):
+    origins = tile_grid(height, width, tile, stride)
+    maps = np.random.default_rng(height).random((len(origins), tile // patch, tile // patch), dtype=np.float32)
+    cpu = MapStitcher(height, width, tile, stride)
+    cpu.add_batch(origins, maps)
+    device = DeviceMapStitcher(height, width, tile, stride, "cpu")
+    y, x = origins[0]
+    device.add(int(y), int(x), maps[0])  # one tile, as MapStitcher.add
+    device.add_batch(origins[1:], torch.from_numpy(maps[1:]))
+    result = device.result()
+    assert isinstance(result, torch.Tensor) and result.dtype == torch.float32 and result.shape == (height, width)
+    np.testing.assert_allclose(result.numpy(), cpu.result(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(200, 300), (64, 64), (5, 40)])
+@pytest.mark.parametrize("sigma", [0.0, 0.5, 2.0, 8.0, 25.0])  # 25 px: the border pad exceeds small maps
+def test_gaussian_smooth_torch_matches_opencv(shape, sigma):
+    anomaly_map = np.random.default_rng(1).random(shape, dtype=np.float32)
+    expected = gaussian_smooth(anomaly_map.copy(), sigma)
+    result = gaussian_smooth_torch(torch.from_numpy(anomaly_map), sigma)
+    assert result.shape == shape and result.dtype == torch.float32
+    np.testing.assert_allclose(result.numpy(), expected, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("length,pad", [(10, 3), (4, 9), (1, 2)])
+def test_reflect_indices_follow_opencv_border_reflect(length, pad):
+    values = np.arange(length, dtype=np.float32)[None, :]
+    expected = cv2.copyMakeBorder(values, 0, 0, pad, pad, cv2.BORDER_REFLECT)[0]
+    np.testing.assert_array_equal(values[0, _reflect_indices(length, pad)], expected)
