@@ -379,6 +379,20 @@ def profile_score(detector, image: np.ndarray, n_tiles: int) -> dict:
                 python_self_per_tile=python_self / max(1, n_tiles), top=entries[:14], watched=per_function)
 
 
+def folder_throughput(detector, path, n_scans: int) -> dict:
+    """Seconds per scan when a folder of ``n_scans`` scans (here one file, listed n times) goes through
+    ``prefetch`` as in ``rtg-anomaly detect --input DIR``: the next scan is decoded while this one is scored and
+    its overlay rendered."""
+    from rtg_anomaly.io import prefetch
+
+    synchronise(detector.extractor.device)
+    t0 = time.perf_counter()
+    for loaded in prefetch(detector.load_scan, [Path(path)] * n_scans):
+        image = loaded.result()
+        detector.overlay(image, detector.score(image))
+    return dict(scans=n_scans, per_scan=(time.perf_counter() - t0) / n_scans)
+
+
 def worker_detect(spec: dict) -> dict:
     """Our detect path: real images, then the synthetic scan, then a cProfile of a crop."""
     device = torch.device(spec["device"])
@@ -400,8 +414,13 @@ def worker_detect(spec: dict) -> dict:
             real_rows.append(row)
         out["real_peak_rss_mib"] = peak_rss_mib()
     out["real"] = real_rows
-    row, heatmap = time_detect(detector, spec["scan"], device)
+    # Repeated runs of the synthetic scan; the run with the median total is reported (GPU timings vary more).
+    runs = [time_detect(detector, spec["scan"], device) for _ in range(max(1, spec.get("repeats", 1)))]
+    totals = [r[0]["total"] for r in runs]
+    row, heatmap = runs[int(np.argsort(totals)[len(totals) // 2])]
+    row["repeats"], row["totals"] = len(totals), totals
     row["peak_rss_mib"] = peak_rss_mib()
+    out["folder"] = folder_throughput(detector, spec["scan"], n_scans=max(2, spec.get("repeats", 1)))
     out["synthetic"] = row
     np.save(spec["heatmap"], heatmap)
     image = detector.load_scan(spec["scan"])
@@ -467,6 +486,8 @@ def worker_plain(spec: dict) -> dict:
         synchronise(device)
         return time.perf_counter() - t0, value
 
+    extractor.embed(sel[: config.batch_size])  # warm-up of both batch shapes (kernel choice, allocator)
+    extractor.embed(sel[:1])
     batched_s, batched = timed(lambda: extractor.embed(sel))
     unbatched_s, _ = timed(lambda: [extractor.embed(sel[i : i + 1]) for i in range(n)])
     full_s, _ = timed(lambda: [forward_variant(extractor, extractor.to_input(sel[i : i + 1]), stop_early=False)
@@ -727,6 +748,18 @@ def knn_comparison(real_bank: np.ndarray, n_queries: int, extra_banks: list[int]
 
 
 # ---------------------------------------------------------------------------------------------- report
+def gpu_target_line(syn: dict, env: dict) -> str:
+    """The GPU target's verdict: a 2000x6000 scan under 0.5 s end to end, backbone >= 60 % of the time."""
+    total, share = syn["total"], syn["backbone"] / syn["total"]
+    met = total < 0.5 and share >= 0.6
+    return (f"**Target (GPU: 2000x6000 scan < 0.5 s end to end, backbone ≥ 60 % of it): "
+            f"{'MET' if met else 'NOT MET'}** — {total:.3f} s end to end (load + score + overlay) on "
+            f"{env['device_name']}, backbone {100 * share:.0f} % of it; without decoding the file "
+            f"(score + overlay) {syn['score'] + syn['overlay']:.3f} s, backbone "
+            f"{100 * syn['backbone'] / (syn['score'] + syn['overlay']):.0f} %; `score` alone {syn['score']:.3f} s, "
+            f"backbone {100 * syn['backbone'] / syn['score']:.0f} %.\n")
+
+
 def environment(device: torch.device, argv: list[str]) -> dict:
     import timm
 
@@ -817,6 +850,15 @@ def build_report(env: dict, setup: dict, detect: dict, plain: dict, agreement: d
                      mean["stitch"] + mean["smooth"], mean["other"], mean["score"], mean["overlay"], mean["total"],
                      mean["mpix_per_s"], "", ""])
     parts.append(table(headers, rows))
+    folder = detect.get("folder")
+    if folder:
+        parts.append(f"\nFolder mode (`detect --input DIR`: the next scan is decoded in a background thread while this "
+                     f"one is scored and rendered), {folder['scans']} copies of the synthetic scan: "
+                     f"**{folder['per_scan']:.3f} s per scan** against {syn['total']:.3f} s for one scan on its own "
+                     f"({syn['total'] / folder['per_scan']:.2f}x the throughput).\n")
+    if syn.get("repeats", 1) > 1:
+        parts.append(f"\nSynthetic scan: the run with the median total of {syn['repeats']} is shown (totals "
+                     + ", ".join(f"{t:.3f}" for t in syn["totals"]) + " s).\n")
     parts.append(f"\nReal images: {setup['real_note']}. Model load (bundle + backbone) took "
                  f"{detect['model_load_s']:.1f} s, not counted above. Peak RSS baseline of the detect process "
                  f"after importing torch and the library: {detect['baseline_rss_mib']:.0f} MiB; after loading the "
@@ -864,10 +906,13 @@ def build_report(env: dict, setup: dict, detect: dict, plain: dict, agreement: d
         f"\n**Heatmap agreement: {verdict}** — max |ours − plain| = {agreement['max_abs_diff']:.2e} calibrated units "
         f"(tolerance {HEATMAP_TOLERANCE:g}; mean {agreement['mean_abs_diff']:.2e}; heatmap max "
         f"{agreement['max_value']:.3f}). kNN scores of (b) agree to {knn_p['max_abs_diff']:.2e} calibrated units.\n")
-    parts.append(
-        f"**Target (CPU detect ≥ 3x faster than plain, identical heatmaps): "
-        f"{'MET' if speedup and speedup >= 3 and verdict == 'PASS' else 'NOT MET'}** — speed-up {speedup:.2f}x "
-        f"on `score` ({syn['device'] if 'device' in syn else env['device']}, {env['threads']} torch thread(s)).\n")
+    if env["device"].startswith("cuda"):
+        parts.append(gpu_target_line(syn, env))
+    else:
+        parts.append(
+            f"**Target (CPU detect ≥ 3x faster than plain, identical heatmaps): "
+            f"{'MET' if speedup and speedup >= 3 and verdict == 'PASS' else 'NOT MET'}** — speed-up {speedup:.2f}x "
+            f"on `score` ({syn['device'] if 'device' in syn else env['device']}, {env['threads']} torch thread(s)).\n")
     parts.append(
         "\nThe speed-up depends on the thread count and on the machine's load. With several threads on a busy "
         "machine each operator's OpenMP barrier waits for descheduled threads; the unbatched plain reference runs "
@@ -1054,11 +1099,13 @@ def build_report(env: dict, setup: dict, detect: dict, plain: dict, agreement: d
                      "when other jobs share the cores (see the load averages in the notes).")
     backbone_share = syn["backbone"] / syn["score"]
     biggest = knn["rows"][-1]
-    big_scan = biggest["torch_s"] * biggest["scale_to_scan"]
+    on_gpu = biggest.get("cuda_s") is not None
+    big_scan = (biggest["cuda_s"] if on_gpu else biggest["torch_s"]) * biggest["scale_to_scan"]
     props.append(f"* The backbone is {100 * backbone_share:.0f} % of `score` on the synthetic scan; kNN "
                  f"{100 * syn['knn'] / syn['score']:.0f} % with this {setup['bank']:,}-row bank, but kNN grows "
                  f"linearly with the bank (section 6): with {biggest['rows']:,} rows it would take about "
-                 f"{big_scan:.0f} s per 2000x6000 scan against {syn['backbone']:.0f} s of backbone.")
+                 f"{big_scan:.2g} s per 2000x6000 scan{' on the GPU' if on_gpu else ''} against "
+                 f"{syn['backbone']:.2g} s of backbone.")
     parts.append("\n".join(props) + "\n")
     workers = [("detect", detect), ("plain", plain)] + [(f"fit {r['n_scans']}", r) for r in (fit_rows or [])]
     if tinyfit:
@@ -1076,8 +1123,8 @@ def build_report(env: dict, setup: dict, detect: dict, plain: dict, agreement: d
         f"at least the parent's size (here: {worker_ru}). Peak GPU memory is "
         "`torch.cuda.max_memory_allocated` when CUDA is used, else n/a.\n"
         f"* 1-minute load average at the start / end of each worker: {worker_loads}.\n"
-        "* The machine's 2 cores are shared with other jobs: small vector operations (coreset loop) are the most "
-        "sensitive to that; batched matrix products the least.\n")
+        f"* The machine's {env['affinity']} cores may be shared with other jobs: small vector operations (coreset "
+        "loop) are the most sensitive to that; batched matrix products the least.\n")
     return "\n".join(parts)
 
 
@@ -1095,6 +1142,8 @@ def parse_args(argv):
                         help="2-block, 32-wide random ViT on 64 px tiles (tests only)")
     parser.add_argument("--real-images", type=int, default=5, help="first N real images to detect on (default 5)")
     parser.add_argument("--data-root", default=None, help="shared data root ($RTG_ANOMALY_DATA or ../shared/data)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed detect runs of the synthetic scan, median reported (default 5 on CUDA, 1 on CPU)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -1174,7 +1223,8 @@ def _run(args, argv: list[str]) -> int:
         del detector, extractor, crops
 
         base = dict(device=str(device), bundle=str(bundle), scan=str(scan_path))
-        detect = run_worker(dict(base, kind="detect", real=[str(p) for p in real_paths],
+        repeats = args.repeats or (5 if device.type == "cuda" else 1)
+        detect = run_worker(dict(base, kind="detect", real=[str(p) for p in real_paths], repeats=repeats,
                                  heatmap=str(workdir / "ours.npy"), profile_cols=sizes["profile_cols"]),
                             workdir, "detect")
         detect["synthetic"]["device"] = str(device)
