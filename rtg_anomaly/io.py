@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator
@@ -138,15 +139,19 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     return paths
 
 
-def prefetch(load: Callable[[Path], np.ndarray], paths: list[Path]) -> Iterator[Future]:
-    """Yield one future per path, in order, decoding the next scan while the caller works on this one.
+def prefetch(load: Callable[[Path], np.ndarray], paths: list[Path], ahead: int | None = None) -> Iterator[Future]:
+    """Yield one future per path, in order, decoding the next scans while the caller works on this one.
 
-    At most two scans are decoded at any time (the one handed out and the next).
+    ``ahead`` scans are decoded in parallel threads beyond the one handed out (default: 2, or 1 on a
+    one-core machine), so at most ``ahead + 1`` decoded scans are held at any time. Decoding a large
+    compressed scan (PNG, TIFF) can take as long as scoring it on a GPU; two decoders keep up with it.
     ``future.result()`` returns the array or raises the loader's error.
     """
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rtg-prefetch") as pool:
-        upcoming = pool.submit(load, paths[0]) if paths else None
+    ahead = max(1, ahead if ahead is not None else min(2, (os.cpu_count() or 1) - 1))
+    with ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="rtg-prefetch") as pool:
+        upcoming = deque(pool.submit(load, path) for path in paths[:ahead])
         for index in range(len(paths)):
-            current = upcoming
-            upcoming = pool.submit(load, paths[index + 1]) if index + 1 < len(paths) else None
+            current = upcoming.popleft()
+            if index + ahead < len(paths):
+                upcoming.append(pool.submit(load, paths[index + ahead]))
             yield current

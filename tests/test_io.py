@@ -292,12 +292,41 @@ def test_prefetch_keeps_order_and_errors(tmp_path):
             raise ImageReadError("cannot read image bad: broken")
         return path.upper()
 
-    futures = prefetch(load, ["a", "bad", "c"])
-    first = next(futures)
-    assert first.result() == "A"
-    with pytest.raises(ImageReadError):
-        next(futures).result()
-    assert next(futures).result() == "C"
-    assert [c[0] for c in calls] == ["a", "bad", "c"]
-    assert all(name.startswith("rtg-prefetch") for _, name in calls)
-    assert list(prefetch(load, [])) == []
+    for ahead in (1, 2, 5):
+        calls.clear()
+        futures = prefetch(load, ["a", "bad", "c"], ahead=ahead)
+        first = next(futures)
+        assert first.result() == "A"
+        with pytest.raises(ImageReadError):
+            next(futures).result()
+        assert next(futures).result() == "C"
+        assert sorted(c[0] for c in calls) == ["a", "bad", "c"]
+        assert all(name.startswith("rtg-prefetch") for _, name in calls)
+        assert list(prefetch(load, [], ahead=ahead)) == []
+
+
+@pytest.mark.parametrize("ahead", [1, 2, 3])
+def test_prefetch_bounds_scans_in_flight(ahead):
+    import threading
+    import time
+
+    from rtg_anomaly.io import prefetch
+
+    lock, started, most_ahead = threading.Lock(), [], [0]
+    handed_out = [-1]
+
+    def load(index):
+        with lock:
+            started.append(index)
+            most_ahead[0] = max(most_ahead[0], index - handed_out[0])
+        time.sleep(0.002)
+        return index
+
+    results = []
+    for future in prefetch(load, list(range(12)), ahead=ahead):
+        handed_out[0] += 1
+        results.append(future.result())
+        time.sleep(0.005)  # the caller's work: decoders run ahead meanwhile
+    assert results == list(range(12))
+    # never more than `ahead` scans beyond the one handed out, and the decoders do run ahead
+    assert most_ahead[0] <= ahead + 1 and max(started) == 11
