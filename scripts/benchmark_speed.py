@@ -192,13 +192,17 @@ def forward_variant(extractor, batch: torch.Tensor, stop_early: bool = True, bf1
     """``FeatureExtractor._forward`` with the depth and precision as parameters.
 
     stop_early=False runs every block of the ViT (the plain reference) but takes the same block's tokens,
-    so the features are the same math as ours. bf16=True turns on CPU bfloat16 autocast (a proposal).
+    so the features are the same math as ours (on CUDA under the library's autocast dtype). bf16=True turns on
+    CPU bfloat16 autocast (a proposal).
     """
     import torch.nn.functional as F
 
+    from rtg_anomaly.features import CUDA_AUTOCAST_DTYPE
+
     config = extractor.config
     device_type = extractor.device.type
-    with torch.inference_mode(), torch.autocast(device_type=device_type, dtype=torch.bfloat16,
+    with torch.inference_mode(), torch.autocast(device_type=device_type,
+                                                dtype=CUDA_AUTOCAST_DTYPE if device_type == "cuda" else torch.bfloat16,
                                                 enabled=device_type == "cuda" or bf16):
         maps = extractor.model.forward_intermediates(batch, indices=list(config.layers), intermediates_only=True,
                                                      stop_early=stop_early, output_fmt="NCHW")
@@ -494,7 +498,7 @@ def worker_plain(spec: dict) -> dict:
                                for i in range(n)])
     decomposition = dict(tiles=n, batch_size=config.batch_size, batched_stop_early=batched_s,
                          unbatched_stop_early=unbatched_s, unbatched_full_depth=full_s)
-    if device.type == "cpu":  # on CUDA ours already runs under bf16 autocast
+    if device.type == "cpu":  # on CUDA ours already runs under float16 autocast
         forward_variant(extractor, extractor.to_input(sel[:1]), bf16=True)  # warm-up
         bf16_s, bf16 = timed(lambda: torch.cat([forward_variant(extractor, extractor.to_input(
             sel[i : i + config.batch_size]), bf16=True) for i in range(0, n, config.batch_size)]))

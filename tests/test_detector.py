@@ -171,3 +171,22 @@ def test_patch_top_mean_counts_every_in_scan_patch_once_per_tile(tiny_detector):
     expected = sum(int(tiny_detector._valid_patches(origins, image.shape).sum())
                    for origins, _ in tiny_detector._patch_features(image))
     assert raw.patch_scores.size == expected
+
+
+def test_autocast_overflow_falls_back_to_float32(tiny_detector, monkeypatch):
+    """Under autocast (CUDA), a batch whose features overflow is recomputed in float32."""
+    extractor = tiny_detector.extractor
+    tiles = np.random.default_rng(0).random((3, 64, 64), dtype=np.float32)
+    expected = extractor.embed(tiles)
+    calls = []
+    real_forward_in = type(extractor)._forward_in
+
+    def forward_in(self, batch, autocast):
+        calls.append(autocast)
+        features = real_forward_in(self, batch, autocast=False)
+        return features.fill_(float("inf")) if autocast else features
+
+    monkeypatch.setattr(type(extractor), "uses_autocast", property(lambda self: True))
+    monkeypatch.setattr(type(extractor), "_forward_in", forward_in)
+    np.testing.assert_array_equal(extractor.embed(tiles).numpy(), expected.numpy())
+    assert calls == [True, False]
