@@ -95,7 +95,7 @@ def test_knn_distance_matches_cdist(k, n_queries, n_bank):
 @pytest.mark.parametrize("block", [1, 2, 7, 16, 100])
 @pytest.mark.parametrize("k", [1, 3])
 def test_knn_distance_chunked_matches_cdist(monkeypatch, block, k):
-    monkeypatch.setattr(memory_bank, "_DISTANCE_BLOCK", block)
+    monkeypatch.setattr(memory_bank, "_CPU_DISTANCE_BLOCK", block)
     g = torch.Generator().manual_seed(block)
     queries, bank = torch.randn(37, 5, generator=g), torch.randn(50, 5, generator=g)
     out = knn_distance(queries, bank, k=k)
@@ -103,10 +103,12 @@ def test_knn_distance_chunked_matches_cdist(monkeypatch, block, k):
 
 
 @pytest.mark.parametrize("k", [1, 3])
-def test_knn_distance_bank_larger_than_bank_chunk(k):
-    # 65536 + 2 rows: the last bank chunk has fewer rows than k
+@pytest.mark.parametrize("chunk", [memory_bank._CPU_BANK_CHUNK, memory_bank._BANK_CHUNK])
+def test_knn_distance_bank_larger_than_bank_chunk(monkeypatch, k, chunk):
+    # chunk + 2 rows: the last bank chunk has fewer rows than k (the accelerator's chunk size, tried on the CPU too)
+    monkeypatch.setattr(memory_bank, "_CPU_BANK_CHUNK", chunk)
     g = torch.Generator().manual_seed(0)
-    bank = torch.randn(65538, 3, generator=g)
+    bank = torch.randn(chunk + 2, 3, generator=g)
     queries = torch.cat([torch.randn(8, 3, generator=g), bank[-2:] + 1e-3])  # nearest rows are in the last chunk
     out = knn_distance(queries, bank, k=k)
     assert torch.allclose(out, _reference(queries, bank, k), atol=1e-3, rtol=1e-3)
