@@ -116,11 +116,12 @@ class Detector:
         padded = pad_to_tile(image, tile)
         low, high = window or self._window(image)
         origins = tile_grid(padded.shape[0], padded.shape[1], tile, config.stride)
-        if self._on_gpu:  # the scan crosses to the device once; tiles are cut and windowed there
+        on_gpu = self._on_gpu
+        if on_gpu:  # the scan crosses to the device once; tiles are cut and windowed there
             scan = apply_window_torch(to_device_float(padded, self.extractor.device), low, high)
         for start in range(0, len(origins), config.batch_size):
             batch = origins[start : start + config.batch_size]
-            if self._on_gpu:
+            if on_gpu:
                 tiles = torch.stack([scan[y : y + tile, x : x + tile] for y, x in batch.tolist()])
             else:
                 tiles = apply_window(extract_tiles(padded, batch, tile), low, high)

@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from .config import DEFAULT_BACKBONE, DetectorConfig
 from .errors import InputError
 
-# Weights shipped with the project so the default works offline on a fresh machine.
 # The backbone's autocast dtype on CUDA. On an H100, bfloat16 and float16 ran equally fast (80 DINOv2 tiles:
 # 0.059 s vs 0.062 s; float32 0.102 s), but bfloat16's 8-bit mantissa cost gdxray_welds 0.013 image AUROC
 # (0.956 vs 0.968 in float32); float16 gave the float32 and CPU figures (0.967 / 0.955 / 0.810).
 CUDA_AUTOCAST_DTYPE = torch.float16
+# Weights shipped with the project so the default works offline on a fresh machine.
 BUNDLED_WEIGHTS = {DEFAULT_BACKBONE: "vit_small_patch14_dinov2.imgfocus_fp16.safetensors"}
 
 
