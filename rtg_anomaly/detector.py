@@ -28,7 +28,7 @@ from .errors import InputError
 from .features import FeatureExtractor, resolve_device
 from .intensity import apply_window, apply_window_torch, to_device_float, window_limits
 from .io import load_image
-from .memory_bank import StreamingCoreset, knn_distance, random_rows
+from .memory_bank import StreamingCoreset, knn_distance, per_scan_share, random_rows
 from .overlay import percentile_mask, percentile_mask_torch, render_overlay, render_overlay_torch
 from .pca import PCAProjection
 from .stitching import DeviceMapStitcher, MapStitcher, gaussian_smooth, gaussian_smooth_torch
@@ -191,7 +191,7 @@ class Detector:
         n_views = 1 + len(config.augment)
         builder = StreamingCoreset(config.coreset_ratio, seed=config.seed,
                                    max_patches_per_scan=config.max_patches_per_scan,
-                                   max_kept_per_scan=max(1, -(-config.max_bank_size // (len(images) * n_views))))
+                                   max_kept_per_scan=per_scan_share(config.max_bank_size, len(images) * n_views))
         pca_samples, n_train = [], 0
         per_scan_sample = max(256, PCA_SAMPLE_TOTAL // max(1, len(train_items) * n_views))
         bar = tqdm(total=len(images), unit="scan", desc="fit", disable=not progress, leave=False)

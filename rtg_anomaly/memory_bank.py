@@ -161,6 +161,16 @@ class StreamingCoreset:
         return pool
 
 
+def per_scan_share(bank_cap: int, n_scans: int) -> int:
+    """Rows one scan (or augmented view) may keep so that ``n_scans`` of them never exceed ``bank_cap``.
+
+    Rounded down: a pool even a few rows over the cap would make ``StreamingCoreset.finish`` run a greedy
+    pass selecting nearly every row, one step per kept row (hours for a 200,000-row bank on a CPU).
+    At least 1 per scan, so more scans than ``bank_cap`` can exceed the cap (``finish`` then reduces it).
+    """
+    return max(1, bank_cap // max(1, n_scans))
+
+
 def random_rows(n_rows: int, n_pick: int, seed: int) -> np.ndarray:
     """Sorted distinct row indices, a seeded uniform sample of ``n_pick`` out of ``n_rows``."""
     rng = np.random.default_rng(seed)

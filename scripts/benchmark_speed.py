@@ -549,20 +549,20 @@ def worker_plain(spec: dict) -> dict:
 def worker_fitscale(spec: dict) -> dict:
     """The fit's memory path for ``n_scans`` clean scans, with synthetic features of the real size.
 
-    Mirrors ``Detector.fit``: StreamingCoreset with max_kept_per_scan = ceil(max_bank_size / n_scans), PCA
+    Mirrors ``Detector.fit``: StreamingCoreset with max_kept_per_scan = per_scan_share(max_bank_size, n_scans), PCA
     samples of max(256, 200000 // n_train) rows per training scan, PCA fit, finish, then the held-out scans
     join the pool and finish runs again. Scans beyond ``measured`` are fast-forwarded: their pool rows and
     PCA samples are allocated (random values of the exact sizes) without generating and reducing features.
     """
     from rtg_anomaly.detector import PCA_SAMPLE_TOTAL
-    from rtg_anomaly.memory_bank import StreamingCoreset, random_rows
+    from rtg_anomaly.memory_bank import StreamingCoreset, per_scan_share, random_rows
     from rtg_anomaly.pca import PCAProjection
 
     config = DetectorConfig()
     n_scans, patches, dim = spec["n_scans"], spec["patches"], spec["dim"]
     n_holdout = holdout_count(n_scans, config.holdout_fraction)
     n_train = n_scans - n_holdout
-    max_kept = max(1, -(-config.max_bank_size // n_scans))
+    max_kept = per_scan_share(config.max_bank_size, n_scans)
     keep_true = min(max(1, math.ceil(config.coreset_ratio * min(patches, config.max_patches_per_scan))), max_kept)
     keep_used = keep_true if spec["max_selections"] is None else min(keep_true, spec["max_selections"])
     per_scan_sample = max(256, PCA_SAMPLE_TOTAL // max(1, n_train))
@@ -993,7 +993,7 @@ def build_report(env: dict, setup: dict, detect: dict, plain: dict, agreement: d
             + ("a 2000x6000 scan = %d tiles of 512 px at 25 %% overlap x 32x32 patches at 448 px input"
                % real_scan_patches()[0] if sizes["fit_patches"] is None else "quick-run size")
             + "), drawn from a seeded rank-32 Gaussian plus noise. Each scan count runs in a fresh process "
-            "that mirrors `Detector.fit`: `StreamingCoreset(0.1, max_kept_per_scan=ceil(200000 / n_scans))`, "
+            "that mirrors `Detector.fit`: `StreamingCoreset(0.1, max_kept_per_scan=200000 // n_scans)`, "
             "PCA samples of max(256, 200000 // n_train) rows per training scan, PCA fit (128 dims), `finish`, "
             "then the held-out scans (20 %) join the pool and `finish` runs again. The backbone is not run.\n")
         if sizes["fit_measured"] is not None:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import rtg_anomaly.memory_bank as memory_bank
-from rtg_anomaly.memory_bank import StreamingCoreset, greedy_coreset, knn_distance, random_rows
+from rtg_anomaly.memory_bank import StreamingCoreset, greedy_coreset, knn_distance, per_scan_share, random_rows
 
 
 def _clusters(n_clusters: int, sizes, dim: int, spread: float = 0.05, seed: int = 0):
@@ -191,3 +191,27 @@ def test_random_rows():
     # roughly uniform: both halves sampled
     many = random_rows(10_000, 2000, seed=1)
     assert 800 < (many < 5000).sum() < 1200
+
+
+@pytest.mark.parametrize("bank_cap", [200_000, 1000, 7])
+def test_per_scan_share_never_lets_the_pool_exceed_the_cap(bank_cap):
+    # ceil(200000 / 196) * 196 = 200,116 > 200,000 once made finish() run a greedy pass picking 200,000 of
+    # 200,116 rows (castings with --coreset-ratio 0.25: fit did not end in 30 min)
+    for n_scans in range(1, 3001):
+        share = per_scan_share(bank_cap, n_scans)
+        assert share >= 1
+        assert share * n_scans <= bank_cap or share == 1
+
+
+def test_full_pool_needs_no_final_greedy_pass(monkeypatch):
+    calls = []
+    real = memory_bank.greedy_coreset
+    monkeypatch.setattr(memory_bank, "greedy_coreset", lambda f, n, **kw: calls.append((f.shape[0], n)) or real(f, n, **kw))
+    n_scans, cap = 7, 100
+    builder = StreamingCoreset(1.0, max_kept_per_scan=per_scan_share(cap, n_scans))
+    g = torch.Generator().manual_seed(0)
+    for _ in range(n_scans):
+        builder.add(torch.randn(40, 4, generator=g))  # each scan would keep 40 > its share of 14
+    calls.clear()
+    bank = builder.finish(cap)
+    assert bank.shape[0] == builder.pool_size <= cap and calls == []
