@@ -133,10 +133,14 @@ class Detector:
             yield batch, features
 
     @property
+    def _compute_device(self) -> torch.device:
+        """The resolved device, without building the backbone when it is not loaded yet."""
+        return self._extractor.device if self._extractor is not None else resolve_device(str(self.device))
+
+    @property
     def _on_gpu(self) -> bool:
         """Pixel work (tiling, stitching, smoothing, overlay) runs on the device, not with numpy."""
-        device = self._extractor.device if self._extractor is not None else resolve_device(str(self.device))
-        return device.type == "cuda"
+        return self._compute_device.type == "cuda"
 
     def _valid_patches(self, origins: np.ndarray, image_shape: tuple[int, int]) -> np.ndarray:
         """bool (B, h, w): patches whose centre lies inside the unpadded scan."""
@@ -405,7 +409,7 @@ class Detector:
         if threshold not in ("percentile", "calibrated"):
             raise InputError(f"unknown threshold mode {threshold!r}")
         if self._on_gpu:
-            heatmap = torch.from_numpy(result.heatmap).to(resolve_device(str(self.device)))
+            heatmap = torch.from_numpy(result.heatmap).to(self._compute_device)
             mask = (percentile_mask_torch(heatmap, percentile) if threshold == "percentile"
                     else heatmap > result.pixel_threshold)
             return render_overlay_torch(image, heatmap, mask, color_range=color_range, alpha=alpha,

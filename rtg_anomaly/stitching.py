@@ -66,7 +66,7 @@ class MapStitcher:
         for (y, x), patch_map in zip(origins, patch_maps):
             self.add(int(y), int(x), patch_map)
 
-    def result(self):
+    def result(self) -> np.ndarray:
         """The blended map, (height, width) float32 (normalised in place)."""
         self.sum /= self._weight_y[:, None].astype(np.float32)
         self.sum /= self._weight_x[None, :].astype(np.float32)
