@@ -1097,7 +1097,11 @@ def build_report(env: dict, setup: dict, detect: dict, plain: dict, agreement: d
                          f"{big['queries']:,} queries ({big['topk_s'] / big['torch_s']:.2f}x).")
     big = knn["rows"][-1]
     if "large_block_s" in big:
-        props.append(f"* **Applied — cache-sized kNN blocks on the CPU** (1,024 bank rows x 1,024 queries, 4 MiB) "
+        from rtg_anomaly import memory_bank
+
+        cpu_rows, cpu_block = memory_bank._CPU_BANK_CHUNK, memory_bank._CPU_DISTANCE_BLOCK
+        props.append(f"* **Applied — cache-sized kNN blocks on the CPU** ({cpu_rows:,} bank rows x "
+                     f"{cpu_block // cpu_rows:,} queries, {cpu_block * 4 >> 20} MiB) "
                      f"instead of the accelerator's 128 MiB blocks: {big['large_block_s']:.2f} s → "
                      f"{big['torch_s']:.2f} s per {big['queries']:,} queries with a {big['rows']:,}-row bank "
                      f"({big['large_block_s'] / big['torch_s']:.2f}x; "
