@@ -19,7 +19,10 @@ class Calibration:
     """What clean scans score, and the thresholds derived from it.
 
     clean_level: raw map value that becomes 1.0 in calibrated units (the
-        median over clean scans of their image score).
+        median over clean scans of their image score, or of their map score when
+        the image score is not read off the map).
+    image_level: raw image score that becomes 1.0, when the image score has its
+        own unit (the ``global`` descriptor distance); ``None``: ``clean_level``.
     image_scores: calibrated image scores of the clean calibration scans.
     pixel_maxima: calibrated map maxima of the same scans.
     pixel_quantiles: quantiles of all their pixel values, calibrated, keyed "0.99".
@@ -44,9 +47,15 @@ class Calibration:
     n_scans: int
     method: str
     warnings: list[str] = field(default_factory=list)
+    image_level: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def image_unit(self) -> float:
+        """Raw image score that is 1.0 in calibrated units."""
+        return self.clean_level if self.image_level is None else self.image_level
 
     @property
     def color_range(self) -> tuple[float, float]:
@@ -86,20 +95,27 @@ def threshold_at_rate(clean_scores: np.ndarray, false_alarm_rate: float) -> tupl
 
 
 def calibrate(image_scores: np.ndarray, pixel_maxima: np.ndarray, pixel_samples: np.ndarray,
-              false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE, clean_level: float | None = None) -> Calibration:
+              false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE, clean_level: float | None = None,
+              map_scores: np.ndarray | None = None, image_level: float | None = None) -> Calibration:
     """Build a Calibration from raw (uncalibrated) clean statistics.
 
     image_scores, pixel_maxima: (n_scans,) raw scores of clean scans.
     pixel_samples: (n,) raw map values sampled from those scans.
-    clean_level: keep an existing unit (recalibration); default: the median
-        of ``image_scores``.
+    map_scores: (n_scans,) raw map scores of the same scans when the image score
+        has a unit of its own; the map unit then comes from them and the image
+        unit from ``image_scores``.
+    clean_level, image_level: keep existing units (recalibration); default:
+        the medians of ``map_scores`` (else ``image_scores``) and ``image_scores``.
     """
     image_scores = np.asarray(image_scores, dtype=np.float64)
+    own_image_unit = map_scores is not None or image_level is not None
     if clean_level is None:
-        clean_level = float(np.median(image_scores))
-    if not clean_level > 0:
+        clean_level = float(np.median(image_scores if map_scores is None else np.asarray(map_scores, np.float64)))
+    if own_image_unit and image_level is None:
+        image_level = float(np.median(image_scores))
+    if not clean_level > 0 or (own_image_unit and not image_level > 0):
         raise InputError("clean scans score zero everywhere; cannot set the calibrated unit")
-    image_cal = image_scores / clean_level
+    image_cal = image_scores / (image_level if own_image_unit else clean_level)
     maxima_cal = np.asarray(pixel_maxima, dtype=np.float64) / clean_level
     image_threshold, method = threshold_at_rate(image_cal, false_alarm_rate)
     pixel_threshold, _ = threshold_at_rate(maxima_cal, false_alarm_rate)
@@ -128,4 +144,5 @@ def calibrate(image_scores: np.ndarray, pixel_maxima: np.ndarray, pixel_samples:
         n_scans=int(image_scores.size),
         method=method,
         warnings=warnings,
+        image_level=float(image_level) if own_image_unit else None,
     )

@@ -14,6 +14,7 @@ import time
 import traceback
 from pathlib import Path
 
+from .config import IMAGE_SCORE_RULES
 from .errors import InputError
 from .regions import DEFAULT_MIN_AREA
 
@@ -119,9 +120,10 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--neighbourhood", type=_positive_int,
                         help="side of the average pooling over the patch grid, odd (default 1: off)")
     parser.add_argument("--smoothing-sigma", type=float, help="Gaussian sigma of the map, in backbone patches (default 0.5)")
-    parser.add_argument("--image-score", choices=("max", "top_mean", "patch_top_mean"),
-                        help="image score rule: max of the map, top_mean of the map, or patch_top_mean of the "
-                             "raw patch scores (default patch_top_mean)")
+    parser.add_argument("--image-score", choices=IMAGE_SCORE_RULES,
+                        help="image score rule: max of the map, top_mean of the map, patch_top_mean of the "
+                             "raw patch scores (default), or global: distance of the whole scan's feature "
+                             "statistics to the nearest clean scan's (for small crops judged as a whole)")
     parser.add_argument("--top-fraction", type=float,
                         help="with --image-score top_mean: share of map pixels averaged (default 0.001)")
     parser.add_argument("--top-patches", type=_positive_int,

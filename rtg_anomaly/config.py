@@ -9,7 +9,7 @@ from typing import Any
 from .errors import InputError
 
 DEFAULT_BACKBONE = "vit_small_patch14_dinov2"
-IMAGE_SCORE_RULES = ("max", "top_mean", "patch_top_mean")
+IMAGE_SCORE_RULES = ("max", "top_mean", "patch_top_mean", "global")
 INTENSITY_WINDOWS = ("auto", "dtype", "percentile")
 AUGMENTATION_NAMES = ("hflip", "vflip", "rot90", "rot180", "rot270")
 
@@ -46,7 +46,11 @@ class DetectorConfig:
     image_score: ``"max"`` of the smoothed map, ``"top_mean"`` (mean of the top
         ``top_fraction`` of map pixels) or ``"patch_top_mean"`` (mean of the
         ``top_patches`` highest patch kNN distances, before stitching and
-        smoothing, which would dilute a defect one or two patches wide).
+        smoothing, which would dilute a defect one or two patches wide) or
+        ``"global"`` (centred cosine distance from the whole scan's descriptor,
+        the mean and spread of its patch features, to the nearest clean scan's;
+        for image-level data such as small crops, see descriptor.py). The
+        heatmap is the patch map whatever the rule.
     intensity_window: ``"auto"`` (8-bit: full range; deeper: percentile window),
         ``"dtype"`` (divide by the dtype maximum) or ``"percentile"``.
     window_percentiles: low/high percentiles of the percentile window.

@@ -24,6 +24,7 @@ from .augment import augmented_views
 from .bundle import BundleError, load_bundle, read_manifest, save_bundle
 from .calibration import DEFAULT_FALSE_ALARM_RATE, Calibration, calibrate
 from .config import DetectorConfig
+from .descriptor import DescriptorAccumulator, DescriptorBank, scan_descriptor
 from .errors import InputError
 from .features import FeatureExtractor, resolve_device
 from .intensity import apply_window, apply_window_torch, to_device_float, window_limits
@@ -35,6 +36,8 @@ from .stitching import DeviceMapStitcher, MapStitcher, gaussian_smooth, gaussian
 from .tiling import extract_tiles, pad_to_tile, tile_grid
 
 PCA_SAMPLE_TOTAL = 200_000
+# The map's unit when the image score has its own (``global``): the default rule's clean median.
+MAP_SCORE_RULE = "patch_top_mean"
 CALIBRATION_PIXELS_PER_SCAN = 20_000
 
 
@@ -45,11 +48,32 @@ class _RawScores(NamedTuple):
     patch_scores: float32 (n,), the kNN distance of every patch whose centre lies in
         the scan (a patch in the overlap of two tiles counts once per tile).
     features: (n, D) raw patch features on the device, or None when not kept.
+    descriptor: float32 (2 * D,) whole-scan descriptor, or None when the image
+        score does not use one.
     """
 
     anomaly_map: np.ndarray
     patch_scores: np.ndarray
     features: torch.Tensor | None
+    descriptor: np.ndarray | None = None
+
+
+class _CleanStatistics(NamedTuple):
+    """Raw statistics of clean scans, the input of a calibration.
+
+    image_scores, map_maxima: float (n,) over the n readable scans.
+    map_scores: float (n,) top-patch map scores, only when the image score has
+        its own unit (``global``); else None.
+    pixel_samples: float (m,) map values sampled from the scans.
+    descriptors: float32 (2 * D,) descriptors of the scans and their augmented
+        views, collected when they join the bank (``global`` only).
+    """
+
+    image_scores: np.ndarray
+    map_scores: np.ndarray | None
+    map_maxima: np.ndarray
+    pixel_samples: np.ndarray
+    descriptors: list[np.ndarray]
 
 
 class NotFittedError(RuntimeError):
@@ -88,7 +112,8 @@ class Detector:
     Parameters are stored by ``__init__``; learned state ends in ``_`` and is
     set by ``fit`` or ``load``:
       pca_: PCAProjection; memory_bank_: float32 (M, d); calibration_: Calibration;
-      backbone_digest_: sha256 of the backbone weights the bank was built with.
+      backbone_digest_: sha256 of the backbone weights the bank was built with;
+      descriptor_bank_: DescriptorBank of the clean scans (``global`` image score only).
     """
 
     def __init__(self, config: DetectorConfig | None = None, device: str | torch.device = "auto"):
@@ -186,6 +211,10 @@ class Detector:
             # At least two held-out scans when there are three or more: one scan alone sets no spread.
             wanted = max(2, int(round(config.holdout_fraction * len(images))))
             n_holdout = min(len(images) - 1, wanted, max(1, len(images) // 2))
+        if self._uses_descriptors and n_holdout == 0:
+            # A training scan's descriptor is in the bank (distance 0): it cannot calibrate this score.
+            raise InputError("the global image score calibrates on held-out clean scans: "
+                             "give at least 2 clean scans and a holdout fraction above 0")
         train_items = [images[i] for i in sorted(order[n_holdout:])]
         holdout_items = [images[i] for i in sorted(order[:n_holdout])]
 
@@ -196,7 +225,7 @@ class Detector:
         builder = StreamingCoreset(config.coreset_ratio, seed=config.seed,
                                    max_patches_per_scan=config.max_patches_per_scan,
                                    max_kept_per_scan=per_scan_share(config.max_bank_size, len(images) * n_views))
-        pca_samples, n_train = [], 0
+        pca_samples, descriptors, n_train = [], [], 0
         per_scan_sample = max(256, PCA_SAMPLE_TOTAL // max(1, len(train_items) * n_views))
         bar = tqdm(total=len(images), unit="scan", desc="fit", disable=not progress, leave=False)
         for item in train_items:
@@ -209,6 +238,8 @@ class Detector:
                 features = self._scan_features(view)
                 rows = random_rows(features.shape[0], per_scan_sample, config.seed + n_train * n_views + view_index)
                 pca_samples.append(features[torch.from_numpy(rows).to(features.device)].cpu().numpy())
+                if self._uses_descriptors:
+                    descriptors.append(scan_descriptor(features))
                 builder.add(features)
             n_train += 1
             bar.set_postfix(patches=builder.patches_seen, bank=builder.pool_size)
@@ -219,16 +250,23 @@ class Detector:
         self.pca_ = PCAProjection.fit(np.concatenate(pca_samples), config.pca_dim, seed=config.seed)
         self.backbone_digest_ = self.extractor.digest
         self._set_bank(self.pca_.transform_numpy(builder.finish(bank_cap, self.extractor.device).numpy()))
+        if self._uses_descriptors:
+            self.descriptor_bank_ = DescriptorBank.fit(np.stack(descriptors))
 
-        scores, maxima, samples = self._clean_statistics(holdout_items, on_bad_image, bar=bar, pool=builder)
+        stats = self._clean_statistics(holdout_items, on_bad_image, bar=bar, pool=builder)
         bar.close()
-        n_calibration = len(scores)
+        n_calibration = len(stats.image_scores)
         if n_calibration:
             self._set_bank(self.pca_.transform_numpy(builder.finish(bank_cap, self.extractor.device).numpy()))
+            if stats.descriptors:
+                self.descriptor_bank_ = self.descriptor_bank_.extended(np.stack(stats.descriptors))
+        elif self._uses_descriptors:
+            raise InputError("none of the held-out clean scans could be read to calibrate the global image score")
         else:
             # Too few clean scans to hold any out: calibrate on training scans (optimistic).
-            scores, maxima, samples = self._clean_statistics(train_items[:10], lambda *_: None)
-        calibration = calibrate(scores, maxima, samples, false_alarm_rate)
+            stats = self._clean_statistics(train_items[:10], lambda *_: None)
+        calibration = calibrate(stats.image_scores, stats.map_maxima, stats.pixel_samples, false_alarm_rate,
+                                map_scores=stats.map_scores)
         if not n_calibration:
             calibration.warnings.append("no clean scan was held out: calibrated on training scans (optimistic)")
         self.calibration_ = calibration
@@ -238,14 +276,14 @@ class Detector:
                           "seconds": time.perf_counter() - started}
         return self
 
-    def _clean_statistics(self, items: Sequence, on_bad_image, bar=None, pool: StreamingCoreset | None = None):
-        """Raw clean-scan statistics for calibration.
+    def _clean_statistics(self, items: Sequence, on_bad_image, bar=None,
+                          pool: StreamingCoreset | None = None) -> _CleanStatistics:
+        """Raw clean-scan statistics for calibration, over the readable scans.
 
-        Returns (image_scores (n,), map_maxima (n,), pixel_samples (m,)) as
-        float arrays over the n readable scans. With ``pool``, each scan's patch
-        features are also added to it (held-out scans join the memory bank).
+        With ``pool``, each scan's patch features are also added to it and its
+        descriptors collected (held-out scans join the banks afterwards).
         """
-        scores, maxima, samples = [], [], []
+        scores, map_scores, maxima, samples, descriptors = [], [], [], [], []
         for item in items:
             image = self._read(item, on_bad_image)
             if bar is not None:
@@ -255,14 +293,22 @@ class Detector:
             raw = self._raw_scores(image, keep_features=pool is not None)
             if pool is not None:
                 pool.add(raw.features)
+                if raw.descriptor is not None:
+                    descriptors.append(raw.descriptor)
                 for view in augmented_views(image, self.config.augment):
-                    pool.add(self._scan_features(view))
+                    features = self._scan_features(view)
+                    pool.add(features)
+                    if self._uses_descriptors:
+                        descriptors.append(scan_descriptor(features))
             scores.append(self._image_score(raw))
+            if self._uses_descriptors:
+                map_scores.append(self._image_score(raw, MAP_SCORE_RULE))
             maxima.append(float(raw.anomaly_map.max()))
             rows = random_rows(raw.anomaly_map.size, CALIBRATION_PIXELS_PER_SCAN, self.config.seed + len(samples))
             samples.append(raw.anomaly_map.reshape(-1)[rows])
         pixel_samples = np.concatenate(samples) if samples else np.zeros(0, np.float32)
-        return np.array(scores), np.array(maxima), pixel_samples
+        return _CleanStatistics(np.array(scores), np.array(map_scores) if self._uses_descriptors else None,
+                                np.array(maxima), pixel_samples, descriptors)
 
     def _read(self, item, on_bad_image) -> np.ndarray | None:
         try:
@@ -315,12 +361,15 @@ class Detector:
                     else MapStitcher(*padded_shape, config.tile_size, config.stride))
         bank, bank_norms = self._device_bank()
         kept, patch_scores = [], []
+        accumulator = DescriptorAccumulator() if self._uses_descriptors else None
         for origins, features in self._patch_features(image, timings, window):
             valid = self._valid_patches(origins, image.shape[:2])
-            if on_gpu or keep_features:
+            if on_gpu or keep_features or accumulator is not None:
                 valid_on_device = torch.from_numpy(valid).to(device)
             if keep_features:
                 kept.append(features[valid_on_device])
+            if accumulator is not None:
+                accumulator.add(features[valid_on_device])
             t0 = time.perf_counter()
             b, h, w, d = features.shape
             projected = self.pca_.transform(features.reshape(-1, d))
@@ -348,16 +397,23 @@ class Detector:
             anomaly_map = gaussian_smooth(np.ascontiguousarray(anomaly_map), self.smoothing_pixels)
         if timings is not None:
             timings["smooth"] = time.perf_counter() - t0
-        return _RawScores(anomaly_map, np.concatenate(patch_scores), torch.cat(kept) if keep_features else None)
+        return _RawScores(anomaly_map, np.concatenate(patch_scores), torch.cat(kept) if keep_features else None,
+                          accumulator.descriptor() if accumulator is not None else None)
 
     @property
     def smoothing_pixels(self) -> float:
         """Gaussian sigma of the map in scan pixels (config sigma is in patches)."""
         return self.config.smoothing_sigma * self.config.tile_size / self.extractor.grid[0]
 
-    def _image_score(self, raw: _RawScores) -> float:
-        """The scan's raw image score under ``config.image_score``."""
-        rule = self.config.image_score
+    @property
+    def _uses_descriptors(self) -> bool:
+        return self.config.image_score == "global"
+
+    def _image_score(self, raw: _RawScores, rule: str | None = None) -> float:
+        """The scan's raw image score under ``rule`` (default ``config.image_score``)."""
+        rule = rule or self.config.image_score
+        if rule == "global":
+            return self.descriptor_bank_.distance(raw.descriptor)
         if rule == "max":
             return float(raw.anomaly_map.max())
         if rule == "patch_top_mean":
@@ -387,7 +443,7 @@ class Detector:
         anomaly_map, raw_score = raw.anomaly_map, self._image_score(raw)
         calibration = self.calibration_
         anomaly_map /= np.float32(calibration.clean_level)
-        score = raw_score / calibration.clean_level
+        score = raw_score / calibration.image_unit
         return AnomalyResult(
             heatmap=anomaly_map, score=float(score), anomalous=bool(score > calibration.image_threshold),
             image_threshold=calibration.image_threshold, pixel_threshold=calibration.pixel_threshold,
@@ -426,11 +482,12 @@ class Detector:
         Sets and returns ``calibration_``.
         """
         self._check_fitted()
-        scores, maxima, samples = self._clean_statistics(list(images), on_bad_image)
-        if not scores.size:
+        stats = self._clean_statistics(list(images), on_bad_image)
+        if not stats.image_scores.size:
             raise InputError("no clean scan could be read to calibrate on")
-        self.calibration_ = calibrate(scores, maxima, samples, false_alarm_rate,
-                                      clean_level=self.calibration_.clean_level)
+        self.calibration_ = calibrate(stats.image_scores, stats.map_maxima, stats.pixel_samples, false_alarm_rate,
+                                      clean_level=self.calibration_.clean_level, map_scores=stats.map_scores,
+                                      image_level=self.calibration_.image_level)
         return self.calibration_
 
     # ------------------------------------------------------------------ persistence
@@ -458,6 +515,8 @@ class Detector:
             "versions": {"torch": torch.__version__.split("+")[0], "timm": timm.__version__, "numpy": np.__version__},
         }
         arrays = {"memory_bank": self.memory_bank_, **self.pca_.to_arrays()}
+        if self._uses_descriptors:
+            arrays.update(self.descriptor_bank_.to_arrays())
         return save_bundle(folder, manifest, arrays)
 
     @classmethod
@@ -481,9 +540,14 @@ class Detector:
         try:
             detector.pca_ = PCAProjection.from_arrays(arrays)
             bank = arrays["memory_bank"]
+            if detector._uses_descriptors:
+                detector.descriptor_bank_ = DescriptorBank.from_arrays(arrays)
         except KeyError as exc:
             raise BundleError(f"model bundle {folder} lacks array {exc}") from None
-        if detector.pca_.mean.shape[0] != extractor.feature_dim or bank.shape[1] != detector.pca_.output_dim:
+        except ValueError as exc:
+            raise BundleError(f"model bundle {folder} has an invalid descriptor bank: {exc}") from None
+        if (detector.pca_.mean.shape[0] != extractor.feature_dim or bank.shape[1] != detector.pca_.output_dim
+                or (detector._uses_descriptors and detector.descriptor_bank_.centre.size != 2 * extractor.feature_dim)):
             raise BundleError(f"model bundle {folder} does not match the feature size of {config.backbone!r}")
         detector._set_bank(bank)
         detector.calibration_ = calibration

@@ -127,6 +127,33 @@ def test_calibrate_keeps_given_clean_level():
     assert cal.pixel_maxima == [1.5, 2.5, 3.5]
 
 
+def test_own_image_unit_from_image_scores_and_map_unit_from_map_scores():
+    image_scores, map_scores = np.array([0.1, 0.2, 0.3]), np.array([4.0, 5.0, 6.0])
+    cal = calibrate(image_scores, np.array([6.0, 8.0, 10.0]), np.array([5.0, 10.0]), false_alarm_rate=0.5,
+                    map_scores=map_scores)
+    assert cal.clean_level == 5.0 and cal.image_level == pytest.approx(0.2) and cal.image_unit == cal.image_level
+    assert np.allclose(cal.image_scores, [0.5, 1.0, 1.5])
+    assert np.allclose(cal.pixel_maxima, [1.2, 1.6, 2.0])
+    assert cal.pixel_quantiles["0.5"] == pytest.approx(1.5)
+    again = calibrate(np.array([0.4]), np.array([10.0]), np.array([]), false_alarm_rate=0.5,
+                      clean_level=cal.clean_level, map_scores=np.array([1.0]), image_level=cal.image_level)
+    assert again.clean_level == 5.0 and again.image_level == cal.image_level and again.image_scores == [2.0]
+    with pytest.raises(InputError, match="zero"):
+        calibrate(np.zeros(3), np.ones(3), np.ones(3), map_scores=np.ones(3))
+
+
+def test_shared_unit_by_default():
+    cal = calibrate(np.array([2.0, 4.0]), np.array([3.0, 5.0]), np.array([1.0]), false_alarm_rate=0.5)
+    assert cal.image_level is None and cal.image_unit == cal.clean_level == 3.0
+
+
+def test_calibration_without_image_level_loads():
+    """Bundles written before the image unit existed have no ``image_level`` key."""
+    values = calibrate(np.array([2.0, 4.0]), np.array([3.0, 5.0]), np.array([1.0]), false_alarm_rate=0.5).to_dict()
+    del values["image_level"]
+    assert Calibration.from_dict(values).image_unit == 3.0
+
+
 def test_calibrate_few_scans_warns():
     rng = np.random.default_rng(6)
     cal = calibrate(rng.uniform(1, 2, 20), rng.uniform(2, 3, 20), rng.uniform(0, 2, 100), false_alarm_rate=0.01)

@@ -190,3 +190,70 @@ def test_autocast_overflow_falls_back_to_float32(tiny_detector, monkeypatch):
     monkeypatch.setattr(type(extractor), "_forward_in", forward_in)
     np.testing.assert_array_equal(extractor.embed(tiles).numpy(), expected.numpy())
     assert calls == [True, False]
+
+
+@pytest.fixture(scope="module")
+def global_detector(demo_data):
+    """The tiny detector with the whole-scan descriptor image score."""
+    paths = sorted((demo_data / "train" / "good").iterdir())
+    return Detector(tiny_config(image_score="global"), device="cpu").fit(paths)
+
+
+def test_global_score_is_the_descriptor_distance_in_its_own_unit(global_detector, tiny_detector, demo_data):
+    from rtg_anomaly.descriptor import scan_descriptor
+
+    n_clean = len(list((demo_data / "train" / "good").iterdir()))
+    calibration = global_detector.calibration_
+    # every clean scan ends in the descriptor bank: the training scans, then the held-out ones
+    assert global_detector.descriptor_bank_.rows.shape == (n_clean, 2 * global_detector.extractor.feature_dim)
+    assert calibration.image_level is not None and np.median(calibration.image_scores) == pytest.approx(1.0)
+    # the map keeps the top-patch unit, so the heatmap is the default detector's
+    assert calibration.clean_level == pytest.approx(tiny_detector.calibration_.clean_level)
+    scan = sorted((demo_data / "test" / "anomalous").iterdir())[0]
+    result = global_detector.score(scan)
+    np.testing.assert_allclose(result.heatmap, tiny_detector.score(scan).heatmap, rtol=1e-6)
+    image = global_detector.load_scan(scan)
+    descriptor = scan_descriptor(global_detector._scan_features(image))
+    np.testing.assert_allclose(global_detector._raw_scores(image).descriptor, descriptor, atol=1e-6)
+    expected = global_detector.descriptor_bank_.distance(descriptor) / calibration.image_level
+    assert result.score == pytest.approx(expected, rel=1e-5)
+    assert result.anomalous == (result.score > calibration.image_threshold)
+    # a clean training scan is its own nearest neighbour
+    train_scan = sorted((demo_data / "train" / "good").iterdir())[0]
+    assert global_detector.score(train_scan).score == pytest.approx(0.0, abs=1e-5)
+
+
+def test_global_detector_round_trip_and_recalibration(global_detector, demo_data, tmp_path):
+    folder = global_detector.save(tmp_path / "model")
+    loaded = Detector.load(folder, device="cpu")
+    np.testing.assert_array_equal(loaded.descriptor_bank_.rows, global_detector.descriptor_bank_.rows)
+    scan = sorted((demo_data / "test" / "anomalous").iterdir())[0]
+    assert loaded.score(scan).score == global_detector.score(scan).score
+    clean = sorted((demo_data / "test" / "good").iterdir())
+    recalibrated = loaded.calibrate(clean, false_alarm_rate=0.5)
+    assert recalibrated.clean_level == global_detector.calibration_.clean_level
+    assert recalibrated.image_level == global_detector.calibration_.image_level
+
+
+def test_global_bundle_without_descriptor_bank_is_refused(global_detector, tmp_path):
+    import json
+
+    from rtg_anomaly.bundle import BundleError
+
+    folder = global_detector.save(tmp_path / "model")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["arrays"]["descriptor_bank"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="descriptor_bank"):
+        Detector.load(folder, device="cpu")
+
+
+def test_global_score_needs_held_out_scans(demo_data):
+    from rtg_anomaly.errors import InputError
+
+    one = sorted((demo_data / "train" / "good").iterdir())[:1]
+    with pytest.raises(InputError, match="held-out"):
+        Detector(tiny_config(image_score="global"), device="cpu").fit(one)
+    with pytest.raises(InputError, match="held-out"):
+        Detector(tiny_config(image_score="global", holdout_fraction=0.0), device="cpu").fit(
+            sorted((demo_data / "train" / "good").iterdir()))
