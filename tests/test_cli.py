@@ -119,6 +119,9 @@ def test_bad_inputs_exit_2_with_one_line(demo_data, tiny_bundle, tmp_path, capsy
     Image.fromarray(np.zeros((3, 3), np.uint8)).save(tiny)
     empty = tmp_path / "empty"
     empty.mkdir()
+    single = tmp_path / "single"
+    single.mkdir()
+    shutil.copy(sorted((demo_data / "train" / "good").iterdir())[0], single)
     cases = [
         (["fit", "--clean-dir", str(tmp_path / "missing"), *TINY_CLI_FLAGS], "does not exist"),
         (["fit", "--clean-dir", str(empty), *TINY_CLI_FLAGS], "holds no images"),
@@ -145,6 +148,8 @@ def test_bad_inputs_exit_2_with_one_line(demo_data, tiny_bundle, tmp_path, capsy
         (["fit", "--clean-dir", str(empty), "--top-fraction", "0", *TINY_CLI_FLAGS], "top_fraction"),
         (["fit", "--clean-dir", str(empty), "--top-patches", "0", *TINY_CLI_FLAGS], "positive"),
         (["fit", "--clean-dir", str(empty), "--augment", "spin", *TINY_CLI_FLAGS], "unknown augmentation"),
+        (["fit", "--clean-dir", str(single), "--model", str(tmp_path / "o8"), "--image-score", "global",
+          *TINY_CLI_FLAGS], "held-out"),
     ]
     for argv, expected in cases:
         assert main(argv) == 2, argv
@@ -314,3 +319,17 @@ def test_fit_default_model_path_in_a_fresh_folder(demo_data, tmp_path, monkeypat
     monkeypatch.delenv("RTG_ANOMALY_MODEL", raising=False)
     assert main(["fit", "--clean-dir", str(demo_data / "train" / "good"), *TINY_CLI_FLAGS]) == 0
     assert (tmp_path / "model_artifacts" / "default" / "manifest.json").is_file()
+
+
+def test_fit_and_detect_with_the_global_image_score(demo_data, tmp_path):
+    model, report = tmp_path / "model", tmp_path / "report.json"
+    assert main(["fit", "--clean-dir", str(demo_data / "train" / "good"), "--model", str(model),
+                 "--image-score", "global", *TINY_CLI_FLAGS]) == 0
+    manifest = json.loads((model / "manifest.json").read_text())
+    assert manifest["config"]["image_score"] == "global" and "descriptor_bank" in manifest["arrays"]
+    assert manifest["calibration"]["image_level"] > 0
+    scan = sorted((demo_data / "test" / "anomalous").iterdir())[0]
+    assert main(["detect", "--input", str(scan), "--output", str(tmp_path / "o.png"), "--model", str(model),
+                 "--report", str(report), "--device", "cpu", "--quiet"]) == 0
+    entry = json.loads(report.read_text())["images"][0]
+    assert entry["score"] == pytest.approx(Detector.load(model, device="cpu").score(scan).score, rel=1e-6)

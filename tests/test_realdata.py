@@ -117,3 +117,23 @@ def test_fishbones_evaluate_command_with_its_documented_flags(tmp_path):
     assert (metrics["n_good"], metrics["n_anomalous"]) == (20, 20)
     assert metrics["pixel_auroc"] is None and any("mask" in note for note in metrics["notes"])
     assert metrics["image_auroc"] >= 0.95
+
+
+def test_casting_crops_judged_whole_with_the_global_score():
+    """32 px casting crops (image-level labels) scored by the whole-crop descriptor.
+
+    Fitted on 200 of the 1127 clean crops and scored on 30 clean and 30 defect crops, all evenly spaced.
+    224 px input keeps it fast (the benchmark runs 448 px on the full sets).
+    """
+    root = shared_data_dir() / "gdxray_castingpatches"
+    config = DetectorConfig(tile_size=32, input_size=224, image_score="global")
+    detector = Detector(config, device="cpu").fit(evenly((root / "train" / "good").iterdir(), 200))
+    assert detector.descriptor_bank_.rows.shape[0] == 200
+    good = evenly((root / "test" / "good").iterdir(), 30)
+    defects = evenly((root / "test" / "defect").iterdir(), 30)
+    results = [detector.score(path) for path in good + defects]
+    auroc = roc_auc_score([0] * len(good) + [1] * len(defects), [r.score for r in results])
+    clean_scores = np.array([r.score for r in results[: len(good)]])
+    print(f"\ngdxray_castingpatches (200 train, 30 good + 30 defect, 224 px): global image AUROC {auroc:.3f}")
+    assert auroc >= 0.85
+    assert 0.3 < np.median(clean_scores) < 3.0  # calibrated unit: clean crops near 1.0
