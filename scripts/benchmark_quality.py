@@ -70,13 +70,14 @@ DATASET_FLAGS: dict[str, list[str]] = {
     # features, top-5 patch mean (image AUROC / pixel AUROC / AUPRO): block 6 0.940 / 0.932 / 0.575,
     # 4+6 0.944 / 0.936 / 0.597, 3+6 0.945 / 0.935 / 0.592, 5+6 0.945 / 0.931 / 0.574, 4 0.937 / 0.924 / 0.651;
     # block 8 hurts wherever it is added (6+8 0.914, 4+6+8 0.915), and 11 alone gives 0.872 / 0.739.
+    # 512 px tiles are the peak for 4+6: 384 px 0.928 / 0.925 / 0.626, 640 px 0.929, 768 px 0.912.
     "gdxray_castings": ["--augment", "hflip", "--layers", "4,6"],
     "gdxray_welds": WELDS_FLAGS,
     # 32 px crops whose defect is a faint blob spread over the whole crop: judged as a whole, not by its
     # most unusual spot. Full benchmark, image AUROC from the map or patches: map max at sigma 1 0.831, top
     # 1 % of the map at sigma 1 0.841. Cached block-6 features, full sets, image score from the whole crop's
     # feature statistics, nearest clean crop: centred cosine 0.965 (mean only 0.945, spread only 0.975,
-    # uncentred 0.951).
+    # uncentred 0.951). Full benchmark with this flag: 0.965.
     "gdxray_castingpatches": ["--tile-size", "32", "--image-score", "global"],
     # Fillets differ in thickness and exposure; a per-image percentile window makes thin bones stand out,
     # and 224 px input (2.2x, not 4.5x upsampling) keeps them sharp: image AUROC 0.795 with the defaults
