@@ -366,10 +366,12 @@ class Detector:
             valid = self._valid_patches(origins, image.shape[:2])
             if on_gpu or keep_features or accumulator is not None:
                 valid_on_device = torch.from_numpy(valid).to(device)
-            if keep_features:
-                kept.append(features[valid_on_device])
-            if accumulator is not None:
-                accumulator.add(features[valid_on_device])
+            if keep_features or accumulator is not None:
+                valid_features = features[valid_on_device]
+                if keep_features:
+                    kept.append(valid_features)
+                if accumulator is not None:
+                    accumulator.add(valid_features)
             t0 = time.perf_counter()
             b, h, w, d = features.shape
             projected = self.pca_.transform(features.reshape(-1, d))
