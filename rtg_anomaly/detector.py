@@ -109,16 +109,19 @@ class AnomalyResult:
 class Detector:
     """PatchCore-style anomaly detector over tiled scans (sklearn-style estimator).
 
-    Parameters are stored by ``__init__``; learned state ends in ``_`` and is
-    set by ``fit`` or ``load``:
+    Parameters are stored by ``__init__`` (``runtime``: ``"torch"`` or
+    ``"openvino"``, what executes the backbone; see FeatureExtractor); learned
+    state ends in ``_`` and is set by ``fit`` or ``load``:
       pca_: PCAProjection; memory_bank_: float32 (M, d); calibration_: Calibration;
       backbone_digest_: sha256 of the backbone weights the bank was built with;
       descriptor_bank_: DescriptorBank of the clean scans (``global`` image score only).
     """
 
-    def __init__(self, config: DetectorConfig | None = None, device: str | torch.device = "auto"):
+    def __init__(self, config: DetectorConfig | None = None, device: str | torch.device = "auto",
+                 runtime: str = "torch"):
         self.config = config or DetectorConfig()
         self.device = device
+        self.runtime = runtime
         self._extractor: FeatureExtractor | None = None
         self._bank_on_device: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -127,7 +130,7 @@ class Detector:
     def extractor(self) -> FeatureExtractor:
         """The frozen backbone, created on first use."""
         if self._extractor is None:
-            self._extractor = FeatureExtractor(self.config, resolve_device(str(self.device)))
+            self._extractor = FeatureExtractor(self.config, resolve_device(str(self.device)), self.runtime)
         return self._extractor
 
     def _patch_features(self, image: np.ndarray, timings: dict | None = None,
@@ -522,8 +525,9 @@ class Detector:
         return save_bundle(folder, manifest, arrays)
 
     @classmethod
-    def load(cls, folder: str | os.PathLike, device: str | torch.device = "auto") -> "Detector":
-        """Load a bundle and its backbone; refuses a bundle built on other backbone weights."""
+    def load(cls, folder: str | os.PathLike, device: str | torch.device = "auto", runtime: str = "torch") -> "Detector":
+        """Load a bundle and its backbone (run by ``runtime``, see FeatureExtractor); refuses a bundle built on
+        other backbone weights."""
         manifest = read_manifest(folder)
         try:
             config = DetectorConfig.from_dict(manifest["config"])
@@ -532,7 +536,7 @@ class Detector:
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"model bundle {folder} has an invalid manifest: {exc}") from None
         manifest, arrays = load_bundle(folder)
-        detector = cls(config, device=device)
+        detector = cls(config, device=device, runtime=runtime)
         extractor = detector.extractor
         if extractor.digest != backbone.get("state_dict_sha256"):
             raise BundleError(

@@ -10,8 +10,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import DEFAULT_BACKBONE, DetectorConfig
+from .config import DEFAULT_BACKBONE, RUNTIMES, DetectorConfig
 from .errors import InputError
+from .openvino_runtime import RuntimeUnavailable, compile_for_cpu
 
 # The backbone's autocast dtype on CUDA. On an H100, bfloat16 and float16 ran equally fast (80 DINOv2 tiles:
 # 0.059 s vs 0.062 s; float32 0.102 s), but bfloat16's 8-bit mantissa cost gdxray_welds 0.013 image AUROC
@@ -150,11 +151,20 @@ class FeatureExtractor:
       grid: (h, w) patch grid per tile.
       feature_dim: D, channels per patch feature.
       digest: sha256 of the backbone weights as loaded (see ``state_dict_digest``).
+      runtime: ``"torch"`` or ``"openvino"`` (CPU only, see openvino_runtime.py):
+        what executes the feature path; the features are the same either way.
     """
 
-    def __init__(self, config: DetectorConfig, device: torch.device | str = "cpu"):
+    def __init__(self, config: DetectorConfig, device: torch.device | str = "cpu", runtime: str = "torch"):
         self.config = config
         self.device = resolve_device(str(device)) if not isinstance(device, torch.device) else device
+        if runtime not in RUNTIMES:
+            raise RuntimeUnavailable(f"unknown runtime {runtime!r} (use {' or '.join(RUNTIMES)})")
+        if runtime == "openvino" and self.device.type != "cpu":
+            raise RuntimeUnavailable(f"the openvino runtime runs on the CPU only, not on {self.device}: "
+                                     "use --device cpu or --runtime torch")
+        self.runtime = runtime
+        self._compiled = None
         model, self.weights_info = create_backbone(config)
         self.digest = state_dict_digest(model)
         data_cfg = model.pretrained_cfg
@@ -171,6 +181,10 @@ class FeatureExtractor:
         probe = self._forward(torch.zeros(1, 3, self.input_size, self.input_size, device=self.device))
         self.grid = (int(probe.shape[1]), int(probe.shape[2]))
         self.feature_dim = int(probe.shape[3])
+        if runtime == "openvino":
+            example = torch.zeros(2, 3, self.input_size, self.input_size)
+            self._compiled = compile_for_cpu(lambda batch: self._forward_in(batch, autocast=False), example,
+                                             torch.get_num_threads())
 
     @property
     def uses_autocast(self) -> bool:
@@ -182,6 +196,8 @@ class FeatureExtractor:
 
         Under autocast, a batch whose features are not all finite (float16 overflow) is run again in float32.
         """
+        if self._compiled is not None:
+            return self._compiled(batch)
         if not self.uses_autocast:
             return self._forward_in(batch, autocast=False)
         features = self._forward_in(batch, autocast=True)

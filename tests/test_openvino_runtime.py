@@ -1,0 +1,99 @@
+"""The OpenVINO runtime: same features and heatmaps as torch, clear one-line refusals."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from rtg_anomaly import Detector
+from rtg_anomaly.cli import main
+from rtg_anomaly.features import FeatureExtractor
+from rtg_anomaly.openvino_runtime import RuntimeUnavailable, compile_for_cpu
+from tests.conftest import tiny_config
+
+
+def _tiles(count: int, size: int = 64) -> np.ndarray:
+    return np.random.default_rng(0).random((count, size, size), dtype=np.float32)
+
+
+@pytest.mark.parametrize("changes", [dict(), dict(layers=(0, 1), neighbourhood=3)])
+def test_openvino_features_match_torch_for_any_batch_size(changes):
+    config = tiny_config(batch_size=2, **changes)
+    reference = FeatureExtractor(config, "cpu")
+    converted = FeatureExtractor(config, "cpu", runtime="openvino")
+    assert converted.runtime == "openvino" and converted._compiled is not None
+    assert (converted.grid, converted.feature_dim) == (reference.grid, reference.feature_dim)
+    tiles = _tiles(5)  # batches of 2, 2 and 1: the batch axis is dynamic
+    expected, got = reference.embed(tiles), converted.embed(tiles)
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    assert float((got - expected).abs().max()) < 1e-4 * float(expected.abs().max())
+
+
+def test_openvino_results_do_not_alias_between_calls():
+    extractor = FeatureExtractor(tiny_config(batch_size=1), "cpu", runtime="openvino")
+    tiles = _tiles(2)
+    first = extractor.embed(tiles[:1]).clone()
+    held = extractor.embed(tiles[:1])
+    extractor.embed(tiles[1:])  # the request's output buffer is rewritten here
+    assert torch.equal(held, first)
+
+
+def test_detector_scores_the_same_with_either_runtime(tiny_detector, tiny_bundle, demo_data):
+    scan = sorted((demo_data / "test" / "anomalous").iterdir())[0]
+    expected = Detector.load(tiny_bundle, device="cpu").score(scan)
+    got = Detector.load(tiny_bundle, device="cpu", runtime="openvino").score(scan)
+    scale = float(np.abs(expected.heatmap).max())
+    assert np.abs(got.heatmap - expected.heatmap).max() < 1e-4 * scale
+    assert got.score == pytest.approx(expected.score, rel=1e-4)
+
+
+def test_cli_detect_with_openvino_runtime_writes_the_torch_heatmap(demo_data, tiny_bundle, tmp_path, capsys):
+    scan = sorted((demo_data / "test" / "anomalous").iterdir())[0]
+    maps = {}
+    for runtime in ("torch", "openvino"):
+        heat = tmp_path / f"{runtime}.npy"
+        code = main(["detect", "--input", str(scan), "--output", str(tmp_path / f"{runtime}.png"),
+                     "--model", str(tiny_bundle), "--device", "cpu", "--runtime", runtime, "--heatmap", str(heat)])
+        assert code == 0, capsys.readouterr().err
+        maps[runtime] = np.load(heat)
+    assert np.abs(maps["openvino"] - maps["torch"]).max() < 1e-4 * np.abs(maps["torch"]).max()
+
+
+def test_openvino_refuses_an_accelerator_device():
+    with pytest.raises(RuntimeUnavailable, match="CPU only"):
+        FeatureExtractor(tiny_config(), torch.device("cuda"), runtime="openvino")
+
+
+def test_unknown_runtime_is_refused():
+    with pytest.raises(RuntimeUnavailable, match="unknown runtime 'tensorrt'"):
+        FeatureExtractor(tiny_config(), "cpu", runtime="tensorrt")
+
+
+def test_missing_openvino_package_is_one_clear_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # makes `import openvino` raise ImportError
+    with pytest.raises(RuntimeUnavailable, match=r"pip install 'rtg-anomaly\[openvino\]'") as raised:
+        FeatureExtractor(tiny_config(), "cpu", runtime="openvino")
+    assert "\n" not in str(raised.value)
+
+
+def test_missing_openvino_package_cli_exit_code(monkeypatch, tiny_bundle, demo_data, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    scan = sorted((demo_data / "test" / "anomalous").iterdir())[0]
+    out = tmp_path / "overlay.png"
+    code = main(["detect", "--input", str(scan), "--output", str(out), "--model", str(tiny_bundle),
+                 "--device", "cpu", "--runtime", "openvino"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and not out.exists()
+    assert len(err.splitlines()) == 1 and "openvino" in err and "Traceback" not in err
+
+
+def test_conversion_failure_is_one_clear_line():
+    def broken(batch: torch.Tensor) -> torch.Tensor:
+        raise ValueError("unsupported operator\nlong details")
+
+    with pytest.raises(RuntimeUnavailable, match="^OpenVINO cannot convert this backbone: ") as raised:
+        compile_for_cpu(broken, torch.zeros(2, 3, 8, 8), threads=1)
+    assert "\n" not in str(raised.value)
