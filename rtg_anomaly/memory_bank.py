@@ -17,6 +17,10 @@ _DISTANCE_BLOCK = 1 << 25
 _BANK_CHUNK = 65536
 _CPU_DISTANCE_BLOCK = 1 << 20
 _CPU_BANK_CHUNK = 1024
+# Rows per independent greedy run inside one scan (chunked_greedy_coreset): each greedy step reads every row,
+# so one scan's selection costs ratio * N^2 * d; cut into parts of this size it costs ratio * N * part * d,
+# and a part's 128-d projection (8 MiB) stays in cache (docs/performance.md, section 5).
+CORESET_PART_ROWS = 16_384
 
 
 def greedy_coreset(features: torch.Tensor, n_select: int, seed: int = 0, projection_dim: int = 128) -> torch.Tensor:
@@ -49,6 +53,36 @@ def greedy_coreset(features: torch.Tensor, n_select: int, seed: int = 0, project
             min_distance[index] = -math.inf  # never pick a chosen row again (duplicate features tie at 0)
             index = int(torch.argmax(min_distance))
     return selected
+
+
+def chunked_greedy_coreset(features: torch.Tensor, n_select: int, seed: int = 0,
+                           part_rows: int = CORESET_PART_ROWS) -> torch.Tensor:
+    """Indices of a greedy coreset run separately on seeded random parts of at most ``part_rows`` rows.
+
+    features: tensor (N, D). With N <= part_rows this is ``greedy_coreset``
+    itself. Otherwise the rows are dealt into ceil(N / part_rows) parts of
+    near-equal size by a seeded permutation, each part keeps its proportional
+    share of ``n_select`` (largest remainders first) through its own greedy
+    run, and the union is returned. A random part is a thinned copy of the
+    whole scan, so each covers the scan's feature space at a coarser radius;
+    the union is as large as asked for, with some redundancy between parts.
+    Returns a long tensor (min(n_select, N),) of distinct indices, on the CPU
+    (in greedy order for one part, sorted for several).
+    """
+    n = features.shape[0]
+    if n <= part_rows or n_select >= n:
+        return greedy_coreset(features, n_select, seed=seed)
+    n_parts = math.ceil(n / part_rows)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    parts = list(torch.tensor_split(order, n_parts))
+    exact = [n_select * len(part) / n for part in parts]
+    quotas = [math.floor(q) for q in exact]
+    by_remainder = sorted(range(n_parts), key=lambda i: (quotas[i] - exact[i], i))
+    for i in by_remainder[: n_select - sum(quotas)]:
+        quotas[i] += 1
+    chosen = [part[greedy_coreset(features[part.to(features.device)], quota, seed=seed + 1 + i)]
+              for i, (part, quota) in enumerate(zip(parts, quotas)) if quota > 0]
+    return torch.sort(torch.cat(chosen)).values
 
 
 @contextmanager
@@ -115,15 +149,17 @@ class StreamingCoreset:
     Each scan's patch features are first cut to at most ``max_patches_per_scan``
     (seeded random subsample), then reduced by a greedy coreset to ``ratio``
     of their count, but to no more than ``max_kept_per_scan``, and the survivors
-    pooled. With ``max_kept_per_scan = bank cap / number of scans`` the pool can
+    pooled. A scan of more than ``part_rows`` patches is reduced part by
+    part (``chunked_greedy_coreset``), which keeps its cost linear in its size. With ``max_kept_per_scan = bank cap / number of scans`` the pool can
     never outgrow the cap, however many scans there are: peak memory is the
     capped pool plus one scan's features. ``finish`` runs one more greedy pass
     over the pool when it holds more than the requested bank size.
     """
 
     def __init__(self, ratio: float, seed: int = 0, max_patches_per_scan: int = 100_000,
-                 max_kept_per_scan: int | None = None):
+                 max_kept_per_scan: int | None = None, part_rows: int = CORESET_PART_ROWS):
         self.ratio = ratio
+        self.part_rows = part_rows
         self.seed = seed
         self.max_patches_per_scan = max_patches_per_scan
         self.max_kept_per_scan = max_kept_per_scan
@@ -143,7 +179,7 @@ class StreamingCoreset:
         n_keep = max(1, int(math.ceil(self.ratio * features.shape[0])))
         if self.max_kept_per_scan is not None:
             n_keep = min(n_keep, self.max_kept_per_scan)
-        chosen = greedy_coreset(features, n_keep, seed=seed)
+        chosen = chunked_greedy_coreset(features, n_keep, seed=seed, part_rows=self.part_rows)
         self._pool.append(features[chosen.to(features.device)].float().cpu())
 
     @property

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import rtg_anomaly.memory_bank as memory_bank
-from rtg_anomaly.memory_bank import StreamingCoreset, greedy_coreset, knn_distance, per_scan_share, random_rows
+from rtg_anomaly.memory_bank import (StreamingCoreset, chunked_greedy_coreset, greedy_coreset, knn_distance,
+                                     per_scan_share, random_rows)
 
 
 def _clusters(n_clusters: int, sizes, dim: int, spread: float = 0.05, seed: int = 0):
@@ -74,6 +75,63 @@ def test_greedy_coreset_covers_better_than_random():
 def test_greedy_coreset_all_when_enough(n_select):
     features = torch.randn(10, 3)
     assert torch.equal(greedy_coreset(features, n_select), torch.arange(10))
+
+
+# ---------------------------------------------------------------- chunked greedy coreset
+
+def test_chunked_coreset_is_plain_greedy_within_one_part():
+    features = torch.randn(300, 8, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(chunked_greedy_coreset(features, 40, seed=2, part_rows=300), greedy_coreset(features, 40, seed=2))
+
+
+def test_chunked_coreset_parts_share_the_selection_in_proportion():
+    # 100 rows in parts of at most 30: 4 parts of 25 rows; 10 picks -> 3 + 3 + 2 + 2 (remainders tie: first parts)
+    features = torch.randn(100, 5, generator=torch.Generator().manual_seed(0))
+    idx = chunked_greedy_coreset(features, 10, seed=1, part_rows=30)
+    assert idx.dtype == torch.long and idx.shape == (10,)
+    assert torch.equal(idx, torch.sort(idx).values) and len(set(idx.tolist())) == 10
+    order = torch.randperm(100, generator=torch.Generator().manual_seed(1))
+    part_of = torch.empty(100, dtype=torch.long)
+    for number, part in enumerate(torch.tensor_split(order, 4)):
+        part_of[part] = number
+    assert torch.bincount(part_of[idx], minlength=4).tolist() == [3, 3, 2, 2]
+    # each part's picks are that part's own greedy selection
+    first_part = torch.tensor_split(order, 4)[0]
+    assert torch.equal(torch.sort(first_part[greedy_coreset(features[first_part], 3, seed=2)]).values,
+                       idx[part_of[idx] == 0])
+
+
+def test_chunked_coreset_deterministic_and_all_when_enough():
+    features = torch.randn(500, 12, generator=torch.Generator().manual_seed(5))
+    a = chunked_greedy_coreset(features, 60, seed=3, part_rows=128)
+    assert torch.equal(a, chunked_greedy_coreset(features.clone(), 60, seed=3, part_rows=128))
+    assert not torch.equal(a, chunked_greedy_coreset(features, 60, seed=4, part_rows=128))
+    assert torch.equal(chunked_greedy_coreset(features, 500, part_rows=128), torch.arange(500))
+
+
+def test_chunked_coreset_covers_nearly_as_well_as_one_greedy_run():
+    sizes = [900, 15, 60, 25]  # small clusters still reach every part, so every part keeps them
+    features, labels = _clusters(len(sizes), sizes, 16, spread=1.0)
+    full = greedy_coreset(features, 100, seed=0)
+    chunked = chunked_greedy_coreset(features, 100, seed=0, part_rows=250)
+    assert set(labels[chunked].tolist()) == set(range(len(sizes)))
+
+    def radius(idx):
+        return torch.cdist(features, features[idx]).min(1).values.max()
+
+    random_idx = torch.randperm(len(features), generator=torch.Generator().manual_seed(0))[:100]
+    assert radius(chunked) < radius(random_idx)
+    assert radius(chunked) < 1.5 * radius(full)
+
+
+def test_streaming_coreset_reduces_a_large_scan_part_by_part(monkeypatch):
+    calls = []
+    real = memory_bank.greedy_coreset
+    monkeypatch.setattr(memory_bank, "greedy_coreset", lambda f, n, **kw: calls.append((f.shape[0], n)) or real(f, n, **kw))
+    builder = StreamingCoreset(0.1, seed=0, part_rows=100)
+    builder.add(torch.randn(450, 4, generator=torch.Generator().manual_seed(0)))
+    assert sorted(calls) == [(90, 9)] * 5  # 5 parts of 90 rows, 45 picks
+    assert builder.pool_size == 45
 
 
 # ---------------------------------------------------------------- kNN distance
