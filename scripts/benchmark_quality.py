@@ -71,6 +71,8 @@ DATASET_FLAGS: dict[str, list[str]] = {
     # 4+6 0.944 / 0.936 / 0.597, 3+6 0.945 / 0.935 / 0.592, 5+6 0.945 / 0.931 / 0.574, 4 0.937 / 0.924 / 0.651;
     # block 8 hurts wherever it is added (6+8 0.914, 4+6+8 0.915), and 11 alone gives 0.872 / 0.739.
     # 512 px tiles are the peak for 4+6: 384 px 0.928 / 0.925 / 0.626, 640 px 0.929, 768 px 0.912.
+    # Averaging the scales' scores (each divided by its median) does not help either: 384+512 0.937,
+    # 512+640 0.944, 384+512+640 0.940 (pixel 0.934-0.936), so there is no multi-scale flag.
     "gdxray_castings": ["--augment", "hflip", "--layers", "4,6"],
     "gdxray_welds": WELDS_FLAGS,
     # 32 px crops whose defect is a faint blob spread over the whole crop: judged as a whole, not by its

@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import cProfile
 import datetime
+import importlib.util
 import json
 import math
 import os
@@ -67,12 +68,14 @@ def run_sizes(quick: bool) -> dict:
         return dict(
             scan=(128, 384), fit_scan=(128, 256), n_fit=2, profile_cols=128, ff_tiles=2, prop_tiles=2,
             exact=(1000, 100), coreset=[(100, 1_000), (500, 5_000)], coreset_timed_max=None,
+            scan_reduction=(6_000, (300, 60), 2_500),
             knn_queries=1024, knn_banks=[5_000], fit_counts=(5, 10), fit_patches=256, fit_measured=None,
             fit_max_selections=None, tinyfit_scans=3, tinyfit_shape=(128, 384), tinyfit_tile=(128, 112),
         )
     return dict(
         scan=(2000, 6000), fit_scan=(2000, 4000), n_fit=2, profile_cols=1152, ff_tiles=2, prop_tiles=8,
         exact=(5000, 500), coreset=[(1_000, 10_000), (5_000, 50_000), (20_000, 200_000)], coreset_timed_max=500,
+        scan_reduction=(None, (8_192, 2_000), None),
         knn_queries=8192, knn_banks=[50_000, 200_000], fit_counts=(10, 100, 1000), fit_patches=None,
         fit_measured=1, fit_max_selections=1000, tinyfit_scans=10, tinyfit_shape=(512, 1536), tinyfit_tile=(512, 448),
     )
@@ -435,6 +438,20 @@ def worker_detect(spec: dict) -> dict:
     return out
 
 
+def worker_detect_openvino(spec: dict) -> dict:
+    """Our detect path with ``--runtime openvino``: conversion once, then the synthetic scan."""
+    device = torch.device(spec["device"])
+    t0 = time.perf_counter()
+    detector = Detector.load(spec["bundle"], device=spec["device"], runtime="openvino")
+    _ = detector.extractor
+    load_s = time.perf_counter() - t0
+    config = detector.config
+    detector.extractor.embed(np.zeros((config.batch_size, config.tile_size, config.tile_size), np.float32))  # warm-up
+    row, heatmap = time_detect(detector, spec["scan"], device)
+    np.save(spec["heatmap"], heatmap)
+    return dict(synthetic=row, model_load_s=load_s, peak_rss_mib=peak_rss_mib())
+
+
 def worker_plain(spec: dict) -> dict:
     """The plain references: end-to-end pipeline, backbone variants, full cdist, exact coreset, proposals."""
     from rtg_anomaly.memory_bank import greedy_coreset, knn_distance
@@ -657,7 +674,7 @@ def worker_tinyfit(spec: dict) -> dict:
                 peak_rss_mib=peak_rss_mib())
 
 
-WORKERS = {"detect": worker_detect, "plain": worker_plain, "fitscale": worker_fitscale, "tinyfit": worker_tinyfit}
+WORKERS = {"detect": worker_detect, "detect_openvino": worker_detect_openvino, "plain": worker_plain, "fitscale": worker_fitscale, "tinyfit": worker_tinyfit}
 
 
 # ---------------------------------------------------------------------------------------------- in-process sections
@@ -690,6 +707,30 @@ def coreset_scaling(sizes: list[tuple[int, int]], timed_max: int | None, device:
                              est_seconds=seconds * n_select / timed, per_step_ms=1e3 * seconds / timed))
             log(f"coreset {n_select}/{n} {label}: {seconds:.2f} s for {timed}")
         del features
+    return rows
+
+
+def scan_reduction(n_patches: int | None, keeps: tuple[int, ...], part_rows: int | None) -> list[dict]:
+    """One scan's per-scan coreset, as ``StreamingCoreset.add`` reduces it: one greedy run over all its patches
+    (before) vs ``chunked_greedy_coreset`` (library), for the kept counts of a 10- and a 100-scan fit. Every pick
+    is run; the coverage radius is the largest distance from a scan patch to its nearest kept one (384-d)."""
+    from rtg_anomaly.memory_bank import CORESET_PART_ROWS, chunked_greedy_coreset, greedy_coreset, knn_distance
+
+    n = n_patches or real_scan_patches()[2]
+    part_rows = part_rows or CORESET_PART_ROWS
+    features = low_rank_features(n, 384, seed=4242)
+    rows = []
+    for keep in keeps:
+        row = dict(patches=n, keep=keep, part_rows=part_rows, parts=math.ceil(n / part_rows))
+        for name, select in (("whole", lambda: greedy_coreset(features, keep, seed=0)),
+                             ("parts", lambda: chunked_greedy_coreset(features, keep, seed=0, part_rows=part_rows))):
+            with torch.inference_mode():
+                t0 = time.perf_counter()
+                chosen = select()
+                row[f"{name}_s"] = time.perf_counter() - t0
+                row[f"{name}_radius"] = float(knn_distance(features, features[chosen]).max())
+            log(f"scan reduction {keep}/{n} {name}: {row[f'{name}_s']:.2f} s")
+        rows.append(row)
     return rows
 
 
@@ -801,7 +842,8 @@ def environment(device: torch.device, argv: list[str]) -> dict:
 
 
 def build_report(env: dict, setup: dict, detect: dict, plain: dict, agreement: dict, fit_rows: list[dict] | None,
-                 tinyfit: dict | None, coreset_rows: list[dict], knn: dict, sizes: dict, tiny: bool) -> str:
+                 tinyfit: dict | None, coreset_rows: list[dict], reduction_rows: list[dict], knn: dict, sizes: dict,
+                 tiny: bool) -> str:
     syn = detect["synthetic"]
     e2e = plain["e2e"]
     parts = []
@@ -912,6 +954,15 @@ def build_report(env: dict, setup: dict, detect: dict, plain: dict, agreement: d
         ["(d) end-to-end detect (load + score)", f"{syn['height']}x{syn['width']}", ours_e2e, plain_e2e,
          ratio(ours_e2e, plain_e2e), ratio(plain_e2e, ours_e2e)],
     ]
+    openvino = agreement.get("openvino")
+    if openvino:
+        ov_score = openvino["synthetic"]["score"]
+        rows.insert(1, ["(a') backbone, whole scan, `--runtime openvino`", f"{tiles} tiles",
+                        openvino["synthetic"]["backbone"], e2e["backbone"],
+                        ratio(openvino["synthetic"]["backbone"], e2e["backbone"]),
+                        ratio(e2e["backbone"], openvino["synthetic"]["backbone"])])
+        rows.append(["(d') end-to-end detect (score), `--runtime openvino`", f"{syn['height']}x{syn['width']}",
+                     ov_score, e2e["total"], ratio(ov_score, e2e["total"]), ratio(e2e["total"], ov_score)])
     parts.append(table(["comparison", "input", "ours s", "plain s", "ours/plain", "speed-up"], rows))
     speedup = ratio(e2e["total"], syn["score"])
     verdict = "PASS" if agreement["max_abs_diff"] < HEATMAP_TOLERANCE else "FAIL"
@@ -919,6 +970,15 @@ def build_report(env: dict, setup: dict, detect: dict, plain: dict, agreement: d
         f"\n**Heatmap agreement: {verdict}** — max |ours − plain| = {agreement['max_abs_diff']:.2e} calibrated units "
         f"(tolerance {HEATMAP_TOLERANCE:g}; mean {agreement['mean_abs_diff']:.2e}; heatmap max "
         f"{agreement['max_value']:.3f}). kNN scores of (b) agree to {knn_p['max_abs_diff']:.2e} calibrated units.\n")
+    if openvino:
+        ov_speedup = ratio(e2e["total"], openvino["synthetic"]["score"])
+        ov_verdict = "PASS" if openvino["max_abs_diff"] < HEATMAP_TOLERANCE else "FAIL"
+        parts.append(
+            f"\nWith `--runtime openvino` (opt-in; OpenVINO runs the same float32 graph on the CPU): heatmap "
+            f"agreement **{ov_verdict}**, max |openvino − plain| = {openvino['max_abs_diff']:.2e} calibrated units; "
+            f"speed-up {ov_speedup:.2f}x on `score`. Converting and compiling the backbone took "
+            f"{openvino['model_load_s']:.1f} s at model load (bundle + backbone + conversion; torch: "
+            f"{detect['model_load_s']:.1f} s), once per process. Peak RSS {openvino['peak_rss_mib']:,.0f} MiB.\n")
     if env["device"].startswith("cuda"):
         parts.append(gpu_target_line(syn, env))
     else:
@@ -1060,6 +1120,18 @@ def build_report(env: dict, setup: dict, detect: dict, plain: dict, agreement: d
         rows.append([r["select"], r["n"], r["where"], r["timed"], r["seconds"],
                      (fmt(r["est_seconds"]) + " est.") if est else r["est_seconds"], r["per_step_ms"]])
     parts.append(table(["select", "out of N", "where", "picks timed", "s timed", "s for all picks", "ms per pick"], rows))
+    parts.append("\n")
+    first = reduction_rows[0]
+    parts.append(f"\nOne scan's reduction in `StreamingCoreset.add`: {first['patches']:,} patches (synthetic, 384-d), "
+                 "kept counts of a 10- and a 100-scan fit. *Whole* is one greedy run over all of them (before); "
+                 f"*in parts* is the library's `chunked_greedy_coreset`: {first['parts']} seeded random parts of at "
+                 f"most {first['part_rows']:,} rows, each keeping its share. Each greedy step reads every row of its "
+                 "run, so parts cut the cost from keep x N to keep x part size. Every pick is run. *Radius* is the "
+                 "largest distance from a patch of the scan to its nearest kept patch (lower covers better).\n\n")
+    rows = [[r["keep"], r["patches"], r["whole_s"], r["parts_s"], r["whole_s"] / r["parts_s"], r["whole_radius"],
+             r["parts_radius"]] for r in reduction_rows]
+    parts.append(table(["keep", "out of N", "whole s", "in parts s", "speed-up", "radius whole", "radius in parts"],
+                       rows))
     parts.append("\n")
 
     # 6. knn
@@ -1263,6 +1335,13 @@ def _run(args, argv: list[str]) -> int:
         difference = np.abs(ours_map.astype(np.float64) - plain_map)
         agreement = dict(max_abs_diff=float(difference.max()), mean_abs_diff=float(difference.mean()),
                          max_value=float(ours_map.max()))
+        if device.type == "cpu" and importlib.util.find_spec("openvino") is not None:
+            log("detect with --runtime openvino ...")
+            openvino = run_worker(dict(base, kind="detect_openvino", heatmap=str(workdir / "openvino.npy")),
+                                  workdir, "detect_openvino")
+            openvino["max_abs_diff"] = float(np.abs(np.load(workdir / "openvino.npy").astype(np.float64)
+                                                    - plain_map).max())
+            agreement["openvino"] = openvino
         del ours_map, plain_map, difference
 
         fit_rows, tinyfit = None, None
@@ -1281,13 +1360,15 @@ def _run(args, argv: list[str]) -> int:
 
         log("coreset scaling ...")
         coreset_rows = coreset_scaling(sizes["coreset"], sizes["coreset_timed_max"], device)
+        log("one scan's coreset, whole vs in parts ...")
+        reduction_rows = scan_reduction(*sizes["scan_reduction"])
         log("kNN comparison ...")
         knn = knn_comparison(real_bank, sizes["knn_queries"], sizes["knn_banks"],
                              real_scan_patches()[2], device, k=config.k)
 
     setup["run_s"] = time.perf_counter() - run_started
-    report = build_report(env, setup, detect, plain, agreement, fit_rows, tinyfit, coreset_rows, knn, sizes,
-                          args.tiny_backbone)
+    report = build_report(env, setup, detect, plain, agreement, fit_rows, tinyfit, coreset_rows, reduction_rows, knn,
+                          sizes, args.tiny_backbone)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(report)

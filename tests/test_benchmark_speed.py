@@ -33,14 +33,22 @@ def test_quick_benchmark_writes_report_with_ratios_and_agreement(tmp_path, capsy
         assert heading in text, heading
     assert "--tiny-backbone" in text and "torch threads" in text and "load average" in text
     # Every comparison row carries a numeric ours/plain ratio and speed-up.
-    for label in ["(a) backbone, whole scan", "(b) kNN", "(c) coreset", "(d) end-to-end detect (score)"]:
+    for label in ["(a) backbone, whole scan", "(b) kNN", "(c) coreset", "(d) end-to-end detect (score)",
+                  "(a') backbone, whole scan, `--runtime openvino`", "(d') end-to-end detect (score), `--runtime"]:
         row = next(line for line in text.splitlines() if line.startswith(f"| {label}"))
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert all(re.fullmatch(r"[0-9.,e+-]+", c) for c in cells[-4:]), row
     assert "**Heatmap agreement: PASS**" in text
+    assert "With `--runtime openvino`" in text and "heatmap agreement **PASS**" in text
     match = re.search(r"max \|ours − plain\| = ([0-9.e+-]+)", text)
     assert match and float(match.group(1)) < 1e-3
     # Fit scaling ran one fresh process per scan count and reports its peak RSS.
     section = text.split("## 4. Fit scaling")[1].split("## 5.")[0]
     assert re.search(r"^\| 10 \| 8 \+ 2 \|", section, re.M) and "Real `Detector.fit`" in section
     assert "synthetic uint16 PNG" in text and "over baseline MiB" in text
+    # One scan's coreset, whole vs in parts: both kept counts, 3 parts of 6,000 rows, numeric times and radii.
+    section = text.split("## 5.")[1].split("## 6.")[0]
+    assert "3 seeded random parts of at most 2,500 rows" in section
+    for keep in ("300", "60"):
+        row = next(line for line in section.splitlines() if line.startswith(f"| {keep} | 6,000 |"))
+        assert all(re.fullmatch(r"[0-9.,e+-]+", c.strip()) for c in row.strip("|").split("|")), row
