@@ -674,7 +674,8 @@ def worker_tinyfit(spec: dict) -> dict:
                 peak_rss_mib=peak_rss_mib())
 
 
-WORKERS = {"detect": worker_detect, "detect_openvino": worker_detect_openvino, "plain": worker_plain, "fitscale": worker_fitscale, "tinyfit": worker_tinyfit}
+WORKERS = {"detect": worker_detect, "detect_openvino": worker_detect_openvino, "plain": worker_plain,
+           "fitscale": worker_fitscale, "tinyfit": worker_tinyfit}
 
 
 # ---------------------------------------------------------------------------------------------- in-process sections
