@@ -67,14 +67,15 @@ def run_sizes(quick: bool) -> dict:
     if quick:
         return dict(
             scan=(128, 384), fit_scan=(128, 256), n_fit=2, profile_cols=128, ff_tiles=2, prop_tiles=2,
-            exact=(1000, 100), coreset=[(100, 1_000), (500, 5_000)], coreset_timed_max=None,
+            exact=(1000, 100), gemm=512, coreset=[(100, 1_000), (500, 5_000)], coreset_timed_max=None,
             scan_reduction=(6_000, (300, 60), 2_500),
             knn_queries=1024, knn_banks=[5_000], fit_counts=(5, 10), fit_patches=256, fit_measured=None,
             fit_max_selections=None, tinyfit_scans=3, tinyfit_shape=(128, 384), tinyfit_tile=(128, 112),
         )
     return dict(
         scan=(2000, 6000), fit_scan=(2000, 4000), n_fit=2, profile_cols=1152, ff_tiles=2, prop_tiles=8,
-        exact=(5000, 500), coreset=[(1_000, 10_000), (5_000, 50_000), (20_000, 200_000)], coreset_timed_max=500,
+        exact=(5000, 500), gemm=4096, coreset=[(1_000, 10_000), (5_000, 50_000), (20_000, 200_000)],
+        coreset_timed_max=500,
         scan_reduction=(None, (8_192, 2_000), None),
         knn_queries=8192, knn_banks=[50_000, 200_000], fit_counts=(10, 100, 1000), fit_patches=None,
         fit_measured=1, fit_max_selections=1000, tinyfit_scans=10, tinyfit_shape=(512, 1536), tinyfit_tile=(512, 448),
@@ -217,6 +218,40 @@ def forward_variant(extractor, batch: torch.Tensor, stop_early: bool = True, bf1
         if n > 1:
             features = F.avg_pool2d(features, n, stride=1, padding=n // 2, count_include_pad=False)
     return features.permute(0, 2, 3, 1).contiguous()
+
+
+def tile_gflop(extractor, stop_early: bool) -> float:
+    """Floating-point operations (GFLOP) of one tile's backbone pass, counted by torch's ``FlopCounterMode``
+    (matrix products, attention and convolutions; element-wise work is not counted, so this is a floor)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    batch = torch.zeros(1, 3, extractor.input_size, extractor.input_size, device=extractor.device)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        extractor.model.forward_intermediates(batch, indices=list(extractor.config.layers), intermediates_only=True,
+                                              stop_early=stop_early, output_fmt="NCHW")
+    return counter.get_total_flops() / 1e9
+
+
+def gemm_peak_gflops(device: torch.device, size: int, repeats: int = 5) -> tuple[float, str]:
+    """Best rate (GFLOP/s) of a size x size matrix product in the backbone's compute dtype on this device:
+    what the hardware and BLAS reach on the most favourable shape, an upper bound for a transformer's layers.
+    Returns (rate, dtype name)."""
+    from rtg_anomaly.features import CUDA_AUTOCAST_DTYPE
+
+    dtype = CUDA_AUTOCAST_DTYPE if device.type == "cuda" else torch.float32
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=generator).to(device, dtype)
+    b = torch.randn(size, size, generator=generator).to(device, dtype)
+    with torch.inference_mode():
+        a @ b  # warm-up
+        best = math.inf
+        for _ in range(repeats):
+            synchronise(device)
+            t0 = time.perf_counter()
+            a @ b
+            synchronise(device)
+            best = min(best, time.perf_counter() - t0)
+    return 2 * size**3 / best / 1e9, str(dtype).replace("torch.", "")
 
 
 def knn_topk_before(queries: torch.Tensor, bank: torch.Tensor, bank_squared_norms: torch.Tensor | None = None,
@@ -532,6 +567,10 @@ def worker_plain(spec: dict) -> dict:
         decomposition["bf16_batched_stop_early"] = bf16_s
         decomposition["bf16_max_patch_score_diff"] = float((s32 - s16).abs().max()) / clean_level
     out["backbone_decomposition"] = decomposition
+    peak, peak_dtype = gemm_peak_gflops(device, spec["gemm"])
+    out["compute_floor"] = dict(ours_gflop_per_tile=tile_gflop(extractor, stop_early=True),
+                                plain_gflop_per_tile=tile_gflop(extractor, stop_early=False),
+                                gemm_peak_gflops=peak, gemm_size=spec["gemm"], gemm_dtype=peak_dtype)
 
     # (c) exact greedy coreset vs ours, on real patch features of this scan
     n_points, n_select = spec["exact"]
@@ -848,6 +887,32 @@ def environment(device: torch.device, argv: list[str]) -> dict:
     )
 
 
+def compute_floor_text(floor: dict, tiles: int, syn: dict, e2e: dict, openvino: dict | None) -> str:
+    """Section 2's bound: the fastest any exact implementation of our feature path could run here."""
+    ours_total = floor["ours_gflop_per_tile"] * tiles
+    floor_s = ours_total / floor["gemm_peak_gflops"]
+    rest_s = syn["score"] - syn["backbone"]  # kNN, stitching and the rest, as ours measured them
+    bound = e2e["total"] / (floor_s + rest_s)
+    budget_s = e2e["total"] / 3 - rest_s  # backbone time left for 3x
+    needed = (f"3x would need {fmt(ours_total / budget_s)} GFLOP/s over the whole backbone "
+              f"({ours_total / budget_s / floor['gemm_peak_gflops']:.2f}x the measured peak)" if budget_s > 0 else
+              "3x is out of reach even with a free backbone")
+    rates = [f"ours {fmt(ours_total / syn['backbone'])} (torch)"]
+    if openvino:
+        rates.append(f"{fmt(ours_total / openvino['synthetic']['backbone'])} (openvino)")
+    rates.append(f"the plain reference {fmt(floor['plain_gflop_per_tile'] * tiles / e2e['backbone'])}")
+    return (
+        f"\n**Compute floor.** Our feature path costs {fmt(floor['ours_gflop_per_tile'])} GFLOP per tile (the plain "
+        f"reference's full depth: {fmt(floor['plain_gflop_per_tile'])}, counted by `FlopCounterMode`: matrix "
+        f"products, attention, convolutions), {fmt(ours_total)} GFLOP for the scan's {tiles} tiles. The fastest "
+        f"{floor['gemm_dtype']} matrix product this process ran ({floor['gemm_size']}x{floor['gemm_size']}, best "
+        f"of 5) reached {floor['gemm_peak_gflops']:.0f} GFLOP/s. Even at that rate in every operation the backbone "
+        f"needs {fmt(floor_s)} s, so with our measured {fmt(rest_s)} s for the rest an exact implementation of this "
+        f"pipeline can be at most **{bound:.2f}x** faster than the plain reference's {fmt(e2e['total'])} s here. "
+        f"{needed}. Backbone rates in GFLOP/s: "
+        f"{', '.join(rates)}.\n")
+
+
 def build_report(env: dict, setup: dict, detect: dict, openvino: dict | None, plain: dict, agreement: dict,
                  fit_rows: list[dict] | None, tinyfit: dict | None, coreset_rows: list[dict], reduction_rows: list[dict],
                  knn: dict, sizes: dict, tiny: bool) -> str:
@@ -992,6 +1057,7 @@ def build_report(env: dict, setup: dict, detect: dict, openvino: dict | None, pl
             f"**Target (CPU detect ≥ 3x faster than plain, identical heatmaps): "
             f"{'MET' if speedup and speedup >= 3 and verdict == 'PASS' else 'NOT MET'}** — speed-up {speedup:.2f}x "
             f"on `score` ({syn['device'] if 'device' in syn else env['device']}, {env['threads']} torch thread(s)).\n")
+    parts.append(compute_floor_text(plain["compute_floor"], tiles, syn, e2e, openvino))
     parts.append(
         "\nThe speed-up depends on the thread count and on the machine's load. With several threads on a busy "
         "machine each operator's OpenMP barrier waits for descheduled threads; the unbatched plain reference runs "
@@ -1336,7 +1402,8 @@ def _run(args, argv: list[str]) -> int:
                             workdir, "detect")
         detect["synthetic"]["device"] = str(device)
         plain = run_worker(dict(base, kind="plain", heatmap=str(workdir / "plain.npy"), exact=sizes["exact"],
-                                ff_tiles=sizes["ff_tiles"], prop_tiles=sizes["prop_tiles"]), workdir, "plain")
+                                ff_tiles=sizes["ff_tiles"], prop_tiles=sizes["prop_tiles"], gemm=sizes["gemm"]),
+                           workdir, "plain")
         ours_map, plain_map = np.load(workdir / "ours.npy"), np.load(workdir / "plain.npy")
         difference = np.abs(ours_map.astype(np.float64) - plain_map)
         agreement = dict(max_abs_diff=float(difference.max()), mean_abs_diff=float(difference.mean()),

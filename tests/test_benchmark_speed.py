@@ -42,6 +42,11 @@ def test_quick_benchmark_writes_report_with_ratios_and_agreement(tmp_path, capsy
     assert "With `--runtime openvino`" in text and "heatmap agreement **PASS**" in text
     match = re.search(r"max \|ours − plain\| = ([0-9.e+-]+)", text)
     assert match and float(match.group(1)) < 1e-3
+    # The compute floor: FLOPs counted for both depths (full depth costs more) and a bound above 1x.
+    floor = re.search(r"costs ([0-9.]+) GFLOP per tile \(the plain reference's full depth: ([0-9.]+).*"
+                      r"at most \*\*([0-9.]+)x\*\*", text)
+    assert floor, "compute floor paragraph missing"
+    assert 0 < float(floor.group(1)) <= float(floor.group(2)) and float(floor.group(3)) > 0
     # Fit scaling ran one fresh process per scan count and reports its peak RSS.
     section = text.split("## 4. Fit scaling")[1].split("## 5.")[0]
     assert re.search(r"^\| 10 \| 8 \+ 2 \|", section, re.M) and "Real `Detector.fit`" in section
