@@ -4,7 +4,7 @@ The same float32 graph (blocks up to the deepest requested one, resizing,
 concatenation and neighbourhood pooling) is converted from torch in memory
 and compiled for the CPU with float32 inference precision, so features agree
 with torch to about 1e-5. On the 2-core benchmark machine it ran the DINOv2
-backbone over a 2000x6000 scan in 17.81 s against torch's 26.35 s (1.48x;
+backbone over a 2000x6000 scan in 16.36 s against torch's 21.96 s (1.34x;
 docs/performance.md, section 2).
 Conversion costs a few seconds once per process, so it pays off on large
 scans and folders, not on one small image.
