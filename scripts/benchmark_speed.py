@@ -234,7 +234,7 @@ def tile_gflop(extractor, stop_early: bool) -> float:
 
 def gemm_peak_gflops(device: torch.device, size: int, repeats: int = 5) -> tuple[float, str]:
     """Best rate (GFLOP/s) of a size x size matrix product in the backbone's compute dtype on this device:
-    what the hardware and BLAS reach on the most favourable shape, an upper bound for a transformer's layers.
+    what the hardware and BLAS reach on the most favourable shape, a practical ceiling for a transformer's layers.
     Returns (rate, dtype name)."""
     from rtg_anomaly.features import CUDA_AUTOCAST_DTYPE
 
