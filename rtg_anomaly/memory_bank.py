@@ -19,7 +19,7 @@ _CPU_DISTANCE_BLOCK = 1 << 20
 _CPU_BANK_CHUNK = 1024
 # Rows per independent greedy run inside one scan (chunked_greedy_coreset): each greedy step reads every row,
 # so one scan's selection costs ratio * N^2 * d; cut into parts of this size it costs ratio * N * part * d.
-# 8,192 of a 2000x6000 scan's 81,920 patches: 55.3 s whole, 4.83 s in 5 parts on 2 cores (docs/performance.md,
+# 8,192 of a 2000x6000 scan's 81,920 patches: 50.55 s whole, 2.47 s in 5 parts on 2 cores (docs/performance.md,
 # section 5), more than the 5x fewer rows read: a part's 128-d projection is 8 MiB.
 CORESET_PART_ROWS = 16_384
 

@@ -221,14 +221,14 @@ def forward_variant(extractor, batch: torch.Tensor, stop_early: bool = True, bf1
 
 
 def tile_gflop(extractor, stop_early: bool) -> float:
-    """Floating-point operations (GFLOP) of one tile's backbone pass, counted by torch's ``FlopCounterMode``
-    (matrix products, attention and convolutions; element-wise work is not counted, so this is a floor)."""
+    """Floating-point operations (GFLOP) of one tile through ``forward_variant``, counted by torch's
+    ``FlopCounterMode`` (matrix products, attention and convolutions; element-wise work is not counted, so
+    this is a floor)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     batch = torch.zeros(1, 3, extractor.input_size, extractor.input_size, device=extractor.device)
-    with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        extractor.model.forward_intermediates(batch, indices=list(extractor.config.layers), intermediates_only=True,
-                                              stop_early=stop_early, output_fmt="NCHW")
+    with FlopCounterMode(display=False) as counter:
+        forward_variant(extractor, batch, stop_early=stop_early)
     return counter.get_total_flops() / 1e9
 
 
