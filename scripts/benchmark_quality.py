@@ -76,6 +76,9 @@ DATASET_FLAGS: dict[str, list[str]] = {
     # Scoring each test frame mirrored as well (real Detector, these flags): as is 0.945, mirrored 0.938,
     # mean of both 0.942, max 0.943: no test-time flip. Appending patch coordinates to the features (a
     # position-aware bank) hurt: 0.941 -> 0.940 at weight 2, 0.909 at weight 8 (PCA 128, coreset in PCA space).
+    # Full-set ablation rows (docs/benchmarks.md) around 0.945: PCA 64 0.941, PCA 256 0.945 at 1.5x detect time,
+    # a percentile window 0.938, vflip and rot180 as well 0.942 (AUPRO 0.597 -> 0.631, twice the bank), 10 %
+    # held out instead of 20 % 0.941. Half-tile overlap cuts the same tiles from a 768x572 frame (x 0/256, y 0/60).
     "gdxray_castings": ["--augment", "hflip", "--layers", "4,6"],
     "gdxray_welds": WELDS_FLAGS,
     # 32 px crops whose defect is a faint blob spread over the whole crop: judged as a whole, not by its
@@ -125,6 +128,8 @@ ABLATION_VARIANTS: list[list[str]] = [
     ["--image-score", "global"],
     ["--layers", "6"],
     ["--augment", "none"],
+    ["--pca-dim", "256"],
+    ["--holdout-fraction", "0.1"],
 ]
 
 # Project targets (minimum values), checked and marked in the results table.
@@ -349,6 +354,15 @@ def _first_ok(ablation_entry: dict) -> dict | None:
     return next((v for v in ablation_entry["variants"] if "error" not in v), None)
 
 
+def _ablation_runs(ablation_entry: dict) -> list[dict]:
+    """The distinct runs that measured a dataset's ablation rows, by date (ties in table order)."""
+    runs = {}
+    for variant in ablation_entry["variants"]:
+        run = variant.get("run", ablation_entry["run"])
+        runs.setdefault((run["date"], run["script_command"]), run)
+    return sorted(runs.values(), key=lambda run: run["date"])
+
+
 def _flags_text(flags: list[str]) -> str:
     return f"`{shlex.join(flags)}`" if flags else "(defaults)"
 
@@ -358,7 +372,7 @@ def render_markdown(cache: dict) -> str:
     bench = sections.get("benchmark", {}).get("datasets", {})
     ablation = sections.get("ablation", {}).get("datasets", {})
     order = [name for name in DATASET_FLAGS if name in bench] + sorted(set(bench) - set(DATASET_FLAGS))
-    runs = [entry["run"] for entry in bench.values()] + [entry["run"] for entry in ablation.values()]
+    runs = [entry["run"] for entry in bench.values()] + [run for entry in ablation.values() for run in _ablation_runs(entry)]
     subsampled = {name: _subsample_text(entry) for name, entry in bench.items() if entry["subsample"]["subsampled"]}
     for name, entry in ablation.items():
         first = _first_ok(entry)
@@ -386,11 +400,12 @@ def render_markdown(cache: dict) -> str:
               "config's seed (0 unless `--seed` says otherwise).", "",
               "### Runs", "", "| Section | Datasets | Date (UTC) | Machine | Command |", "|---|---|---|---|---|"]
     seen = {}
-    for section, entries in (("benchmark", bench), ("ablation", ablation)):
-        for name, entry in entries.items():
-            run = entry["run"]
-            key = (section, run["date"], run["script_command"])
-            seen.setdefault(key, (run, []))[1].append(name)
+    for name, entry in bench.items():
+        run = entry["run"]
+        seen.setdefault(("benchmark", run["date"], run["script_command"]), (run, []))[1].append(name)
+    for name, entry in ablation.items():
+        for run in _ablation_runs(entry):
+            seen.setdefault(("ablation", run["date"], run["script_command"]), (run, []))[1].append(name)
     for (section, date, command), (run, names) in sorted(seen.items(), key=lambda kv: kv[0][1]):
         lines.append(f"| {section} | {', '.join(names)} | {date} | {_machine_text(run['machine'])} | `{command}` |")
     lines += ["", "To reproduce everything:", "", "```bash", f"python {SCRIPT}",
@@ -483,6 +498,10 @@ def render_markdown(cache: dict) -> str:
                 config = first["config"]
                 lines += [f"Baseline image score `{config['image_score']}`, map smoothing sigma "
                           f"{config['smoothing_sigma']:g} patch (every row's full settings are in the JSON).", ""]
+            n_runs = len(_ablation_runs(entry))
+            if n_runs > 1:  # metrics are deterministic; wall times depend on the machine's load in each run
+                lines += [f"The rows come from {n_runs} runs (see Runs above); compare Fit s and detect ms/image "
+                          "only between rows of the same run.", ""]
             lines += ["| Variant | Image AUROC | Pixel AUROC | AUPRO | Fit s | Detect ms/image | Memory bank "
                       "| False alarms (k/n) |", "|---|---|---|---|---|---|---|---|"]
             for v in entry["variants"]:
@@ -626,6 +645,7 @@ def main(argv: list[str] | None = None) -> int:
             data.update(dataset_flags=[*dataset_flags(name, root), *extra], run=run)
             record = entry or {"error": message}
             record["variant"] = variant
+            record["run"] = run  # variants merge across runs: each keeps the command that measured it
             data["variants"] = [v for v in data["variants"] if v["variant"] != variant] + [record]
             data["variants"].sort(key=lambda v: _variant_rank(v["variant"]))
         elif entry is not None:

@@ -105,6 +105,18 @@ def test_benchmark_then_ablation_writes_both_sections(tmp_path, capsys, one_thre
     assert "Baseline image score `top_mean`, map smoothing sigma 0.5 patch" in text  # the settings measured
     assert "| synthetic_demo † | 3 / 2 / 2 |" in text                # the results table is still there
 
+    # A second ablation run merges its variant in; the Runs table names both commands that measured rows.
+    k3 = bq.ABLATION_VARIANTS.index(["--k", "3"])
+    assert bq.main([*common, "--ablation", "--variants", str(k3)]) == 0
+    cache = json.loads(out.with_suffix(".json").read_text())
+    variants = cache["sections"]["ablation"]["datasets"]["synthetic_demo"]["variants"]
+    assert [v["variant"] for v in variants] == [["--image-score", "top_mean"], ["--k", "3"]]
+    text = out.read_text()
+    run_rows = [line for line in text.splitlines() if line.startswith("| ablation | synthetic_demo |")]
+    assert len(run_rows) == 2
+    assert f"--variants {top_mean}`" in run_rows[0] and f"--variants {k3}`" in run_rows[1]
+    assert "The rows come from 2 runs" in text
+
     # --render-only regenerates the same page from the cache.
     out.unlink()
     assert bq.main(["--output", str(out), "--render-only"]) == 0
