@@ -76,9 +76,10 @@ DATASET_FLAGS: dict[str, list[str]] = {
     # Scoring each test frame mirrored as well (real Detector, these flags): as is 0.945, mirrored 0.938,
     # mean of both 0.942, max 0.943: no test-time flip. Appending patch coordinates to the features (a
     # position-aware bank) hurt: 0.941 -> 0.940 at weight 2, 0.909 at weight 8 (PCA 128, coreset in PCA space).
-    # Full-set ablation rows (docs/benchmarks.md) around 0.945: PCA 64 0.941, PCA 256 0.945 at 1.5x detect time,
-    # a percentile window 0.938, vflip and rot180 as well 0.942 (AUPRO 0.597 -> 0.631, twice the bank), 10 %
-    # held out instead of 20 % 0.941. Half-tile overlap cuts the same tiles from a 768x572 frame (x 0/256, y 0/60).
+    # Full-set ablation rows (docs/benchmarks.md) around 0.945: PCA 64 0.941, PCA 256 0.945 at 1.3x the detect
+    # time of the same run's 128-dim rows, a percentile window 0.938, vflip and rot180 as well 0.942 (AUPRO
+    # 0.597 -> 0.631, twice the bank), 10 % held out instead of 20 % 0.941. Half-tile overlap cuts the same
+    # tiles from a 768x572 frame (x 0/256, y 0/60).
     # Cached features of these flags (top-5 patch mean 0.945): top 3 0.945, top 10 0.940; subtracting the
     # scan's median patch score 0.906 (dividing 0.684), adding it 0.945-0.926; distances divided by the bank
     # neighbour's own nearest-neighbour distance 0.798-0.873; PCA whitened 0.944, half-whitened (each
