@@ -109,6 +109,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overlap", type=float, help="fraction of a tile shared with its neighbour (default 0.25)")
     parser.add_argument("--input-size", type=_positive_int, help="backbone input side each tile is resized to (default 448)")
     parser.add_argument("--pca-dim", type=_positive_int, help="feature dimension kept by PCA (default 128)")
+    parser.add_argument("--pca-whiten", type=float, metavar="POWER",
+                        help="divide each PCA direction by its standard deviation to this power, in [0, 1] "
+                             "(0: plain PCA, default; 0.5: half-whitening; 1: full whitening)")
     bank = parser.add_mutually_exclusive_group()
     bank.add_argument("--coreset-ratio", type=float, help="memory bank size as a fraction of clean patches (default 0.1)")
     bank.add_argument("--memory-bank-size", type=_positive_int, help="memory bank size in patches")
@@ -157,7 +160,8 @@ def _config_from_args(args: argparse.Namespace):
 
     overrides = {
         "backbone": args.backbone, "weights": args.weights, "tile_size": args.tile_size, "overlap": args.overlap,
-        "input_size": args.input_size, "pca_dim": args.pca_dim, "coreset_ratio": args.coreset_ratio,
+        "input_size": args.input_size, "pca_dim": args.pca_dim, "pca_whiten": args.pca_whiten,
+        "coreset_ratio": args.coreset_ratio,
         "memory_bank_size": args.memory_bank_size, "k": args.k, "seed": args.seed, "batch_size": args.batch_size,
         "layers": args.layers, "neighbourhood": args.neighbourhood, "smoothing_sigma": args.smoothing_sigma,
         "image_score": args.image_score, "top_fraction": args.top_fraction, "top_patches": args.top_patches,

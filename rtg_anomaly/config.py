@@ -40,6 +40,10 @@ class DetectorConfig:
     neighbourhood: side of the average-pooling window applied to the patch grid
         (1 = off); gives every patch feature some local context.
     pca_dim: dimension kept after PCA (``None`` or >= feature dim: no reduction).
+    pca_whiten: power w in [0, 1]: each PCA direction is divided by its standard
+        deviation (relative to the mean variance of the kept directions) to the
+        power w, so that a few high-variance directions weigh less in the kNN
+        distance. 0: plain PCA; 1: full whitening; 0.5: half-whitening.
     coreset_ratio / memory_bank_size: size of the memory bank, as a fraction of
         all clean patches or as an absolute count (the count wins when given).
     k: neighbours averaged for the patch score.
@@ -77,6 +81,7 @@ class DetectorConfig:
     input_size: int | None = 448
     neighbourhood: int = 1
     pca_dim: int | None = 128
+    pca_whiten: float = 0.0
     coreset_ratio: float = 0.1
     memory_bank_size: int | None = None
     k: int = 1
@@ -110,6 +115,7 @@ class DetectorConfig:
             (self.input_size is None or self.input_size >= 8, "input_size must be >= 8"),
             (self.neighbourhood >= 1 and self.neighbourhood % 2 == 1, "neighbourhood must be an odd integer >= 1"),
             (self.pca_dim is None or self.pca_dim >= 1, "pca_dim must be >= 1"),
+            (0.0 <= self.pca_whiten <= 1.0, "pca_whiten must be in [0, 1]"),
             (0.0 < self.coreset_ratio <= 1.0, "coreset_ratio must be in (0, 1]"),
             (self.memory_bank_size is None or self.memory_bank_size >= 1, "memory_bank_size must be >= 1"),
             (self.k >= 1, "k must be >= 1"),

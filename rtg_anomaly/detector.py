@@ -250,7 +250,8 @@ class Detector:
             bar.close()
             raise InputError("none of the clean images could be read")
 
-        self.pca_ = PCAProjection.fit(np.concatenate(pca_samples), config.pca_dim, seed=config.seed)
+        self.pca_ = PCAProjection.fit(np.concatenate(pca_samples), config.pca_dim, seed=config.seed,
+                                      whiten_power=config.pca_whiten)
         self.backbone_digest_ = self.extractor.digest
         self._set_bank(self.pca_.transform_numpy(builder.finish(bank_cap, self.extractor.device).numpy()))
         if self._uses_descriptors:

@@ -9,7 +9,8 @@ import torch
 class PCAProjection:
     """x -> (x - mean) @ components.T, mapping (n, D) features to (n, d).
 
-    mean: float32 (D,); components: float32 (d, D), rows orthonormal;
+    mean: float32 (D,); components: float32 (d, D), rows orthogonal (orthonormal
+    unless fitted with a whitening power, which scales each row);
     explained_variance_ratio: float32 (d,).
     """
 
@@ -24,8 +25,15 @@ class PCAProjection:
         return int(self.components.shape[0])
 
     @classmethod
-    def fit(cls, features: np.ndarray, n_components: int | None, seed: int = 0) -> "PCAProjection":
-        """Fit on (n, D) clean patch features; ``None`` or >= min(n, D) keeps every direction."""
+    def fit(cls, features: np.ndarray, n_components: int | None, seed: int = 0,
+            whiten_power: float = 0.0) -> "PCAProjection":
+        """Fit on (n, D) clean patch features; ``None`` or >= min(n, D) keeps every direction.
+
+        whiten_power w in [0, 1]: direction i is divided by (var_i / mean(var))^(w/2),
+        so w = 1 gives every kept direction the same variance (whitening) and
+        w = 0 keeps plain PCA. The scale is folded into ``components``, so the
+        projection costs the same and a saved bundle needs no extra array.
+        """
         from sklearn.decomposition import PCA
 
         features = np.asarray(features, dtype=np.float32)
@@ -33,7 +41,11 @@ class PCAProjection:
         n = limit if n_components is None else min(n_components, limit)
         solver = "full" if n >= limit or features.shape[0] < 4 * features.shape[1] else "randomized"
         model = PCA(n_components=n, svd_solver=solver, random_state=seed).fit(features)
-        return cls(model.mean_, model.components_, model.explained_variance_ratio_)
+        components = model.components_
+        if whiten_power > 0:
+            variance = np.maximum(model.explained_variance_, np.finfo(np.float32).tiny)
+            components = components / ((variance / variance.mean()) ** (whiten_power / 2))[:, None]
+        return cls(model.mean_, components, model.explained_variance_ratio_)
 
     def transform_numpy(self, features: np.ndarray) -> np.ndarray:
         """(n, D) float -> (n, d) float32."""

@@ -146,6 +146,7 @@ def test_bad_inputs_exit_2_with_one_line(demo_data, tiny_bundle, tmp_path, capsy
         (["detect", "--input", str(scan)], "required"),
         (["fit", "--clean-dir", str(empty), "--overlap", "1.5", *TINY_CLI_FLAGS], "overlap"),
         (["fit", "--clean-dir", str(empty), "--top-fraction", "0", *TINY_CLI_FLAGS], "top_fraction"),
+        (["fit", "--clean-dir", str(empty), "--pca-whiten", "2", *TINY_CLI_FLAGS], "pca_whiten"),
         (["fit", "--clean-dir", str(empty), "--top-patches", "0", *TINY_CLI_FLAGS], "positive"),
         (["fit", "--clean-dir", str(empty), "--augment", "spin", *TINY_CLI_FLAGS], "unknown augmentation"),
         (["fit", "--clean-dir", str(single), "--model", str(tmp_path / "o8"), "--image-score", "global",
@@ -333,3 +334,22 @@ def test_fit_and_detect_with_the_global_image_score(demo_data, tmp_path):
                  "--report", str(report), "--device", "cpu", "--quiet"]) == 0
     entry = json.loads(report.read_text())["images"][0]
     assert entry["score"] == pytest.approx(Detector.load(model, device="cpu").score(scan).score, rel=1e-6)
+
+
+def test_fit_and_detect_with_a_whitened_pca(demo_data, tmp_path):
+    model, plain, report = tmp_path / "model", tmp_path / "plain", tmp_path / "report.json"
+    clean = str(demo_data / "train" / "good")
+    assert main(["fit", "--clean-dir", clean, "--model", str(model), "--pca-whiten", "0.5", *TINY_CLI_FLAGS]) == 0
+    assert main(["fit", "--clean-dir", clean, "--model", str(plain), *TINY_CLI_FLAGS]) == 0
+    assert json.loads((model / "manifest.json").read_text())["config"]["pca_whiten"] == 0.5
+    whitened, reference = Detector.load(model, device="cpu"), Detector.load(plain, device="cpu")
+    # same directions, rescaled: the leading (highest-variance) direction shrinks the most
+    norms = np.linalg.norm(whitened.pca_.components, axis=1)
+    assert np.allclose(whitened.pca_.components / norms[:, None], reference.pca_.components, atol=1e-4)
+    assert norms[0] < 1.0 and norms[0] == norms.min()
+    scan = sorted((demo_data / "test" / "anomalous").iterdir())[0]
+    assert main(["detect", "--input", str(scan), "--output", str(tmp_path / "o.png"), "--model", str(model),
+                 "--report", str(report), "--device", "cpu", "--quiet"]) == 0
+    entry = json.loads(report.read_text())["images"][0]
+    assert entry["score"] == pytest.approx(whitened.score(scan).score, rel=1e-6)
+    assert entry["score"] != pytest.approx(reference.score(scan).score, rel=1e-3)

@@ -33,6 +33,9 @@ INVALID = [
     ("neighbourhood", -1),
     ("pca_dim", 0),
     ("pca_dim", -5),
+    ("pca_whiten", -0.1),
+    ("pca_whiten", 1.5),
+    ("pca_whiten", float("nan")),
     ("coreset_ratio", 0.0),
     ("coreset_ratio", 1.5),
     ("coreset_ratio", -0.1),
@@ -74,7 +77,8 @@ def test_invalid_field_raises_config_error(field, value):
 
 VALID_EDGES = [
     ("overlap", 0.0), ("overlap", 0.99), ("tile_size", 8), ("input_size", None), ("input_size", 8),
-    ("neighbourhood", 1), ("neighbourhood", 5), ("pca_dim", None), ("pca_dim", 1), ("coreset_ratio", 1.0),
+    ("neighbourhood", 1), ("neighbourhood", 5), ("pca_dim", None), ("pca_dim", 1), ("pca_whiten", 0.0),
+    ("pca_whiten", 1.0), ("coreset_ratio", 1.0),
     ("memory_bank_size", 1), ("smoothing_sigma", 0.0), ("image_score", "top_mean"), ("top_fraction", 1.0),
     ("image_score", "patch_top_mean"), ("top_patches", 1),
     ("intensity_window", "dtype"), ("intensity_window", "percentile"), ("window_percentiles", (0, 100)),

@@ -111,3 +111,32 @@ def test_torch_transform_cached_per_device():
     first = pca.transform(x)
     assert "cpu" in pca._on_device
     assert torch.equal(pca.transform(x), first)
+
+
+@pytest.mark.parametrize("power", [0.5, 1.0])
+def test_whitening_power_scales_each_direction(power):
+    features = _features(2000, 12)
+    plain = PCAProjection.fit(features, 6, seed=0)
+    whitened = PCAProjection.fit(features, 6, seed=0, whiten_power=power)
+    plain_var = plain.transform_numpy(features).var(0)
+    whitened_var = whitened.transform_numpy(features).var(0)
+    # direction i is divided by (var_i / mean var)^(power / 2): its variance by (var_i / mean var)^power
+    expected = plain_var / (plain_var / plain_var.mean()) ** power
+    assert np.allclose(whitened_var, expected, rtol=1e-3)
+    if power == 1.0:  # full whitening: every kept direction has the same variance
+        assert np.allclose(whitened_var, whitened_var.mean(), rtol=1e-3)
+    # same directions, rows still orthogonal, explained variance ratios unchanged
+    gram = whitened.components @ whitened.components.T
+    assert np.allclose(gram, np.diag(np.diag(gram)), atol=1e-4)
+    assert np.allclose(whitened.components / np.linalg.norm(whitened.components, axis=1, keepdims=True),
+                       plain.components, atol=1e-5)
+    assert np.array_equal(whitened.explained_variance_ratio, plain.explained_variance_ratio)
+    # the scale lives in the saved arrays: a reload projects the same
+    back = PCAProjection.from_arrays(whitened.to_arrays())
+    assert np.array_equal(back.transform_numpy(features[:5]), whitened.transform_numpy(features[:5]))
+
+
+def test_whitening_power_zero_is_plain_pca():
+    features = _features()
+    assert np.array_equal(PCAProjection.fit(features, 5, whiten_power=0.0).components,
+                          PCAProjection.fit(features, 5).components)
