@@ -368,6 +368,27 @@ def _ablation_runs(ablation_entry: dict) -> list[dict]:
     return sorted(runs.values(), key=lambda run: run["date"])
 
 
+def _base_flags(record: dict, ablation_entry: dict) -> list[str]:
+    """The dataset flags (with any --extra-flags) an ablation row was measured on top of."""
+    if "flags" not in record:  # a failure recorded before rows kept their flags
+        return list(ablation_entry["dataset_flags"])
+    flags, variant = record["flags"], record["variant"]
+    return list(flags[: len(flags) - len(variant)])
+
+
+def _ablation_groups(ablation_entry: dict) -> list[tuple[list[str], dict]]:
+    """A dataset's ablation rows grouped by the dataset flags they were measured on top of.
+
+    Returns (dataset flags, entry-like dict of those rows) pairs: the latest run's flags first, then
+    earlier flag sets in the order their rows appear (the dataset's flags may change between runs).
+    """
+    groups: dict[tuple[str, ...], list[dict]] = {tuple(ablation_entry["dataset_flags"]): []}
+    for record in ablation_entry["variants"]:
+        groups.setdefault(tuple(_base_flags(record, ablation_entry)), []).append(record)
+    return [(list(base), {"variants": records, "run": ablation_entry["run"]})
+            for base, records in groups.items() if records]
+
+
 def _flags_text(flags: list[str]) -> str:
     return f"`{shlex.join(flags)}`" if flags else "(defaults)"
 
@@ -496,30 +517,11 @@ def render_markdown(cache: dict) -> str:
         lines += ["One flag changed at a time, on top of the dataset's flags; the first row is the baseline. "
                   "The command of a row is the dataset's command with the variant's flags added.", ""]
         for name in [n for n in DATASET_FLAGS if n in ablation] + sorted(set(ablation) - set(DATASET_FLAGS)):
-            entry = ablation[name]
-            first = _first_ok(entry)
+            first = _first_ok(ablation[name])
             mark = " †" if first and first["subsample"]["subsampled"] else ""
-            lines += [f"### {name}{mark}", "", f"Dataset flags: {_flags_text(entry['dataset_flags'])}.", ""]
-            if first:  # defaults change over time: say which ones this table was measured with
-                config = first["config"]
-                lines += [f"Baseline image score `{config['image_score']}`, map smoothing sigma "
-                          f"{config['smoothing_sigma']:g} patch (every row's full settings are in the JSON).", ""]
-            n_runs = len(_ablation_runs(entry))
-            if n_runs > 1:  # metrics are deterministic; wall times depend on the machine's load in each run
-                lines += [f"The rows come from {n_runs} runs (see Runs above); compare Fit s and detect ms/image "
-                          "only between rows of the same run.", ""]
-            lines += ["| Variant | Image AUROC | Pixel AUROC | AUPRO | Fit s | Detect ms/image | Memory bank "
-                      "| False alarms (k/n) |", "|---|---|---|---|---|---|---|---|"]
-            for v in entry["variants"]:
-                if "error" in v:
-                    lines.append(f"| {_flags_text(v['variant'])} | failed: {v['error']} | | | | | | |")
-                    continue
-                op = v["operator"]
-                lines.append(f"| {_flags_text(v['variant']) if v['variant'] else 'baseline'} "
-                             f"| {_num(v['image_auroc'])} | {_num(v['pixel_auroc'])} | {_num(v['aupro'])} "
-                             f"| {v['fit_seconds']:.1f} | {_ms(v['detect_ms_mean'])} | {v['memory_bank_size']} "
-                             f"| {op['false_alarms']}/{op['n_good']} |")
-            lines += [""]
+            lines += [f"### {name}{mark}", ""]
+            for index, (base, entry) in enumerate(_ablation_groups(ablation[name])):
+                lines += _ablation_table(base, entry, latest=index == 0)
 
     # ---- notes
     notes = []
@@ -531,6 +533,36 @@ def render_markdown(cache: dict) -> str:
     if notes:
         lines += ["## Notes from the evaluation", ""] + notes + [""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _ablation_table(base: list[str], entry: dict, latest: bool) -> list[str]:
+    """Markdown lines of one group of ablation rows measured on top of the dataset flags ``base``."""
+    if latest:
+        lines = [f"Dataset flags: {_flags_text(base)}.", ""]
+    else:
+        lines = [f"Earlier rows, measured on top of the dataset's earlier flags {_flags_text(base)} (a row's "
+                 "command is those flags with the variant's added):", ""]
+    first = _first_ok(entry)
+    if first:  # defaults change over time: say which ones this table was measured with
+        config = first["config"]
+        lines += [f"Baseline image score `{config['image_score']}`, map smoothing sigma "
+                  f"{config['smoothing_sigma']:g} patch (every row's full settings are in the JSON).", ""]
+    n_runs = len(_ablation_runs(entry))
+    if n_runs > 1:  # metrics are deterministic; wall times depend on the machine's load in each run
+        lines += [f"The rows come from {n_runs} runs (see Runs above); compare Fit s and detect ms/image "
+                  "only between rows of the same run.", ""]
+    lines += ["| Variant | Image AUROC | Pixel AUROC | AUPRO | Fit s | Detect ms/image | Memory bank "
+              "| False alarms (k/n) |", "|---|---|---|---|---|---|---|---|"]
+    for v in entry["variants"]:
+        if "error" in v:
+            lines.append(f"| {_flags_text(v['variant'])} | failed: {v['error']} | | | | | | |")
+            continue
+        op = v["operator"]
+        lines.append(f"| {_flags_text(v['variant']) if v['variant'] else 'baseline'} "
+                     f"| {_num(v['image_auroc'])} | {_num(v['pixel_auroc'])} | {_num(v['aupro'])} "
+                     f"| {v['fit_seconds']:.1f} | {_ms(v['detect_ms_mean'])} | {v['memory_bank_size']} "
+                     f"| {op['false_alarms']}/{op['n_good']} |")
+    return lines + [""]
 
 
 # ---------------------------------------------------------------------------- main
@@ -648,12 +680,16 @@ def main(argv: list[str] | None = None) -> int:
             entry = None
         if args.ablation:
             data = section["datasets"].setdefault(name, {"variants": []})
-            data.update(dataset_flags=[*dataset_flags(name, root), *extra], run=run)
-            record = entry or {"error": message}
+            base = [*dataset_flags(name, root), *extra]
+            data.update(dataset_flags=base, run=run)
+            record = entry or {"error": message, "flags": flags}
             record["variant"] = variant
             record["run"] = run  # variants merge across runs: each keeps the command that measured it
-            data["variants"] = [v for v in data["variants"] if v["variant"] != variant] + [record]
-            data["variants"].sort(key=lambda v: _variant_rank(v["variant"]))
+            # A row replaces only the same variant on the same dataset flags: rows measured on top of
+            # earlier flags stay, and the page shows them as a group of their own.
+            data["variants"] = [v for v in data["variants"]
+                                if (v["variant"], _base_flags(v, data)) != (variant, base)] + [record]
+            data["variants"].sort(key=lambda v: (_base_flags(v, data) != base, _variant_rank(v["variant"])))
         elif entry is not None:
             entry["run"] = run
             section["datasets"][name] = entry

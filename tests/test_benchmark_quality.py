@@ -117,6 +117,23 @@ def test_benchmark_then_ablation_writes_both_sections(tmp_path, capsys, one_thre
     assert f"--variants {top_mean}`" in run_rows[0] and f"--variants {k3}`" in run_rows[1]
     assert "The rows come from 2 runs" in text
 
+    # Rows measured on top of other dataset flags (here a changed --extra-flags) do not replace the earlier
+    # rows: the page shows each set of flags as a group of its own, the latest first.
+    whitened = [f"--extra-flags={TINY_FLAGS} --pca-whiten 0.5" if arg.startswith("--extra-flags") else arg
+                for arg in common]
+    assert bq.main([*whitened, "--ablation", "--variants", str(top_mean)]) == 0
+    cache = json.loads(out.with_suffix(".json").read_text())
+    entry = cache["sections"]["ablation"]["datasets"]["synthetic_demo"]
+    assert [(v["variant"], v["config"]["pca_whiten"]) for v in entry["variants"]] == [
+        (["--image-score", "top_mean"], 0.5), (["--image-score", "top_mean"], 0.0), (["--k", "3"], 0.0)]
+    text = out.read_text()
+    latest = text.index(f"Dataset flags: `{TINY_FLAGS} --pca-whiten 0.5`.")
+    earlier = text.index(f"Earlier rows, measured on top of the dataset's earlier flags `{TINY_FLAGS}`")
+    assert latest < earlier and text.count("| `--image-score top_mean` |") == 2
+    assert text.count("The rows come from 2 runs") == 1  # the earlier group; the latest has one run
+    run_rows = [line for line in text.splitlines() if line.startswith("| ablation | synthetic_demo |")]
+    assert len(run_rows) == 3
+
     # --render-only regenerates the same page from the cache.
     out.unlink()
     assert bq.main(["--output", str(out), "--render-only"]) == 0
