@@ -692,6 +692,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.ablation:
             data = section["datasets"].setdefault(name, {"variants": []})
             base = [*dataset_flags(name, root), *extra]
+            for v in data["variants"]:  # pin each older row to the flags it was measured on
+                v.setdefault("flags", [*_base_flags(v, data), *v["variant"]])
             data.update(dataset_flags=base, run=run)
             record = entry or {"error": message, "flags": flags}
             record["variant"] = variant

@@ -148,3 +148,17 @@ def test_bad_flags_and_missing_dataset_fail_before_running(tmp_path, capsys):
     assert bq.main(["--data-root", str(tmp_path), "--datasets", "synthetic_demo", "--output", str(out),
                     "--extra-flags=--image-score median"]) == 2
     assert not out.exists()
+
+
+def test_ablation_rows_group_by_the_flags_they_were_measured_on():
+    entry = {"dataset_flags": ["--layers", "4,6", "--pca-whiten", "0.5"], "run": {"date": "d"}, "variants": [
+        {"variant": [], "flags": ["--layers", "4,6", "--pca-whiten", "0.5"]},
+        {"variant": ["--k", "3"], "flags": ["--layers", "4,6", "--k", "3"]},
+        {"variant": ["--pca-dim", "64"], "error": "failed"},  # recorded before rows kept their flags
+    ]}
+    assert bq._base_flags(entry["variants"][1], entry) == ["--layers", "4,6"]
+    assert bq._base_flags(entry["variants"][2], entry) == entry["dataset_flags"]
+    groups = bq._ablation_groups(entry)
+    assert [base for base, _ in groups] == [entry["dataset_flags"], ["--layers", "4,6"]]
+    assert [[v["variant"] for v in group["variants"]] for _, group in groups] == [
+        [[], ["--pca-dim", "64"]], [["--k", "3"]]]
