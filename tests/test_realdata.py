@@ -46,12 +46,13 @@ def binomial_tail(k: int, n: int, p: float) -> float:
     return sum(comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k, n + 1))
 
 
-def test_castings_detection_and_localisation(castings, castings_detector):
+def _castings_detection(castings, detector, what: str) -> tuple[float, float, float, float]:
+    """Score 12 good + 30 defect test frames: (image AUROC, heatmap-maximum hit rate, chance, p-value)."""
     good = evenly((castings / "test" / "good").iterdir(), 12)
     defects = evenly((castings / "test" / "defect").iterdir(), 30)
     scores, labels, hits, box_fractions = [], [], [], []
     for path, label in [(p, 0) for p in good] + [(p, 1) for p in defects]:
-        result = castings_detector.score(path)
+        result = detector.score(path)
         scores.append(result.score)
         labels.append(label)
         if label:
@@ -62,9 +63,30 @@ def test_castings_detection_and_localisation(castings, castings_detector):
     auroc = roc_auc_score(labels, scores)
     hit_rate, chance = float(np.mean(hits)), float(np.mean(box_fractions))
     p_value = binomial_tail(sum(hits), len(hits), chance)
-    print(f"\ngdxray_castings (30 train, 12 good + 30 defect test): image AUROC {auroc:.3f}; "
+    print(f"\ngdxray_castings, {what} (30 train, 12 good + 30 defect test): image AUROC {auroc:.3f}; "
           f"heatmap maximum inside a box in {hit_rate:.0%} of defect frames vs {chance:.1%} by chance "
           f"(binomial p = {p_value:.1e})")
+    return auroc, hit_rate, chance, p_value
+
+
+def test_castings_detection_and_localisation(castings, castings_detector):
+    auroc, hit_rate, chance, p_value = _castings_detection(castings, castings_detector, "default settings")
+    assert auroc >= 0.8
+    assert hit_rate >= 5 * chance and p_value < 1e-3
+
+
+def test_castings_with_a_half_whitened_pca(castings, castings_detector):
+    """--pca-whiten 0.5 on real DINOv2 features: same directions as plain PCA, spread damped, still detects."""
+    train = evenly((castings / "train" / "good").iterdir(), 30)
+    whitened = Detector(DetectorConfig(pca_whiten=0.5), device="cpu").fit(train)
+    plain = castings_detector.pca_
+    norms = np.linalg.norm(whitened.pca_.components, axis=1)
+    assert np.allclose(whitened.pca_.components / norms[:, None], plain.components, atol=1e-3)
+    # direction i is divided by (var_i / mean var)^(1/4): the variance ratio of the first to the last
+    # kept direction shrinks to its square root
+    ratio = plain.explained_variance_ratio[0] / plain.explained_variance_ratio[-1]
+    assert norms[-1] / norms[0] == pytest.approx(ratio ** 0.25, rel=1e-3)
+    auroc, hit_rate, chance, p_value = _castings_detection(castings, whitened, "--pca-whiten 0.5")
     assert auroc >= 0.8
     assert hit_rate >= 5 * chance and p_value < 1e-3
 
