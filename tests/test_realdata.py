@@ -35,10 +35,15 @@ def castings():
 
 
 @pytest.fixture(scope="module")
-def castings_detector(castings):
+def castings_train(castings):
+    """30 of the 98 clean training frames, evenly spaced."""
+    return evenly((castings / "train" / "good").iterdir(), 30)
+
+
+@pytest.fixture(scope="module")
+def castings_detector(castings_train):
     """Default settings (bundled DINOv2 ViT-S/14 weights) fitted on 30 clean frames."""
-    train = evenly((castings / "train" / "good").iterdir(), 30)
-    return Detector(DetectorConfig(), device="cpu").fit(train)
+    return Detector(DetectorConfig(), device="cpu").fit(castings_train)
 
 
 def binomial_tail(k: int, n: int, p: float) -> float:
@@ -75,10 +80,9 @@ def test_castings_detection_and_localisation(castings, castings_detector):
     assert hit_rate >= 5 * chance and p_value < 1e-3
 
 
-def test_castings_with_a_half_whitened_pca(castings, castings_detector):
+def test_castings_with_a_half_whitened_pca(castings, castings_train, castings_detector):
     """--pca-whiten 0.5 on real DINOv2 features: same directions as plain PCA, spread damped, still detects."""
-    train = evenly((castings / "train" / "good").iterdir(), 30)
-    whitened = Detector(DetectorConfig(pca_whiten=0.5), device="cpu").fit(train)
+    whitened = Detector(DetectorConfig(pca_whiten=0.5), device="cpu").fit(castings_train)
     plain = castings_detector.pca_
     norms = np.linalg.norm(whitened.pca_.components, axis=1)
     assert np.allclose(whitened.pca_.components / norms[:, None], plain.components, atol=1e-3)
