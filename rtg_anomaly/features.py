@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -182,9 +183,20 @@ class FeatureExtractor:
         self.grid = (int(probe.shape[1]), int(probe.shape[2]))
         self.feature_dim = int(probe.shape[3])
         if runtime == "openvino":
-            example = torch.zeros(2, 3, self.input_size, self.input_size)
+            # Seeded noise, not zeros: a cached graph is checked against torch on it.
+            example = torch.rand(2, 3, self.input_size, self.input_size, generator=torch.Generator().manual_seed(0))
             self._compiled = compile_for_cpu(lambda batch: self._forward_in(batch, autocast=False), example,
-                                             torch.get_num_threads())
+                                             torch.get_num_threads(), cache_key=self._graph_key())
+
+    def _graph_key(self) -> str:
+        """sha256 of everything that shapes the feature graph: weights, architecture, layers, sizes, versions."""
+        import timm
+
+        config = self.config
+        identity = dict(format=1, digest=self.digest, backbone=config.backbone, model_kwargs=config.model_kwargs,
+                        layers=list(config.layers), input_size=self.input_size, neighbourhood=config.neighbourhood,
+                        torch=torch.__version__, timm=timm.__version__)
+        return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
     @property
     def uses_autocast(self) -> bool:

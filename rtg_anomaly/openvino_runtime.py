@@ -6,13 +6,20 @@ and compiled for the CPU with float32 inference precision, so features agree
 with torch to about 1e-5. On the 2-core benchmark machine it ran the DINOv2
 backbone over a 2000x6000 scan in 16.36 s against torch's 21.96 s (1.34x;
 docs/performance.md, section 2).
-Conversion costs a few seconds once per process, so it pays off on large
-scans and folders, not on one small image.
+Conversion from torch costs a few seconds. The converted graph is therefore
+kept in a disk cache (``model_cache_dir``) keyed by everything that shapes it;
+a later process reads it back, checks it against torch on one seeded batch,
+and only compiles it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
+import tempfile
 import warnings
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -24,14 +31,38 @@ class RuntimeUnavailable(InputError):
     """The requested execution runtime cannot be used here."""
 
 
+CACHE_ENV = "RTG_ANOMALY_CACHE_DIR"
+# A cached graph whose features on the check batch differ from torch's by more than this share of
+# their largest magnitude is discarded and converted again (a fresh conversion agrees to about 1e-5).
+CACHE_CHECK_TOLERANCE = 1e-3
+
+
+def model_cache_dir() -> Path | None:
+    """Root of the converted-model cache, or None when caching is switched off.
+
+    ``$RTG_ANOMALY_CACHE_DIR`` when set (``off`` or empty: no cache), else
+    ``$XDG_CACHE_HOME/rtg-anomaly`` or ``~/.cache/rtg-anomaly``.
+    """
+    value = os.environ.get(CACHE_ENV)
+    if value is not None:
+        return None if value.strip().lower() in ("", "off", "none", "0") else Path(value)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rtg-anomaly"
+
+
 def compile_for_cpu(forward: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor,
-                    threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Convert ``forward`` with OpenVINO and compile it for the CPU.
+                    threads: int, cache_key: str | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Convert ``forward`` with OpenVINO (or read it from the cache) and compile it for the CPU.
 
     forward: maps a float32 batch (B, 3, S, S) to float32 features (B, h, w, D).
     example: a float32 batch of that shape (B >= 1) used to trace the graph;
-        the batch axis stays dynamic.
+        the batch axis stays dynamic. A graph read from the cache must give
+        ``forward`` of its first item (see ``CACHE_CHECK_TOLERANCE``), so pass
+        varied values, not zeros.
     threads: inference threads (the torch thread count, so ``--threads`` holds).
+    cache_key: a string that changes whenever the traced graph would (weights,
+        architecture, layers, input size, torch and timm versions); the
+        OpenVINO version is added here. None converts without the cache. The cache is best effort: an unreadable,
+        corrupt or unwritable entry costs a fresh conversion, never an error.
     Returns a function with the same contract, run by OpenVINO.
     Raises RuntimeUnavailable (one line) when openvino is missing or cannot
     convert the model.
@@ -42,21 +73,22 @@ def compile_for_cpu(forward: Callable[[torch.Tensor], torch.Tensor], example: to
         raise RuntimeUnavailable("the openvino runtime needs the openvino package: "
                                  "pip install 'rtg-anomaly[openvino]'") from None
 
-    class _Forward(torch.nn.Module):
-        def forward(self, batch: torch.Tensor) -> torch.Tensor:
-            return forward(batch)
-
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python branches
-            model = ov.convert_model(_Forward().eval(), example_input=example,
-                                     input=[ov.PartialShape([-1, *example.shape[1:]])])
-        compiled = ov.Core().compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY",
-                                                          "INFERENCE_PRECISION_HINT": "f32",
-                                                          "INFERENCE_NUM_THREADS": int(threads)})
-    except Exception as exc:  # conversion failures come from many layers of OpenVINO and torch
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise RuntimeUnavailable(f"OpenVINO cannot convert this backbone: {first_line}") from None
+    core = ov.Core()
+    properties = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
+                  "INFERENCE_NUM_THREADS": int(threads)}
+    root = model_cache_dir() if cache_key else None
+    entry = None
+    if root is not None:
+        entry = root / "openvino" / hashlib.sha256(f"{cache_key}|{ov.get_version()}".encode()).hexdigest()[:32]
+    compiled = _read_cached(core, entry, properties, forward, example) if entry is not None else None
+    if compiled is None:
+        model = _convert(ov, forward, example)
+        try:
+            compiled = core.compile_model(model, "CPU", properties)
+        except Exception as exc:
+            raise RuntimeUnavailable(f"OpenVINO cannot compile this backbone: {_first_line(exc)}") from None
+        if entry is not None:
+            _write_cached(ov, model, entry)
     request = compiled.create_infer_request()
 
     def run(batch: torch.Tensor) -> torch.Tensor:
@@ -65,3 +97,63 @@ def compile_for_cpu(forward: Callable[[torch.Tensor], torch.Tensor], example: to
         return torch.from_numpy(output)
 
     return run
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _convert(ov, forward: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor):
+    """The torch graph of ``forward`` as an OpenVINO model with a dynamic batch axis."""
+
+    class _Forward(torch.nn.Module):
+        def forward(self, batch: torch.Tensor) -> torch.Tensor:
+            return forward(batch)
+
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python branches
+            return ov.convert_model(_Forward().eval(), example_input=example,
+                                    input=[ov.PartialShape([-1, *example.shape[1:]])])
+    except Exception as exc:  # conversion failures come from many layers of OpenVINO and torch
+        raise RuntimeUnavailable(f"OpenVINO cannot convert this backbone: {_first_line(exc)}") from None
+
+
+def _read_cached(core, entry: Path, properties: dict, forward, example: torch.Tensor):
+    """The compiled model of a cache entry that reproduces ``forward`` on ``example[:1]``, else None.
+
+    A corrupt or disagreeing entry is removed, so the caller's fresh conversion replaces it.
+    """
+    xml = entry / "model.xml"
+    if not xml.is_file():
+        return None
+    try:
+        compiled = core.compile_model(core.read_model(str(xml)), "CPU", properties)
+        check = example[:1].float().contiguous()
+        got = compiled.create_infer_request().infer({0: check.numpy()})[0]
+        with torch.no_grad():
+            expected = forward(check).numpy()
+        scale = float(abs(expected).max()) or 1.0
+        if got.shape == expected.shape and float(abs(got - expected).max()) <= CACHE_CHECK_TOLERANCE * scale:
+            return compiled
+    except Exception:  # unreadable or truncated files: convert again
+        pass
+    shutil.rmtree(entry, ignore_errors=True)
+    return None
+
+
+def _write_cached(ov, model, entry: Path) -> None:
+    """Save ``model`` as ``entry`` atomically: written beside it, then renamed; failures are ignored."""
+    staging = None
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}."))
+        # float32 weights: the default (float16) would move the features by about 1e-3.
+        ov.save_model(model, str(staging / "model.xml"), compress_to_fp16=False)
+        os.replace(staging, entry)  # fails if another process got there first: theirs is kept
+        staging = None
+    except Exception:  # a read-only home or a full disk only costs the next process a conversion
+        pass
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)

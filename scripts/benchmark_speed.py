@@ -485,12 +485,20 @@ def worker_detect(spec: dict) -> dict:
 
 
 def worker_detect_openvino(spec: dict) -> dict:
-    """Our detect path with ``--runtime openvino``: conversion once, then the synthetic scan."""
+    """Our detect path with ``--runtime openvino``: conversion once, then the synthetic scan.
+
+    The model is loaded first with an empty converted-model cache (conversion), and again at the end
+    with the cache that load filled (what every later process pays).
+    """
+    os.environ["RTG_ANOMALY_CACHE_DIR"] = tempfile.mkdtemp(prefix="ov-cache-", dir=Path(spec["heatmap"]).parent)
     detector, load_s = load_detector(spec, "openvino")
     warm_up_backbone(detector)
     row, heatmap = time_detect(detector, spec["scan"], torch.device(spec["device"]))
     np.save(spec["heatmap"], heatmap)
-    return dict(synthetic=row, model_load_s=load_s, peak_rss_mib=peak_rss_mib())
+    peak = peak_rss_mib()
+    del detector
+    _, cached_load_s = load_detector(spec, "openvino")
+    return dict(synthetic=row, model_load_s=load_s, cached_model_load_s=cached_load_s, peak_rss_mib=peak)
 
 
 def worker_plain(spec: dict) -> dict:
@@ -887,6 +895,15 @@ def environment(device: torch.device, argv: list[str]) -> dict:
     )
 
 
+def _cached_load_text(openvino: dict) -> str:
+    """Model load time with the converted-model cache filled (absent from results of older runs)."""
+    cached = openvino.get("cached_model_load_s")
+    if cached is None:
+        return "A load from the filled cache was not measured in this run."
+    return (f"A later load read it back, checked it against torch on one tile and compiled it: {cached:.1f} s "
+            f"({openvino['model_load_s'] / cached:.2f}x faster).")
+
+
 def compute_floor_text(floor: dict, tiles: int, syn: dict, e2e: dict, openvino: dict | None) -> str:
     """Section 2's bound: the fastest any exact implementation of our feature path could run here."""
     ours_total = floor["ours_gflop_per_tile"] * tiles
@@ -1049,7 +1066,8 @@ def build_report(env: dict, setup: dict, detect: dict, openvino: dict | None, pl
             f"agreement **{ov_verdict}**, max |openvino − plain| = {openvino['max_abs_diff']:.2e} calibrated units; "
             f"speed-up {ov_speedup:.2f}x on `score`. Converting and compiling the backbone took "
             f"{openvino['model_load_s']:.1f} s at model load (bundle + backbone + conversion; torch: "
-            f"{detect['model_load_s']:.1f} s), once per process. Peak RSS {openvino['peak_rss_mib']:,.0f} MiB.\n")
+            f"{detect['model_load_s']:.1f} s) the first time; the converted graph is cached on disk. "
+            f"{_cached_load_text(openvino)} Peak RSS {openvino['peak_rss_mib']:,.0f} MiB.\n")
     if env["device"].startswith("cuda"):
         parts.append(gpu_target_line(syn, env))
     else:

@@ -28,6 +28,14 @@ TINY_CLI_FLAGS = ["--weights", "random", "--tile-size", "64", "--input-size", "5
                   "--pca-dim", "16", "--quiet"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_model_cache(tmp_path_factory) -> Path:
+    """Converted-model cache of this test session (never the user's ~/.cache)."""
+    root = tmp_path_factory.mktemp("model_cache")
+    os.environ["RTG_ANOMALY_CACHE_DIR"] = str(root)
+    return root
+
+
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory) -> Path:
     """A small synthetic dataset in MVTec layout (8-bit BMP scans, 96 px high)."""

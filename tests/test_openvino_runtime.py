@@ -98,3 +98,88 @@ def test_conversion_failure_is_one_clear_line():
     with pytest.raises(RuntimeUnavailable, match="^OpenVINO cannot convert this backbone: ") as raised:
         compile_for_cpu(broken, torch.zeros(2, 3, 8, 8), threads=1)
     assert "\n" not in str(raised.value)
+
+
+# ------------------------------------------------------------------ converted-model cache
+def _cache_entries(root) -> list:
+    return sorted(p for p in (root / "openvino").iterdir() if not p.name.startswith("."))
+
+
+def _refuse_conversion(monkeypatch):
+    import openvino
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("converted again although the cache holds this graph")
+
+    monkeypatch.setattr(openvino, "convert_model", refuse)
+
+
+def test_second_process_reads_the_converted_graph_from_the_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("RTG_ANOMALY_CACHE_DIR", str(tmp_path))
+    config = tiny_config(batch_size=2)
+    tiles = _tiles(3)
+    first = FeatureExtractor(config, "cpu", runtime="openvino")
+    (entry,) = _cache_entries(tmp_path)
+    assert (entry / "model.xml").is_file() and (entry / "model.bin").stat().st_size > 0
+    _refuse_conversion(monkeypatch)
+    second = FeatureExtractor(config, "cpu", runtime="openvino")
+    expected = FeatureExtractor(config, "cpu").embed(tiles)
+    assert torch.equal(second.embed(tiles), first.embed(tiles))
+    assert float((second.embed(tiles) - expected).abs().max()) < 1e-4 * float(expected.abs().max())
+    # another layer choice is another graph: a second entry, the first one untouched
+    monkeypatch.undo()
+    monkeypatch.setenv("RTG_ANOMALY_CACHE_DIR", str(tmp_path))
+    FeatureExtractor(tiny_config(batch_size=2, layers=(0,)), "cpu", runtime="openvino")
+    assert len(_cache_entries(tmp_path)) == 2 and entry in _cache_entries(tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["zeroed weights", "truncated weights", "garbled graph"])
+def test_a_damaged_cache_entry_is_converted_again_and_replaced(monkeypatch, tmp_path, damage):
+    monkeypatch.setenv("RTG_ANOMALY_CACHE_DIR", str(tmp_path))
+    config = tiny_config(batch_size=2)
+    FeatureExtractor(config, "cpu", runtime="openvino")
+    (entry,) = _cache_entries(tmp_path)
+    weights, graph = entry / "model.bin", entry / "model.xml"
+    good_weights = weights.read_bytes()
+    if damage == "zeroed weights":  # reads and compiles fine, but computes other features
+        weights.write_bytes(bytes(len(good_weights)))
+    elif damage == "truncated weights":
+        weights.write_bytes(good_weights[: len(good_weights) // 2])
+    else:
+        graph.write_text("<net broken")
+    tiles = _tiles(3)
+    expected = FeatureExtractor(config, "cpu").embed(tiles)
+    got = FeatureExtractor(config, "cpu", runtime="openvino").embed(tiles)
+    assert float((got - expected).abs().max()) < 1e-4 * float(expected.abs().max())
+    assert _cache_entries(tmp_path) == [entry] and weights.read_bytes() == good_weights
+
+
+def test_cache_off_or_unwritable_still_converts(monkeypatch, tmp_path):
+    config = tiny_config(batch_size=2)
+    tiles = _tiles(2)
+    expected = FeatureExtractor(config, "cpu").embed(tiles)
+    monkeypatch.setenv("RTG_ANOMALY_CACHE_DIR", "off")
+    got = FeatureExtractor(config, "cpu", runtime="openvino").embed(tiles)
+    assert float((got - expected).abs().max()) < 1e-4 * float(expected.abs().max())
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("RTG_ANOMALY_CACHE_DIR", str(blocker))
+    got = FeatureExtractor(config, "cpu", runtime="openvino").embed(tiles)
+    assert float((got - expected).abs().max()) < 1e-4 * float(expected.abs().max())
+    assert blocker.read_text() == "not a folder"
+
+
+def test_model_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    from rtg_anomaly.openvino_runtime import model_cache_dir
+
+    monkeypatch.setenv("RTG_ANOMALY_CACHE_DIR", str(tmp_path / "mine"))
+    assert model_cache_dir() == tmp_path / "mine"
+    for off in ("", "off", "OFF", "none"):
+        monkeypatch.setenv("RTG_ANOMALY_CACHE_DIR", off)
+        assert model_cache_dir() is None
+    monkeypatch.delenv("RTG_ANOMALY_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert model_cache_dir() == tmp_path / "xdg" / "rtg-anomaly"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert model_cache_dir() == tmp_path / "home" / ".cache" / "rtg-anomaly"
