@@ -7,6 +7,7 @@ Exit codes: 0 success, 2 bad usage or bad input (one-line message on stderr),
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -306,19 +307,23 @@ def _run_detect(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .detector import Detector
-    from .io import prefetch
+    from .io import load_image, prefetch
     from .triage import sort_into, triage_row, write_triage_csv
 
     jobs, folder_mode, output, report, csv_path = _plan_detect(args)
     model_dir = args.model or _default_model()
+    # The first scans decode in background threads while the model loads (a 16-bit PNG vehicle scan
+    # takes a few tenths of a second); a decoding error surfaces only when that scan's turn comes.
+    decoding = prefetch(load_image, [path for path, _, _ in jobs])
+    scans = itertools.chain([next(decoding)], decoding)
     detector = Detector.load(model_dir, device=args.device, runtime=args.runtime)
     entries, errors, rows = [], [], []
-    scans = prefetch(detector.load_scan, [path for path, _, _ in jobs])
     for (path, overlay_path, heatmap_path), loaded in tqdm(zip(jobs, scans), total=len(jobs), unit="scan",
                                                            desc="detect", leave=False,
                                                            disable=args.quiet or len(jobs) < 2):
         try:
-            entry = _detect_one(detector, path, loaded.result(), overlay_path, heatmap_path, args)
+            image = detector.check_scan(loaded.result(), path)
+            entry = _detect_one(detector, path, image, overlay_path, heatmap_path, args)
         except InputError as exc:
             if not folder_mode:
                 raise

@@ -433,7 +433,12 @@ class Detector:
     def load_scan(self, item) -> np.ndarray:
         """Read and check one scan (path or array) as the detector sees it."""
         image = load_image(item) if isinstance(item, (str, os.PathLike)) else np.asarray(item)
-        self._check_size(image, item)
+        return self.check_scan(image, item)
+
+    def check_scan(self, image: np.ndarray, source=None) -> np.ndarray:
+        """``image`` if this detector can score it (grey or RGB, at least one patch a side), else
+        ImageTooSmallError naming ``source`` (a path, or None for an array)."""
+        self._check_size(image, source)
         return image
 
     def score(self, image, timings: dict | None = None) -> AnomalyResult:

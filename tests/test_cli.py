@@ -132,7 +132,7 @@ def test_bad_inputs_exit_2_with_one_line(demo_data, tiny_bundle, tmp_path, capsy
         (["detect", "--input", str(truncated), "--output", str(tmp_path / "o2.png"), "--model", str(tiny_bundle)],
          "cannot read image"),
         (["detect", "--input", str(tiny), "--output", str(tmp_path / "o3.png"), "--model", str(tiny_bundle)],
-         "too small"),
+         f"{tiny}: image of"),
         (["detect", "--input", str(scan), "--output", str(tmp_path / "missing" / "o.png"), "--model", str(tiny_bundle)],
          "does not exist"),
         (["detect", "--input", str(scan), "--output", str(tmp_path / "o4.gif"), "--model", str(tiny_bundle)],
@@ -157,6 +157,33 @@ def test_bad_inputs_exit_2_with_one_line(demo_data, tiny_bundle, tmp_path, capsy
         line = _one_line_error(capsys)
         assert expected in line, (argv, line)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("o")) == []
+
+
+def test_detect_decodes_the_scan_while_the_model_loads(demo_data, tiny_bundle, tmp_path, monkeypatch, capsys):
+    import threading
+
+    from rtg_anomaly import io as rtg_io
+
+    decoding_started = threading.Event()
+    real_load_image, real_load = rtg_io.load_image, Detector.load.__func__
+
+    def load_image(path):
+        decoding_started.set()
+        return real_load_image(path)
+
+    seen_at_model_load = []
+
+    def load(cls, *args, **kwargs):
+        seen_at_model_load.append(decoding_started.wait(timeout=30))
+        return real_load(cls, *args, **kwargs)
+
+    monkeypatch.setattr(rtg_io, "load_image", load_image)
+    monkeypatch.setattr(Detector, "load", classmethod(load))
+    scan = sorted((demo_data / "test" / "anomalous").iterdir())[0]
+    out = tmp_path / "overlay.png"
+    assert main(["detect", "--input", str(scan), "--output", str(out), "--model", str(tiny_bundle),
+                 "--device", "cpu", "--quiet"]) == 0, capsys.readouterr().err
+    assert seen_at_model_load == [True] and out.is_file()
 
 
 def _copy_bundle(bundle: Path, tmp_path: Path) -> Path:
