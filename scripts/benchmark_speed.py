@@ -435,6 +435,28 @@ def folder_throughput(detector, path, n_scans: int) -> dict:
     return dict(scans=n_scans, per_scan=(time.perf_counter() - t0) / n_scans)
 
 
+def decode_times(detector, image: np.ndarray, png: Path, repeats: int = 3) -> dict:
+    """Seconds to decode the scan from its compressed PNG and from an uncompressed TIFF copy (best of repeats)."""
+    from PIL import Image
+
+    tiff = png.with_name(png.stem + "_uncompressed.tif")
+    Image.fromarray(image).save(tiff, format="TIFF", compression="raw")
+    times = {}
+    for name, path in (("png", png), ("tiff", tiff)):
+        times[name] = min(_timed(lambda: detector.load_scan(path)) for _ in range(repeats))
+        times[f"{name}_mib"] = path.stat().st_size / 2**20
+    if not np.array_equal(detector.load_scan(tiff), image):
+        raise RuntimeError("the uncompressed TIFF copy does not decode to the same scan")
+    tiff.unlink()
+    return times
+
+
+def _timed(action) -> float:
+    t0 = time.perf_counter()
+    action()
+    return time.perf_counter() - t0
+
+
 def load_detector(spec: dict, runtime: str) -> tuple[Detector, float]:
     """The bundle with its backbone built (and converted, for openvino), and the seconds that took."""
     t0 = time.perf_counter()
@@ -477,6 +499,7 @@ def worker_detect(spec: dict) -> dict:
     out["synthetic"] = row
     np.save(spec["heatmap"], heatmap)
     image = detector.load_scan(spec["scan"])
+    out["decode"] = decode_times(detector, image, Path(spec["scan"]))
     crop = np.ascontiguousarray(image[:, : spec["profile_cols"]])
     n_tiles = len(tile_grid(max(crop.shape[0], config.tile_size), max(crop.shape[1], config.tile_size),
                             config.tile_size, config.stride))
@@ -1000,6 +1023,15 @@ def build_report(env: dict, setup: dict, detect: dict, openvino: dict | None, pl
                      f"this one is scored and rendered), {folder['scans']} copies of the synthetic scan: "
                      f"**{folder['per_scan']:.3f} s per scan** against {syn['total']:.3f} s for one scan on its own "
                      f"({syn['total'] / folder['per_scan']:.2f}x the throughput).\n")
+    decode = detect.get("decode")
+    if decode:
+        tiff_total = syn["total"] - syn["load"] + decode["tiff"]
+        parts.append(f"\nFile format: decoding the synthetic scan took {decode['png']:.3f} s from its PNG "
+                     f"({decode['png_mib']:.1f} MiB) and {decode['tiff']:.4f} s from an uncompressed 16-bit TIFF "
+                     f"copy ({decode['tiff_mib']:.1f} MiB, same pixels; best of 3 each, "
+                     f"{decode['png'] / decode['tiff']:.0f}x faster). With the TIFF the scan's total would be "
+                     f"{tiff_total:.3f} s (load swapped, the other stages as measured above), backbone "
+                     f"{100 * syn['backbone'] / tiff_total:.0f} % of it.\n")
     if syn.get("repeats", 1) > 1:
         parts.append(f"\nSynthetic scan: the run with the median total of {syn['repeats']} is shown (totals "
                      + ", ".join(f"{t:.3f}" for t in syn["totals"]) + " s).\n")
