@@ -177,9 +177,10 @@ def _config_from_args(args: argparse.Namespace):
 
 def _add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    parser.add_argument("--runtime", default="torch", choices=RUNTIMES,
-                        help="what runs the backbone: torch (default) or openvino (CPU only, same features, "
-                             "often faster on large scans; needs pip install 'rtg-anomaly[openvino]')")
+    parser.add_argument("--runtime", default="auto", choices=RUNTIMES,
+                        help="what runs the backbone: auto (default: openvino on the CPU when installed, else "
+                             "torch), torch, or openvino (CPU only, same features, faster; needs "
+                             "pip install 'rtg-anomaly[openvino]')")
 
 
 def _version() -> str:
@@ -228,6 +229,7 @@ def _run_fit(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     started = time.perf_counter()
     detector = Detector(config, device=device, runtime=args.runtime)
+    _note_runtime(detector)
     detector.fit(paths, progress=not args.quiet, on_bad_image=_warn_skipped, false_alarm_rate=args.false_alarm_rate)
     detector.save(model_dir)
     info, calibration = detector.fit_info_, detector.calibration_
@@ -235,9 +237,19 @@ def _run_fit(args: argparse.Namespace) -> int:
         print(f"rtg-anomaly: warning: {warning}", file=sys.stderr)
     print(f"fitted on {info['n_train_scans']} clean scans (+{info['n_calibration_scans']} held out to calibrate): "
           f"memory bank {info['memory_bank_size']} x {detector.memory_bank_.shape[1]} from {info['patches_seen']} patches, "
-          f"image threshold {calibration.image_threshold:.3f}, {time.perf_counter() - started:.1f} s on {device}; "
+          f"image threshold {calibration.image_threshold:.3f}, {time.perf_counter() - started:.1f} s on {device} "
+          f"({detector.extractor.runtime}); "
           f"saved to {model_dir}")
     return EXIT_OK
+
+
+def _note_runtime(detector) -> str:
+    """Build the backbone now, say on stderr if ``--runtime auto`` had to fall back to torch, and return the
+    runtime that runs it."""
+    extractor = detector.extractor
+    if extractor.runtime_fallback:
+        print(f"rtg-anomaly: note: running the backbone with torch: {extractor.runtime_fallback}", file=sys.stderr)
+    return extractor.runtime
 
 
 def _check_writable_folder(folder: Path) -> None:
@@ -317,6 +329,7 @@ def _run_detect(args: argparse.Namespace) -> int:
     decoding = prefetch(load_image, [path for path, _, _ in jobs])
     scans = itertools.chain([next(decoding)], decoding)
     detector = Detector.load(model_dir, device=args.device, runtime=args.runtime)
+    runtime = _note_runtime(detector)
     entries, errors, rows = [], [], []
     for (path, overlay_path, heatmap_path), loaded in tqdm(zip(jobs, scans), total=len(jobs), unit="scan",
                                                            desc="detect", leave=False,
@@ -338,7 +351,7 @@ def _run_detect(args: argparse.Namespace) -> int:
         if args.sort_into:
             entry["sorted_to"] = str(sort_into(args.sort_into, path, decision, mode=args.sort_mode))
     if report is not None:
-        _write_json(report, {"model": str(model_dir), "threshold_mode": args.threshold,
+        _write_json(report, {"model": str(model_dir), "runtime": runtime, "threshold_mode": args.threshold,
                              "threshold_percentile": args.threshold_percentile,
                              "images": entries, "errors": errors})
     if csv_path is not None:
@@ -402,6 +415,7 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     model_dir = Path(args.model or _default_model())
     paths = list_images(args.clean_dir)
     detector = Detector.load(model_dir, device=args.device, runtime=args.runtime)
+    _note_runtime(detector)
     calibration = detector.calibrate(paths, args.false_alarm_rate, on_bad_image=_warn_skipped)
     detector.save(model_dir)
     for warning in calibration.warnings:
@@ -423,10 +437,12 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         _check_writable_folder(Path(args.output))
     if args.model:
         detector = Detector.load(args.model, device=args.device, runtime=args.runtime)
+        _note_runtime(detector)
     else:
         if args.save_model:
             _check_writable_folder(Path(args.save_model))
         detector = Detector(_config_from_args(args), device=args.device, runtime=args.runtime)
+        _note_runtime(detector)
         detector.fit(eval_set.train_paths, progress=not args.quiet, on_bad_image=_warn_skipped,
                      false_alarm_rate=args.false_alarm_rate)
         if args.save_model:

@@ -13,7 +13,8 @@ IMAGE_SCORE_RULES = ("max", "top_mean", "patch_top_mean", "global")
 INTENSITY_WINDOWS = ("auto", "dtype", "percentile")
 AUGMENTATION_NAMES = ("hflip", "vflip", "rot90", "rot180", "rot270")
 # What executes the backbone (not a hyper-parameter: the features are the same either way, see openvino_runtime.py).
-RUNTIMES = ("torch", "openvino")
+# "auto": OpenVINO on the CPU when the openvino package is installed and converts the backbone, else torch.
+RUNTIMES = ("auto", "torch", "openvino")
 
 
 class ConfigError(InputError):

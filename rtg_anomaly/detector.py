@@ -109,8 +109,9 @@ class AnomalyResult:
 class Detector:
     """PatchCore-style anomaly detector over tiled scans (sklearn-style estimator).
 
-    Parameters are stored by ``__init__`` (``runtime``: ``"torch"`` or
-    ``"openvino"``, what executes the backbone; see FeatureExtractor); learned
+    Parameters are stored by ``__init__`` (``runtime``: ``"auto"``, ``"torch"``
+    or ``"openvino"``, what executes the backbone; see FeatureExtractor and
+    ``extractor.runtime`` for what ``"auto"`` chose); learned
     state ends in ``_`` and is set by ``fit`` or ``load``:
       pca_: PCAProjection; memory_bank_: float32 (M, d); calibration_: Calibration;
       backbone_digest_: sha256 of the backbone weights the bank was built with;
@@ -118,7 +119,7 @@ class Detector:
     """
 
     def __init__(self, config: DetectorConfig | None = None, device: str | torch.device = "auto",
-                 runtime: str = "torch"):
+                 runtime: str = "auto"):
         self.config = config or DetectorConfig()
         self.device = device
         self.runtime = runtime
@@ -531,7 +532,7 @@ class Detector:
         return save_bundle(folder, manifest, arrays)
 
     @classmethod
-    def load(cls, folder: str | os.PathLike, device: str | torch.device = "auto", runtime: str = "torch") -> "Detector":
+    def load(cls, folder: str | os.PathLike, device: str | torch.device = "auto", runtime: str = "auto") -> "Detector":
         """Load a bundle and its backbone (run by ``runtime``, see FeatureExtractor); refuses a bundle built on
         other backbone weights."""
         manifest = read_manifest(folder)

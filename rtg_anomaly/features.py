@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -143,6 +144,22 @@ def create_backbone(config: DetectorConfig) -> tuple[torch.nn.Module, dict]:
     return model, info
 
 
+def resolve_runtime(runtime: str, device: torch.device) -> str:
+    """``"auto"`` -> ``"openvino"`` on the CPU when the openvino package is installed, else ``"torch"``;
+    any other name is returned as it is.
+
+    OpenVINO is preferred there because it ran the same float32 feature graph 2.4x faster than torch on the
+    benchmark CPU (docs/performance.md, section 2), with features equal to about 1e-6.
+    """
+    if runtime != "auto" or device.type != "cpu":
+        return "torch" if runtime == "auto" else runtime
+    try:
+        installed = importlib.util.find_spec("openvino") is not None
+    except ValueError:  # sys.modules["openvino"] is None: imports of it are blocked
+        installed = False
+    return "openvino" if installed else "torch"
+
+
 class FeatureExtractor:
     """Patch features of image tiles from intermediate blocks of a frozen backbone.
 
@@ -154,17 +171,21 @@ class FeatureExtractor:
       digest: sha256 of the backbone weights as loaded (see ``state_dict_digest``).
       runtime: ``"torch"`` or ``"openvino"`` (CPU only, see openvino_runtime.py):
         what executes the feature path; the features are the same either way.
+        Asked for ``"auto"``, this is the runtime it resolved to.
+      runtime_fallback: why ``"auto"`` fell back to torch although openvino is
+        installed (it could not convert this backbone), else None.
     """
 
     def __init__(self, config: DetectorConfig, device: torch.device | str = "cpu", runtime: str = "torch"):
         self.config = config
         self.device = resolve_device(str(device)) if not isinstance(device, torch.device) else device
         if runtime not in RUNTIMES:
-            raise RuntimeUnavailable(f"unknown runtime {runtime!r} (use {' or '.join(RUNTIMES)})")
+            raise RuntimeUnavailable(f"unknown runtime {runtime!r} (use {', '.join(RUNTIMES)})")
         if runtime == "openvino" and self.device.type != "cpu":
             raise RuntimeUnavailable(f"the openvino runtime runs on the CPU only, not on {self.device}: "
                                      "use --device cpu or --runtime torch")
-        self.runtime = runtime
+        requested, runtime = runtime, resolve_runtime(runtime, self.device)
+        self.runtime, self.runtime_fallback = runtime, None
         self._compiled = None
         model, self.weights_info = create_backbone(config)
         self.digest = state_dict_digest(model)
@@ -185,8 +206,13 @@ class FeatureExtractor:
         if runtime == "openvino":
             # Seeded noise, not zeros: a cached graph is checked against torch on it.
             example = torch.rand(2, 3, self.input_size, self.input_size, generator=torch.Generator().manual_seed(0))
-            self._compiled = compile_for_cpu(lambda batch: self._forward_in(batch, autocast=False), example,
-                                             torch.get_num_threads(), cache_key=self._graph_key())
+            try:
+                self._compiled = compile_for_cpu(lambda batch: self._forward_in(batch, autocast=False), example,
+                                                 torch.get_num_threads(), cache_key=self._graph_key())
+            except RuntimeUnavailable as exc:
+                if requested != "auto":
+                    raise
+                self.runtime, self.runtime_fallback = "torch", str(exc)
 
     def _graph_key(self) -> str:
         """sha256 of everything that shapes the feature graph: weights, architecture, layers, sizes, versions."""

@@ -11,6 +11,7 @@ import torch
 
 from rtg_anomaly import Detector, NotFittedError
 from rtg_anomaly.detector import ImageTooSmallError
+from rtg_anomaly.features import FeatureExtractor
 from rtg_anomaly.synthetic import make_vehicle_scan
 from tests.conftest import tiny_config
 
@@ -173,9 +174,9 @@ def test_patch_top_mean_counts_every_in_scan_patch_once_per_tile(tiny_detector):
     assert raw.patch_scores.size == expected
 
 
-def test_autocast_overflow_falls_back_to_float32(tiny_detector, monkeypatch):
-    """Under autocast (CUDA), a batch whose features overflow is recomputed in float32."""
-    extractor = tiny_detector.extractor
+def test_autocast_overflow_falls_back_to_float32(monkeypatch):
+    """Under autocast (CUDA), a batch whose features overflow is recomputed in float32 (a torch-path rule)."""
+    extractor = FeatureExtractor(tiny_config(), "cpu", runtime="torch")
     tiles = np.random.default_rng(0).random((3, 64, 64), dtype=np.float32)
     expected = extractor.embed(tiles)
     calls = []

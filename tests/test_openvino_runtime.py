@@ -10,7 +10,7 @@ import torch
 
 from rtg_anomaly import Detector
 from rtg_anomaly.cli import main
-from rtg_anomaly.features import FeatureExtractor
+from rtg_anomaly.features import FeatureExtractor, resolve_runtime
 from rtg_anomaly.openvino_runtime import RuntimeUnavailable, compile_for_cpu
 from tests.conftest import tiny_config
 
@@ -44,7 +44,7 @@ def test_openvino_results_do_not_alias_between_calls():
 
 def test_detector_scores_the_same_with_either_runtime(tiny_detector, tiny_bundle, demo_data):
     scan = sorted((demo_data / "test" / "anomalous").iterdir())[0]
-    expected = Detector.load(tiny_bundle, device="cpu").score(scan)
+    expected = Detector.load(tiny_bundle, device="cpu", runtime="torch").score(scan)
     got = Detector.load(tiny_bundle, device="cpu", runtime="openvino").score(scan)
     scale = float(np.abs(expected.heatmap).max())
     assert np.abs(got.heatmap - expected.heatmap).max() < 1e-4 * scale
@@ -183,3 +183,60 @@ def test_model_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert model_cache_dir() == tmp_path / "home" / ".cache" / "rtg-anomaly"
+
+
+# ------------------------------------------------------------------ runtime "auto" (the default)
+def test_auto_runtime_picks_openvino_on_the_cpu_when_installed():
+    config = tiny_config(batch_size=2)
+    auto = FeatureExtractor(config, "cpu", runtime="auto")
+    assert auto.runtime == "openvino" and auto.runtime_fallback is None and auto._compiled is not None
+    tiles = _tiles(3)
+    expected = FeatureExtractor(config, "cpu", runtime="torch").embed(tiles)
+    assert float((auto.embed(tiles) - expected).abs().max()) < 1e-4 * float(expected.abs().max())
+    assert Detector(config, device="cpu").extractor.runtime == "openvino"  # the library's default is auto
+
+
+def test_auto_runtime_is_torch_on_an_accelerator_or_without_openvino(monkeypatch):
+    assert resolve_runtime("auto", torch.device("cuda")) == "torch"
+    assert resolve_runtime("openvino", torch.device("cpu")) == "openvino"
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    assert resolve_runtime("auto", torch.device("cpu")) == "torch"
+    extractor = FeatureExtractor(tiny_config(), "cpu", runtime="auto")
+    assert extractor.runtime == "torch" and extractor._compiled is None and extractor.runtime_fallback is None
+
+
+def _failing_conversion(monkeypatch):
+    import rtg_anomaly.features as features
+
+    def fail(*args, **kwargs):
+        raise RuntimeUnavailable("OpenVINO cannot convert this backbone: unsupported operator aten::odd")
+
+    monkeypatch.setattr(features, "compile_for_cpu", fail)
+
+
+def test_auto_runtime_falls_back_to_torch_when_conversion_fails(monkeypatch):
+    _failing_conversion(monkeypatch)
+    extractor = FeatureExtractor(tiny_config(), "cpu", runtime="auto")
+    assert extractor.runtime == "torch" and extractor._compiled is None
+    assert "unsupported operator aten::odd" in extractor.runtime_fallback
+    tiles = _tiles(2)
+    assert torch.equal(extractor.embed(tiles), FeatureExtractor(tiny_config(), "cpu", runtime="torch").embed(tiles))
+    with pytest.raises(RuntimeUnavailable, match="aten::odd"):  # asked for by name, it is an error
+        FeatureExtractor(tiny_config(), "cpu", runtime="openvino")
+
+
+def test_cli_reports_the_runtime_and_notes_a_fallback(monkeypatch, demo_data, tiny_bundle, tmp_path, capsys):
+    import json
+
+    scan = sorted((demo_data / "test" / "anomalous").iterdir())[0]
+    argv = ["detect", "--input", str(scan), "--output", str(tmp_path / "o.png"), "--model", str(tiny_bundle),
+            "--device", "cpu", "--report", str(tmp_path / "r.json"), "--quiet"]
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["runtime"] == "openvino"
+    assert "note" not in capsys.readouterr().err
+    _failing_conversion(monkeypatch)
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["runtime"] == "torch"
+    err = capsys.readouterr().err.strip()
+    assert err == ("rtg-anomaly: note: running the backbone with torch: "
+                   "OpenVINO cannot convert this backbone: unsupported operator aten::odd")
