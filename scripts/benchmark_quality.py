@@ -46,7 +46,7 @@ from rtg_anomaly.cli import _config_from_args, _warn_skipped, build_parser  # no
 from rtg_anomaly.config import DetectorConfig  # noqa: E402
 from rtg_anomaly.errors import InputError  # noqa: E402
 from rtg_anomaly.evaluation import evaluate, load_mvtec_folder  # noqa: E402
-from rtg_anomaly.features import resolve_device  # noqa: E402
+from rtg_anomaly.features import resolve_device, resolve_runtime  # noqa: E402
 
 # ---------------------------------------------------------------------------- what is run
 # Per-dataset settings: ONLY documented flags of `rtg-anomaly fit/evaluate`. Images smaller than the default
@@ -240,7 +240,7 @@ def run_dataset(name: str, data_dir: Path, display_dir: str, flags: list[str], d
         f"({shlex.join(flags) or 'default settings'})")
     seed_everything(config.seed)
     started = time.perf_counter()
-    detector = Detector(config, device=args.device)
+    detector = Detector(config, device=args.device, runtime=args.runtime)
     detector.fit(train, progress=False, on_bad_image=_warn_skipped, false_alarm_rate=args.false_alarm_rate)
     fit_seconds = time.perf_counter() - started
     info, calibration = detector.fit_info_, detector.calibration_
@@ -280,6 +280,7 @@ def run_dataset(name: str, data_dir: Path, display_dir: str, flags: list[str], d
         "best_f1": metrics["best_f1"],
         "fit_seconds": fit_seconds, "eval_seconds": eval_seconds,
         "detect_ms_mean": metrics["detect_ms_per_image"], "detect_ms_median": metrics["detect_ms_median"],
+        "runtime": detector.extractor.runtime,
         "memory_bank_size": info["memory_bank_size"], "train_scans": info["n_train_scans"],
         "calibration_scans": info["n_calibration_scans"], "calibration_method": calibration.method,
         "image_threshold": calibration.image_threshold,
@@ -311,7 +312,7 @@ def machine_info(device: str) -> dict:
     resolved = resolve_device(device)
     info = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(), "platform": platform.platform(terse=True),
-            "device": str(resolved), "gpu": None}
+            "device": str(resolved), "runtime": resolve_runtime("auto", resolved), "gpu": None}
     if resolved.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(resolved)
     return info
@@ -320,6 +321,8 @@ def machine_info(device: str) -> dict:
 def _machine_text(machine: dict) -> str:
     text = (f"{machine['cpu_count']} CPUs ({machine['torch_threads']} torch threads), torch {machine['torch']}, "
             f"Python {machine['python']}, device {machine['device']}")
+    if machine.get("runtime"):  # recorded since the default runtime became "auto"
+        text += f", backbone runtime {machine['runtime']}"
     return text + (f" ({machine['gpu']})" if machine.get("gpu") else "")
 
 

@@ -922,7 +922,7 @@ def cpu_target_line(speedup: float, verdict: str, openvino: dict | None, e2e: di
     if openvino:
         results.append(("`--runtime openvino` (what the default `auto` runs here)", ratio(e2e["total"], openvino["synthetic"]["score"]),
                         "PASS" if openvino["max_abs_diff"] < HEATMAP_TOLERANCE else "FAIL"))
-    met = [name for name, ratio_, agree in results if ratio_ and ratio_ >= 3 and agree == "PASS"]
+    met = [name.split(" (")[0] for name, ratio_, agree in results if ratio_ and ratio_ >= 3 and agree == "PASS"]
     verdict_text = f"MET with {' and '.join(met)}" if met else "NOT MET"
     details = "; ".join(f"{name} {ratio_ or 0:.2f}x, heatmaps {agree}" for name, ratio_, agree in results)
     return (f"**Target (CPU detect ≥ 3x faster than plain, identical heatmaps): {verdict_text}** — speed-up on "
