@@ -62,8 +62,9 @@ def compile_for_cpu(forward: Callable[[torch.Tensor], torch.Tensor], example: to
     threads: inference threads (the torch thread count, so ``--threads`` holds).
     cache_key: a string that changes whenever the traced graph would (weights,
         architecture, layers, input size, torch and timm versions); the
-        OpenVINO version is added here. None converts without the cache. The cache is best effort: an unreadable,
-        corrupt or unwritable entry costs a fresh conversion, never an error.
+        OpenVINO version is added here. None converts without the cache.
+        The cache is best effort: an unreadable, corrupt or unwritable entry
+        costs a fresh conversion, never an error.
     Returns a function with the same contract, run by OpenVINO.
     Raises RuntimeUnavailable (one line) when openvino is missing or cannot
     convert the model.
