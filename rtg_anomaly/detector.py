@@ -30,6 +30,7 @@ from .features import FeatureExtractor, resolve_device
 from .intensity import apply_window, apply_window_torch, to_device_float, window_limits
 from .io import load_image
 from .memory_bank import StreamingCoreset, knn_distance, per_scan_share, random_rows
+from .openvino_runtime import compile_nearest_distance
 from .overlay import percentile_mask, percentile_mask_torch, render_overlay, render_overlay_torch
 from .pca import PCAProjection
 from .stitching import DeviceMapStitcher, MapStitcher, gaussian_smooth, gaussian_smooth_torch
@@ -125,6 +126,7 @@ class Detector:
         self.runtime = runtime
         self._extractor: FeatureExtractor | None = None
         self._bank_on_device: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._openvino_nearest = None  # compiled on first use when OpenVINO runs the backbone
 
     # ------------------------------------------------------------------ backbone
     @property
@@ -350,6 +352,15 @@ class Detector:
             self._bank_on_device = (bank, (bank * bank).sum(1))
         return self._bank_on_device
 
+    def _knn(self, queries: torch.Tensor, bank: torch.Tensor, bank_norms: torch.Tensor) -> torch.Tensor:
+        """``knn_distance`` (Q,) of queries (Q, d) to the bank; with the OpenVINO runtime and k = 1, OpenVINO
+        computes it (the same float32 distances to about 1e-6, about 1.7x faster on the benchmark CPU)."""
+        if self.config.k == 1 and self.extractor.runtime == "openvino":
+            if self._openvino_nearest is None:
+                self._openvino_nearest = compile_nearest_distance(torch.get_num_threads())
+            return self._openvino_nearest(queries, bank, bank_norms)
+        return knn_distance(queries, bank, self.config.k, bank_norms)
+
     def _window(self, image: np.ndarray) -> tuple[float, float]:
         return window_limits(image, self.config.intensity_window, self.config.window_percentiles)
 
@@ -380,7 +391,7 @@ class Detector:
             t0 = time.perf_counter()
             b, h, w, d = features.shape
             projected = self.pca_.transform(features.reshape(-1, d))
-            scores = knn_distance(projected, bank, config.k, bank_norms).reshape(b, h, w)
+            scores = self._knn(projected, bank, bank_norms).reshape(b, h, w)
             if on_gpu:  # scores stay on the device until the map is finished
                 if timings is not None:
                     _synchronise(scores)

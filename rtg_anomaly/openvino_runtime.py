@@ -159,3 +159,61 @@ def _write_cached(ov, model, entry: Path) -> None:
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+# Rows per call of the nearest-distance graph: 1,024 queries x 4,096 bank rows (a 16 MiB distance block),
+# the fastest of 4,096 / 16,384 / 65,536 bank rows measured with a 200,000-row bank.
+NEAREST_QUERY_BLOCK = 1024
+NEAREST_BANK_BLOCK = 4096
+
+
+def compile_nearest_distance(threads: int) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """OpenVINO twin of ``memory_bank.knn_distance`` for k = 1 on the CPU.
+
+    The graph computes ``min_j (|b_j|^2 - 2 q.b_j)`` for a block of queries against a block of bank rows
+    (float32); blocks keep the distance matrix at 16 MiB. OpenVINO's float32 matrix products ran twice
+    as fast as torch's MKL on the benchmark CPU (docs/performance.md).
+    threads: inference threads (the torch thread count).
+    Returns ``run(queries (Q, d), bank (M, d), bank_squared_norms (M,))`` -> float32 (Q,) Euclidean
+    distance of each query to its nearest bank row: CPU float32 tensors in and out.
+    Raises RuntimeUnavailable when openvino is missing or cannot compile the graph.
+    """
+    try:
+        import numpy as np
+        import openvino as ov
+        import openvino.opset13 as ops
+    except ImportError:
+        raise RuntimeUnavailable("the openvino runtime needs the openvino package: "
+                                 "pip install 'rtg-anomaly[openvino]'") from None
+    queries = ops.parameter([-1, -1], np.float32)
+    bank = ops.parameter([-1, -1], np.float32)
+    bank_norms = ops.parameter([-1], np.float32)
+    products = ops.matmul(queries, bank, False, True)
+    partial = ops.add(ops.multiply(products, ops.constant(np.float32(-2.0))), bank_norms)
+    nearest = ops.reduce_min(partial, ops.constant(np.array([1], np.int64)), False)
+    try:
+        compiled = ov.Core().compile_model(ov.Model([nearest], [queries, bank, bank_norms]), "CPU",
+                                           {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
+                                            "INFERENCE_NUM_THREADS": int(threads)})
+    except Exception as exc:
+        raise RuntimeUnavailable(f"OpenVINO cannot compile the nearest-distance graph: {_first_line(exc)}") from None
+    request = compiled.create_infer_request()
+
+    def run(query_rows: torch.Tensor, bank_rows: torch.Tensor, bank_squared_norms: torch.Tensor) -> torch.Tensor:
+        q = query_rows.detach().float().contiguous().numpy()
+        b = bank_rows.detach().float().contiguous().numpy()
+        norms = bank_squared_norms.detach().float().contiguous().numpy()
+        result = np.empty(len(q), np.float32)
+        for q0 in range(0, len(q), NEAREST_QUERY_BLOCK):
+            block = q[q0 : q0 + NEAREST_QUERY_BLOCK]
+            best = np.full(len(block), np.inf, np.float32)
+            for b0 in range(0, len(b), NEAREST_BANK_BLOCK):
+                found = request.infer({0: block, 1: b[b0 : b0 + NEAREST_BANK_BLOCK],
+                                       2: norms[b0 : b0 + NEAREST_BANK_BLOCK]}, share_inputs=True)[0]
+                np.minimum(best, found, out=best)
+            # |q|^2 is constant per row: added after the minimum, as knn_distance does.
+            best += np.einsum("ij,ij->i", block, block)
+            result[q0 : q0 + len(block)] = np.sqrt(np.maximum(best, 0.0, out=best), out=best)
+        return torch.from_numpy(result)
+
+    return run

@@ -240,3 +240,45 @@ def test_cli_reports_the_runtime_and_notes_a_fallback(monkeypatch, demo_data, ti
     err = capsys.readouterr().err.strip()
     assert err == ("rtg-anomaly: note: running the backbone with torch: "
                    "OpenVINO cannot convert this backbone: unsupported operator aten::odd")
+
+
+# ------------------------------------------------------------------ nearest distance (kNN, k = 1)
+@pytest.mark.parametrize("n_queries,n_bank", [(1, 1), (7, 5), (1500, 9000)])  # blocks: 1,024 queries x 4,096 rows
+def test_openvino_nearest_distance_matches_knn_distance(n_queries, n_bank):
+    from rtg_anomaly.memory_bank import knn_distance
+    from rtg_anomaly.openvino_runtime import compile_nearest_distance
+
+    generator = torch.Generator().manual_seed(n_bank)
+    queries = torch.randn(n_queries, 24, generator=generator)
+    bank = torch.randn(n_bank, 24, generator=generator)
+    bank[0] = queries[0]  # an exact match: distance 0, not NaN from a slightly negative square
+    nearest = compile_nearest_distance(threads=1)
+    got = nearest(queries, bank, (bank * bank).sum(1))
+    expected = knn_distance(queries, bank, 1)
+    assert got.dtype == torch.float32 and got.shape == (n_queries,)
+    # Squared distances agree to float32 rounding; near 0 the square root magnifies that rounding (both ways).
+    assert torch.allclose(got**2, expected**2, rtol=1e-5, atol=1e-3) and float(got[0]) < 0.05
+
+
+def test_detector_uses_openvino_nearest_distance_only_for_k1_with_openvino(tiny_bundle, demo_data, monkeypatch):
+    import rtg_anomaly.detector as detector_module
+
+    scan = sorted((demo_data / "test" / "anomalous").iterdir())[0]
+    torch_result = Detector.load(tiny_bundle, device="cpu", runtime="torch").score(scan)
+    openvino = Detector.load(tiny_bundle, device="cpu", runtime="openvino")
+    calls = []
+    real = detector_module.compile_nearest_distance
+
+    def counting(threads):
+        run = real(threads)
+        return lambda *args: calls.append(1) or run(*args)
+
+    monkeypatch.setattr(detector_module, "compile_nearest_distance", counting)
+    result = openvino.score(scan)
+    assert calls, "the OpenVINO detector did not use the OpenVINO nearest distance"
+    scale = float(np.abs(torch_result.heatmap).max())
+    assert np.abs(result.heatmap - torch_result.heatmap).max() < 1e-4 * scale
+    assert result.score == pytest.approx(torch_result.score, rel=1e-4)
+    calls.clear()
+    Detector.load(tiny_bundle, device="cpu", runtime="torch").score(scan)
+    assert not calls  # torch runs torch's kNN
