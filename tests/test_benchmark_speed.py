@@ -60,6 +60,7 @@ def test_quick_benchmark_writes_report_with_ratios_and_agreement(tmp_path, capsy
     section = text.split("## 4. Fit scaling")[1].split("## 5.")[0]
     assert re.search(r"^\| 10 \| 8 \+ 2 \|", section, re.M) and "Real `Detector.fit`" in section
     assert "synthetic uint16 PNG" in text and "over baseline MiB" in text
+    assert "OpenVINO / torch" in text and "Applied — OpenVINO kNN with the OpenVINO runtime" in text
     assert re.search(r"took [0-9.]+ s from its PNG .* and [0-9.]+ s from an uncompressed 16-bit TIFF", text)
     # One scan's coreset, whole vs in parts: both kept counts, 3 parts of 6,000 rows, numeric times and radii.
     section = text.split("## 5.")[1].split("## 6.")[0]
