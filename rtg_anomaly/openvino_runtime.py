@@ -4,7 +4,7 @@ The same float32 graph (blocks up to the deepest requested one, resizing,
 concatenation and neighbourhood pooling) is converted from torch in memory
 and compiled for the CPU with float32 inference precision, so features agree
 with torch to about 1e-5. On the 2-core benchmark machine it ran the DINOv2
-backbone over a 2000x6000 scan in 8.01 s against torch's 20.80 s (2.6x;
+backbone over a 2000x6000 scan in 8.89 s against torch's 20.43 s (2.3x;
 docs/performance.md, section 2): its float32 matrix products ran at twice
 the rate of torch's MKL on that AMD CPU.
 Conversion from torch costs a few seconds. The converted graph is therefore
