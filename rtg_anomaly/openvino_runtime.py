@@ -38,6 +38,21 @@ CACHE_ENV = "RTG_ANOMALY_CACHE_DIR"
 CACHE_CHECK_TOLERANCE = 1e-3
 
 
+def cpu_compile_properties(threads: int) -> dict:
+    """OpenVINO CPU-plugin settings for every graph here: float32 arithmetic, one request, ``threads`` threads."""
+    return {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": int(threads)}
+
+
+def _import_openvino():
+    """The openvino module, or RuntimeUnavailable (one line) saying how to install it."""
+    try:
+        import openvino
+    except ImportError:
+        raise RuntimeUnavailable("the openvino runtime needs the openvino package: "
+                                 "pip install 'rtg-anomaly[openvino]'") from None
+    return openvino
+
+
 def model_cache_dir() -> Path | None:
     """Root of the converted-model cache, or None when caching is switched off.
 
@@ -69,15 +84,9 @@ def compile_for_cpu(forward: Callable[[torch.Tensor], torch.Tensor], example: to
     Raises RuntimeUnavailable (one line) when openvino is missing or cannot
     convert the model.
     """
-    try:
-        import openvino as ov
-    except ImportError:
-        raise RuntimeUnavailable("the openvino runtime needs the openvino package: "
-                                 "pip install 'rtg-anomaly[openvino]'") from None
-
+    ov = _import_openvino()
     core = ov.Core()
-    properties = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
-                  "INFERENCE_NUM_THREADS": int(threads)}
+    properties = cpu_compile_properties(threads)
     root = model_cache_dir() if cache_key else None
     entry = None
     if root is not None:
@@ -178,13 +187,11 @@ def compile_nearest_distance(threads: int) -> Callable[[torch.Tensor, torch.Tens
     distance of each query to its nearest bank row: CPU float32 tensors in and out.
     Raises RuntimeUnavailable when openvino is missing or cannot compile the graph.
     """
-    try:
-        import numpy as np
-        import openvino as ov
-        import openvino.opset13 as ops
-    except ImportError:
-        raise RuntimeUnavailable("the openvino runtime needs the openvino package: "
-                                 "pip install 'rtg-anomaly[openvino]'") from None
+    import numpy as np
+
+    ov = _import_openvino()
+    import openvino.opset13 as ops
+
     queries = ops.parameter([-1, -1], np.float32)
     bank = ops.parameter([-1, -1], np.float32)
     bank_norms = ops.parameter([-1], np.float32)
@@ -193,8 +200,7 @@ def compile_nearest_distance(threads: int) -> Callable[[torch.Tensor, torch.Tens
     nearest = ops.reduce_min(partial, ops.constant(np.array([1], np.int64)), False)
     try:
         compiled = ov.Core().compile_model(ov.Model([nearest], [queries, bank, bank_norms]), "CPU",
-                                           {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
-                                            "INFERENCE_NUM_THREADS": int(threads)})
+                                           cpu_compile_properties(threads))
     except Exception as exc:
         raise RuntimeUnavailable(f"OpenVINO cannot compile the nearest-distance graph: {_first_line(exc)}") from None
     request = compiled.create_infer_request()

@@ -54,8 +54,8 @@ def test_quick_benchmark_writes_report_with_ratios_and_agreement(tmp_path, capsy
     peaks = re.search(r"reached ([0-9]+) GFLOP/s \(torch ([0-9]+), OpenVINO ([0-9]+)\)", text)
     assert peaks and int(peaks.group(1)) == max(int(peaks.group(2)), int(peaks.group(3)))
     assert re.search(r"\*\*Target \(CPU detect .*: (MET with .*|NOT MET)\*\* — speed-up on `score`: "
-                     r"`--runtime torch` [0-9.]+x, heatmaps PASS; `--runtime openvino` \(what the default `auto` runs here\) "
-                     r"[0-9.]+x, heatmaps PASS", text)
+                     r"`--runtime torch` [0-9.]+x, heatmaps PASS; `--runtime openvino` "
+                     r"\(what the default `auto` runs here\) [0-9.]+x, heatmaps PASS", text)
     # Fit scaling ran one fresh process per scan count and reports its peak RSS.
     section = text.split("## 4. Fit scaling")[1].split("## 5.")[0]
     assert re.search(r"^\| 10 \| 8 \+ 2 \|", section, re.M) and "Real `Detector.fit`" in section
