@@ -12,6 +12,7 @@ import itertools
 import math
 import os
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, NamedTuple, Sequence
@@ -51,12 +52,27 @@ class _RawScores(NamedTuple):
     features: (n, D) raw patch features on the device, or None when not kept.
     descriptor: float32 (2 * D,) whole-scan descriptor, or None when the image
         score does not use one.
+    device_map, device_scan: on the GPU path, ``anomaly_map`` as it was on the device and the
+        windowed scan (float32 in [0, 1], padded to a tile) the tiles were cut from; else None.
     """
 
     anomaly_map: np.ndarray
     patch_scores: np.ndarray
     features: torch.Tensor | None
     descriptor: np.ndarray | None = None
+    device_map: torch.Tensor | None = None
+    device_scan: torch.Tensor | None = None
+
+
+class _DeviceCopies(NamedTuple):
+    """What ``Detector.score`` leaves on the device for ``Detector.overlay`` of the same scan and
+    result, so the overlay uploads neither again: weak references to both, the calibrated
+    heatmap (H, W) float32 (bit for bit ``result.heatmap``) and the windowed scan (padded)."""
+
+    image: weakref.ref
+    result: weakref.ref
+    heatmap: torch.Tensor
+    scan: torch.Tensor
 
 
 class _CleanStatistics(NamedTuple):
@@ -127,6 +143,7 @@ class Detector:
         self._extractor: FeatureExtractor | None = None
         self._bank_on_device: tuple[torch.Tensor, torch.Tensor] | None = None
         self._openvino_nearest = None  # compiled on first use when OpenVINO runs the backbone
+        self._device_copies: _DeviceCopies | None = None  # the last scored scan's, GPU path only
 
     # ------------------------------------------------------------------ backbone
     @property
@@ -136,12 +153,18 @@ class Detector:
             self._extractor = FeatureExtractor(self.config, resolve_device(str(self.device)), self.runtime)
         return self._extractor
 
+    def _device_scan(self, image: np.ndarray, window: tuple[float, float]) -> torch.Tensor:
+        """The scan padded to a tile and windowed on the device: float32 (H', W') or (H', W', 3) in [0, 1]."""
+        return apply_window_torch(to_device_float(pad_to_tile(image, self.config.tile_size), self.extractor.device),
+                                  *window)
+
     def _patch_features(self, image: np.ndarray, timings: dict | None = None,
-                        window: tuple[float, float] | None = None):
+                        window: tuple[float, float] | None = None, device_scan: torch.Tensor | None = None):
         """Yield ``(origins, features)`` per batch of tiles of a scan.
 
         origins: int (B, 2) tile corners (y, x) in the padded scan.
         features: float32 tensor (B, h, w, D) on the device.
+        device_scan: on the GPU path, ``_device_scan(image, window)`` if the caller has it already.
         """
         config, tile = self.config, self.config.tile_size
         padded = pad_to_tile(image, tile)
@@ -149,7 +172,7 @@ class Detector:
         origins = tile_grid(padded.shape[0], padded.shape[1], tile, config.stride)
         on_gpu = self._on_gpu
         if on_gpu:  # the scan crosses to the device once; tiles are cut and windowed there
-            scan = apply_window_torch(to_device_float(padded, self.extractor.device), low, high)
+            scan = device_scan if device_scan is not None else self._device_scan(image, (low, high))
         for start in range(0, len(origins), config.batch_size):
             batch = origins[start : start + config.batch_size]
             if on_gpu:
@@ -374,12 +397,14 @@ class Detector:
         config = self.config
         padded_shape = (max(image.shape[0], config.tile_size), max(image.shape[1], config.tile_size))
         device, on_gpu = self.extractor.device, self._on_gpu
+        window = window or self._window(image)
+        device_scan = self._device_scan(image, window) if on_gpu else None
         stitcher = (DeviceMapStitcher(*padded_shape, config.tile_size, config.stride, device) if on_gpu
                     else MapStitcher(*padded_shape, config.tile_size, config.stride))
         bank, bank_norms = self._device_bank()
         kept, patch_scores = [], []
         accumulator = DescriptorAccumulator() if self._uses_descriptors else None
-        for origins, features in self._patch_features(image, timings, window):
+        for origins, features in self._patch_features(image, timings, window, device_scan):
             valid = self._valid_patches(origins, image.shape[:2])
             if on_gpu or keep_features or accumulator is not None:
                 valid_on_device = torch.from_numpy(valid).to(device)
@@ -409,15 +434,17 @@ class Detector:
                 timings["stitch"] = timings.get("stitch", 0.0) + time.perf_counter() - t1
         t0 = time.perf_counter()
         anomaly_map = stitcher.result()[: image.shape[0], : image.shape[1]]
+        device_map = None
         if on_gpu:
-            anomaly_map = gaussian_smooth_torch(anomaly_map, self.smoothing_pixels).cpu().numpy()
+            device_map = gaussian_smooth_torch(anomaly_map, self.smoothing_pixels)
+            anomaly_map = device_map.cpu().numpy()
             patch_scores = [torch.cat(patch_scores).cpu().numpy()]
         else:
             anomaly_map = gaussian_smooth(np.ascontiguousarray(anomaly_map), self.smoothing_pixels)
         if timings is not None:
             timings["smooth"] = time.perf_counter() - t0
         return _RawScores(anomaly_map, np.concatenate(patch_scores), torch.cat(kept) if keep_features else None,
-                          accumulator.descriptor() if accumulator is not None else None)
+                          accumulator.descriptor() if accumulator is not None else None, device_map, device_scan)
 
     @property
     def smoothing_pixels(self) -> float:
@@ -460,19 +487,30 @@ class Detector:
         Pass a dict as ``timings`` to have the seconds per stage added to it.
         """
         self._check_fitted()
+        self._device_copies = None  # free the previous scan's device copies first
         image = self.load_scan(image)
         stage_times = {} if timings is None else timings
         window = self._window(image)
         raw = self._raw_scores(image, timings=stage_times, window=window)
         anomaly_map, raw_score = raw.anomaly_map, self._image_score(raw)
         calibration = self.calibration_
-        anomaly_map /= np.float32(calibration.clean_level)
+        clean_level = np.float32(calibration.clean_level)
+        if raw.device_map is not None:
+            # Before the in-place division below: on a CPU "device" anomaly_map shares raw.device_map's memory.
+            # A 0-d tensor divisor, not a Python scalar: torch would multiply by a float32 reciprocal
+            # instead, and the device heatmap would differ from result.heatmap in the last bit.
+            device_heatmap = raw.device_map / torch.tensor(clean_level, device=raw.device_map.device)
+        anomaly_map /= clean_level
         score = raw_score / calibration.image_unit
-        return AnomalyResult(
+        result = AnomalyResult(
             heatmap=anomaly_map, score=float(score), anomalous=bool(score > calibration.image_threshold),
             image_threshold=calibration.image_threshold, pixel_threshold=calibration.pixel_threshold,
             window=window, timings=stage_times,
         )
+        if raw.device_map is not None:
+            self._device_copies = _DeviceCopies(weakref.ref(image), weakref.ref(result), device_heatmap,
+                                                raw.device_scan)
+        return result
 
     def overlay(self, image: np.ndarray, result: AnomalyResult, threshold: str = "percentile",
                 percentile: float = 90.0, color_range: tuple[float, float] | None = None,
@@ -489,11 +527,15 @@ class Detector:
         if threshold not in ("percentile", "calibrated"):
             raise InputError(f"unknown threshold mode {threshold!r}")
         if self._on_gpu:
-            heatmap = torch.from_numpy(result.heatmap).to(self._compute_device)
+            copies = self._device_copies
+            if copies is not None and copies.image() is image and copies.result() is result:
+                heatmap, height, width = copies.heatmap, *image.shape[:2]
+                scan, window = copies.scan[:height, :width], None  # already on the device and windowed
+            else:
+                heatmap, scan, window = torch.from_numpy(result.heatmap).to(self._compute_device), image, result.window
             mask = (percentile_mask_torch(heatmap, percentile) if threshold == "percentile"
                     else heatmap > result.pixel_threshold)
-            return render_overlay_torch(image, heatmap, mask, color_range=color_range, alpha=alpha,
-                                        window=result.window)
+            return render_overlay_torch(scan, heatmap, mask, color_range=color_range, alpha=alpha, window=window)
         mask = (percentile_mask(result.heatmap, percentile) if threshold == "percentile"
                 else result.heatmap > result.pixel_threshold)
         return render_overlay(image, result.heatmap, mask, color_range=color_range, alpha=alpha, window=result.window)

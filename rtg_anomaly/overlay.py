@@ -108,13 +108,15 @@ def render_overlay(scan: np.ndarray, anomaly_map: np.ndarray, display_mask: np.n
     return out
 
 
-def render_overlay_torch(scan: np.ndarray, anomaly_map: torch.Tensor, display_mask: torch.Tensor | None = None,
+def render_overlay_torch(scan: np.ndarray | torch.Tensor, anomaly_map: torch.Tensor,
+                         display_mask: torch.Tensor | None = None,
                          color_range: tuple[float, float] = DEFAULT_COLOR_RANGE, alpha: float = 0.6,
                          cmap: str = "jet", window: tuple[float, float] | None = None,
                          rows_per_chunk: int = 2048) -> np.ndarray:
     """``render_overlay`` computed with torch on ``anomaly_map``'s device (the same float32 formula).
 
-    scan: numpy (H, W) or (H, W, 3), uploaded in row chunks of ``rows_per_chunk``.
+    scan: numpy (H, W) or (H, W, 3), uploaded in row chunks of ``rows_per_chunk``; or a float32
+        tensor of that shape on ``anomaly_map``'s device (read, never modified).
     anomaly_map: (H, W) float32 tensor; display_mask: bool (H, W) tensor on the same device or None.
     Returns uint8 (H, W, 3) RGB as a numpy array.
     """
@@ -126,7 +128,10 @@ def render_overlay_torch(scan: np.ndarray, anomaly_map: torch.Tensor, display_ma
     out = torch.empty(anomaly_map.shape + (3,), dtype=torch.uint8, device=device)
     for r0 in range(0, anomaly_map.shape[0], rows_per_chunk):
         rows = slice(r0, r0 + rows_per_chunk)
-        grey = to_device_float(scan[rows], device)
+        if isinstance(scan, torch.Tensor):
+            grey = scan[rows].float() if window is None else scan[rows].to(torch.float32, copy=True)
+        else:
+            grey = to_device_float(scan[rows], device)
         if window is not None:
             grey = apply_window_torch(grey, *window)
         base = grey[..., None] if grey.ndim == 2 else grey

@@ -98,6 +98,46 @@ def test_device_pixel_path_matches_numpy_path(tiny_bundle, demo_data, monkeypatc
             assert (device_overlay != numpy_overlay).any(axis=2).mean() < 0.01
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_overlay_reuses_the_scored_copies(tiny_bundle, monkeypatch, device):
+    """On the device path, the overlay of the scan just scored uploads neither the heatmap nor the scan
+    again (score left them on the device), and draws the same pixels as an overlay that uploads them."""
+    import rtg_anomaly.overlay as overlay_module
+
+    detector = Detector.load(tiny_bundle, device=device)
+    monkeypatch.setattr(Detector, "_on_gpu", property(lambda self: True))
+    first, _ = make_vehicle_scan(seed=5, height=96, length=300, bit_depth=16)
+    second, _ = make_vehicle_scan(seed=6, height=96, length=300, bit_depth=16)
+    result = detector.score(first)
+    copies = detector._device_copies
+    assert torch.equal(copies.heatmap.cpu(), torch.from_numpy(result.heatmap))  # bit for bit, not just close
+    uploaded = detector.overlay(first.copy(), result)  # another array: uploaded as before
+    heatmap = torch.from_numpy(result.heatmap).to(copies.heatmap.device)
+    for mode in ("percentile", "calibrated"):
+        mask = (overlay_module.percentile_mask_torch(heatmap, 90.0) if mode == "percentile"
+                else heatmap > result.pixel_threshold)
+        assert np.array_equal(detector.overlay(first.copy(), result, threshold=mode),
+                              overlay_module.render_overlay_torch(first, heatmap, mask, window=result.window,
+                                                                  color_range=detector.calibration_.color_range))
+
+    def no_upload(*args, **kwargs):
+        raise AssertionError("the overlay uploaded the scan again")
+
+    def no_map_upload(array, from_numpy=torch.from_numpy):
+        assert array.shape != result.heatmap.shape, "the overlay uploaded the heatmap again"
+        return from_numpy(array)
+
+    monkeypatch.setattr(overlay_module, "to_device_float", no_upload)
+    monkeypatch.setattr(torch, "from_numpy", no_map_upload)
+    assert np.array_equal(detector.overlay(first, result), uploaded)
+    monkeypatch.undo()
+    monkeypatch.setattr(Detector, "_on_gpu", property(lambda self: True))
+
+    later = detector.score(second)  # the next score replaces the copies: one scan's worth at most
+    assert detector._device_copies.result() is later and detector._device_copies.image() is second
+    assert np.array_equal(detector.overlay(first, result), uploaded)  # an older result still renders right
+
+
 def test_overlay_modes(tiny_detector, demo_data):
     scan = tiny_detector.load_scan(sorted((demo_data / "test" / "anomalous").iterdir())[0])
     result = tiny_detector.score(scan)

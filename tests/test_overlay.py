@@ -191,6 +191,18 @@ def test_render_overlay_torch_equals_numpy(kind, masked):
     np.testing.assert_array_equal(result, expected)
 
 
+@pytest.mark.parametrize("window", [None, (1000.0, 50000.0)])
+def test_render_overlay_torch_takes_a_scan_already_on_the_device(window):
+    """A float32 tensor scan renders as the numpy scan does, with or without a window, and is left unchanged."""
+    rng = np.random.default_rng(8)
+    anomaly_map = (rng.random((37, 45)) * 2.5).astype(np.float32)
+    scan = (rng.random((37, 45)) * 60000).astype(np.float32) if window else _scan((37, 45))
+    tensor = torch.from_numpy(scan.copy())
+    result = render_overlay_torch(tensor, torch.from_numpy(anomaly_map), window=window, rows_per_chunk=16)
+    np.testing.assert_array_equal(result, render_overlay(scan, anomaly_map, window=window))
+    np.testing.assert_array_equal(tensor.numpy(), scan)
+
+
 def test_render_overlay_torch_invalid_colour_range():
     with pytest.raises(InputError, match="color range"):
         render_overlay_torch(_scan((4, 4)), torch.ones(4, 4), color_range=(2.0, 1.0))
