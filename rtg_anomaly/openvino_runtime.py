@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -43,14 +44,38 @@ def cpu_compile_properties(threads: int) -> dict:
     return {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": int(threads)}
 
 
-def _import_openvino():
-    """The openvino module, or RuntimeUnavailable (one line) saying how to install it."""
+def import_openvino():
+    """The openvino module, imported with its usage telemetry off; RuntimeUnavailable (one line) saying how
+    to install it when it is missing.
+
+    OpenVINO's model converter sends usage events to Google Analytics, and writes a client id under
+    ``~/intel``, unless the user has opted out with ``opt_in_out --opt_out``. A screening tool must not
+    phone home, so the first import of openvino here runs with the ``openvino_telemetry`` package
+    unimportable: the converter then binds its own no-op stub (its documented fallback when that package
+    is missing). Afterwards ``openvino_telemetry`` imports normally again for any other code. If the
+    calling process imported openvino itself before, OpenVINO's own setting applies.
+    """
+    if "openvino" not in sys.modules:
+        previous = sys.modules.get(_TELEMETRY_MODULE)
+        sys.modules[_TELEMETRY_MODULE] = None  # `import openvino_telemetry` raises ImportError
+        try:
+            import openvino.tools.ovc  # noqa: F401  (binds the telemetry stub in the converter's modules)
+        except ImportError:
+            pass  # reported below, from a plain import
+        finally:
+            if previous is None:
+                sys.modules.pop(_TELEMETRY_MODULE, None)
+            else:
+                sys.modules[_TELEMETRY_MODULE] = previous
     try:
         import openvino
     except ImportError:
         raise RuntimeUnavailable("the openvino runtime needs the openvino package: "
                                  "pip install 'rtg-anomaly[openvino]'") from None
     return openvino
+
+
+_TELEMETRY_MODULE = "openvino_telemetry"
 
 
 def model_cache_dir() -> Path | None:
@@ -84,7 +109,7 @@ def compile_for_cpu(forward: Callable[[torch.Tensor], torch.Tensor], example: to
     Raises RuntimeUnavailable (one line) when openvino is missing or cannot
     convert the model.
     """
-    ov = _import_openvino()
+    ov = import_openvino()
     core = ov.Core()
     properties = cpu_compile_properties(threads)
     root = model_cache_dir() if cache_key else None
@@ -189,7 +214,7 @@ def compile_nearest_distance(threads: int) -> Callable[[torch.Tensor, torch.Tens
     """
     import numpy as np
 
-    ov = _import_openvino()
+    ov = import_openvino()
     import openvino.opset13 as ops
 
     queries = ops.parameter([-1, -1], np.float32)

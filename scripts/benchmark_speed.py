@@ -261,10 +261,10 @@ def openvino_gemm_peak_gflops(size: int, repeats: int = 5) -> float | None:
     machine's peak is the larger of the two."""
     if importlib.util.find_spec("openvino") is None:
         return None
-    import openvino as ov
-    import openvino.opset13 as ops
+    from rtg_anomaly.openvino_runtime import cpu_compile_properties, import_openvino
 
-    from rtg_anomaly.openvino_runtime import cpu_compile_properties
+    ov = import_openvino()
+    import openvino.opset13 as ops
 
     left, right = ops.parameter([size, size], np.float32), ops.parameter([size, size], np.float32)
     compiled = ov.Core().compile_model(ov.Model([ops.matmul(left, right, False, False)], [left, right]), "CPU",

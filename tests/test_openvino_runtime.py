@@ -282,3 +282,35 @@ def test_detector_uses_openvino_nearest_distance_only_for_k1_with_openvino(tiny_
     calls.clear()
     Detector.load(tiny_bundle, device="cpu", runtime="torch").score(scan)
     assert not calls  # torch runs torch's kNN
+
+
+# ------------------------------------------------------------------ telemetry
+_CONVERT_IN_A_FRESH_PROCESS = """
+import json, sys, torch
+from rtg_anomaly.openvino_runtime import compile_for_cpu
+features = compile_for_cpu(lambda batch: batch.mean(1, keepdim=True).permute(0, 2, 3, 1), torch.rand(2, 3, 8, 8),
+                           threads=1)(torch.rand(1, 3, 8, 8))
+import openvino.tools.ovc.convert_impl as convert_impl
+import openvino_telemetry  # imports normally again for other code
+print(json.dumps({"shape": list(features.shape), "telemetry": convert_impl.tm.__name__}))
+"""
+
+
+def test_conversion_sends_no_telemetry_and_writes_nothing_to_home(tmp_path):
+    """OpenVINO's converter would send usage events and write ~/intel/openvino_ga_cid for a user who never
+    opted out; it sees its no-op stub instead. Run where OpenVINO's own CI switch is off, with a fresh HOME."""
+    import json
+    import os
+    import subprocess
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {key: value for key, value in os.environ.items() if key not in ("CI", "TF_BUILD", "JENKINS_URL")}
+    env.update(HOME=str(home), RTG_ANOMALY_CACHE_DIR="off")
+    finished = subprocess.run([sys.executable, "-c", _CONVERT_IN_A_FRESH_PROCESS], env=env, capture_output=True,
+                              text=True, timeout=300, cwd=tmp_path)
+    assert finished.returncode == 0, finished.stderr
+    report = json.loads(finished.stdout.strip().splitlines()[-1])
+    assert report["shape"] == [1, 8, 8, 1]
+    assert report["telemetry"] == "openvino.tools.ovc.telemetry_stub"
+    assert list(home.rglob("*")) == []  # no ~/intel client id, stats or consent file
