@@ -314,3 +314,21 @@ def test_conversion_sends_no_telemetry_and_writes_nothing_to_home(tmp_path):
     assert report["shape"] == [1, 8, 8, 1]
     assert report["telemetry"] == "openvino.tools.ovc.telemetry_stub"
     assert list(home.rglob("*")) == []  # no ~/intel client id, stats or consent file
+
+
+def test_a_plain_install_brings_openvino_where_wheels_exist():
+    """OpenVINO is what makes the CPU path 3x faster than the plain reference, so it is a dependency, not only
+    an extra, on the platforms OpenVINO publishes wheels for (this one among them), and only there."""
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+
+    plain = [Requirement(line) for line in requires("rtg-anomaly")
+             if line.startswith("openvino") and "extra ==" not in line]
+    assert plain and all(requirement.marker is not None for requirement in plain)
+    assert any(requirement.marker.evaluate() for requirement in plain)  # x86-64 Linux, Python < 3.15
+    for machine, python, expected in [("x86_64", "3.12", True), ("AMD64", "3.13", True), ("arm64", "3.14", True),
+                                      ("aarch64", "3.13", True), ("aarch64", "3.14", False),
+                                      ("x86_64", "3.15", False), ("riscv64", "3.12", False)]:
+        environment = {"platform_machine": machine, "python_version": python}
+        assert any(requirement.marker.evaluate(environment) for requirement in plain) is expected, environment
