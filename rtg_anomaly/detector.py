@@ -485,6 +485,9 @@ class Detector:
         """Anomaly map and score of one scan (path or array (H, W) / (H, W, 3)).
 
         Pass a dict as ``timings`` to have the seconds per stage added to it.
+        On a GPU, the scan's windowed copy and the heatmap stay on the device until the next ``score``
+        (about 8 bytes per pixel of grey scan), so that ``overlay`` of the same array and result
+        uploads neither again.
         """
         self._check_fitted()
         self._device_copies = None  # free the previous scan's device copies first

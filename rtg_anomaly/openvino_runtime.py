@@ -44,6 +44,9 @@ def cpu_compile_properties(threads: int) -> dict:
     return {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": int(threads)}
 
 
+_TELEMETRY_MODULE = "openvino_telemetry"
+
+
 def import_openvino():
     """The openvino module, imported with its usage telemetry off; RuntimeUnavailable (one line) saying how
     to install it when it is missing.
@@ -51,8 +54,8 @@ def import_openvino():
     OpenVINO's model converter sends usage events to Google Analytics, and writes a client id under
     ``~/intel``, unless the user has opted out with ``opt_in_out --opt_out``. A screening tool must not
     phone home, so the first import of openvino here runs with the ``openvino_telemetry`` package
-    unimportable: the converter then binds its own no-op stub (its documented fallback when that package
-    is missing). Afterwards ``openvino_telemetry`` imports normally again for any other code. If the
+    unimportable: the converter then binds its own no-op stub (its fallback, in its code, for when that
+    package is missing). Afterwards ``openvino_telemetry`` imports normally again for any other code. If the
     calling process imported openvino itself before, OpenVINO's own setting applies.
     """
     if "openvino" not in sys.modules:
@@ -73,9 +76,6 @@ def import_openvino():
         raise RuntimeUnavailable("the openvino runtime needs the openvino package: "
                                  "pip install 'rtg-anomaly[openvino]'") from None
     return openvino
-
-
-_TELEMETRY_MODULE = "openvino_telemetry"
 
 
 def model_cache_dir() -> Path | None:
