@@ -126,6 +126,8 @@ def render_overlay_torch(scan: np.ndarray | torch.Tensor, anomaly_map: torch.Ten
     device = anomaly_map.device
     lut = torch.from_numpy(colour_lut(cmap)).to(device).to(torch.float32) / 255.0
     out = torch.empty(anomaly_map.shape + (3,), dtype=torch.uint8, device=device)
+    # A 0-d tensor divisor divides as numpy does; a Python scalar becomes a float32 reciprocal multiply on CUDA.
+    span = torch.tensor(np.float32(high - low), device=device)
     for r0 in range(0, anomaly_map.shape[0], rows_per_chunk):
         rows = slice(r0, r0 + rows_per_chunk)
         if isinstance(scan, torch.Tensor):
@@ -135,7 +137,7 @@ def render_overlay_torch(scan: np.ndarray | torch.Tensor, anomaly_map: torch.Ten
         if window is not None:
             grey = apply_window_torch(grey, *window)
         base = grey[..., None] if grey.ndim == 2 else grey
-        level = ((anomaly_map[rows] - low) / (high - low)).clamp_(0.0, 1.0)
+        level = ((anomaly_map[rows] - low) / span).clamp_(0.0, 1.0)
         colour = lut[(level * 255.0 + 0.5).to(torch.uint8).long()]
         weight = alpha * (0.25 + 0.75 * level)
         if display_mask is not None:
