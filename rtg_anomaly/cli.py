@@ -179,8 +179,8 @@ def _add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     parser.add_argument("--runtime", default="auto", choices=RUNTIMES,
                         help="what runs the backbone: auto (default: openvino on the CPU when installed, else "
-                             "torch), torch, or openvino (CPU only, same features, faster; needs "
-                             "pip install 'rtg-anomaly[openvino]')")
+                             "torch), torch, or openvino (CPU only, same features, faster; installed with the "
+                             "package on most platforms, else pip install 'rtg-anomaly[openvino]')")
 
 
 def _version() -> str:

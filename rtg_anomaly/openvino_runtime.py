@@ -1,4 +1,5 @@
-"""Optional OpenVINO execution of the backbone's feature path on the CPU.
+"""OpenVINO execution of the backbone's feature path on the CPU (what ``--runtime auto`` picks there when the
+openvino package is installed; pyproject.toml installs it wherever OpenVINO publishes wheels).
 
 The same float32 graph (blocks up to the deepest requested one, resizing,
 concatenation and neighbourhood pooling) is converted from torch in memory

@@ -46,7 +46,7 @@ from rtg_anomaly.cli import _config_from_args, _warn_skipped, build_parser  # no
 from rtg_anomaly.config import DetectorConfig  # noqa: E402
 from rtg_anomaly.errors import InputError  # noqa: E402
 from rtg_anomaly.evaluation import evaluate, load_mvtec_folder  # noqa: E402
-from rtg_anomaly.features import resolve_device, resolve_runtime  # noqa: E402
+from rtg_anomaly.features import resolve_device  # noqa: E402
 
 # ---------------------------------------------------------------------------- what is run
 # Per-dataset settings: ONLY documented flags of `rtg-anomaly fit/evaluate`. Images smaller than the default
@@ -312,17 +312,19 @@ def machine_info(device: str) -> dict:
     resolved = resolve_device(device)
     info = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(), "platform": platform.platform(terse=True),
-            "device": str(resolved), "runtime": resolve_runtime("auto", resolved), "gpu": None}
+            "device": str(resolved), "gpu": None}
     if resolved.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(resolved)
     return info
 
 
-def _machine_text(machine: dict) -> str:
+def _machine_text(machine: dict, runtimes: set[str]) -> str:
+    """The Runs table's machine cell; ``runtimes``: what ran the backbone in that run's rows (recorded per row
+    since the default runtime became "auto": an --extra-flags runtime or a fallback to torch shows here)."""
     text = (f"{machine['cpu_count']} CPUs ({machine['torch_threads']} torch threads), torch {machine['torch']}, "
             f"Python {machine['python']}, device {machine['device']}")
-    if machine.get("runtime"):  # recorded since the default runtime became "auto"
-        text += f", backbone runtime {machine['runtime']}"
+    if runtimes:
+        text += f", backbone runtime {' and '.join(sorted(runtimes))}"
     return text + (f" ({machine['gpu']})" if machine.get("gpu") else "")
 
 
@@ -440,15 +442,22 @@ def render_markdown(cache: dict) -> str:
               "one test image (reading it included). Runs are deterministic: every random choice follows the "
               "config's seed (0 unless `--seed` says otherwise).", "",
               "### Runs", "", "| Section | Datasets | Date (UTC) | Machine | Command |", "|---|---|---|---|---|"]
-    seen = {}
+    seen = {}  # (section, date, command) -> (run, dataset names, runtimes its rows recorded)
     for name, entry in bench.items():
         run = entry["run"]
-        seen.setdefault(("benchmark", run["date"], run["script_command"]), (run, []))[1].append(name)
+        _, names, runtimes = seen.setdefault(("benchmark", run["date"], run["script_command"]), (run, [], set()))
+        names.append(name)
+        runtimes.update([entry["runtime"]] if entry.get("runtime") else [])
     for name, entry in ablation.items():
         for run in _ablation_runs(entry):
-            seen.setdefault(("ablation", run["date"], run["script_command"]), (run, []))[1].append(name)
-    for (section, date, command), (run, names) in sorted(seen.items(), key=lambda kv: kv[0][1]):
-        lines.append(f"| {section} | {', '.join(names)} | {date} | {_machine_text(run['machine'])} | `{command}` |")
+            seen.setdefault(("ablation", run["date"], run["script_command"]), (run, [], set()))[1].append(name)
+        for variant in entry["variants"]:
+            run = variant.get("run", entry["run"])
+            if variant.get("runtime"):
+                seen[("ablation", run["date"], run["script_command"])][2].add(variant["runtime"])
+    for (section, date, command), (run, names, runtimes) in sorted(seen.items(), key=lambda kv: kv[0][1]):
+        lines.append(f"| {section} | {', '.join(names)} | {date} | {_machine_text(run['machine'], runtimes)} "
+                     f"| `{command}` |")
     lines += ["", "To reproduce everything:", "", "```bash", f"python {SCRIPT}",
               f"python {SCRIPT} --ablation --datasets {','.join(ablation) or 'gdxray_welds,gdxray_castings'}",
               "```", "", "Each dataset on its own (what the script runs):", "", "```bash"]

@@ -90,6 +90,13 @@ def test_benchmark_then_ablation_writes_both_sections(tmp_path, capsys, one_thre
     assert "fitted on 3 of 4 train/good images" in text              # the subsampling note
     assert "PaDiM | EfficientNet-Lite0 | 0.969 | 0.921 | 0.694" in text
     assert "No ablation run yet" in text
+    # The Runs table names what ran the backbone, as the rows recorded it (auto: OpenVINO here when installed).
+    (run_row,) = [line for line in text.splitlines() if line.startswith("| benchmark | synthetic_demo |")]
+    assert entry["runtime"] in ("openvino", "torch") and f"backbone runtime {entry['runtime']} |" in run_row
+    cache["sections"]["benchmark"]["datasets"]["synthetic_demo"]["runtime"] = "torch"  # say a fallback ran
+    out.with_suffix(".json").write_text(json.dumps(cache))
+    assert bq.main(["--output", str(out), "--render-only"]) == 0
+    assert "backbone runtime torch |" in out.read_text()
 
     # Ablation afterwards (one variant, to stay fast): the benchmark section must survive.
     top_mean = bq.ABLATION_VARIANTS.index(["--image-score", "top_mean"])
