@@ -281,6 +281,8 @@ def _plan_detect(args: argparse.Namespace):
         raise InputError("--threshold-percentile must be between 0 and 100")
     if args.color_range and not args.color_range[1] > args.color_range[0]:
         raise InputError("--color-range needs LOW < HIGH")
+    if not 0.0 <= args.alpha <= 1.0:
+        raise InputError(f"--alpha must be between 0 and 1, got {args.alpha}")
     output = Path(args.output)
     heatmap = Path(args.heatmap) if args.heatmap else None
     report = Path(args.report) if args.report else None

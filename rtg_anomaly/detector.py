@@ -101,6 +101,10 @@ class ImageTooSmallError(InputError):
     """The scan cannot hold a single backbone patch."""
 
 
+class NonFiniteScanError(InputError):
+    """A float scan holds NaN or infinite pixel values: no score of it would mean anything."""
+
+
 @dataclass
 class AnomalyResult:
     """Outcome of scoring one scan.
@@ -476,9 +480,17 @@ class Detector:
         return self.check_scan(image, item)
 
     def check_scan(self, image: np.ndarray, source=None) -> np.ndarray:
-        """``image`` if this detector can score it (grey or RGB, at least one patch a side), else
-        ImageTooSmallError naming ``source`` (a path, or None for an array)."""
+        """``image`` if this detector can score it (grey or RGB, at least one patch a side, finite
+        values), else ImageTooSmallError or NonFiniteScanError naming ``source`` (a path, or None for
+        an array)."""
         self._check_size(image, source)
+        if np.issubdtype(image.dtype, np.inexact):
+            # A NaN pixel turns the intensity window, every feature and the score into NaN, and a NaN
+            # score compares as "not above the threshold": the scan would be reported clean.
+            n_bad = int(np.count_nonzero(~np.isfinite(image)))
+            if n_bad:
+                raise NonFiniteScanError(f"{_name(source)}: {n_bad} pixel value(s) are NaN or infinite; "
+                                         "a scan needs finite values")
         return image
 
     def score(self, image, timings: dict | None = None) -> AnomalyResult:

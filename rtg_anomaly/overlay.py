@@ -61,6 +61,16 @@ def _check_percentile(percentile: float) -> None:
         raise InputError("threshold percentile must be between 0 and 100")
 
 
+def _check_style(color_range: tuple[float, float], alpha: float) -> tuple[float, float]:
+    """``color_range`` as (low, high) when it and ``alpha`` are usable, else InputError."""
+    low, high = color_range
+    if not high > low:
+        raise InputError("color range must be (low, high) with high > low")
+    if not 0.0 <= alpha <= 1.0:
+        raise InputError(f"alpha must be between 0 and 1, got {alpha}")
+    return low, high
+
+
 def render_overlay(scan: np.ndarray, anomaly_map: np.ndarray, display_mask: np.ndarray | None = None,
                    color_range: tuple[float, float] = DEFAULT_COLOR_RANGE, alpha: float = 0.6,
                    cmap: str = "jet", window: tuple[float, float] | None = None) -> np.ndarray:
@@ -78,9 +88,7 @@ def render_overlay(scan: np.ndarray, anomaly_map: np.ndarray, display_mask: np.n
         so weak responses barely tint the scan.
     Returns uint8 (H, W, 3) RGB. Rendered in row chunks to bound memory.
     """
-    low, high = color_range
-    if not high > low:
-        raise InputError("color range must be (low, high) with high > low")
+    low, high = _check_style(color_range, alpha)
     lut = colour_lut(cmap)
     out = np.empty(anomaly_map.shape + (3,), dtype=np.uint8)
 
@@ -120,9 +128,7 @@ def render_overlay_torch(scan: np.ndarray | torch.Tensor, anomaly_map: torch.Ten
     anomaly_map: (H, W) float32 tensor; display_mask: bool (H, W) tensor on the same device or None.
     Returns uint8 (H, W, 3) RGB as a numpy array.
     """
-    low, high = color_range
-    if not high > low:
-        raise InputError("color range must be (low, high) with high > low")
+    low, high = _check_style(color_range, alpha)
     device = anomaly_map.device
     lut = torch.from_numpy(colour_lut(cmap)).to(device).to(torch.float32) / 255.0
     out = torch.empty(anomaly_map.shape + (3,), dtype=torch.uint8, device=device)

@@ -117,6 +117,10 @@ def test_bad_inputs_exit_2_with_one_line(demo_data, tiny_bundle, tmp_path, capsy
     truncated.write_bytes(truncated.read_bytes()[:200])
     tiny = tmp_path / "tiny.png"
     Image.fromarray(np.zeros((3, 3), np.uint8)).save(tiny)
+    not_finite = tmp_path / "not_finite.tiff"
+    float_scan = np.full((200, 300), 0.5, np.float32)
+    float_scan[10, 20] = np.nan
+    Image.fromarray(float_scan).save(not_finite)
     empty = tmp_path / "empty"
     empty.mkdir()
     single = tmp_path / "single"
@@ -143,6 +147,10 @@ def test_bad_inputs_exit_2_with_one_line(demo_data, tiny_bundle, tmp_path, capsy
          "no model bundle"),
         (["detect", "--input", str(scan), "--output", str(tmp_path / "o7.png"), "--model", str(tiny_bundle),
           "--threshold-percentile", "120"], "between 0 and 100"),
+        (["detect", "--input", str(scan), "--output", str(tmp_path / "o9.png"), "--model", str(tiny_bundle),
+          "--alpha", "1.5"], "--alpha must be between 0 and 1"),
+        (["detect", "--input", str(not_finite), "--output", str(tmp_path / "o10.png"), "--model", str(tiny_bundle)],
+         f"{not_finite}: 1 pixel value(s) are NaN or infinite"),
         (["detect", "--input", str(scan)], "required"),
         (["fit", "--clean-dir", str(empty), "--overlap", "1.5", *TINY_CLI_FLAGS], "overlap"),
         (["fit", "--clean-dir", str(empty), "--top-fraction", "0", *TINY_CLI_FLAGS], "top_fraction"),

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rtg_anomaly import Detector, NotFittedError
-from rtg_anomaly.detector import ImageTooSmallError
+from rtg_anomaly.detector import ImageTooSmallError, NonFiniteScanError
 from rtg_anomaly.features import FeatureExtractor
 from rtg_anomaly.synthetic import make_vehicle_scan
 from tests.conftest import tiny_config
@@ -57,6 +57,27 @@ def test_scans_smaller_than_a_tile_work(tiny_detector, shape):
 def test_scan_smaller_than_one_patch_is_refused(tiny_detector):
     with pytest.raises(ImageTooSmallError, match="too small"):
         tiny_detector.score(np.zeros((2, 100), np.uint8))
+
+
+@pytest.mark.parametrize("bad_value", [np.nan, np.inf, -np.inf])
+def test_scan_with_non_finite_pixels_is_refused(tiny_detector, bad_value):
+    """A NaN pixel would make the window, the features and the score NaN, and a NaN score is never
+    above the threshold: the scan would be reported clean."""
+    image = np.full((96, 300), 0.5, np.float32)
+    image[40, 7] = bad_value
+    with pytest.raises(NonFiniteScanError, match="1 pixel value"):
+        tiny_detector.score(image)
+
+
+def test_fit_skips_a_clean_scan_with_non_finite_pixels(demo_data):
+    clean = sorted((demo_data / "train" / "good").iterdir())[:4]
+    poisoned = np.full((96, 300), np.nan, np.float32)
+    skipped = []
+    detector = Detector(tiny_config(), device="cpu").fit([*clean, poisoned],
+                                                         on_bad_image=lambda item, exc: skipped.append(exc))
+    assert len(skipped) == 1 and isinstance(skipped[0], NonFiniteScanError)
+    assert np.isfinite(detector.memory_bank_).all()
+    assert detector.fit_info_["n_train_scans"] + detector.fit_info_["n_calibration_scans"] == len(clean)
 
 
 def test_sixteen_bit_and_colour_scans(tiny_detector):

@@ -130,6 +130,18 @@ def test_invalid_colour_range(color_range):
         render_overlay(_scan((4, 4)), np.ones((4, 4), np.float32), color_range=color_range)
 
 
+@pytest.mark.parametrize("render", ["numpy", "torch"])
+@pytest.mark.parametrize("alpha", [-0.1, 1.5, float("nan")])
+def test_alpha_outside_zero_one_is_refused(render, alpha):
+    """An opacity below 0 or above 1 extrapolates the blend: colours that mean nothing."""
+    anomaly_map = np.ones((4, 4), np.float32)
+    with pytest.raises(InputError, match="alpha must be between 0 and 1"):
+        if render == "numpy":
+            render_overlay(_scan((4, 4)), anomaly_map, alpha=alpha)
+        else:
+            render_overlay_torch(_scan((4, 4)), torch.from_numpy(anomaly_map), alpha=alpha)
+
+
 @pytest.mark.parametrize("percentile", [50.0, 90.0, 99.0, 99.9])
 def test_percentile_mask_fraction(percentile):
     anomaly_map = np.random.default_rng(7).random((200, 300), dtype=np.float32)
