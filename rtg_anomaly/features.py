@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -102,6 +104,28 @@ def state_dict_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def _create_model(timm, name: str, kwargs: dict) -> torch.nn.Module:
+    try:
+        return timm.create_model(name, **kwargs)
+    except TypeError as exc:  # CNNs take no img_size
+        if "img_size" not in str(exc):
+            raise
+        return timm.create_model(name, **{key: value for key, value in kwargs.items() if key != "img_size"})
+
+
+@contextlib.contextmanager
+def _hub_warnings_silenced():
+    """Raise the huggingface_hub loggers to ERROR for the duration: offline, the hub client logs a
+    warning per failed request to stderr before it raises, and the error we raise says it in one line."""
+    logger = logging.getLogger("huggingface_hub")
+    previous = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
 def create_backbone(config: DetectorConfig) -> tuple[torch.nn.Module, dict]:
     """Build the frozen timm model in eval mode on the CPU.
 
@@ -123,13 +147,8 @@ def create_backbone(config: DetectorConfig) -> tuple[torch.nn.Module, dict]:
     if config.input_size is not None:
         kwargs.setdefault("img_size", config.input_size)
     try:
-        try:
-            model = timm.create_model(config.backbone, **kwargs)
-        except TypeError as exc:  # CNNs take no img_size
-            if "img_size" not in str(exc):
-                raise
-            kwargs.pop("img_size")
-            model = timm.create_model(config.backbone, **kwargs)
+        with _hub_warnings_silenced():
+            model = _create_model(timm, config.backbone, kwargs)
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
             raise BackboneError(f"unknown timm model {config.backbone!r}") from None
