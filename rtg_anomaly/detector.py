@@ -97,11 +97,15 @@ class NotFittedError(RuntimeError):
     """The detector was used before ``fit`` or ``load``."""
 
 
-class ImageTooSmallError(InputError):
+class UnusableScanError(InputError):
+    """The detector cannot score this array: not a grey or RGB image of real numbers."""
+
+
+class ImageTooSmallError(UnusableScanError):
     """The scan cannot hold a single backbone patch."""
 
 
-class NonFiniteScanError(InputError):
+class NonFiniteScanError(UnusableScanError):
     """A float scan holds NaN or infinite pixel values: no score of it would mean anything."""
 
 
@@ -357,7 +361,9 @@ class Detector:
         h, w = self.extractor.grid
         min_side = int(math.ceil(self.config.tile_size / min(h, w)))
         if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
-            raise ImageTooSmallError(f"{_name(item)}: expected a grey or RGB image, got shape {image.shape}")
+            raise UnusableScanError(f"{_name(item)}: expected a grey or RGB image, got shape {image.shape}")
+        if image.dtype.kind not in "uif":  # bool, complex, object, strings: no intensities to window
+            raise UnusableScanError(f"{_name(item)}: expected integer or float pixel values, got dtype {image.dtype}")
         if min(image.shape[:2]) < min_side:
             raise ImageTooSmallError(
                 f"{_name(item)}: image of {image.shape[1]}x{image.shape[0]} px is too small; "
@@ -480,9 +486,9 @@ class Detector:
         return self.check_scan(image, item)
 
     def check_scan(self, image: np.ndarray, source=None) -> np.ndarray:
-        """``image`` if this detector can score it (grey or RGB, at least one patch a side, finite
-        values), else ImageTooSmallError or NonFiniteScanError naming ``source`` (a path, or None for
-        an array)."""
+        """``image`` if this detector can score it (grey or RGB, integer or float, at least one patch a
+        side, finite values), else an UnusableScanError (ImageTooSmallError, NonFiniteScanError) naming
+        ``source`` (a path, or None for an array)."""
         self._check_size(image, source)
         if np.issubdtype(image.dtype, np.inexact):
             # A NaN pixel turns the intensity window, every feature and the score into NaN, and a NaN

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rtg_anomaly import Detector, NotFittedError
-from rtg_anomaly.detector import ImageTooSmallError, NonFiniteScanError
+from rtg_anomaly.detector import ImageTooSmallError, NonFiniteScanError, UnusableScanError
 from rtg_anomaly.features import FeatureExtractor
 from rtg_anomaly.synthetic import make_vehicle_scan
 from tests.conftest import tiny_config
@@ -57,6 +57,18 @@ def test_scans_smaller_than_a_tile_work(tiny_detector, shape):
 def test_scan_smaller_than_one_patch_is_refused(tiny_detector):
     with pytest.raises(ImageTooSmallError, match="too small"):
         tiny_detector.score(np.zeros((2, 100), np.uint8))
+
+
+@pytest.mark.parametrize("array, expected", [
+    (np.zeros((64, 64, 4), np.uint8), "expected a grey or RGB image, got shape"),
+    (np.zeros(4096, np.uint8), "expected a grey or RGB image, got shape"),
+    (np.zeros((64, 64), bool), "got dtype bool"),
+    (np.zeros((64, 64), np.complex64), "got dtype complex64"),
+    (np.full((64, 64), None, object), "got dtype object"),
+])
+def test_arrays_that_are_not_grey_or_rgb_images_are_refused(tiny_detector, array, expected):
+    with pytest.raises(UnusableScanError, match=expected):
+        tiny_detector.score(array)
 
 
 @pytest.mark.parametrize("bad_value", [np.nan, np.inf, -np.inf])
