@@ -33,15 +33,39 @@ def _array_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def check_bundle_destination(folder: str | os.PathLike) -> None:
+    """Raise BundleError unless saving a bundle at ``folder`` would lose nothing but an older bundle.
+
+    Saving replaces the whole folder, so it must be absent, empty, or a bundle: ``manifest.json`` plus
+    ``.npy`` files and nothing else. A folder of scans named by mistake is refused, not deleted.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise BundleError(f"cannot write the model to {folder}: it is a file")
+    entries = sorted(os.listdir(folder))
+    if not entries:
+        return
+    foreign = [name for name in entries
+               if name != MANIFEST and not (name.endswith(".npy") and (folder / name).is_file())]
+    if MANIFEST not in entries or foreign:
+        example = (foreign or entries)[0]
+        raise BundleError(f"cannot write the model to {folder}: the folder holds files that are not a model "
+                          f"bundle (such as {example!r}) and saving would replace it; name a new or empty folder")
+
+
 def save_bundle(folder: str | os.PathLike, manifest: dict, arrays: dict[str, np.ndarray]) -> Path:
     """Write ``manifest.json`` and one ``<name>.npy`` per array, atomically.
 
     The bundle is written to a temporary sibling folder and renamed into place;
     an existing bundle at ``folder`` is replaced only once the new one is
-    complete. The manifest gains the format, and the shape, dtype and sha256 of
-    every array file.
+    complete, and a folder that is not a bundle is never replaced
+    (``check_bundle_destination``). The manifest gains the format, and the
+    shape, dtype and sha256 of every array file.
     """
     folder = Path(folder)
+    check_bundle_destination(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
     try:

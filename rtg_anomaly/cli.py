@@ -224,7 +224,7 @@ def _run_fit(args: argparse.Namespace) -> int:
     model_dir = Path(args.model or _default_model())
     if args.model is None:  # the default place may not exist yet in a fresh working folder
         model_dir.parent.mkdir(parents=True, exist_ok=True)
-    _check_writable_folder(model_dir)
+    _check_model_destination(model_dir)
     paths = list_images(args.clean_dir)
     device = resolve_device(args.device)
     started = time.perf_counter()
@@ -250,6 +250,14 @@ def _note_runtime(detector) -> str:
     if extractor.runtime_fallback:
         print(f"rtg-anomaly: note: running the backbone with torch: {extractor.runtime_fallback}", file=sys.stderr)
     return extractor.runtime
+
+
+def _check_model_destination(folder: Path) -> None:
+    """Before any work: the bundle can be written at ``folder`` without replacing anything but a bundle."""
+    from .bundle import check_bundle_destination
+
+    _check_writable_folder(folder)
+    check_bundle_destination(folder)
 
 
 def _check_writable_folder(folder: Path) -> None:
@@ -295,6 +303,9 @@ def _plan_detect(args: argparse.Namespace):
         for folder, flag in ((output, "--output"), (heatmap, "--heatmap"), (Path(args.sort_into) if args.sort_into else None, "--sort-into")):
             if folder is not None:
                 _prepare_output_folder(folder, flag)
+        if _same_path(output, source):
+            raise InputError(f"--output {output} is the input folder: the overlays would overwrite the scans; "
+                             "name another folder")
         jobs = [(p, output / p.name, heatmap / f"{p.stem}.npy" if heatmap else None) for p in paths]
     else:
         if args.sort_into:
@@ -307,6 +318,9 @@ def _plan_detect(args: argparse.Namespace):
         if heatmap is not None and heatmap.is_dir():
             heatmap = heatmap / f"{source.stem}.npy"
         check_output_path(output)
+        if _same_path(output, source):
+            raise InputError(f"--output {output} is the input scan: the overlay would overwrite it; "
+                             "name another file")
         if heatmap is not None:
             check_output_path(heatmap, suffixes=(".npy",))
         jobs = [(source, output, heatmap)]
@@ -315,6 +329,14 @@ def _plan_detect(args: argparse.Namespace):
     if csv_path is not None:
         check_output_path(csv_path, suffixes=(".csv",))
     return jobs, folder_mode, output, report, csv_path
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    """Whether two existing paths name the same file or folder (through links and ``..`` too)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
 
 
 def _run_detect(args: argparse.Namespace) -> int:
@@ -442,7 +464,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         _note_runtime(detector)
     else:
         if args.save_model:
-            _check_writable_folder(Path(args.save_model))
+            _check_model_destination(Path(args.save_model))
         detector = Detector(_config_from_args(args), device=args.device, runtime=args.runtime)
         _note_runtime(detector)
         detector.fit(eval_set.train_paths, progress=not args.quiet, on_bad_image=_warn_skipped,

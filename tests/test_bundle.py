@@ -61,6 +61,37 @@ def test_overwrite_replaces_whole_bundle(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temporary or old folders left
 
 
+def test_save_into_an_empty_folder(tmp_path):
+    (tmp_path / "model").mkdir()
+    save_bundle(tmp_path / "model", {}, {"x": np.ones(2)})
+    assert load_bundle(tmp_path / "model")[1]["x"].tolist() == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("contents", [
+    {"scan_001.bmp": b"BM...", "scan_002.bmp": b"BM..."},  # a folder of scans named by mistake
+    {"heatmap.npy": b"x"},  # .npy files but no manifest: someone's arrays, not a bundle
+    {MANIFEST: b"{}", "memory_bank.npy": b"x", "notes.txt": b"mine"},  # a bundle with a file of the user's
+])
+def test_a_folder_that_is_not_a_bundle_is_never_replaced(tmp_path, contents):
+    """Saving replaces the whole folder: anything in it that is not a bundle would be deleted."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for name, data in contents.items():
+        (folder / name).write_bytes(data)
+    with pytest.raises(BundleError, match="holds files that are not a model bundle"):
+        save_bundle(folder, {}, {"x": np.ones(2)})
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == contents
+    assert [p.name for p in tmp_path.iterdir()] == ["data"]  # no temporary folder left
+
+
+def test_a_file_is_never_replaced_by_a_bundle(tmp_path):
+    target = tmp_path / "model"
+    target.write_text("keep me")
+    with pytest.raises(BundleError, match="it is a file"):
+        save_bundle(target, {}, {"x": np.ones(2)})
+    assert target.read_text() == "keep me"
+
+
 def test_save_creates_missing_parents(tmp_path):
     folder = save_bundle(tmp_path / "a" / "b" / "model", {}, {"x": np.ones(2)})
     assert load_bundle(folder)[1]["x"].tolist() == [1.0, 1.0]

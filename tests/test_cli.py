@@ -251,6 +251,35 @@ def test_failed_fit_leaves_existing_bundle_untouched(tiny_bundle, tmp_path, caps
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_fit_never_replaces_a_folder_that_is_not_a_bundle(demo_data, tmp_path, capsys):
+    """'--model' naming the clean-scan folder by mistake must not delete the scans (saving replaces the
+    whole bundle folder); the check runs before the fit."""
+    clean = tmp_path / "clean"
+    shutil.copytree(demo_data / "train" / "good", clean)
+    before = {p.name: p.read_bytes() for p in clean.iterdir()}
+    assert main(["fit", "--clean-dir", str(clean), "--model", str(clean), *TINY_CLI_FLAGS]) == 2
+    assert "holds files that are not a model bundle" in _one_line_error(capsys)
+    assert {p.name: p.read_bytes() for p in clean.iterdir()} == before
+
+
+def test_detect_never_writes_the_overlay_over_its_input(demo_data, tiny_bundle, tmp_path, capsys):
+    scans = tmp_path / "lane"
+    shutil.copytree(demo_data / "test" / "anomalous", scans)
+    before = {p.name: p.read_bytes() for p in scans.iterdir()}
+    scan = sorted(scans.iterdir())[0]
+    cases = [
+        (["--input", str(scan), "--output", str(scan)], "is the input scan"),
+        (["--input", str(scan), "--output", str(scans)], "is the input scan"),  # a folder: the scan's own name
+        (["--input", str(scans), "--output", str(scans / "sub" / "..")], "is the input folder"),
+    ]
+    (scans / "sub").mkdir()
+    for argv, expected in cases:
+        assert main(["detect", *argv, "--model", str(tiny_bundle), "--quiet"]) == 2, argv
+        assert expected in _one_line_error(capsys)
+    (scans / "sub").rmdir()
+    assert {p.name: p.read_bytes() for p in scans.iterdir()} == before
+
+
 def test_model_env_variable_is_the_default(demo_data, tiny_bundle, tmp_path, monkeypatch):
     monkeypatch.setenv("RTG_ANOMALY_MODEL", str(tiny_bundle))
     scan = sorted((demo_data / "test" / "good").iterdir())[0]
