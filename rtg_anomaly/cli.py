@@ -348,6 +348,10 @@ def _run_detect(args: argparse.Namespace) -> int:
 
     jobs, folder_mode, output, report, csv_path = _plan_detect(args)
     model_dir = args.model or _default_model()
+    outputs = [path for job in jobs for path in job[1:]] + [report, csv_path]
+    for path in (p for p in outputs if p is not None):
+        if _same_path(path.parent, model_dir):  # even a new file there makes it "not a bundle" (bundle.py)
+            raise InputError(f"cannot write {path}: it is inside the model bundle {model_dir}")
     # The first scans decode in background threads while the model loads (a 16-bit PNG vehicle scan
     # takes a few tenths of a second); a decoding error surfaces only when that scan's turn comes.
     decoding = prefetch(load_image, [path for path, _, _ in jobs])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import subprocess
@@ -278,6 +279,18 @@ def test_detect_never_writes_the_overlay_over_its_input(demo_data, tiny_bundle, 
         assert expected in _one_line_error(capsys)
     (scans / "sub").rmdir()
     assert {p.name: p.read_bytes() for p in scans.iterdir()} == before
+
+
+@pytest.mark.parametrize("flag, name", [("--report", "manifest.json"), ("--heatmap", "memory_bank.npy"),
+                                        ("--output", "overlay.png"), ("--csv", "triage.csv")])
+def test_detect_never_writes_into_the_model_bundle(demo_data, tiny_bundle, tmp_path, capsys, flag, name):
+    bundle = _copy_bundle(tiny_bundle, tmp_path)
+    before = {p.name: p.read_bytes() for p in bundle.iterdir()}
+    scan = sorted((demo_data / "test" / "good").iterdir())[0]
+    argv = {"--input": str(scan), "--output": str(tmp_path / "o.png"), flag: str(bundle / name)}
+    assert main(["detect", *itertools.chain(*argv.items()), "--model", str(bundle), "--quiet"]) == 2
+    assert "is inside the model bundle" in _one_line_error(capsys)
+    assert {p.name: p.read_bytes() for p in bundle.iterdir()} == before
 
 
 def test_model_env_variable_is_the_default(demo_data, tiny_bundle, tmp_path, monkeypatch):
