@@ -357,7 +357,7 @@ class Detector:
             on_bad_image(item, exc)
             return None
 
-    def _check_size(self, image: np.ndarray, item) -> None:
+    def _check_usable(self, image: np.ndarray, item) -> None:
         h, w = self.extractor.grid
         min_side = int(math.ceil(self.config.tile_size / min(h, w)))
         if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
@@ -369,6 +369,13 @@ class Detector:
                 f"{_name(item)}: image of {image.shape[1]}x{image.shape[0]} px is too small; "
                 f"one backbone patch covers {min_side} px at tile size {self.config.tile_size}"
             )
+        if image.dtype.kind == "f":
+            # A NaN pixel turns the intensity window, every feature and the score into NaN, and a NaN
+            # score compares as "not above the threshold": the scan would be reported clean.
+            n_bad = int(np.count_nonzero(~np.isfinite(image)))
+            if n_bad:
+                raise NonFiniteScanError(f"{_name(item)}: {n_bad} pixel value(s) are NaN or infinite; "
+                                         "a scan needs finite values")
 
     def _set_bank(self, bank: np.ndarray) -> None:
         self.memory_bank_ = np.ascontiguousarray(bank, dtype=np.float32)
@@ -489,14 +496,7 @@ class Detector:
         """``image`` if this detector can score it (grey or RGB, integer or float, at least one patch a
         side, finite values), else an UnusableScanError (ImageTooSmallError, NonFiniteScanError) naming
         ``source`` (a path, or None for an array)."""
-        self._check_size(image, source)
-        if np.issubdtype(image.dtype, np.inexact):
-            # A NaN pixel turns the intensity window, every feature and the score into NaN, and a NaN
-            # score compares as "not above the threshold": the scan would be reported clean.
-            n_bad = int(np.count_nonzero(~np.isfinite(image)))
-            if n_bad:
-                raise NonFiniteScanError(f"{_name(source)}: {n_bad} pixel value(s) are NaN or infinite; "
-                                         "a scan needs finite values")
+        self._check_usable(image, source)
         return image
 
     def score(self, image, timings: dict | None = None) -> AnomalyResult:
