@@ -114,7 +114,8 @@ def calibrate(image_scores: np.ndarray, pixel_maxima: np.ndarray, pixel_samples:
     if own_image_unit and image_level is None:
         image_level = float(np.median(image_scores))
     if not clean_level > 0 or (own_image_unit and not image_level > 0):
-        raise InputError("clean scans score zero everywhere; cannot set the calibrated unit")
+        raise InputError("the held-out clean scans score zero everywhere (blank, or copies of training scans "
+                         "kept whole in the bank), so they set no calibrated unit: give clean scans that differ")
     image_cal = image_scores / (image_level if own_image_unit else clean_level)
     maxima_cal = np.asarray(pixel_maxima, dtype=np.float64) / clean_level
     image_threshold, method = threshold_at_rate(image_cal, false_alarm_rate)

@@ -87,6 +87,11 @@ def test_no_scores():
         threshold_at_rate(np.array([]), 0.01)
 
 
+def test_clean_scans_that_score_zero_set_no_unit():
+    with pytest.raises(InputError, match="score zero everywhere .*blank"):
+        calibrate(np.zeros(4), np.zeros(4), np.zeros(100), false_alarm_rate=0.1)
+
+
 def test_calibrate_units_and_thresholds():
     rng = np.random.default_rng(3)
     raw_scores = rng.lognormal(np.log(4.0), 0.1, 500)
