@@ -410,6 +410,8 @@ def _detect_one(detector, path: Path, image, overlay_path: Path, heatmap_path: P
     timings: dict[str, float] = {}
     started = time.perf_counter()
     result = detector.score(image, timings=timings)
+    if result.fallback:
+        print(f"rtg-anomaly: note: {path}: {result.fallback}", file=sys.stderr)
     regions = find_regions(result.heatmap, result.pixel_threshold, min_area=args.min_region_area)
     picture = detector.overlay(image, result, threshold=args.threshold, percentile=args.threshold_percentile,
                                color_range=tuple(args.color_range) if args.color_range else None, alpha=args.alpha)
@@ -426,6 +428,7 @@ def _detect_one(detector, path: Path, image, overlay_path: Path, heatmap_path: P
         "width": int(image.shape[1]), "height": int(image.shape[0]),
         "regions": [region.to_dict() for region in regions],
         "seconds": round(time.perf_counter() - started, 4),
+        "fallback": result.fallback,
     }
 
 

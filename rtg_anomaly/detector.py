@@ -15,7 +15,7 @@ import time
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, NamedTuple, Sequence
+from typing import Callable, Iterable, NamedTuple, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -41,6 +41,8 @@ PCA_SAMPLE_TOTAL = 200_000
 # The map's unit when the image score has its own (``global``): the default rule's clean median.
 MAP_SCORE_RULE = "patch_top_mean"
 CALIBRATION_PIXELS_PER_SCAN = 20_000
+
+T = TypeVar("T")
 
 
 class _RawScores(NamedTuple):
@@ -120,6 +122,8 @@ class AnomalyResult:
     image_threshold, pixel_threshold: the calibrated thresholds used.
     window: raw intensity (low, high) mapped to [0, 1] for this scan.
     timings: seconds per stage (backbone, knn, stitch, smooth).
+    fallback: why the scan's pixel work (tiling, stitching, smoothing) ran on the host although the
+        detector runs on a GPU (the GPU ran out of memory for it), else None. The heatmap is the same.
     """
 
     heatmap: np.ndarray
@@ -129,6 +133,7 @@ class AnomalyResult:
     pixel_threshold: float
     window: tuple[float, float]
     timings: dict[str, float] = field(default_factory=dict)
+    fallback: str | None = None
 
 
 class Detector:
@@ -152,6 +157,7 @@ class Detector:
         self._bank_on_device: tuple[torch.Tensor, torch.Tensor] | None = None
         self._openvino_nearest = None  # compiled on first use when OpenVINO runs the backbone
         self._device_copies: _DeviceCopies | None = None  # the last scored scan's, GPU path only
+        self._pixel_work_on_host = False  # set while a scan too large for the GPU is retried on the host
 
     # ------------------------------------------------------------------ backbone
     @property
@@ -202,7 +208,28 @@ class Detector:
     @property
     def _on_gpu(self) -> bool:
         """Pixel work (tiling, stitching, smoothing, overlay) runs on the device, not with numpy."""
-        return self._compute_device.type == "cuda"
+        return self._compute_device.type == "cuda" and not self._pixel_work_on_host
+
+    def _with_host_fallback(self, compute: Callable[[], T]) -> tuple[T, str | None]:
+        """``compute()`` with the pixel work on the GPU; if the GPU runs out of memory, ``compute()`` again
+        with the pixel work on the host (the backbone and kNN stay on the GPU; the result is the CPU
+        path's). Returns (its value, why it fell back or None)."""
+        if not self._on_gpu:
+            return compute(), None
+        try:
+            return compute(), None
+        except torch.cuda.OutOfMemoryError as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else "out of memory"
+        # Out of the except block, so the traceback no longer holds the failed attempt's tensors.
+        self._device_copies = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self._pixel_work_on_host = True
+        try:
+            value = compute()
+        finally:
+            self._pixel_work_on_host = False
+        return value, f"the GPU ran out of memory for this scan's pixel work, so it ran on the host ({reason})"
 
     def _valid_patches(self, origins: np.ndarray, image_shape: tuple[int, int]) -> np.ndarray:
         """bool (B, h, w): patches whose centre lies inside the unpadded scan."""
@@ -272,7 +299,7 @@ class Detector:
                 continue
             # One view in memory at a time: a copy of a large scan per augmentation would add up.
             for view_index, view in enumerate(itertools.chain([image], augmented_views(image, config.augment))):
-                features = self._scan_features(view)
+                features, _ = self._with_host_fallback(lambda: self._scan_features(view))
                 rows = random_rows(features.shape[0], per_scan_sample, config.seed + n_train * n_views + view_index)
                 pca_samples.append(features[torch.from_numpy(rows).to(features.device)].cpu().numpy())
                 if self._uses_descriptors:
@@ -328,13 +355,13 @@ class Detector:
                 bar.update(1)
             if image is None:
                 continue
-            raw = self._raw_scores(image, keep_features=pool is not None)
+            raw, _ = self._with_host_fallback(lambda: self._raw_scores(image, keep_features=pool is not None))
             if pool is not None:
                 pool.add(raw.features)
                 if raw.descriptor is not None:
                     descriptors.append(raw.descriptor)
                 for view in augmented_views(image, self.config.augment):
-                    features = self._scan_features(view)
+                    features, _ = self._with_host_fallback(lambda: self._scan_features(view))
                     pool.add(features)
                     if self._uses_descriptors:
                         descriptors.append(scan_descriptor(features))
@@ -512,7 +539,8 @@ class Detector:
         image = self.load_scan(image)
         stage_times = {} if timings is None else timings
         window = self._window(image)
-        raw = self._raw_scores(image, timings=stage_times, window=window)
+        raw, fallback = self._with_host_fallback(
+            lambda: self._raw_scores(image, timings=stage_times, window=window))
         anomaly_map, raw_score = raw.anomaly_map, self._image_score(raw)
         calibration = self.calibration_
         clean_level = np.float32(calibration.clean_level)
@@ -526,7 +554,7 @@ class Detector:
         result = AnomalyResult(
             heatmap=anomaly_map, score=float(score), anomalous=bool(score > calibration.image_threshold),
             image_threshold=calibration.image_threshold, pixel_threshold=calibration.pixel_threshold,
-            window=window, timings=stage_times,
+            window=window, timings=stage_times, fallback=fallback,
         )
         if raw.device_map is not None:
             self._device_copies = _DeviceCopies(weakref.ref(image), weakref.ref(result), device_heatmap,
@@ -547,19 +575,29 @@ class Detector:
         color_range = color_range or self.calibration_.color_range
         if threshold not in ("percentile", "calibrated"):
             raise InputError(f"unknown threshold mode {threshold!r}")
-        if self._on_gpu:
-            copies = self._device_copies
-            if copies is not None and copies.image() is image and copies.result() is result:
-                heatmap, height, width = copies.heatmap, *image.shape[:2]
-                scan, window = copies.scan[:height, :width], None  # already on the device and windowed
-            else:
-                heatmap, scan, window = torch.from_numpy(result.heatmap).to(self._compute_device), image, result.window
-            mask = (percentile_mask_torch(heatmap, percentile) if threshold == "percentile"
-                    else heatmap > result.pixel_threshold)
-            return render_overlay_torch(scan, heatmap, mask, color_range=color_range, alpha=alpha, window=window)
+        if self._on_gpu and result.fallback is None:
+            try:
+                return self._overlay_on_device(image, result, threshold, percentile, color_range, alpha)
+            except torch.cuda.OutOfMemoryError:
+                pass  # rendered on the host below, as on the CPU
+            self._device_copies = None
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
         mask = (percentile_mask(result.heatmap, percentile) if threshold == "percentile"
                 else result.heatmap > result.pixel_threshold)
         return render_overlay(image, result.heatmap, mask, color_range=color_range, alpha=alpha, window=result.window)
+
+    def _overlay_on_device(self, image: np.ndarray, result: AnomalyResult, threshold: str, percentile: float,
+                           color_range: tuple[float, float], alpha: float) -> np.ndarray:
+        copies = self._device_copies
+        if copies is not None and copies.image() is image and copies.result() is result:
+            heatmap, height, width = copies.heatmap, *image.shape[:2]
+            scan, window = copies.scan[:height, :width], None  # already on the device and windowed
+        else:
+            heatmap, scan, window = torch.from_numpy(result.heatmap).to(self._compute_device), image, result.window
+        mask = (percentile_mask_torch(heatmap, percentile) if threshold == "percentile"
+                else heatmap > result.pixel_threshold)
+        return render_overlay_torch(scan, heatmap, mask, color_range=color_range, alpha=alpha, window=window)
 
     # ------------------------------------------------------------------ calibration
     def calibrate(self, images: Iterable, false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,

@@ -64,6 +64,7 @@ def test_detect_single_file_writes_overlay_heatmap_and_report(demo_data, tiny_bu
     assert payload["model"] == str(tiny_bundle)
     assert {"input", "output", "score", "anomalous", "threshold"} <= set(entry)
     assert isinstance(entry["score"], float) and isinstance(entry["anomalous"], bool)
+    assert entry["fallback"] is None
     library = Detector.load(tiny_bundle, device="cpu").score(scan)
     assert entry["score"] == pytest.approx(library.score, rel=1e-6)
     np.testing.assert_allclose(heatmap, library.heatmap, rtol=0, atol=1e-6)
@@ -291,6 +292,24 @@ def test_detect_never_writes_into_the_model_bundle(demo_data, tiny_bundle, tmp_p
     assert main(["detect", *itertools.chain(*argv.items()), "--model", str(bundle), "--quiet"]) == 2
     assert "is inside the model bundle" in _one_line_error(capsys)
     assert {p.name: p.read_bytes() for p in bundle.iterdir()} == before
+
+
+def test_detect_notes_a_scan_scored_on_the_host_after_the_gpu_ran_out_of_memory(demo_data, tiny_bundle, tmp_path,
+                                                                             capsys, monkeypatch):
+    import torch
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(Detector, "_on_gpu", property(lambda self: not self._pixel_work_on_host))
+    monkeypatch.setattr(Detector, "_device_scan", out_of_memory)
+    scan = sorted((demo_data / "test" / "anomalous").iterdir())[0]
+    report = tmp_path / "report.json"
+    assert main(["detect", "--input", str(scan), "--output", str(tmp_path / "o.png"), "--model", str(tiny_bundle),
+                 "--report", str(report), "--quiet"]) == 0
+    assert f"rtg-anomaly: note: {scan}: the GPU ran out of memory" in capsys.readouterr().err
+    entry = json.loads(report.read_text())["images"][0]
+    assert entry["fallback"].startswith("the GPU ran out of memory") and (tmp_path / "o.png").is_file()
 
 
 def test_model_env_variable_is_the_default(demo_data, tiny_bundle, tmp_path, monkeypatch):

@@ -12,6 +12,7 @@ import torch
 from rtg_anomaly import Detector, NotFittedError
 from rtg_anomaly.detector import ImageTooSmallError, NonFiniteScanError, UnusableScanError
 from rtg_anomaly.features import FeatureExtractor
+from rtg_anomaly.overlay import percentile_mask, render_overlay
 from rtg_anomaly.synthetic import make_vehicle_scan
 from tests.conftest import tiny_config
 
@@ -169,6 +170,64 @@ def test_device_overlay_reuses_the_scored_copies(tiny_bundle, monkeypatch, devic
     later = detector.score(second)  # the next score replaces the copies: one scan's worth at most
     assert detector._device_copies.result() is later and detector._device_copies.image() is second
     assert np.array_equal(detector.overlay(first, result), uploaded)  # an older result still renders right
+
+
+def _out_of_memory(*args, **kwargs):
+    raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+
+def test_scan_too_large_for_the_gpu_is_scored_with_the_pixel_work_on_the_host(tiny_bundle, monkeypatch):
+    """When the scan's pixel work runs the GPU out of memory, score() and overlay() redo it on the host: the
+    CPU path's heatmap and overlay, and the result says why. The next scan tries the GPU again."""
+    scan, _ = make_vehicle_scan(seed=5, height=96, length=300, bit_depth=16)
+    on_host = Detector.load(tiny_bundle, device="cpu")
+    expected = on_host.score(scan)
+    detector = Detector.load(tiny_bundle, device="cpu")
+    monkeypatch.setattr(Detector, "_on_gpu", property(lambda self: not self._pixel_work_on_host))
+    with monkeypatch.context() as patch:
+        patch.setattr(Detector, "_device_scan", _out_of_memory)
+        result = detector.score(scan)
+    assert result.fallback.startswith("the GPU ran out of memory for this scan's pixel work")
+    assert "Tried to allocate 20.00 GiB" in result.fallback
+    np.testing.assert_array_equal(result.heatmap, expected.heatmap)
+    assert result.score == expected.score and detector._device_copies is None
+    assert np.array_equal(detector.overlay(scan, result), on_host.overlay(scan, expected))
+    again = detector.score(scan)
+    assert again.fallback is None and detector._device_copies is not None  # the device path, as before
+
+
+def test_overlay_too_large_for_the_gpu_is_rendered_on_the_host(tiny_bundle, monkeypatch):
+    import rtg_anomaly.detector as detector_module
+
+    scan, _ = make_vehicle_scan(seed=5, height=96, length=300, bit_depth=16)
+    detector = Detector.load(tiny_bundle, device="cpu")
+    monkeypatch.setattr(Detector, "_on_gpu", property(lambda self: True))
+    result = detector.score(scan)
+    assert result.fallback is None
+    monkeypatch.setattr(detector_module, "render_overlay_torch", _out_of_memory)
+    expected = render_overlay(scan, result.heatmap, percentile_mask(result.heatmap, 90.0), window=result.window,
+                              color_range=detector.calibration_.color_range)
+    assert np.array_equal(detector.overlay(scan, result), expected)
+    assert detector._device_copies is None  # freed for the host render
+
+
+def test_fit_redoes_a_scan_too_large_for_the_gpu_on_the_host(demo_data, monkeypatch):
+    """Training scans, their flipped views and the held-out scans: each retried on the host, same model."""
+    clean = sorted((demo_data / "train" / "good").iterdir())[:5]
+    attempts = []
+
+    def out_of_memory(*args, **kwargs):
+        attempts.append(1)
+        _out_of_memory()
+
+    monkeypatch.setattr(Detector, "_on_gpu", property(lambda self: not self._pixel_work_on_host))
+    monkeypatch.setattr(Detector, "_device_scan", out_of_memory)
+    fitted = Detector(tiny_config(augment=("hflip",)), device="cpu").fit(clean)
+    monkeypatch.undo()
+    reference = Detector(tiny_config(augment=("hflip",)), device="cpu").fit(clean)
+    assert len(attempts) == 2 * len(clean)  # every scan and every view went to the GPU first
+    np.testing.assert_array_equal(fitted.memory_bank_, reference.memory_bank_)
+    assert fitted.calibration_ == reference.calibration_
 
 
 def test_overlay_modes(tiny_detector, demo_data):
