@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,7 @@ AUGMENTATION_NAMES = ("hflip", "vflip", "rot90", "rot180", "rot270")
 # What executes the backbone (not a hyper-parameter: the features are the same either way, see openvino_runtime.py).
 # "auto": OpenVINO on the CPU when the openvino package is installed and converts the backbone, else torch.
 RUNTIMES = ("auto", "torch", "openvino")
+MAX_SEED = 2**32
 
 
 class ConfigError(InputError):
@@ -135,6 +137,8 @@ class DetectorConfig:
             (self.max_bank_size >= 1, "max_bank_size must be >= 1"),
             (self.max_patches_per_scan >= 1, "max_patches_per_scan must be >= 1"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
+            # Per-scan seeds are seed + a scan index; numpy wants them >= 0, torch within 64 bits.
+            (isinstance(self.seed, numbers.Integral) and 0 <= self.seed < MAX_SEED, f"seed must be an integer in [0, {MAX_SEED})"),
         ]
         for ok, message in checks:
             if not ok:

@@ -61,6 +61,9 @@ INVALID = [
     ("max_bank_size", 0),
     ("max_patches_per_scan", 0),
     ("batch_size", 0),
+    ("seed", -1),
+    ("seed", 2**32),
+    ("seed", 1.5),
 ]
 
 
@@ -78,11 +81,11 @@ def test_invalid_field_raises_config_error(field, value):
 VALID_EDGES = [
     ("overlap", 0.0), ("overlap", 0.99), ("tile_size", 8), ("input_size", None), ("input_size", 8),
     ("neighbourhood", 1), ("neighbourhood", 5), ("pca_dim", None), ("pca_dim", 1), ("pca_whiten", 0.0),
-    ("pca_whiten", 1.0), ("coreset_ratio", 1.0),
+    ("pca_whiten", 1.0), ("coreset_ratio", 1.0), ("seed", 0), ("seed", 2**32 - 1),
     ("memory_bank_size", 1), ("smoothing_sigma", 0.0), ("image_score", "top_mean"), ("top_fraction", 1.0),
     ("image_score", "patch_top_mean"), ("top_patches", 1),
     ("intensity_window", "dtype"), ("intensity_window", "percentile"), ("window_percentiles", (0, 100)),
-    ("holdout_fraction", 0.0), ("layers", (3, 7, 11)), ("weights", "random"), ("seed", -3),
+    ("holdout_fraction", 0.0), ("layers", (3, 7, 11)), ("weights", "random"),
 ]
 
 
