@@ -7,6 +7,7 @@ Exit codes: 0 success, 2 bad usage or bad input (one-line message on stderr),
 from __future__ import annotations
 
 import argparse
+import collections
 import itertools
 import json
 import os
@@ -306,7 +307,10 @@ def _plan_detect(args: argparse.Namespace):
         if _same_path(output, source):
             raise InputError(f"--output {output} is the input folder: the overlays would overwrite the scans; "
                              "name another folder")
-        jobs = [(p, output / p.name, heatmap / f"{p.stem}.npy" if heatmap else None) for p in paths]
+        # a.png and a.tif in one folder would both write heatmap a.npy: those keep their suffix (a.png.npy).
+        stems = collections.Counter(p.stem for p in paths)
+        names = {p: f"{p.stem if stems[p.stem] == 1 else p.name}.npy" for p in paths}
+        jobs = [(p, output / p.name, heatmap / names[p] if heatmap else None) for p in paths]
     else:
         if args.sort_into:
             raise InputError("--sort-into needs a folder as --input")

@@ -312,6 +312,22 @@ def test_detect_notes_a_scan_scored_on_the_host_after_the_gpu_ran_out_of_memory(
     assert entry["fallback"].startswith("the GPU ran out of memory") and (tmp_path / "o.png").is_file()
 
 
+def test_folder_heatmaps_of_scans_with_one_stem_do_not_overwrite_each_other(demo_data, tiny_bundle, tmp_path):
+    scans = tmp_path / "lane"
+    scans.mkdir()
+    first, second = sorted((demo_data / "test" / "anomalous").iterdir())[:2]
+    shutil.copy(first, scans / "a.bmp")
+    with Image.open(second) as image:
+        image.save(scans / "a.png")
+    shutil.copy(second, scans / "b.bmp")
+    assert main(["detect", "--input", str(scans), "--output", str(tmp_path / "out"), "--model", str(tiny_bundle),
+                 "--heatmap", str(tmp_path / "maps"), "--quiet"]) == 0
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["a.bmp.npy", "a.png.npy", "b.npy"]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    maps = {Path(e["input"]).name: np.load(e["heatmap"]) for e in report["images"]}
+    assert not np.array_equal(maps["a.bmp"], maps["a.png"]) and np.array_equal(maps["a.png"], maps["b.bmp"])
+
+
 def test_model_env_variable_is_the_default(demo_data, tiny_bundle, tmp_path, monkeypatch):
     monkeypatch.setenv("RTG_ANOMALY_MODEL", str(tiny_bundle))
     scan = sorted((demo_data / "test" / "good").iterdir())[0]
