@@ -138,7 +138,8 @@ class DetectorConfig:
             (self.max_patches_per_scan >= 1, "max_patches_per_scan must be >= 1"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
             # Per-scan seeds are seed + a scan index; numpy wants them >= 0, torch within 64 bits.
-            (isinstance(self.seed, numbers.Integral) and 0 <= self.seed < MAX_SEED, f"seed must be an integer in [0, {MAX_SEED})"),
+            (isinstance(self.seed, numbers.Integral) and 0 <= self.seed < MAX_SEED,
+             f"seed must be an integer in [0, {MAX_SEED})"),
         ]
         for ok, message in checks:
             if not ok:

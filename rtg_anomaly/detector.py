@@ -123,7 +123,8 @@ class AnomalyResult:
     window: raw intensity (low, high) mapped to [0, 1] for this scan.
     timings: seconds per stage (backbone, knn, stitch, smooth).
     fallback: why the scan's pixel work (tiling, stitching, smoothing) ran on the host although the
-        detector runs on a GPU (the GPU ran out of memory for it), else None. The heatmap is the same.
+        detector runs on a GPU (the GPU ran out of memory for it), else None. The heatmap is then the
+        CPU path's, which the GPU path matches to float32 rounding.
     """
 
     heatmap: np.ndarray
