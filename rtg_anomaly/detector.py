@@ -576,6 +576,9 @@ class Detector:
         color_range = color_range or self.calibration_.color_range
         if threshold not in ("percentile", "calibrated"):
             raise InputError(f"unknown threshold mode {threshold!r}")
+        if np.shape(image)[:2] != result.heatmap.shape:
+            raise InputError(f"the image ({'x'.join(map(str, np.shape(image)[:2]))}) is not the scan this result "
+                             f"was scored on ({'x'.join(map(str, result.heatmap.shape))}, height x width)")
         if self._on_gpu and result.fallback is None:
             try:
                 return self._overlay_on_device(image, result, threshold, percentile, color_range, alpha)

@@ -11,6 +11,7 @@ import torch
 
 from rtg_anomaly import Detector, NotFittedError
 from rtg_anomaly.detector import ImageTooSmallError, NonFiniteScanError, UnusableScanError
+from rtg_anomaly.errors import InputError
 from rtg_anomaly.features import FeatureExtractor
 from rtg_anomaly.overlay import percentile_mask, render_overlay
 from rtg_anomaly.synthetic import make_vehicle_scan
@@ -230,6 +231,13 @@ def test_fit_redoes_a_scan_too_large_for_the_gpu_on_the_host(demo_data, monkeypa
     assert fitted.calibration_ == reference.calibration_
 
 
+def test_overlay_of_another_sized_image_is_a_clear_error(tiny_detector):
+    scan, _ = make_vehicle_scan(seed=5, height=96, length=300)
+    result = tiny_detector.score(scan)
+    with pytest.raises(InputError, match=r"the image \(48x300\) is not the scan this result was scored on \(96x300"):
+        tiny_detector.overlay(scan[:48], result)
+
+
 def test_overlay_modes(tiny_detector, demo_data):
     scan = tiny_detector.load_scan(sorted((demo_data / "test" / "anomalous").iterdir())[0])
     result = tiny_detector.score(scan)
@@ -382,8 +390,6 @@ def test_global_bundle_without_descriptor_bank_is_refused(global_detector, tmp_p
 
 
 def test_global_score_needs_held_out_scans(demo_data):
-    from rtg_anomaly.errors import InputError
-
     one = sorted((demo_data / "train" / "good").iterdir())[:1]
     with pytest.raises(InputError, match="held-out"):
         Detector(tiny_config(image_score="global"), device="cpu").fit(one)
