@@ -72,6 +72,12 @@ class Calibration:
         return cls(**values)
 
 
+def check_false_alarm_rate(false_alarm_rate: float) -> None:
+    """InputError unless 0 < rate < 1 (a share of clean scans)."""
+    if not 0.0 < false_alarm_rate < 1.0:
+        raise InputError(f"false-alarm rate must be in (0, 1), got {false_alarm_rate}")
+
+
 def threshold_at_rate(clean_scores: np.ndarray, false_alarm_rate: float) -> tuple[float, str]:
     """Score that at most ``false_alarm_rate`` of clean scans exceed.
 
@@ -83,8 +89,7 @@ def threshold_at_rate(clean_scores: np.ndarray, false_alarm_rate: float) -> tupl
     scores = np.asarray(clean_scores, dtype=np.float64)
     if scores.size == 0:
         raise InputError("no clean scores to calibrate on")
-    if not 0.0 < false_alarm_rate < 1.0:
-        raise InputError("false-alarm rate must be in (0, 1)")
+    check_false_alarm_rate(false_alarm_rate)
     empirical = float(np.quantile(scores, 1.0 - false_alarm_rate, method="higher"))
     if scores.size * false_alarm_rate >= 1.0 or scores.size < 2:
         return empirical, "empirical"

@@ -23,7 +23,7 @@ import torch
 from . import __version__
 from .augment import augmented_views
 from .bundle import BundleError, load_bundle, read_manifest, save_bundle
-from .calibration import DEFAULT_FALSE_ALARM_RATE, Calibration, calibrate
+from .calibration import DEFAULT_FALSE_ALARM_RATE, Calibration, calibrate, check_false_alarm_rate
 from .config import DetectorConfig
 from .descriptor import DescriptorAccumulator, DescriptorBank, scan_descriptor
 from .errors import InputError
@@ -267,6 +267,7 @@ class Detector:
         from tqdm import tqdm
 
         config = self.config
+        check_false_alarm_rate(false_alarm_rate)  # before hours of backbone work, not after
         images = list(images)
         if not images:
             raise InputError("no clean images to fit on")
@@ -573,6 +574,7 @@ class Detector:
         way the colours follow the fixed calibrated scale ``color_range``
         (default: the calibration's, see ``Calibration.color_range``).
         """
+        self._check_fitted()
         color_range = color_range or self.calibration_.color_range
         if threshold not in ("percentile", "calibrated"):
             raise InputError(f"unknown threshold mode {threshold!r}")
@@ -611,6 +613,7 @@ class Detector:
         Sets and returns ``calibration_``.
         """
         self._check_fitted()
+        check_false_alarm_rate(false_alarm_rate)
         stats = self._clean_statistics(list(images), on_bad_image)
         if not stats.image_scores.size:
             raise InputError("no clean scan could be read to calibrate on")

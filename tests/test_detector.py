@@ -21,6 +21,21 @@ from tests.conftest import tiny_config
 def test_score_before_fit_is_a_clear_error():
     with pytest.raises(NotFittedError, match="not fitted"):
         Detector(tiny_config(), device="cpu").score(np.zeros((64, 64), np.uint8))
+    with pytest.raises(NotFittedError, match="not fitted"):
+        Detector(tiny_config(), device="cpu").overlay(np.zeros((64, 64), np.uint8), None)
+
+
+@pytest.mark.parametrize("rate", [0.0, 1.0, -0.1, float("nan")])
+def test_a_bad_false_alarm_rate_is_refused_before_any_scan_is_read(rate, tiny_detector, monkeypatch):
+    """fit() and calibrate() check the rate first: a fit of a thousand scans must not end on it."""
+    def read(*args, **kwargs):
+        raise AssertionError("a scan was read before the rate was checked")
+
+    monkeypatch.setattr(Detector, "_read", read)
+    with pytest.raises(InputError, match="false-alarm rate must be in"):
+        Detector(tiny_config(), device="cpu").fit([np.zeros((64, 64), np.uint8)] * 3, false_alarm_rate=rate)
+    with pytest.raises(InputError, match="false-alarm rate must be in"):
+        copy.deepcopy(tiny_detector).calibrate([np.zeros((64, 64), np.uint8)], false_alarm_rate=rate)
 
 
 def test_heatmap_matches_scan_size_and_units(tiny_detector, demo_data):
