@@ -363,31 +363,45 @@ def _run_detect(args: argparse.Namespace) -> int:
     detector = Detector.load(model_dir, device=args.device, runtime=args.runtime)
     runtime = _note_runtime(detector)
     entries, errors, rows = [], [], []
-    for (path, overlay_path, heatmap_path), loaded in tqdm(zip(jobs, scans), total=len(jobs), unit="scan",
-                                                           desc="detect", leave=False,
-                                                           disable=args.quiet or len(jobs) < 2):
-        try:
-            image = detector.check_scan(loaded.result(), path)
-            entry = _detect_one(detector, path, image, overlay_path, heatmap_path, args)
-        except InputError as exc:
-            if not folder_mode:
-                raise
-            print(f"rtg-anomaly: warning: skipped {exc}", file=sys.stderr)
-            errors.append({"input": str(path), "error": str(exc)})
-            rows.append(triage_row(path, decision="error", error=exc))
-            continue
-        entries.append(entry)
-        decision = "suspect" if entry["anomalous"] else "clean"
-        rows.append(triage_row(path, score=entry["score"], decision=decision,
-                               regions=[r["bbox"] for r in entry["regions"]]))
-        if args.sort_into:
-            entry["sorted_to"] = str(sort_into(args.sort_into, path, decision, mode=args.sort_mode))
-    if report is not None:
-        _write_json(report, {"model": str(model_dir), "runtime": runtime, "threshold_mode": args.threshold,
-                             "threshold_percentile": args.threshold_percentile,
-                             "images": entries, "errors": errors})
-    if csv_path is not None:
-        write_triage_csv(csv_path, rows)
+
+    def write_results(complete: bool) -> None:
+        if report is not None:
+            _write_json(report, {"model": str(model_dir), "runtime": runtime, "threshold_mode": args.threshold,
+                                 "threshold_percentile": args.threshold_percentile, "complete": complete,
+                                 "images": entries, "errors": errors})
+        if csv_path is not None:
+            write_triage_csv(csv_path, rows)
+
+    try:
+        for (path, overlay_path, heatmap_path), loaded in tqdm(zip(jobs, scans), total=len(jobs), unit="scan",
+                                                               desc="detect", leave=False,
+                                                               disable=args.quiet or len(jobs) < 2):
+            try:
+                image = detector.check_scan(loaded.result(), path)
+                entry = _detect_one(detector, path, image, overlay_path, heatmap_path, args)
+            except InputError as exc:
+                if not folder_mode:
+                    raise
+                print(f"rtg-anomaly: warning: skipped {exc}", file=sys.stderr)
+                errors.append({"input": str(path), "error": str(exc)})
+                rows.append(triage_row(path, decision="error", error=exc))
+                continue
+            entries.append(entry)
+            decision = "suspect" if entry["anomalous"] else "clean"
+            rows.append(triage_row(path, score=entry["score"], decision=decision,
+                                   regions=[r["bbox"] for r in entry["regions"]]))
+            if args.sort_into:
+                entry["sorted_to"] = str(sort_into(args.sort_into, path, decision, mode=args.sort_mode))
+    except BaseException:  # Ctrl-C or a failure hours into a folder: keep the triage of the scans done
+        if folder_mode and rows:
+            try:
+                write_results(complete=False)
+                print(f"rtg-anomaly: stopped after {len(rows)} of {len(jobs)} scans; {report} and {csv_path} "
+                      "list those (\"complete\": false)", file=sys.stderr)
+            except OSError:
+                pass  # the original error is the one to report
+        raise
+    write_results(complete=True)
     flagged = sum(e["anomalous"] for e in entries)
     if folder_mode:
         print(f"scored {len(entries)} scans: {flagged} suspect, {len(entries) - flagged} clean, "

@@ -328,6 +328,37 @@ def test_folder_heatmaps_of_scans_with_one_stem_do_not_overwrite_each_other(demo
     assert not np.array_equal(maps["a.bmp"], maps["a.png"]) and np.array_equal(maps["a.png"], maps["b.bmp"])
 
 
+@pytest.mark.parametrize("stop, code", [(KeyboardInterrupt, 130), (MemoryError, 1)])
+def test_a_folder_run_stopped_part_way_keeps_the_triage_of_the_scans_done(demo_data, tiny_bundle, tmp_path, capsys,
+                                                                         monkeypatch, stop, code):
+    import rtg_anomaly.cli as cli
+
+    scans = sorted((demo_data / "test" / "anomalous").iterdir())
+    assert len(scans) >= 2
+    real = cli._detect_one
+    done = []
+
+    def detect_one(detector, path, *args):
+        if len(done) == 1:
+            raise stop()
+        done.append(path)
+        return real(detector, path, *args)
+
+    monkeypatch.setattr(cli, "_detect_one", detect_one)
+    out = tmp_path / "out"
+    argv = ["detect", "--input", str(demo_data / "test" / "anomalous"), "--output", str(out),
+            "--model", str(tiny_bundle), "--quiet"]
+    assert main(argv) == code
+    assert f"stopped after 1 of {len(scans)} scans" in capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert report["complete"] is False and [e["input"] for e in report["images"]] == [str(scans[0])]
+    assert len((out / "triage.csv").read_text().strip().splitlines()) == 1 + 1
+    monkeypatch.undo()
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["complete"] is True and len(report["images"]) == len(scans)
+
+
 def test_model_env_variable_is_the_default(demo_data, tiny_bundle, tmp_path, monkeypatch):
     monkeypatch.setenv("RTG_ANOMALY_MODEL", str(tiny_bundle))
     scan = sorted((demo_data / "test" / "good").iterdir())[0]
