@@ -484,6 +484,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     eval_set = load_mvtec_folder(args.data)
     if args.output:
         _check_writable_folder(Path(args.output))
+        for flag, model in (("--model", args.model), ("--save-model", args.save_model)):
+            if model and Path(args.output).resolve() == Path(model).resolve():
+                raise InputError(f"--output {args.output} is the {flag} folder: the metrics would be written into "
+                                 "the model bundle; name another folder")
     if args.model:
         detector = Detector.load(args.model, device=args.device, runtime=args.runtime)
         _note_runtime(detector)

@@ -445,6 +445,16 @@ def test_evaluate_fits_and_writes_metrics(demo_data, tmp_path, capsys):
     assert [i["score"] for i in again["images"]] == [i["score"] for i in metrics["images"]]
 
 
+@pytest.mark.parametrize("flag", ["--model", "--save-model"])
+def test_evaluate_never_writes_its_metrics_into_the_model_bundle(demo_data, tiny_bundle, tmp_path, capsys, flag):
+    bundle = _copy_bundle(tiny_bundle, tmp_path)
+    before = {p.name: p.read_bytes() for p in bundle.iterdir()}
+    extra = [] if flag == "--model" else TINY_CLI_FLAGS
+    assert main(["evaluate", "--data", str(demo_data), "--output", str(bundle), flag, str(bundle), *extra]) == 2
+    assert f"is the {flag} folder" in _one_line_error(capsys)
+    assert {p.name: p.read_bytes() for p in bundle.iterdir()} == before
+
+
 def test_evaluate_bad_layout_is_one_line(tmp_path, capsys):
     assert main(["evaluate", "--data", str(tmp_path), *TINY_CLI_FLAGS]) == 2
     assert "train" in _one_line_error(capsys)
