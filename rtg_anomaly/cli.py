@@ -37,10 +37,20 @@ def _default_model() -> str:
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
     return value
+
+
+def _block_indices(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated block indices such as 6 or 4,6, got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,7 +130,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--k", type=_positive_int, help="nearest neighbours averaged per patch (default 1)")
     parser.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
     parser.add_argument("--batch-size", type=_positive_int, help="tiles per backbone batch (default 8)")
-    parser.add_argument("--layers", type=lambda s: tuple(int(x) for x in s.split(",")),
+    parser.add_argument("--layers", type=_block_indices,
                         help="comma-separated backbone block indices (default 6)")
     parser.add_argument("--neighbourhood", type=_positive_int,
                         help="side of the average pooling over the patch grid, odd (default 1: off)")

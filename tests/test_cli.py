@@ -159,6 +159,10 @@ def test_bad_inputs_exit_2_with_one_line(demo_data, tiny_bundle, tmp_path, capsy
         (["fit", "--clean-dir", str(empty), "--pca-whiten", "2", *TINY_CLI_FLAGS], "pca_whiten"),
         (["fit", "--clean-dir", str(empty), "--top-patches", "0", *TINY_CLI_FLAGS], "positive"),
         (["fit", "--clean-dir", str(empty), "--augment", "spin", *TINY_CLI_FLAGS], "unknown augmentation"),
+        (["fit", "--clean-dir", str(empty), *TINY_CLI_FLAGS, "--layers", "6,,7"],
+         "argument --layers: expected comma-separated block indices such as 6 or 4,6, got '6,,7'"),
+        (["fit", "--clean-dir", str(empty), *TINY_CLI_FLAGS, "--tile-size", "abc"],
+         "argument --tile-size: expected a positive integer, got abc"),
         (["fit", "--clean-dir", str(single), "--model", str(tmp_path / "o8"), "--image-score", "global",
           *TINY_CLI_FLAGS], "held-out"),
     ]
