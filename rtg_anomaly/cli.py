@@ -50,7 +50,8 @@ def _block_indices(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated block indices such as 6 or 4,6, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated block indices such as 6 or 4,6, got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
