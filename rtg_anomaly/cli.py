@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 
 from .config import IMAGE_SCORE_RULES, RUNTIMES
-from .errors import InputError
+from .errors import InputError, first_line
 from .regions import DEFAULT_MIN_AREA
 
 DEFAULT_MODEL_DIR = "model_artifacts/default"
@@ -219,8 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug or an environment failure: one line, details on request
         if os.environ.get("RTG_ANOMALY_DEBUG"):
             traceback.print_exc()
-        first_line = str(exc).splitlines()[0] if str(exc) else ""
-        print(f"rtg-anomaly: unexpected error: {type(exc).__name__}: {first_line} "
+        message = first_line(exc) if str(exc).strip() else ""
+        print(f"rtg-anomaly: unexpected error: {type(exc).__name__}: {message} "
               "(set RTG_ANOMALY_DEBUG=1 for the traceback)", file=sys.stderr)
         return EXIT_FAILURE
 
@@ -346,12 +346,13 @@ def _plan_detect(args: argparse.Namespace):
     return jobs, folder_mode, output, report, csv_path
 
 
-def _same_path(a: Path, b: Path) -> bool:
-    """Whether two existing paths name the same file or folder (through links and ``..`` too)."""
+def _same_path(a: Path | str, b: Path | str) -> bool:
+    """Whether two paths name the same file or folder: through links and ``..`` when both exist, else by
+    their resolved names (one of them is still to be written)."""
     try:
         return os.path.samefile(a, b)
-    except OSError:  # one of them does not exist (yet)
-        return False
+    except OSError:
+        return Path(a).resolve() == Path(b).resolve()
 
 
 def _run_detect(args: argparse.Namespace) -> int:
@@ -496,7 +497,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if args.output:
         _check_writable_folder(Path(args.output))
         for flag, model in (("--model", args.model), ("--save-model", args.save_model)):
-            if model and Path(args.output).resolve() == Path(model).resolve():
+            if model and _same_path(args.output, model):
                 raise InputError(f"--output {args.output} is the {flag} folder: the metrics would be written into "
                                  "the model bundle; name another folder")
     if args.model:

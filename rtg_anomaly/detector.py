@@ -26,7 +26,7 @@ from .bundle import BundleError, load_bundle, read_manifest, save_bundle
 from .calibration import DEFAULT_FALSE_ALARM_RATE, Calibration, calibrate, check_false_alarm_rate
 from .config import DetectorConfig
 from .descriptor import DescriptorAccumulator, DescriptorBank, scan_descriptor
-from .errors import InputError
+from .errors import InputError, first_line
 from .features import FeatureExtractor, resolve_device
 from .intensity import apply_window, apply_window_torch, to_device_float, window_limits
 from .io import load_image
@@ -220,17 +220,21 @@ class Detector:
         try:
             return compute(), None
         except torch.cuda.OutOfMemoryError as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else "out of memory"
+            reason = first_line(exc)
         # Out of the except block, so the traceback no longer holds the failed attempt's tensors.
-        self._device_copies = None
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        self._release_device_memory()
         self._pixel_work_on_host = True
         try:
             value = compute()
         finally:
             self._pixel_work_on_host = False
         return value, f"the GPU ran out of memory for this scan's pixel work, so it ran on the host ({reason})"
+
+    def _release_device_memory(self) -> None:
+        """Drop the last scan's device copies and hand cached GPU memory back, after an out-of-memory error."""
+        self._device_copies = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def _valid_patches(self, origins: np.ndarray, image_shape: tuple[int, int]) -> np.ndarray:
         """bool (B, h, w): patches whose centre lies inside the unpadded scan."""
@@ -586,9 +590,7 @@ class Detector:
                 return self._overlay_on_device(image, result, threshold, percentile, color_range, alpha)
             except torch.cuda.OutOfMemoryError:
                 pass  # rendered on the host below, as on the CPU
-            self._device_copies = None
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            self._release_device_memory()
         mask = (percentile_mask(result.heatmap, percentile) if threshold == "percentile"
                 else result.heatmap > result.pixel_threshold)
         return render_overlay(image, result.heatmap, mask, color_range=color_range, alpha=alpha, window=result.window)

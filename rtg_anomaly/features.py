@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import DEFAULT_BACKBONE, RUNTIMES, DetectorConfig
-from .errors import InputError
+from .errors import InputError, first_line
 from .openvino_runtime import RuntimeUnavailable, compile_for_cpu
 
 # The backbone's autocast dtype on CUDA. On an H100, bfloat16 and float16 ran equally fast (80 DINOv2 tiles:
@@ -152,10 +152,10 @@ def create_backbone(config: DetectorConfig) -> tuple[torch.nn.Module, dict]:
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
             raise BackboneError(f"unknown timm model {config.backbone!r}") from None
-        raise BackboneError(f"cannot create backbone {config.backbone!r}: {str(exc).splitlines()[0]}") from None
+        raise BackboneError(f"cannot create backbone {config.backbone!r}: {first_line(exc)}") from None
     except Exception as exc:  # hub download failures, bad weight files
         hint = " (no internet? pass --weights FILE)" if weights is None else ""
-        raise BackboneError(f"cannot load weights for {config.backbone!r}{hint}: {str(exc).splitlines()[0]}") from None
+        raise BackboneError(f"cannot load weights for {config.backbone!r}{hint}: {first_line(exc)}") from None
     if not hasattr(model, "forward_intermediates"):
         raise BackboneError(f"backbone {config.backbone!r} does not expose intermediate features")
     model.eval().requires_grad_(False)

@@ -27,7 +27,7 @@ from typing import Callable
 
 import torch
 
-from .errors import InputError
+from .errors import InputError, first_line
 
 
 class RuntimeUnavailable(InputError):
@@ -123,7 +123,7 @@ def compile_for_cpu(forward: Callable[[torch.Tensor], torch.Tensor], example: to
         try:
             compiled = core.compile_model(model, "CPU", properties)
         except Exception as exc:
-            raise RuntimeUnavailable(f"OpenVINO cannot compile this backbone: {_first_line(exc)}") from None
+            raise RuntimeUnavailable(f"OpenVINO cannot compile this backbone: {first_line(exc)}") from None
         if entry is not None:
             _write_cached(ov, model, entry)
     request = compiled.create_infer_request()
@@ -134,10 +134,6 @@ def compile_for_cpu(forward: Callable[[torch.Tensor], torch.Tensor], example: to
         return torch.from_numpy(output)
 
     return run
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _convert(ov, forward: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor):
@@ -153,7 +149,7 @@ def _convert(ov, forward: Callable[[torch.Tensor], torch.Tensor], example: torch
             return ov.convert_model(_Forward().eval(), example_input=example,
                                     input=[ov.PartialShape([-1, *example.shape[1:]])])
     except Exception as exc:  # conversion failures come from many layers of OpenVINO and torch
-        raise RuntimeUnavailable(f"OpenVINO cannot convert this backbone: {_first_line(exc)}") from None
+        raise RuntimeUnavailable(f"OpenVINO cannot convert this backbone: {first_line(exc)}") from None
 
 
 def _read_cached(core, entry: Path, properties: dict, forward, example: torch.Tensor):
@@ -228,7 +224,7 @@ def compile_nearest_distance(threads: int) -> Callable[[torch.Tensor, torch.Tens
         compiled = ov.Core().compile_model(ov.Model([nearest], [queries, bank, bank_norms]), "CPU",
                                            cpu_compile_properties(threads))
     except Exception as exc:
-        raise RuntimeUnavailable(f"OpenVINO cannot compile the nearest-distance graph: {_first_line(exc)}") from None
+        raise RuntimeUnavailable(f"OpenVINO cannot compile the nearest-distance graph: {first_line(exc)}") from None
     request = compiled.create_infer_request()
 
     def run(query_rows: torch.Tensor, bank_rows: torch.Tensor, bank_squared_norms: torch.Tensor) -> torch.Tensor:

@@ -78,7 +78,7 @@ def test_hub_failure_is_one_line_and_the_hub_client_stays_quiet(monkeypatch, cap
     assert logging.getLogger("huggingface_hub").level == level_before
 
 
-def test_cnn_backbone_without_img_size_is_created(monkeypatch):
+def test_cnn_backbone_without_img_size_is_created():
     """CNNs take no img_size argument: the input size still applies, to the tiles, not to the model."""
     model, info = create_backbone(DetectorConfig(backbone="resnet18", weights="random", input_size=64))
     assert info == {"weights": "random", "weights_sha256": None}
