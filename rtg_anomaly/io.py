@@ -12,6 +12,7 @@ from typing import Callable, Iterator
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .bmp16 import read_grey16_bmp
 from .errors import InputError
 
 IMAGE_SUFFIXES = (".bmp", ".png", ".tif", ".tiff", ".jpg", ".jpeg")
@@ -28,7 +29,8 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     """Read one scan with its full dynamic range.
 
     Returns an array of shape (H, W) for grey or (H, W, 3) for colour, in the
-    file's own dtype: uint8, uint16 (16-bit PNG/TIFF) or float32 (float TIFF).
+    file's own dtype: uint8, uint16 (16-bit grey or 16 bits a channel colour PNG/TIFF,
+    16-bit grey BMP, see ``bmp16``) or float32 (float TIFF).
     Alpha channels are dropped; palette images become RGB.
     Raises ImageReadError with a one-line reason.
     """
@@ -36,9 +38,13 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     if not path.is_file():
         raise ImageReadError(f"cannot read image {path}: no such file")
     try:
+        grey16 = read_grey16_bmp(path, max_pixels=Image.MAX_IMAGE_PIXELS)
+        if grey16 is not None:
+            return grey16
         with Image.open(path) as img:
-            img.load()
-            return _to_array(img)
+            sixteen_bit_channels = _has_16bit_channels(img)  # before load(), which clears img.tile
+            img.load()  # decodes and checks the whole file, also when OpenCV reads it below
+            return _to_array_16bit_channels(path) if sixteen_bit_channels else _to_array(img)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         reason = str(exc).split("\n")[0] or type(exc).__name__
         if isinstance(exc, UnidentifiedImageError):
@@ -64,6 +70,28 @@ def _to_array(img: Image.Image) -> np.ndarray:
         array = array[..., 0]
     if array.size == 0:
         raise ValueError("image has no pixels")
+    return np.ascontiguousarray(array)
+
+
+def _has_16bit_channels(img: Image.Image) -> bool:
+    """True for a colour or grey + alpha file with 16 bits a channel, which Pillow cuts to 8 bits."""
+    if img.mode not in ("RGB", "RGBA", "RGBX", "LA"):
+        return False
+    raw_modes = [tile[3] if isinstance(tile[3], str) else tile[3][0] for tile in img.tile if tile[3]]
+    return any(isinstance(raw_mode, str) and ";16" in raw_mode for raw_mode in raw_modes)
+
+
+def _to_array_16bit_channels(path: Path) -> np.ndarray:
+    """uint16 (H, W, 3) RGB or (H, W) grey of a file with 16 bits a channel, read by OpenCV."""
+    import cv2
+
+    array = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if array is None:
+        raise ValueError("OpenCV cannot decode this 16-bit colour file")
+    if array.ndim == 3:
+        array = array[..., 0] if array.shape[2] <= 2 else array[..., 2::-1]  # drop alpha; BGR -> RGB
+    if array.ndim == 3 and _is_grey(array):
+        array = array[..., 0]
     return np.ascontiguousarray(array)
 
 

@@ -56,6 +56,49 @@ def test_load_16bit_preserves_values(tmp_path, writer, suffix):
     assert out.max() == 65535 and (out > 255).mean() > 0.9
 
 
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_load_16bit_channels_keep_16_bits(tmp_path, suffix):
+    """Colour, grey-in-RGB and RGBA files with 16 bits a channel: Pillow alone would keep only the high byte."""
+    rng = np.random.default_rng(4)
+    colour = rng.integers(0, 65536, (23, 37, 3), dtype=np.uint16)
+    assert cv2.imwrite(str(tmp_path / f"rgb48{suffix}"), colour[..., ::-1])  # OpenCV writes BGR
+    out = load_image(tmp_path / f"rgb48{suffix}")
+    assert out.dtype == np.uint16 and out.shape == colour.shape and np.array_equal(out, colour)
+    grey = _grey16()
+    assert cv2.imwrite(str(tmp_path / f"grey48{suffix}"), np.stack([grey] * 3, axis=2))
+    assert np.array_equal(load_image(tmp_path / f"grey48{suffix}"), grey)
+    alpha = rng.integers(0, 65536, grey.shape, dtype=np.uint16)
+    assert cv2.imwrite(str(tmp_path / f"rgba64{suffix}"), np.stack([grey, grey, grey, alpha], axis=2))
+    out = load_image(tmp_path / f"rgba64{suffix}")
+    assert out.dtype == np.uint16 and np.array_equal(out, grey)
+
+
+def test_load_16bit_grey_alpha_png(tmp_path):
+    import struct
+    import zlib
+
+    grey = _grey16()
+    pixels = np.stack([grey, np.full_like(grey, 65535)], axis=2).astype(">u2")
+    raw = b"".join(b"\0" + row.tobytes() for row in pixels)  # filter byte 0 per row
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", grey.shape[1], grey.shape[0], 16, 4, 0, 0, 0)  # 16-bit grey + alpha
+    path = tmp_path / "la16.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
+                     + chunk(b"IEND", b""))
+    out = load_image(path)
+    assert out.dtype == np.uint16 and np.array_equal(out, grey)
+
+
+def test_truncated_16bit_colour_png(tmp_path):
+    path = tmp_path / "cut48.png"
+    assert cv2.imwrite(str(path), np.random.default_rng(5).integers(0, 65536, (64, 64, 3), dtype=np.uint16))
+    path.write_bytes(path.read_bytes()[:-5000])
+    _assert_read_error(path)
+
+
 def test_load_float_tiff(tmp_path):
     image = np.random.default_rng(1).random((9, 11), dtype=np.float32) * 3.0 - 1.0
     path = tmp_path / "float.tif"
