@@ -14,6 +14,7 @@ import os
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 from .config import IMAGE_SCORE_RULES, RUNTIMES
@@ -209,7 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version and usage errors
         return int(exc.code or 0)
     try:
-        return args.handler(args)
+        with warnings.catch_warnings():
+            # Pillow warns about damaged metadata before the decode fails or succeeds; either way the
+            # outcome is reported in one line, so its two-line warning is noise here.
+            warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
+            return args.handler(args)
     except InputError as exc:
         print(f"rtg-anomaly: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

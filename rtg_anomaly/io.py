@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -19,6 +20,7 @@ IMAGE_SUFFIXES = (".bmp", ".png", ".tif", ".tiff", ".jpg", ".jpeg")
 # Vehicle scans are large (4000 x 12000 and more); Pillow's default bomb guard
 # (89 Mpx) would refuse legitimate scans, so allow up to 1 Gpx.
 Image.MAX_IMAGE_PIXELS = 1_000_000_000
+_OPENCV_LOG_LOCK = threading.Lock()
 
 
 class ImageReadError(InputError):
@@ -30,7 +32,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
 
     Returns an array of shape (H, W) for grey or (H, W, 3) for colour, in the
     file's own dtype: uint8, uint16 (16-bit grey or 16 bits a channel colour PNG/TIFF,
-    16-bit grey BMP, see ``bmp16``) or float32 (float TIFF).
+    16-bit grey BMP, see ``bmp16``) or float32 (float or signed integer TIFF).
     Alpha channels are dropped; palette images become RGB.
     Raises ImageReadError with a one-line reason.
     """
@@ -41,10 +43,22 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         grey16 = read_grey16_bmp(path, max_pixels=Image.MAX_IMAGE_PIXELS)
         if grey16 is not None:
             return grey16
-        with Image.open(path) as img:
+        try:
+            opened = Image.open(path)
+        except UnidentifiedImageError:
+            array = _read_with_opencv(path)  # a few layouts Pillow does not know, e.g. float64 TIFF
+            if array is None:
+                raise
+            return _from_opencv(array)
+        with opened as img:
             sixteen_bit_channels = _has_16bit_channels(img)  # before load(), which clears img.tile
             img.load()  # decodes and checks the whole file, also when OpenCV reads it below
-            return _to_array_16bit_channels(path) if sixteen_bit_channels else _to_array(img)
+            if not sixteen_bit_channels:
+                return _to_array(img)
+        array = _read_with_opencv(path)
+        if array is None:
+            raise ValueError("OpenCV cannot decode this file with 16 bits a channel")
+        return _from_opencv(array)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         reason = str(exc).split("\n")[0] or type(exc).__name__
         if isinstance(exc, UnidentifiedImageError):
@@ -81,17 +95,34 @@ def _has_16bit_channels(img: Image.Image) -> bool:
     return any(isinstance(raw_mode, str) and ";16" in raw_mode for raw_mode in raw_modes)
 
 
-def _to_array_16bit_channels(path: Path) -> np.ndarray:
-    """uint16 (H, W, 3) RGB or (H, W) grey of a file with 16 bits a channel, read by OpenCV."""
+def _read_with_opencv(path: Path) -> np.ndarray | None:
+    """The file as OpenCV decodes it (channels in BGR(A) order, any dtype), or None if it cannot.
+
+    OpenCV's own log lines (libtiff and libpng complaints about a broken file) are silenced: the
+    caller reports one line. The log level is process-wide, hence the lock around the decode.
+    """
     import cv2
 
-    array = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if array is None:
-        raise ValueError("OpenCV cannot decode this 16-bit colour file")
+    with _OPENCV_LOG_LOCK:
+        previous = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        try:
+            return cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        finally:
+            cv2.utils.logging.setLogLevel(previous)
+
+
+def _from_opencv(array: np.ndarray) -> np.ndarray:
+    """An OpenCV decode as ``load_image`` returns it: alpha dropped, RGB order, grey collapsed to (H, W);
+    uint8 and uint16 kept, other dtypes (signed integers, float64) as float32."""
     if array.ndim == 3:
         array = array[..., 0] if array.shape[2] <= 2 else array[..., 2::-1]  # drop alpha; BGR -> RGB
     if array.ndim == 3 and _is_grey(array):
         array = array[..., 0]
+    if array.dtype not in (np.uint8, np.uint16):
+        array = array.astype(np.float32)
+    if array.size == 0:
+        raise ValueError("image has no pixels")
     return np.ascontiguousarray(array)
 
 

@@ -374,6 +374,20 @@ def test_python_dash_m_entry_point():
     assert result.returncode == 0 and "fit" in result.stdout and "detect" in result.stdout
 
 
+def test_damaged_tiff_metadata_gives_one_line(tiny_bundle, tmp_path):
+    """Pillow warns (two lines) about a TIFF directory past the end of the file; the CLI prints only its error.
+
+    A subprocess, because pytest records warnings instead of printing them."""
+    scan = tmp_path / "cut.tif"
+    scan.write_bytes(b"II*\x00\x10\x00\x00\x00abcd")  # little-endian TIFF, first directory beyond the end
+    result = subprocess.run([sys.executable, "-m", "rtg_anomaly", "detect", "--input", str(scan), "--output",
+                             str(tmp_path / "o.png"), "--model", str(tiny_bundle), "--device", "cpu"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [f"rtg-anomaly: error: cannot read image {scan}: not a recognised image file"]
+    assert not (tmp_path / "o.png").exists()
+
+
 def test_folder_triage_csv_regions_and_sorting(demo_data, tiny_bundle, tmp_path, capsys):
     import csv
 

@@ -99,6 +99,17 @@ def test_truncated_16bit_colour_png(tmp_path):
     _assert_read_error(path)
 
 
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")
+def test_layouts_pillow_does_not_know_are_read_by_opencv(tmp_path, capfd):
+    image = np.random.default_rng(6).normal(size=(9, 11)) * 1e3  # float64 TIFF: Pillow cannot identify it
+    assert cv2.imwrite(str(tmp_path / "f64.tif"), image)
+    out = load_image(tmp_path / "f64.tif")
+    assert out.dtype == np.float32 and np.array_equal(out, image.astype(np.float32))
+    (tmp_path / "cut.tif").write_bytes((tmp_path / "f64.tif").read_bytes()[:500])
+    _assert_read_error(tmp_path / "cut.tif", "not a recognised image file")
+    assert capfd.readouterr().err == ""  # libtiff's complaints, printed by OpenCV, are silenced
+
+
 def test_load_float_tiff(tmp_path):
     image = np.random.default_rng(1).random((9, 11), dtype=np.float32) * 3.0 - 1.0
     path = tmp_path / "float.tif"
