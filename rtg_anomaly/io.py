@@ -108,6 +108,8 @@ def _read_with_opencv(path: Path) -> np.ndarray | None:
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
         try:
             return cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        except cv2.error:  # e.g. an empty file
+            return None
         finally:
             cv2.utils.logging.setLogLevel(previous)
 
