@@ -189,14 +189,20 @@ def check_output_path(path: str | os.PathLike, suffixes: tuple[str, ...] = IMAGE
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """Image files directly inside ``folder``, sorted by name.
 
+    Hidden files (names starting with a dot) are left out: macOS writes a ``._scan.bmp`` companion of
+    every scan copied onto a FAT or exFAT drive, and this library's own partly written outputs are
+    hidden temporary files; neither is a scan.
     Raises ImageReadError when the folder is missing or holds no image file.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise ImageReadError(f"folder {folder} does not exist")
-    paths = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    candidates = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    paths = sorted(p for p in candidates if not p.name.startswith("."))
     if not paths:
-        raise ImageReadError(f"folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        hidden = len(candidates)
+        note = f"; {hidden} hidden file(s), whose names start with a dot, are ignored" if hidden else ""
+        raise ImageReadError(f"folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}{note})")
     return paths
 
 

@@ -221,7 +221,8 @@ def test_bad_png_body(tmp_path):
 # ---------------------------------------------------------------- list_images
 
 def test_list_images_sorted_and_filtered(tmp_path):
-    for name in ["b.png", "a.BMP", "c.tif", "d.tiff", "e.jpeg", "f.jpg", "Z.png", "notes.txt", "noext", "x.npy"]:
+    for name in ["b.png", "a.BMP", "c.tif", "d.tiff", "e.jpeg", "f.jpg", "Z.png", "notes.txt", "noext", "x.npy",
+                 "._b.png", ".b.k3j9.png"]:  # hidden: a macOS companion file, a partly written output
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / "folder.png").mkdir()  # folders are skipped even with an image suffix
     (tmp_path / "folder.png" / "inner.png").write_bytes(b"x")  # not recursive
@@ -241,6 +242,9 @@ def test_list_images_missing_or_empty(tmp_path):
         list_images(tmp_path)
     with pytest.raises(ImageReadError):
         list_images(tmp_path / "readme.txt")  # a file, not a folder
+    (tmp_path / "._scan.bmp").write_bytes(b"x")
+    with pytest.raises(ImageReadError, match=r"no images \(.*; 1 hidden file\(s\), whose names start with a dot"):
+        list_images(tmp_path)
 
 
 # ---------------------------------------------------------------- save_image
