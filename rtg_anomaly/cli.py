@@ -380,6 +380,7 @@ def _run_detect(args: argparse.Namespace) -> int:
     detector = Detector.load(model_dir, device=args.device, runtime=args.runtime)
     runtime = _note_runtime(detector)
     entries, errors, rows = [], [], []
+    warned = collections.Counter()  # warning -> number of scans; each is printed for its first scan only
 
     def write_results(complete: bool) -> None:
         if report is not None:
@@ -404,6 +405,11 @@ def _run_detect(args: argparse.Namespace) -> int:
                 rows.append(triage_row(path, decision="error", error=exc))
                 continue
             entries.append(entry)
+            for warning in entry["warnings"]:
+                warned[warning] += 1
+                if warned[warning] == 1:
+                    later = " (said once for the folder)" if folder_mode else ""
+                    print(f"rtg-anomaly: warning: {path}: {warning}{later}", file=sys.stderr)
             decision = "suspect" if entry["anomalous"] else "clean"
             rows.append(triage_row(path, score=entry["score"], decision=decision,
                                    regions=[r["bbox"] for r in entry["regions"]]))
@@ -421,6 +427,8 @@ def _run_detect(args: argparse.Namespace) -> int:
     write_results(complete=True)
     flagged = sum(e["anomalous"] for e in entries)
     if folder_mode:
+        for warning, count in warned.items():
+            print(f"rtg-anomaly: warning: {count} of {len(entries)} scans: {warning}", file=sys.stderr)
         print(f"scored {len(entries)} scans: {flagged} suspect, {len(entries) - flagged} clean, "
               f"{len(errors)} unreadable; overlays in {output}, triage in {csv_path}")
         return EXIT_OK if entries else EXIT_BAD_INPUT
@@ -464,6 +472,7 @@ def _detect_one(detector, path: Path, image, overlay_path: Path, heatmap_path: P
         "regions": [region.to_dict() for region in regions],
         "seconds": round(time.perf_counter() - started, 4),
         "fallback": result.fallback,
+        "warnings": list(result.warnings),
     }
 
 

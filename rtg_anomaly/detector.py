@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import collections
 import itertools
 import math
 import os
@@ -34,6 +35,7 @@ from .memory_bank import StreamingCoreset, knn_distance, per_scan_share, random_
 from .openvino_runtime import compile_nearest_distance
 from .overlay import percentile_mask, percentile_mask_torch, render_overlay, render_overlay_torch
 from .pca import PCAProjection
+from .scan_kinds import kind_mismatch, mixed_kinds, scan_kind
 from .stitching import DeviceMapStitcher, MapStitcher, gaussian_smooth, gaussian_smooth_torch
 from .tiling import extract_tiles, pad_to_tile, tile_grid
 
@@ -125,6 +127,8 @@ class AnomalyResult:
     fallback: why the scan's pixel work (tiling, stitching, smoothing) ran on the host although the
         detector runs on a GPU (the GPU ran out of memory for it), else None. The heatmap is then the
         CPU path's, which the GPU path matches to float32 rounding.
+    warnings: one-line caveats about this score, e.g. a scan of another kind (dtype, grey/RGB) than
+        the clean scans the model was fitted on (see ``scan_kinds``).
     """
 
     heatmap: np.ndarray
@@ -135,6 +139,7 @@ class AnomalyResult:
     window: tuple[float, float]
     timings: dict[str, float] = field(default_factory=dict)
     fallback: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 class Detector:
@@ -296,6 +301,7 @@ class Detector:
                                    max_patches_per_scan=config.max_patches_per_scan,
                                    max_kept_per_scan=per_scan_share(config.max_bank_size, len(images) * n_views))
         pca_samples, descriptors, n_train = [], [], 0
+        kinds = collections.Counter()
         per_scan_sample = max(256, PCA_SAMPLE_TOTAL // max(1, len(train_items) * n_views))
         bar = tqdm(total=len(images), unit="scan", desc="fit", disable=not progress, leave=False)
         for item in train_items:
@@ -303,6 +309,7 @@ class Detector:
             bar.update(1)
             if image is None:
                 continue
+            kinds[scan_kind(image)] += 1
             # One view in memory at a time: a copy of a large scan per augmentation would add up.
             for view_index, view in enumerate(itertools.chain([image], augmented_views(image, config.augment))):
                 features, _ = self._with_host_fallback(lambda: self._scan_features(view))
@@ -324,7 +331,7 @@ class Detector:
         if self._uses_descriptors:
             self.descriptor_bank_ = DescriptorBank.fit(np.stack(descriptors))
 
-        stats = self._clean_statistics(holdout_items, on_bad_image, bar=bar, pool=builder)
+        stats = self._clean_statistics(holdout_items, on_bad_image, bar=bar, pool=builder, kinds=kinds)
         bar.close()
         n_calibration = len(stats.image_scores)
         if n_calibration:
@@ -340,19 +347,25 @@ class Detector:
                                 map_scores=stats.map_scores)
         if not n_calibration:
             calibration.warnings.append("no clean scan was held out: calibrated on training scans (optimistic)")
+        mixed = mixed_kinds(kinds, config.intensity_window)
+        if mixed:
+            calibration.warnings.append(mixed)
         self.calibration_ = calibration
         self.fit_info_ = {"n_train_scans": n_train, "n_calibration_scans": n_calibration,
                           "n_views_per_scan": n_views, "patches_seen": builder.patches_seen,
                           "memory_bank_size": int(self.memory_bank_.shape[0]),
+                          "scan_kinds": dict(sorted(kinds.items())),
                           "seconds": time.perf_counter() - started}
         return self
 
     def _clean_statistics(self, items: Sequence, on_bad_image, bar=None,
-                          pool: StreamingCoreset | None = None) -> _CleanStatistics:
+                          pool: StreamingCoreset | None = None,
+                          kinds: collections.Counter | None = None) -> _CleanStatistics:
         """Raw clean-scan statistics for calibration, over the readable scans.
 
         With ``pool``, each scan's patch features are also added to it and its
         descriptors collected (held-out scans join the banks afterwards).
+        With ``kinds``, each readable scan's ``scan_kind`` is counted in it.
         """
         scores, map_scores, maxima, samples, descriptors = [], [], [], [], []
         for item in items:
@@ -361,6 +374,8 @@ class Detector:
                 bar.update(1)
             if image is None:
                 continue
+            if kinds is not None:
+                kinds[scan_kind(image)] += 1
             raw, _ = self._with_host_fallback(lambda: self._raw_scores(image, keep_features=pool is not None))
             if pool is not None:
                 pool.add(raw.features)
@@ -557,10 +572,12 @@ class Detector:
             device_heatmap = raw.device_map / torch.tensor(clean_level, device=raw.device_map.device)
         anomaly_map /= clean_level
         score = raw_score / calibration.image_unit
+        mismatch = kind_mismatch(scan_kind(image), self.fit_info_.get("scan_kinds", {}),
+                                 self.config.intensity_window)
         result = AnomalyResult(
             heatmap=anomaly_map, score=float(score), anomalous=bool(score > calibration.image_threshold),
             image_threshold=calibration.image_threshold, pixel_threshold=calibration.pixel_threshold,
-            window=window, timings=stage_times, fallback=fallback,
+            window=window, timings=stage_times, fallback=fallback, warnings=[mismatch] if mismatch else [],
         )
         if raw.device_map is not None:
             self._device_copies = _DeviceCopies(weakref.ref(image), weakref.ref(result), device_heatmap,
@@ -616,12 +633,19 @@ class Detector:
         """
         self._check_fitted()
         check_false_alarm_rate(false_alarm_rate)
-        stats = self._clean_statistics(list(images), on_bad_image)
+        kinds = collections.Counter()
+        stats = self._clean_statistics(list(images), on_bad_image, kinds=kinds)
         if not stats.image_scores.size:
             raise InputError("no clean scan could be read to calibrate on")
-        self.calibration_ = calibrate(stats.image_scores, stats.map_maxima, stats.pixel_samples, false_alarm_rate,
-                                      clean_level=self.calibration_.clean_level, map_scores=stats.map_scores,
-                                      image_level=self.calibration_.image_level)
+        calibration = calibrate(stats.image_scores, stats.map_maxima, stats.pixel_samples, false_alarm_rate,
+                                clean_level=self.calibration_.clean_level, map_scores=stats.map_scores,
+                                image_level=self.calibration_.image_level)
+        fitted_kinds, window = self.fit_info_.get("scan_kinds", {}), self.config.intensity_window
+        for kind, count in sorted(kinds.items()):
+            mismatch = kind_mismatch(kind, fitted_kinds, window)
+            if mismatch:
+                calibration.warnings.append(f"{count} calibration scan(s): {mismatch}")
+        self.calibration_ = calibration
         return self.calibration_
 
     # ------------------------------------------------------------------ persistence

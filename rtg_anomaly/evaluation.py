@@ -12,6 +12,7 @@ computed, and the outputs say so.
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
@@ -176,6 +177,7 @@ class _Scored:
     masks_resized: int = 0
     mask_errors: list[str] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
+    warnings: collections.Counter = field(default_factory=collections.Counter)  # warning -> number of scans
     worst_good: list[tuple] = field(default_factory=list)       # (record, result), highest scores
     worst_anomalous: list[tuple] = field(default_factory=list)  # (record, result), lowest scores
 
@@ -212,6 +214,7 @@ def _score_items(detector, eval_set: EvalSet, items: list[EvalItem], pixel_metri
                   "score": float(result.score), "anomalous": bool(result.anomalous),
                   "ms": 1000.0 * (time.perf_counter() - started)}
         scored.records.append(record)
+        scored.warnings.update(result.warnings)
         if pixel_metrics and (item.label == 0 or item.mask_path is not None):
             _keep_pixels(scored, item, result.heatmap, budget)
         if item.label == 1:
@@ -358,6 +361,7 @@ def evaluate(detector, eval_set: EvalSet, output_dir: str | os.PathLike | None =
     seconds = time.perf_counter() - started
     if scored.skipped:
         notes.append(f"{len(scored.skipped)} test image(s) could not be scored and were skipped")
+    notes += [f"{count} test image(s): {warning}" for warning, count in sorted(scored.warnings.items())]
     records = scored.records
     milliseconds = [r["ms"] for r in records]
     metrics = {

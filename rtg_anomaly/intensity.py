@@ -20,8 +20,7 @@ def window_limits(image: np.ndarray, window: str = "auto",
       changes between scans; a local anomaly barely moves it.
       ``"auto"``: ``"dtype"`` for 8-bit scans, ``"percentile"`` for deeper ones.
     """
-    if window == "auto":
-        window = "dtype" if image.dtype == np.uint8 else "percentile"
+    window = resolved_window(image.dtype, window)
     if window == "dtype":
         high = float(np.iinfo(image.dtype).max) if np.issubdtype(image.dtype, np.integer) else 1.0
         return 0.0, high
@@ -29,6 +28,14 @@ def window_limits(image: np.ndarray, window: str = "auto",
         low, high = np.percentile(_subsample(image), percentiles)
         return float(low), float(high) if high > low else float(low) + 1.0
     raise ValueError(f"unknown intensity window {window!r}")
+
+
+def resolved_window(dtype: np.dtype, window: str) -> str:
+    """The window a scan of ``dtype`` gets: ``window`` itself, or for ``"auto"`` ``"dtype"`` (uint8) or
+    ``"percentile"`` (every other dtype)."""
+    if window == "auto":
+        return "dtype" if np.dtype(dtype) == np.uint8 else "percentile"
+    return window
 
 
 def apply_window(values: np.ndarray, low: float, high: float) -> np.ndarray:

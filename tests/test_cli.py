@@ -388,6 +388,33 @@ def test_damaged_tiff_metadata_gives_one_line(tiny_bundle, tmp_path):
     assert not (tmp_path / "o.png").exists()
 
 
+def test_scans_of_another_kind_warn_once_per_folder(demo_data, tiny_bundle, tmp_path, capsys):
+    """A folder of raw 16-bit scans scored with a model fitted on 8-bit ones: warned once at the first,
+    counted at the end, and listed per scan in the report."""
+    from PIL import Image
+
+    folder = tmp_path / "lane"
+    folder.mkdir()
+    scans = sorted((demo_data / "test" / "good").iterdir())
+    for index, path in enumerate(scans[:2]):
+        Image.fromarray(np.asarray(Image.open(path)).astype(np.uint16) * 257).save(folder / f"{index}_raw16.png")
+    shutil.copy(scans[0], folder / "2_export8.bmp")
+    assert main(["detect", "--input", str(folder), "--output", str(tmp_path / "out"), "--model", str(tiny_bundle),
+                 "--quiet"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "uint16 grey scan" in line]
+    assert len(warnings) == 2
+    assert warnings[0].startswith(f"rtg-anomaly: warning: {folder / '0_raw16.png'}: uint16 grey scan, but the model")
+    assert warnings[0].endswith("(said once for the folder)")
+    assert warnings[1].startswith("rtg-anomaly: warning: 2 of 3 scans: uint16 grey scan, but the model")
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [len(entry["warnings"]) for entry in report["images"]] == [1, 1, 0]
+    assert main(["detect", "--input", str(folder / "1_raw16.png"), "--output", str(tmp_path / "one.png"),
+                 "--model", str(tiny_bundle), "--report", str(tmp_path / "one.json")]) == 0
+    err = capsys.readouterr().err
+    assert f"rtg-anomaly: warning: {folder / '1_raw16.png'}: uint16 grey scan" in err
+    assert json.loads((tmp_path / "one.json").read_text())["images"][0]["warnings"] == report["images"][1]["warnings"]
+
+
 def test_folder_triage_csv_regions_and_sorting(demo_data, tiny_bundle, tmp_path, capsys):
     import csv
 

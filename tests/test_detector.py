@@ -411,3 +411,39 @@ def test_global_score_needs_held_out_scans(demo_data):
     with pytest.raises(InputError, match="held-out"):
         Detector(tiny_config(image_score="global", holdout_fraction=0.0), device="cpu").fit(
             sorted((demo_data / "train" / "good").iterdir()))
+
+
+def _as_16bit(path) -> np.ndarray:
+    from rtg_anomaly.io import load_image
+
+    return load_image(path).astype(np.uint16) * 257  # the same scan, as a raw 16-bit file would hold it
+
+
+def test_scans_of_another_kind_than_the_clean_scans_are_flagged(tiny_detector, tiny_bundle, demo_data):
+    """Fitted on 8-bit scans: a 16-bit scan is windowed differently and its score says little, so the
+    result says so; the kinds of the clean scans travel in the bundle."""
+    n_clean = len(list((demo_data / "train" / "good").iterdir()))
+    assert tiny_detector.fit_info_["scan_kinds"] == {"uint8 grey": n_clean}
+    scan = sorted((demo_data / "test" / "good").iterdir())[0]
+    assert tiny_detector.score(scan).warnings == []
+    result = tiny_detector.score(_as_16bit(scan))
+    assert len(result.warnings) == 1
+    assert result.warnings[0].startswith(f"uint16 grey scan, but the model was fitted on {n_clean} uint8 grey scans")
+    loaded = Detector.load(tiny_bundle, device="cpu")
+    assert loaded.fit_info_["scan_kinds"] == {"uint8 grey": n_clean}
+    assert loaded.score(_as_16bit(scan)).warnings == result.warnings
+    del loaded.fit_info_["scan_kinds"]  # as in a bundle saved before the kinds were recorded
+    assert loaded.score(_as_16bit(scan)).warnings == []
+
+
+def test_calibrating_or_fitting_on_other_kinds_warns(tiny_bundle, demo_data):
+    clean = sorted((demo_data / "train" / "good").iterdir())
+    detector = Detector.load(tiny_bundle, device="cpu")
+    calibration = detector.calibrate([_as_16bit(p) for p in clean[:3]] + clean[3:])
+    assert [w for w in calibration.warnings if "uint16" in w] == [
+        f"3 calibration scan(s): uint16 grey scan, but the model was fitted on {len(clean)} uint8 grey scans: they "
+        "reach the backbone differently (intensity window or channels), so its score is not comparable to theirs"]
+    mixed = Detector(tiny_config(), device="cpu").fit([_as_16bit(p) for p in clean[:2]] + clean[2:])
+    assert mixed.fit_info_["scan_kinds"] == {"uint16 grey": 2, "uint8 grey": len(clean) - 2}
+    assert any(w.endswith(f"{len(clean) - 2} uint8 grey, 2 uint16 grey; fit one model per kind")
+               for w in mixed.calibration_.warnings)

@@ -109,6 +109,18 @@ def test_masks_of_other_size_subsampling_and_unreadable_images(detector, dataset
     assert 0.0 <= metrics["pixel_auroc"] <= 1.0 and 0.0 <= metrics["aupro"] <= 1.0
 
 
+def test_test_scans_of_another_kind_are_noted(detector, dataset, tmp_path):
+    root = tmp_path / "raw16"
+    shutil.copytree(dataset, root)
+    for path in sorted((root / "test" / "good").iterdir())[:2]:  # two good scans as raw 16-bit files
+        image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE).astype(np.uint16) * 257
+        assert cv2.imwrite(str(path.with_suffix(".png")), image)
+        path.unlink()
+    metrics = evaluate(detector, load_mvtec_folder(root))
+    notes = [note for note in metrics["notes"] if "uint16" in note]
+    assert len(notes) == 1 and notes[0].startswith("2 test image(s): uint16 grey scan, but the model was fitted on")
+
+
 def test_subsample_items_is_even_and_deterministic(tmp_path):
     items = [EvalItem(tmp_path / f"{i}.png", 1, "crack") for i in range(10)] + \
             [EvalItem(tmp_path / f"g{i}.png", 0, "good") for i in range(3)]
