@@ -110,6 +110,14 @@ def test_layouts_pillow_does_not_know_are_read_by_opencv(tmp_path, capfd):
     assert capfd.readouterr().err == ""  # libtiff's complaints, printed by OpenCV, are silenced
 
 
+def test_multi_page_tiff_reads_its_first_page(tmp_path):
+    """As the README says: a dual-energy pair saved as two pages gives its first page."""
+    first, second = _grey16(seed=1), _grey16(seed=2)
+    Image.fromarray(first).save(tmp_path / "pair.tif", save_all=True, append_images=[Image.fromarray(second)])
+    assert Image.open(tmp_path / "pair.tif").n_frames == 2
+    assert np.array_equal(load_image(tmp_path / "pair.tif"), first)
+
+
 def test_load_float_tiff(tmp_path):
     image = np.random.default_rng(1).random((9, 11), dtype=np.float32) * 3.0 - 1.0
     path = tmp_path / "float.tif"
