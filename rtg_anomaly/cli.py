@@ -430,7 +430,7 @@ def _run_detect(args: argparse.Namespace) -> int:
         for warning, count in warned.items():
             print(f"rtg-anomaly: warning: {count} of {len(entries)} scans: {warning}", file=sys.stderr)
         print(f"scored {len(entries)} scans: {flagged} suspect, {len(entries) - flagged} clean, "
-              f"{len(errors)} unreadable; overlays in {output}, triage in {csv_path}")
+              f"{len(errors)} skipped (unreadable or unusable); overlays in {output}, triage in {csv_path}")
         return EXIT_OK if entries else EXIT_BAD_INPUT
     entry = entries[0]
     print(f"{entry['input']}: score {entry['score']:.3f} (threshold {entry['threshold']:.3f}) -> "

@@ -450,7 +450,7 @@ def test_folder_triage_csv_regions_and_sorting(demo_data, tiny_bundle, tmp_path,
         assert (sorted_dir / row["decision"] / Path(row["path"]).name).is_file()
     n_suspect = sum(r["decision"] == "suspect" for r in rows)
     n_clean = sum(r["decision"] == "clean" for r in rows)
-    assert f"{n_suspect} suspect, {n_clean} clean, 1 unreadable" in summary
+    assert f"{n_suspect} suspect, {n_clean} clean, 1 skipped (unreadable or unusable)" in summary
     assert not (sorted_dir / "error").exists()
 
 
