@@ -293,8 +293,10 @@ def _warn_skipped(item, error: Exception) -> None:
 def _plan_detect(args: argparse.Namespace):
     """Check every input and output before any work.
 
-    Returns (jobs, folder_mode, output, report, csv_path); each job is
-    (scan path, overlay path, heatmap path or None).
+    Returns (jobs, folder_mode, output, report, csv_path, new_folders); each job is
+    (scan path, overlay path, heatmap path or None); new_folders are output folders still to be
+    created, which the caller makes only once nothing else can fail first (no empty folder is left
+    behind by a refused run).
     """
     from .io import IMAGE_SUFFIXES, check_output_path, list_images
 
@@ -313,13 +315,14 @@ def _plan_detect(args: argparse.Namespace):
     report = Path(args.report) if args.report else None
     if args.min_region_area < 0:
         raise InputError("--min-region-area must be >= 0")
+    new_folders: list[Path] = []
     if folder_mode:
         report = report or output / "report.json"
         csv_path = Path(args.csv) if args.csv else output / "triage.csv"
         paths = list_images(source)
         for folder, flag in ((output, "--output"), (heatmap, "--heatmap"), (Path(args.sort_into) if args.sort_into else None, "--sort-into")):
-            if folder is not None:
-                _prepare_output_folder(folder, flag)
+            if folder is not None and _check_output_folder(folder, flag, new_folders):
+                new_folders.append(folder)
         if _same_path(output, source):
             raise InputError(f"--output {output} is the input folder: the overlays would overwrite the scans; "
                              "name another folder")
@@ -344,11 +347,10 @@ def _plan_detect(args: argparse.Namespace):
         if heatmap is not None:
             check_output_path(heatmap, suffixes=(".npy",))
         jobs = [(source, output, heatmap)]
-    if report is not None:
-        check_output_path(report, suffixes=(".json",))
-    if csv_path is not None:
-        check_output_path(csv_path, suffixes=(".csv",))
-    return jobs, folder_mode, output, report, csv_path
+    for path, suffix in ((report, ".json"), (csv_path, ".csv")):
+        if path is not None:
+            check_output_path(path, suffixes=(suffix,), new_folders=new_folders)
+    return jobs, folder_mode, output, report, csv_path, new_folders
 
 
 def _same_path(a: Path | str, b: Path | str) -> bool:
@@ -367,7 +369,7 @@ def _run_detect(args: argparse.Namespace) -> int:
     from .io import load_image, prefetch
     from .triage import sort_into, triage_row, write_triage_csv
 
-    jobs, folder_mode, output, report, csv_path = _plan_detect(args)
+    jobs, folder_mode, output, report, csv_path, new_folders = _plan_detect(args)
     model_dir = args.model or _default_model()
     outputs = [path for job in jobs for path in job[1:]] + [report, csv_path]
     for path in (p for p in outputs if p is not None):
@@ -378,6 +380,8 @@ def _run_detect(args: argparse.Namespace) -> int:
     decoding = prefetch(load_image, [path for path, _, _ in jobs])
     scans = itertools.chain([next(decoding)], decoding)
     detector = Detector.load(model_dir, device=args.device, runtime=args.runtime)
+    for folder in new_folders:
+        folder.mkdir(exist_ok=True)
     runtime = _note_runtime(detector)
     entries, errors, rows = [], [], []
     warned = collections.Counter()  # warning -> number of scans; each is printed for its first scan only
@@ -438,12 +442,15 @@ def _run_detect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _prepare_output_folder(folder: Path, flag: str) -> None:
+def _check_output_folder(folder: Path, flag: str, new_folders: list[Path]) -> bool:
+    """InputError unless ``folder`` is a folder or can be created as one (in an existing folder or in one of
+    ``new_folders``, which are created first, in order); True when it is still to be created."""
     if folder.exists() and not folder.is_dir():
         raise InputError(f"{flag} {folder} must be a folder when --input is a folder")
-    if not folder.resolve().parent.is_dir():
-        raise InputError(f"cannot write {folder}: folder {folder.resolve().parent} does not exist")
-    folder.mkdir(exist_ok=True)
+    parent = folder.resolve().parent
+    if not parent.is_dir() and parent not in {new.resolve() for new in new_folders}:
+        raise InputError(f"cannot write {folder}: folder {parent} does not exist")
+    return not folder.exists()
 
 
 def _detect_one(detector, path: Path, image, overlay_path: Path, heatmap_path: Path | None, args) -> dict:

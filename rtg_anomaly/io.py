@@ -175,12 +175,18 @@ def _pil_format(path: Path) -> str:
         ) from None
 
 
-def check_output_path(path: str | os.PathLike, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> None:
-    """Fail early, before any work, if an output file cannot be written there."""
+def check_output_path(path: str | os.PathLike, suffixes: tuple[str, ...] = IMAGE_SUFFIXES,
+                      new_folders: list[Path] = ()) -> None:
+    """Fail early, before any work, if an output file cannot be written there.
+
+    ``new_folders``: folders the caller will create before writing; a file in one of them is fine.
+    """
     path = Path(path)
     if path.suffix.lower() not in suffixes:
         raise ImageReadError(f"cannot write {path}: expected one of {', '.join(suffixes)}")
     if not path.parent.is_dir():
+        if any(path.parent.resolve() == Path(folder).resolve() for folder in new_folders):
+            return
         raise ImageReadError(f"cannot write {path}: folder {path.parent} does not exist")
     if path.is_dir():
         raise ImageReadError(f"cannot write {path}: it is a folder")

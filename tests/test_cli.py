@@ -415,6 +415,27 @@ def test_scans_of_another_kind_warn_once_per_folder(demo_data, tiny_bundle, tmp_
     assert json.loads((tmp_path / "one.json").read_text())["images"][0]["warnings"] == report["images"][1]["warnings"]
 
 
+@pytest.mark.parametrize("bad", [["--report", "{tmp}/report.txt"], ["--csv", "{tmp}/triage.txt"],
+                                 ["--report", "{model}/x.json"], ["--model", "{tmp}/no_model"]])
+def test_a_refused_folder_run_creates_no_folder(demo_data, tiny_bundle, tmp_path, bad):
+    args = {"--model": str(tiny_bundle)}
+    flag, value = bad
+    args[flag] = value.format(tmp=tmp_path, model=tiny_bundle)
+    argv = ["detect", "--input", str(demo_data / "test" / "good"), "--output", str(tmp_path / "out"),
+            "--heatmap", str(tmp_path / "out" / "maps"), "--sort-into", str(tmp_path / "sorted"), "--quiet"]
+    assert main(argv + [item for pair in args.items() for item in pair]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_output_folders_nest_in_new_folders(demo_data, tiny_bundle, tmp_path):
+    out = tmp_path / "out"
+    assert main(["detect", "--input", str(demo_data / "test" / "good"), "--output", str(out), "--heatmap",
+                 str(out / "maps"), "--sort-into", str(out / "sorted"), "--model", str(tiny_bundle), "--quiet"]) == 0
+    scans = sorted((demo_data / "test" / "good").iterdir())
+    assert sorted(p.name for p in (out / "maps").iterdir()) == [f"{p.stem}.npy" for p in scans]
+    assert (out / "report.json").is_file() and (out / "sorted").is_dir()
+
+
 def test_folder_triage_csv_regions_and_sorting(demo_data, tiny_bundle, tmp_path, capsys):
     import csv
 
