@@ -42,12 +42,12 @@ def grey16_mask(header: bytes) -> int | None:
     return mask
 
 
-def read_grey16_bmp(path: str | os.PathLike, max_pixels: int) -> np.ndarray | None:
+def read_grey16_bmp(path: str | os.PathLike, max_pixels: int | None) -> np.ndarray | None:
     """uint16 (H, W) pixels of a 16-bit grey BMP file (top row first, the value under the mask
     shifted down to bit 0), or None when ``path`` is not one, so that another reader takes it.
 
     Raises ValueError with a one-line reason for a broken header, a truncated file, or more than
-    ``max_pixels`` pixels.
+    ``max_pixels`` pixels (None: no limit, as with Pillow's ``Image.MAX_IMAGE_PIXELS``).
     """
     with open(path, "rb") as file:
         header = file.read(_MASKS_OFFSET + 12)
@@ -59,7 +59,7 @@ def read_grey16_bmp(path: str | os.PathLike, max_pixels: int) -> np.ndarray | No
     if width <= 0 or height == 0:
         raise ValueError(f"BMP header gives an image size of {width} x {abs(height)} pixels")
     rows = abs(height)
-    if width * rows > max_pixels:
+    if max_pixels is not None and width * rows > max_pixels:
         raise ValueError(f"image has {width * rows:,} pixels, more than the {max_pixels:,} allowed")
     row_values = (width * 16 + 31) // 32 * 2  # rows are padded to 4 bytes
     needed_bytes = pixel_offset + rows * row_values * 2

@@ -102,6 +102,7 @@ def test_pixel_limit(tmp_path):
     with pytest.raises(ValueError, match="more than the 99 allowed"):
         read_grey16_bmp(path, max_pixels=99)
     assert read_grey16_bmp(path, max_pixels=100).shape == (10, 10)
+    assert read_grey16_bmp(path, max_pixels=None).shape == (10, 10)  # Pillow's "no limit"
 
 
 def test_detect_reads_a_16bit_bmp_scan_like_the_same_png(demo_data, tiny_bundle, tmp_path):
