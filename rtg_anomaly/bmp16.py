@@ -22,6 +22,7 @@ _BI_RGB, _BI_BITFIELDS, _BI_ALPHABITFIELDS = 0, 3, 6
 def grey16_mask(header: bytes) -> int | None:
     """The 16-bit grey channel mask of a BMP file that starts with ``header`` (its first 66 bytes or
     more), or None when the file is not a 16-bit grey BMP (another format, another depth, or colour masks).
+    Raises ValueError for a single channel mask wider than 16 bits (a broken header).
     """
     if len(header) < _MASKS_OFFSET or header[:2] != b"BM":
         return None

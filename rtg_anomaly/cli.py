@@ -399,8 +399,7 @@ def _run_detect(args: argparse.Namespace) -> int:
                                                                desc="detect", leave=False,
                                                                disable=args.quiet or len(jobs) < 2):
             try:
-                image = detector.check_scan(loaded.result(), path)
-                entry = _detect_one(detector, path, image, overlay_path, heatmap_path, args)
+                entry = _detect_one(detector, path, loaded.result(), overlay_path, heatmap_path, args)
             except InputError as exc:
                 if not folder_mode:
                     raise
@@ -459,7 +458,7 @@ def _detect_one(detector, path: Path, image, overlay_path: Path, heatmap_path: P
 
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    result = detector.score(image, timings=timings)
+    result = detector.score(image, timings=timings, source=path)  # checks the scan, naming path in an error
     if result.fallback:
         print(f"rtg-anomaly: note: {path}: {result.fallback}", file=sys.stderr)
     regions = find_regions(result.heatmap, result.pixel_threshold, min_area=args.min_region_area)

@@ -535,10 +535,11 @@ class Detector:
         n_top = min(n_top, values.size)
         return float(np.partition(values, values.size - n_top)[-n_top:].mean())
 
-    def load_scan(self, item) -> np.ndarray:
-        """Read and check one scan (path or array) as the detector sees it."""
+    def load_scan(self, item, source=None) -> np.ndarray:
+        """Read and check one scan (path or array) as the detector sees it; an error names ``source``
+        when given (the path an array was read from), else ``item``."""
         image = load_image(item) if isinstance(item, (str, os.PathLike)) else np.asarray(item)
-        return self.check_scan(image, item)
+        return self.check_scan(image, item if source is None else source)
 
     def check_scan(self, image: np.ndarray, source=None) -> np.ndarray:
         """``image`` if this detector can score it (grey or RGB, integer or float, at least one patch a
@@ -547,17 +548,18 @@ class Detector:
         self._check_usable(image, source)
         return image
 
-    def score(self, image, timings: dict | None = None) -> AnomalyResult:
+    def score(self, image, timings: dict | None = None, source=None) -> AnomalyResult:
         """Anomaly map and score of one scan (path or array (H, W) / (H, W, 3)).
 
-        Pass a dict as ``timings`` to have the seconds per stage added to it.
+        Pass a dict as ``timings`` to have the seconds per stage added to it, and the path an array was
+        read from as ``source`` to have an UnusableScanError name it.
         On a GPU, the scan's windowed copy and the heatmap stay on the device until the next ``score``
         (about 8 bytes per pixel of grey scan), so that ``overlay`` of the same array and result
         uploads neither again.
         """
         self._check_fitted()
         self._device_copies = None  # free the previous scan's device copies first
-        image = self.load_scan(image)
+        image = self.load_scan(image, source)
         stage_times = {} if timings is None else timings
         window = self._window(image)
         raw, fallback = self._with_host_fallback(
@@ -572,8 +574,7 @@ class Detector:
             device_heatmap = raw.device_map / torch.tensor(clean_level, device=raw.device_map.device)
         anomaly_map /= clean_level
         score = raw_score / calibration.image_unit
-        mismatch = kind_mismatch(scan_kind(image), self.fit_info_.get("scan_kinds", {}),
-                                 self.config.intensity_window)
+        mismatch = self._kind_mismatch(scan_kind(image))
         result = AnomalyResult(
             heatmap=anomaly_map, score=float(score), anomalous=bool(score > calibration.image_threshold),
             image_threshold=calibration.image_threshold, pixel_threshold=calibration.pixel_threshold,
@@ -583,6 +584,10 @@ class Detector:
             self._device_copies = _DeviceCopies(weakref.ref(image), weakref.ref(result), device_heatmap,
                                                 raw.device_scan)
         return result
+
+    def _kind_mismatch(self, kind: str) -> str | None:
+        """``scan_kinds.kind_mismatch`` of scans of ``kind`` against the clean scans this model was fitted on."""
+        return kind_mismatch(kind, self.fit_info_.get("scan_kinds", {}), self.config.intensity_window)
 
     def overlay(self, image: np.ndarray, result: AnomalyResult, threshold: str = "percentile",
                 percentile: float = 90.0, color_range: tuple[float, float] | None = None,
@@ -640,9 +645,8 @@ class Detector:
         calibration = calibrate(stats.image_scores, stats.map_maxima, stats.pixel_samples, false_alarm_rate,
                                 clean_level=self.calibration_.clean_level, map_scores=stats.map_scores,
                                 image_level=self.calibration_.image_level)
-        fitted_kinds, window = self.fit_info_.get("scan_kinds", {}), self.config.intensity_window
         for kind, count in sorted(kinds.items()):
-            mismatch = kind_mismatch(kind, fitted_kinds, window)
+            mismatch = self._kind_mismatch(kind)
             if mismatch:
                 calibration.warnings.append(f"{count} calibration scan(s): {mismatch}")
         self.calibration_ = calibration

@@ -436,6 +436,23 @@ def test_output_folders_nest_in_new_folders(demo_data, tiny_bundle, tmp_path):
     assert (out / "report.json").is_file() and (out / "sorted").is_dir()
 
 
+def test_detect_checks_each_scan_once(demo_data, tiny_bundle, tmp_path, monkeypatch):
+    """The CLI no longer checks a scan and then has score() check it again (a full NaN pass on float scans)."""
+    from rtg_anomaly.detector import Detector
+
+    checked, original = [], Detector._check_usable
+
+    def counting_check(self, image, item):
+        checked.append(item)
+        return original(self, image, item)
+
+    monkeypatch.setattr(Detector, "_check_usable", counting_check)
+    folder = demo_data / "test" / "good"
+    assert main(["detect", "--input", str(folder), "--output", str(tmp_path / "out"), "--model", str(tiny_bundle),
+                 "--quiet"]) == 0
+    assert checked == sorted(folder.iterdir())
+
+
 def test_folder_triage_csv_regions_and_sorting(demo_data, tiny_bundle, tmp_path, capsys):
     import csv
 

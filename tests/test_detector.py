@@ -98,6 +98,14 @@ def test_scan_with_non_finite_pixels_is_refused(tiny_detector, bad_value):
         tiny_detector.score(image)
 
 
+def test_score_names_the_source_of_an_array(tiny_detector):
+    image = np.full((96, 300), np.nan, np.float32)
+    with pytest.raises(NonFiniteScanError, match=r"^lane/scan\.tif: 28800 pixel value"):
+        tiny_detector.score(image, source="lane/scan.tif")
+    with pytest.raises(NonFiniteScanError, match=r"^image: 28800 pixel value"):
+        tiny_detector.score(image)
+
+
 def test_fit_skips_a_clean_scan_with_non_finite_pixels(demo_data):
     clean = sorted((demo_data / "train" / "good").iterdir())[:4]
     poisoned = np.full((96, 300), np.nan, np.float32)
