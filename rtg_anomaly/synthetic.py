@@ -19,6 +19,8 @@ import cv2
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from .bmp16 import write_grey16_bmp
+
 I0 = 52_000.0  # air signal at exposure 1.0, 16-bit counts
 NOISE_K = 4.0  # noise variance = NOISE_K * I + READ_NOISE**2 (counts**2)
 READ_NOISE = 30.0
@@ -256,12 +258,13 @@ def write_demo_dataset(out_dir, n_clean_train: int = 6, n_clean_test: int = 2, n
 
     Layout: ``train/good/NNN.<fmt>``, ``test/good/NNN.<fmt>``, ``test/anomalous/NNN.<fmt>`` and
     ``ground_truth/anomalous/NNN_mask.png`` (uint8, 0 / 255). ``fmt="bmp"`` writes 8-bit grey
-    via :func:`to_8bit`; ``"png"`` and (uncompressed) ``"tiff"`` write the 16-bit counts.
+    via :func:`to_8bit`; ``"png"``, (uncompressed) ``"tiff"`` and ``"bmp16"`` (a 16-bit grey BMP,
+    see :func:`bmp16.write_grey16_bmp`; the files are named ``NNN.bmp``) write the 16-bit counts.
     Per-scan seeds come from ``default_rng(seed)``: identical arguments, byte-identical files.
     Returns ``{"train_good", "test_good", "test_anomalous", "ground_truth"}`` -> lists of Path.
     """
-    if fmt not in ("bmp", "png", "tiff"):
-        raise ValueError("fmt must be 'bmp', 'png' or 'tiff'")
+    if fmt not in ("bmp", "png", "tiff", "bmp16"):
+        raise ValueError("fmt must be 'bmp', 'png', 'tiff' or 'bmp16'")
     out = Path(out_dir)
     seeds = iter(np.random.default_rng(seed).choice(2**31, n_clean_train + n_clean_test + n_anomalous,
                                                     replace=False).tolist())
@@ -274,10 +277,13 @@ def write_demo_dataset(out_dir, n_clean_train: int = 6, n_clean_test: int = 2, n
         for i in range(n):
             img, mask = make_vehicle_scan(next(seeds), height=height, anomaly=anomalous,
                                           bit_depth=8 if fmt == "bmp" else 16)
-            path = out / sub / f"{i:03d}.{fmt}"
-            params = [cv2.IMWRITE_TIFF_COMPRESSION, 1] if fmt == "tiff" else []  # uncompressed TIFF
-            if not cv2.imwrite(str(path), img, params):
-                raise OSError(f"could not write {path}")
+            path = out / sub / f"{i:03d}.{fmt.removesuffix('16')}"
+            if fmt == "bmp16":
+                write_grey16_bmp(path, img)
+            else:
+                params = [cv2.IMWRITE_TIFF_COMPRESSION, 1] if fmt == "tiff" else []  # uncompressed TIFF
+                if not cv2.imwrite(str(path), img, params):
+                    raise OSError(f"could not write {path}")
             written[key].append(path)
             if anomalous:
                 mpath = out / "ground_truth/anomalous" / f"{i:03d}_mask.png"

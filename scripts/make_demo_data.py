@@ -25,8 +25,8 @@ def main(argv=None) -> int:
     p.add_argument("--n-anomalous", type=int, default=3, help="anomalous test scans (test/anomalous)")
     p.add_argument("--height", type=int, default=320, help="scan height in pixels")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--format", choices=("bmp", "png", "tiff"), default="bmp",
-                   help="bmp = 8-bit grey, png / tiff = 16-bit")
+    p.add_argument("--format", choices=("bmp", "png", "tiff", "bmp16"), default="bmp",
+                   help="bmp = 8-bit grey; png, tiff and bmp16 (a 16-bit grey .bmp) = 16-bit")
     a = p.parse_args(argv)
     paths = write_demo_dataset(a.out, n_clean_train=a.n_clean, n_clean_test=a.n_test_clean,
                                n_anomalous=a.n_anomalous, height=a.height, seed=a.seed, fmt=a.format)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rtg_anomaly.bmp16 import grey16_mask, read_grey16_bmp
+from rtg_anomaly.bmp16 import grey16_mask, read_grey16_bmp, write_grey16_bmp
 from rtg_anomaly.io import ImageReadError, load_image
 
 BI_RGB, BI_BITFIELDS, BI_ALPHABITFIELDS = 0, 3, 6
@@ -103,6 +103,26 @@ def test_pixel_limit(tmp_path):
         read_grey16_bmp(path, max_pixels=99)
     assert read_grey16_bmp(path, max_pixels=100).shape == (10, 10)
     assert read_grey16_bmp(path, max_pixels=None).shape == (10, 10)  # Pillow's "no limit"
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (23, 37), (4, 2), (7, 1)])  # odd widths need row padding
+def test_written_grey16_bmp_reads_back_exactly(tmp_path, shape):
+    values = _grey16(shape, seed=shape[1])
+    path = tmp_path / "scan.bmp"
+    write_grey16_bmp(path, values)
+    header = path.read_bytes()[:66]
+    assert grey16_mask(header) == 0xFFFF
+    assert path.stat().st_size == 66 + shape[0] * ((shape[1] * 2 + 3) // 4 * 4)
+    for read in (read_grey16_bmp(path, max_pixels=None), load_image(path)):
+        assert read.dtype == np.uint16 and np.array_equal(read, values)
+
+
+@pytest.mark.parametrize("values", [np.zeros((4, 4), np.uint8), np.zeros((4, 4, 3), np.uint16),
+                                    np.zeros((0, 4), np.uint16), np.zeros((4, 4), np.int32)])
+def test_write_grey16_bmp_refuses_other_arrays(tmp_path, values):
+    with pytest.raises(ValueError, match="non-empty uint16 \\(H, W\\) array"):
+        write_grey16_bmp(tmp_path / "scan.bmp", values)
+    assert not (tmp_path / "scan.bmp").exists()
 
 
 def test_detect_reads_a_16bit_bmp_scan_like_the_same_png(demo_data, tiny_bundle, tmp_path):

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 from scipy.ndimage import binary_dilation
 
+from rtg_anomaly.io import load_image
 from rtg_anomaly.synthetic import make_vehicle_scan, to_8bit, write_demo_dataset
 
 H = 160  # small scans keep the file fast
@@ -66,7 +67,7 @@ def test_invalid_arguments():
         write_demo_dataset("unused", fmt="jpg")
 
 
-@pytest.mark.parametrize("fmt", ["bmp", "png", "tiff"])
+@pytest.mark.parametrize("fmt", ["bmp", "png", "tiff", "bmp16"])
 def test_write_demo_dataset(tmp_path, fmt):
     kw = dict(n_clean_train=2, n_clean_test=1, n_anomalous=2, height=96, seed=5, fmt=fmt)
     paths = write_demo_dataset(tmp_path / "a", **kw)
@@ -75,16 +76,26 @@ def test_write_demo_dataset(tmp_path, fmt):
     assert all(p.parent.relative_to(tmp_path / "a").as_posix() == "train/good" for p in paths["train_good"])
     assert paths["ground_truth"][0].as_posix().endswith("ground_truth/anomalous/000_mask.png")
     for img_path, mask_path in zip(paths["test_anomalous"], paths["ground_truth"]):
-        img, mask = np.array(Image.open(img_path)), np.array(Image.open(mask_path))
-        assert img.shape == mask.shape and img.shape[0] == 96
+        img, mask = load_image(img_path), np.array(Image.open(mask_path))
+        assert img.shape == mask.shape and img.shape[0] == 96 and img_path.suffix == f".{fmt.removesuffix('16')}"
         assert img.dtype == (np.uint8 if fmt == "bmp" else np.uint16)
         assert set(np.unique(mask)) == {0, 255}
     for p in paths["train_good"] + paths["test_good"]:
-        assert np.array(Image.open(p)).shape[0] == 96
+        assert load_image(p).shape[0] == 96
     again = write_demo_dataset(tmp_path / "b", **kw)
     for k in paths:
         for p, q in zip(paths[k], again[k]):
             assert p.read_bytes() == q.read_bytes()
+
+
+def test_16bit_formats_store_the_same_counts(tmp_path):
+    kw = dict(n_clean_train=1, n_clean_test=0, n_anomalous=1, height=64, seed=3)
+    by_format = {fmt: write_demo_dataset(tmp_path / fmt, fmt=fmt, **kw) for fmt in ("png", "tiff", "bmp16")}
+    for key in ("train_good", "test_anomalous"):
+        reference = load_image(by_format["png"][key][0])
+        assert reference.dtype == np.uint16 and reference.max() > 255
+        for fmt in ("tiff", "bmp16"):
+            assert np.array_equal(load_image(by_format[fmt][key][0]), reference), (fmt, key)
 
 
 def test_cli(tmp_path, capsys):
