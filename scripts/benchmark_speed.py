@@ -8,6 +8,7 @@ What it measures (every number in the report comes from the run that wrote it):
 
 1. detect per scan, split into load / backbone / kNN / stitch+smooth / overlay, megapixels per second,
    peak RSS and peak GPU memory, on a synthetic 16-bit scan saved as PNG and on real GDXray castings;
+   the same scan end to end without stage timings, from its PNG and from a 16-bit grey BMP;
 2. our implementation against "plain" references computing the same math naively (unbatched full-depth
    backbone, one full ``torch.cdist``, an exact greedy coreset) and the plain end-to-end pipeline, with a
    check that both heatmaps agree;
@@ -458,20 +459,53 @@ def folder_throughput(detector, path, n_scans: int) -> dict:
     return dict(scans=n_scans, per_scan=(time.perf_counter() - t0) / n_scans)
 
 
-def decode_times(detector, image: np.ndarray, png: Path, repeats: int = 3) -> dict:
-    """Seconds to decode the scan from its compressed PNG and from an uncompressed TIFF copy (best of repeats)."""
+def decode_times(detector, image: np.ndarray, png: Path, bmp: Path, repeats: int = 3) -> dict:
+    """Seconds to decode the scan from its compressed PNG, its 16-bit grey BMP and an uncompressed TIFF copy
+    (best of repeats)."""
     from PIL import Image
 
     tiff = png.with_name(png.stem + "_uncompressed.tif")
     Image.fromarray(image).save(tiff, format="TIFF", compression="raw")
     times = {}
-    for name, path in (("png", png), ("tiff", tiff)):
+    for name, path in (("png", png), ("bmp", bmp), ("tiff", tiff)):
         times[name] = min(_timed(lambda: detector.load_scan(path)) for _ in range(repeats))
         times[f"{name}_mib"] = path.stat().st_size / 2**20
-    if not np.array_equal(detector.load_scan(tiff), image):
-        raise RuntimeError("the uncompressed TIFF copy does not decode to the same scan")
+        if not np.array_equal(detector.load_scan(path), image):
+            raise RuntimeError(f"the {name.upper()} copy does not decode to the same scan")
     tiff.unlink()
     return times
+
+
+def uninstrumented_times(detector, scans: dict[str, Path], repeats: int) -> dict:
+    """Seconds per scan end to end (load + score + overlay) without stage timings, per file format (median of
+    ``repeats``), and the backbone's own time on the same scan: its tiles cut and embedded batch after batch,
+    the device synchronised once at the end (median of ``repeats``). With stage timings every stage waits for
+    the device, so a GPU can no longer run ahead of the Python that feeds it; these are the times a user sees."""
+    device = detector.extractor.device
+    out = {}
+    for name, path in scans.items():
+        totals = []
+        for _ in range(repeats):
+            synchronise(device)
+            t0 = time.perf_counter()
+            image = detector.load_scan(path)
+            detector.overlay(image, detector.score(image))  # returns a host array: the device has finished
+            totals.append(time.perf_counter() - t0)
+        out[name] = float(np.median(totals))
+    image = detector.load_scan(next(iter(scans.values())))
+    window = detector._window(image)
+    device_scan = detector._device_scan(image, window) if detector._on_gpu else None
+    backbone = []
+    for _ in range(repeats):
+        synchronise(device)
+        t0 = time.perf_counter()
+        for _origins, features in detector._patch_features(image, window=window, device_scan=device_scan):
+            pass
+        synchronise(device)
+        backbone.append(time.perf_counter() - t0)
+    out["backbone_alone"] = float(np.median(backbone))
+    out["repeats"] = repeats
+    return out
 
 
 def _timed(action) -> float:
@@ -521,8 +555,10 @@ def worker_detect(spec: dict) -> dict:
     out["folder"] = folder_throughput(detector, spec["scan"], n_scans=max(2, spec.get("repeats", 1)))
     out["synthetic"] = row
     np.save(spec["heatmap"], heatmap)
+    out["uninstrumented"] = uninstrumented_times(
+        detector, {"BMP": Path(spec["scan_bmp"]), "PNG": Path(spec["scan"])}, max(1, spec.get("repeats", 1)))
     image = detector.load_scan(spec["scan"])
-    out["decode"] = decode_times(detector, image, Path(spec["scan"]))
+    out["decode"] = decode_times(detector, image, Path(spec["scan"]), Path(spec["scan_bmp"]))
     crop = np.ascontiguousarray(image[:, : spec["profile_cols"]])
     n_tiles = len(tile_grid(max(crop.shape[0], config.tile_size), max(crop.shape[1], config.tile_size),
                             config.tile_size, config.stride))
@@ -915,14 +951,19 @@ def knn_comparison(real_bank: np.ndarray, n_queries: int, extra_banks: list[int]
 
 
 # ---------------------------------------------------------------------------------------------- report
-def gpu_target_line(syn: dict, env: dict) -> str:
-    """The GPU target's verdict: a 2000x6000 scan under 0.5 s end to end, backbone >= 60 % of the time."""
-    total, share = syn["total"], syn["backbone"] / syn["total"]
+def gpu_target_line(syn: dict, timed: dict, env: dict) -> str:
+    """The GPU target's verdict: a 2000x6000 scan under 0.5 s end to end, backbone >= 60 % of the time. Judged on
+    the scan read from its 16-bit BMP without stage timings (``timed``: ``uninstrumented_times``), with the
+    backbone's own time on that scan; the instrumented run of section 1 is quoted beside it."""
+    total, share = timed["BMP"], timed["backbone_alone"] / timed["BMP"]
     met = total < 0.5 and share >= 0.6
     return (f"**Target (GPU: 2000x6000 scan < 0.5 s end to end, backbone ≥ 60 % of it): "
-            f"{'MET' if met else 'NOT MET'}** — {total:.3f} s end to end (load + score + overlay) on "
-            f"{env['device_name']}, backbone {100 * share:.0f} % of it; without decoding the file "
-            f"(score + overlay) {syn['score'] + syn['overlay']:.3f} s, backbone "
+            f"{'MET' if met else 'NOT MET'}** — {total:.3f} s end to end (load from the 16-bit BMP + score + "
+            f"overlay, no stage timings, median of {timed['repeats']}) on {env['device_name']}, backbone "
+            f"{100 * share:.0f} % of it ({timed['backbone_alone']:.4f} s on its own); from the PNG "
+            f"{timed['PNG']:.3f} s, backbone {100 * timed['backbone_alone'] / timed['PNG']:.0f} %. With stage "
+            f"timings (section 1, PNG): {syn['total']:.3f} s, backbone {100 * syn['backbone'] / syn['total']:.0f} %; "
+            f"without decoding the file (score + overlay) {syn['score'] + syn['overlay']:.3f} s, backbone "
             f"{100 * syn['backbone'] / (syn['score'] + syn['overlay']):.0f} %; `score` alone {syn['score']:.3f} s, "
             f"backbone {100 * syn['backbone'] / syn['score']:.0f} %.\n")
 
@@ -1043,7 +1084,7 @@ def build_report(env: dict, setup: dict, detect: dict, openvino: dict | None, pl
         f"fit in {setup['fit_s']:.1f} s. Heatmap values on the real images are therefore meaningless; only "
         f"their timings matter here.\n"
         f"* Synthetic scan: `make_vehicle_scan(0, height={sizes['scan'][0]}, length={sizes['scan'][1]}, anomaly=True)`, "
-        f"16-bit, written to a temporary PNG so that the load time is real decoding.\n"
+        f"16-bit, written to a temporary PNG so that the load time is real decoding, and to a 16-bit grey BMP.\n"
         f"* Every detect stage runs in a fresh process (ours, then the plain reference), so peak RSS "
         f"(`VmHWM`, see Notes) is that process's own peak; it includes the Python runtime, torch and the model.\n"
     )
@@ -1078,15 +1119,21 @@ def build_report(env: dict, setup: dict, detect: dict, openvino: dict | None, pl
                      f"this one is scored and rendered), {folder['scans']} copies of the synthetic scan: "
                      f"**{folder['per_scan']:.3f} s per scan** against {syn['total']:.3f} s for one scan on its own "
                      f"({syn['total'] / folder['per_scan']:.2f}x the throughput).\n")
-    decode = detect.get("decode")
-    if decode:
-        tiff_total = syn["total"] - syn["load"] + decode["tiff"]
-        parts.append(f"\nFile format: decoding the synthetic scan took {decode['png']:.3f} s from its PNG "
-                     f"({decode['png_mib']:.1f} MiB) and {decode['tiff']:.4f} s from an uncompressed 16-bit TIFF "
-                     f"copy ({decode['tiff_mib']:.1f} MiB, same pixels; best of 3 each, "
-                     f"{decode['png'] / decode['tiff']:.0f}x faster). With the TIFF the scan's total would be "
-                     f"{tiff_total:.3f} s (load swapped, the other stages as measured above), backbone "
-                     f"{100 * syn['backbone'] / tiff_total:.0f} % of it.\n")
+    decode = detect["decode"]
+    tiff_total = syn["total"] - syn["load"] + decode["tiff"]
+    parts.append(f"\nFile format: decoding the synthetic scan took {fmt(decode['png'])} s from its PNG "
+                 f"({decode['png_mib']:.1f} MiB), {fmt(decode['bmp'])} s from a 16-bit grey BMP copy "
+                 f"({decode['bmp_mib']:.1f} MiB, `bmp16.write_grey16_bmp`) and {fmt(decode['tiff'])} s from an "
+                 f"uncompressed 16-bit TIFF copy ({decode['tiff_mib']:.1f} MiB); same pixels, best of 3 each. With "
+                 f"the TIFF the scan's total would be {tiff_total:.3f} s (load swapped, the other stages as measured "
+                 f"above), backbone {100 * syn['backbone'] / tiff_total:.0f} % of it.\n")
+    timed = detect["uninstrumented"]
+    parts.append(f"\nWithout stage timings (with them every stage waits for the device, so a GPU cannot run ahead "
+                 f"of the Python that feeds it), load + score + overlay took **{fmt(timed['BMP'])} s from the BMP** "
+                 f"and {fmt(timed['PNG'])} s from the PNG (median of {timed['repeats']}). The backbone on its own "
+                 f"(the same scan's tiles cut and embedded batch after batch, one synchronisation at the end) took "
+                 f"{fmt(timed['backbone_alone'])} s: {100 * timed['backbone_alone'] / timed['BMP']:.0f} % of the BMP "
+                 f"run.\n")
     if syn.get("repeats", 1) > 1:
         parts.append(f"\nSynthetic scan: the run with the median total of {syn['repeats']} is shown (totals "
                      + ", ".join(f"{t:.3f}" for t in syn["totals"]) + " s).\n")
@@ -1157,7 +1204,7 @@ def build_report(env: dict, setup: dict, detect: dict, openvino: dict | None, pl
             f"{detect['model_load_s']:.1f} s) the first time; the converted graph is cached on disk. "
             f"{_cached_load_text(openvino)} Peak RSS {openvino['peak_rss_mib']:,.0f} MiB.\n")
     if env["device"].startswith("cuda"):
-        parts.append(gpu_target_line(syn, env))
+        parts.append(gpu_target_line(syn, detect['uninstrumented'], env))
     else:
         results = [("torch", speedup, verdict)] + ([("openvino", ov_speedup, ov_verdict)] if openvino else [])
         parts.append(cpu_target_line(results, env))
@@ -1456,6 +1503,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args, argv: list[str]) -> int:
+    from rtg_anomaly.bmp16 import write_grey16_bmp
     from rtg_anomaly.features import resolve_device
     from rtg_anomaly.synthetic import make_vehicle_scan
     import cv2
@@ -1481,8 +1529,9 @@ def _run(args, argv: list[str]) -> int:
         log(f"device {device}, threads {torch.get_num_threads()}, {'quick' if args.quick else 'full'} run")
         height, length = sizes["scan"]
         scan, _ = make_vehicle_scan(0, height=height, length=length, anomaly=True)
-        scan_path = workdir / "synthetic_scan.png"
+        scan_path, scan_bmp = workdir / "synthetic_scan.png", workdir / "synthetic_scan.bmp"
         cv2.imwrite(str(scan_path), scan)
+        write_grey16_bmp(scan_bmp, scan)
         del scan
         fit_h, fit_l = sizes["fit_scan"]
         crops = []
@@ -1510,6 +1559,7 @@ def _run(args, argv: list[str]) -> int:
         base = dict(device=str(device), bundle=str(bundle), scan=str(scan_path))
         repeats = args.repeats or (5 if device.type == "cuda" else 1)
         detect = run_worker(dict(base, kind="detect", real=[str(p) for p in real_paths], repeats=repeats,
+                                 scan_bmp=str(scan_bmp),
                                  heatmap=str(workdir / "ours.npy"), profile_cols=sizes["profile_cols"]),
                             workdir, "detect")
         detect["synthetic"]["device"] = str(device)

@@ -61,10 +61,32 @@ def test_quick_benchmark_writes_report_with_ratios_and_agreement(tmp_path, capsy
     assert re.search(r"^\| 10 \| 8 \+ 2 \|", section, re.M) and "Real `Detector.fit`" in section
     assert "synthetic uint16 PNG" in text and "over baseline MiB" in text
     assert "OpenVINO / torch" in text and "Applied — OpenVINO kNN with the OpenVINO runtime" in text
-    assert re.search(r"took [0-9.]+ s from its PNG .* and [0-9.]+ s from an uncompressed 16-bit TIFF", text)
+    number = r"[0-9.]+(?:e-[0-9]+)?"
+    assert re.search(rf"took {number} s from its PNG .*, {number} s from a 16-bit grey BMP copy .* and {number} s "
+                     r"from an uncompressed 16-bit TIFF", text)
+    timed = re.search(rf"load \+ score \+ overlay took \*\*({number}) s from the BMP\*\* and ({number}) s from the "
+                      rf"PNG \(median of 1\)\. The backbone on its own .* took ({number}) s: ([0-9]+) % of the BMP run",
+                      text)
+    assert timed, "uninstrumented end-to-end paragraph missing"
+    bmp_s, png_s, backbone_s, share = map(float, timed.groups())
+    assert 0 < backbone_s < bmp_s and 0 < share < 100 and png_s > 0
     # One scan's coreset, whole vs in parts: both kept counts, 3 parts of 6,000 rows, numeric times and radii.
     section = text.split("## 5.")[1].split("## 6.")[0]
     assert "3 seeded random parts of at most 2,500 rows" in section
     for keep in ("300", "60"):
         row = next(line for line in section.splitlines() if line.startswith(f"| {keep} | 6,000 |"))
         assert all(re.fullmatch(r"[0-9.,e+-]+", c.strip()) for c in row.strip("|").split("|")), row
+
+
+def test_gpu_target_is_judged_on_the_untimed_bmp_run():
+    """The verdict needs both points: under 0.5 s end to end and the backbone at least 60 % of it."""
+    gpu_target_line = load_script().gpu_target_line
+    syn = dict(total=0.456, backbone=0.054, score=0.102, overlay=0.048)
+    env = dict(device_name="NVIDIA H100")
+    met = gpu_target_line(syn, dict(BMP=0.09, PNG=0.4, backbone_alone=0.06, repeats=5), env)
+    assert met.startswith("**Target") and "MET**" in met and "NOT MET" not in met
+    assert "0.090 s end to end" in met and "backbone 67 % of it" in met and "from the PNG 0.400 s, backbone 15 %" in met
+    assert "With stage timings (section 1, PNG): 0.456 s, backbone 12 %" in met
+    for bmp, backbone in ((0.12, 0.06), (0.6, 0.5)):  # share 50 %; share 83 % but 0.6 s
+        line = gpu_target_line(syn, dict(BMP=bmp, PNG=1.0, backbone_alone=backbone, repeats=5), env)
+        assert "NOT MET**" in line, line
