@@ -442,7 +442,7 @@ class Detector:
 
     def _knn(self, queries: torch.Tensor, bank: torch.Tensor, bank_norms: torch.Tensor) -> torch.Tensor:
         """``knn_distance`` (Q,) of queries (Q, d) to the bank; with the OpenVINO runtime and k = 1, OpenVINO
-        computes it (the same float32 distances to about 1e-5, 1.4x faster on the benchmark CPU with a
+        computes it (the same float32 distances to about 1e-5, 1.7x faster on the benchmark CPU with a
         200,000-row bank; docs/performance.md, section 6)."""
         if self.config.k == 1 and self.extractor.runtime == "openvino":
             if self._openvino_nearest is None:
