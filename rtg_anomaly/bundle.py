@@ -10,11 +10,11 @@ import io
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import staging_folder
 from .errors import InputError
 
 FORMAT_NAME = "rtg-anomaly-bundle"
@@ -67,7 +67,7 @@ def save_bundle(folder: str | os.PathLike, manifest: dict, arrays: dict[str, np.
     folder = Path(folder)
     check_bundle_destination(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
+    tmp = staging_folder(folder)
     try:
         entries = {}
         for name, array in arrays.items():

@@ -541,6 +541,6 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
+    from .atomic import write_text
+
+    write_text(path, json.dumps(payload, indent=2) + "\n")

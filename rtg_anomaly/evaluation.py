@@ -17,7 +17,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .atomic import replacing, write_text
 from .errors import InputError
 from .io import IMAGE_SUFFIXES, list_images, load_image, save_image
 from .metrics import aupro, best_f1, image_auroc, pixel_auroc, precision_recall_at
@@ -410,19 +410,11 @@ def _prepare_output_dir(output_dir) -> Path | None:
 
 # ---------------------------------------------------------------------------- outputs
 def _write_outputs(metrics: dict, scored: _Scored, out_dir: Path) -> None:
-    _write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False) + "\n")
-    _write_text(out_dir / "metrics.md", markdown_report(metrics))
+    write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+    write_text(out_dir / "metrics.md", markdown_report(metrics))
     _plot_roc(metrics, scored, out_dir / "roc.png")
     _plot_pr(metrics, out_dir / "pr.png")
     _plot_histogram(metrics, out_dir / "score_histogram.png")
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write a text file atomically (temporary file in the same folder, then rename)."""
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix,
-                                     delete=False, encoding="utf-8") as tmp:
-        tmp.write(text)
-    os.replace(tmp.name, path)
 
 
 def _fmt(value, digits: int = 4) -> str:
@@ -470,7 +462,8 @@ def _new_figure():
 
 def _save_figure(figure, path: Path) -> None:
     figure.tight_layout()
-    figure.savefig(path, format="png")
+    with replacing(path) as tmp:
+        figure.savefig(tmp, format="png")
 
 
 def _labels_scores(metrics: dict) -> tuple[np.ndarray, np.ndarray]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -13,6 +12,7 @@ from typing import Callable, Iterator
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .atomic import replacing
 from .bmp16 import read_grey16_bmp
 from .errors import InputError
 
@@ -142,13 +142,8 @@ def save_image(path: str | os.PathLike, image: np.ndarray) -> None:
     path = Path(path)
     check_output_path(path)
     fmt = _pil_format(path)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix, delete=False) as tmp:
-        tmp_path = Path(tmp.name)
-    try:
+    with replacing(path) as tmp_path:
         Image.fromarray(np.ascontiguousarray(image)).save(tmp_path, format=fmt)
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
 
 
 def save_array(path: str | os.PathLike, array: np.ndarray) -> None:
@@ -156,13 +151,8 @@ def save_array(path: str | os.PathLike, array: np.ndarray) -> None:
     path = Path(path)
     if not path.parent.is_dir():
         raise ImageReadError(f"cannot write {path}: folder {path.parent} does not exist")
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.stem}.", suffix=".npy", delete=False) as tmp:
-        tmp_path = Path(tmp.name)
-    try:
-        np.save(tmp_path, array, allow_pickle=False)
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)  # a failed write (e.g. an object array) leaves no stray file
+    with replacing(path) as tmp_path, open(tmp_path, "wb") as handle:  # a file object: np.save adds no suffix
+        np.save(handle, array, allow_pickle=False)  # a failed write (e.g. an object array) leaves no stray file
 
 
 def _pil_format(path: Path) -> str:

@@ -20,13 +20,13 @@ import hashlib
 import os
 import shutil
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from .atomic import staging_folder
 from .errors import InputError, first_line
 
 
@@ -180,7 +180,7 @@ def _write_cached(ov, model, entry: Path) -> None:
     staging = None
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}."))
+        staging = staging_folder(entry)
         # float32 weights: the default (float16) would move the features by about 1e-3.
         ov.save_model(model, str(staging / "model.xml"), compress_to_fp16=False)
         os.replace(staging, entry)  # fails if another process got there first: theirs is kept

@@ -11,9 +11,10 @@ import csv
 import errno
 import os
 import shutil
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+
+from .atomic import replacing
 
 DECISIONS = ("suspect", "clean", "error")
 SORTED_DECISIONS = ("suspect", "clean")
@@ -107,22 +108,10 @@ def write_triage_csv(path, rows: Iterable[Mapping]) -> Path:
             raise ValueError(f"triage row {number}: decision must be one of {DECISIONS}, got {decision!r}")
         table.append({column: _format_cell(column, row.get(column)) for column in TRIAGE_COLUMNS})
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # respects the umask
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=TRIAGE_COLUMNS)
-            writer.writeheader()
-            writer.writerows(table)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with replacing(path, durable=True) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=TRIAGE_COLUMNS)
+        writer.writeheader()
+        writer.writerows(table)
     return path
 
 
