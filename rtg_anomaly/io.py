@@ -134,16 +134,37 @@ def _is_grey(rgb: np.ndarray) -> bool:
 
 
 def save_image(path: str | os.PathLike, image: np.ndarray) -> None:
-    """Write a uint8 (H, W) or (H, W, 3) image atomically, in the format of the suffix.
+    """Write a uint8 (H, W) grey or (H, W, 3) RGB image atomically, in the format of the suffix.
 
     The file appears complete or not at all (written to a temporary file in the
-    same folder, then renamed).
+    same folder, then renamed). PNG and BMP are encoded by OpenCV: a 2000x6000 overlay took
+    0.27 s as PNG against Pillow's 2.7 s (fastest zlib level with run-length matching, so the
+    file is about 1.4x larger) and 0.02 s as BMP against 0.04 s (scripts/benchmark_speed.py,
+    section 1). JPEG (quality 75) and TIFF (uncompressed) are written by Pillow.
     """
     path = Path(path)
     check_output_path(path)
     fmt = _pil_format(path)
+    image = np.ascontiguousarray(image)
+    if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+        raise ValueError(f"cannot write {path}: expected uint8 (H, W) or (H, W, 3) pixels, got {image.dtype} "
+                         f"{image.shape}")
     with replacing(path) as tmp_path:
-        Image.fromarray(np.ascontiguousarray(image)).save(tmp_path, format=fmt)
+        if fmt in ("PNG", "BMP"):
+            _encode_with_opencv(image, fmt).tofile(tmp_path)
+        else:
+            Image.fromarray(image).save(tmp_path, format=fmt)
+
+
+def _encode_with_opencv(image: np.ndarray, fmt: str) -> np.ndarray:
+    """The bytes of ``image`` (uint8 grey or RGB) encoded as ``fmt`` by OpenCV, as a uint8 array."""
+    import cv2
+
+    pixels = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)  # OpenCV's channel order
+    encoded, data = cv2.imencode(f".{fmt.lower()}", pixels)
+    if not encoded:
+        raise ValueError(f"OpenCV could not encode a {image.shape} image as {fmt}")
+    return data
 
 
 def save_array(path: str | os.PathLike, array: np.ndarray) -> None:

@@ -390,8 +390,8 @@ def plain_detect(detector, image: np.ndarray, keep_queries: bool = False, keep_r
 
 
 # ---------------------------------------------------------------------------------------------- workers
-def time_detect(detector, path, device: torch.device) -> tuple[dict, np.ndarray]:
-    """Load, score and overlay one scan with stage timings."""
+def time_detect(detector, path, device: torch.device) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Load, score and overlay one scan with stage timings: (timings row, heatmap, overlay)."""
     gpu_reset(device)
     t0 = time.perf_counter()
     image = detector.load_scan(path)
@@ -399,7 +399,7 @@ def time_detect(detector, path, device: torch.device) -> tuple[dict, np.ndarray]
     timings: dict = {}
     result = detector.score(image, timings=timings)
     t2 = time.perf_counter()
-    detector.overlay(image, result)
+    picture = detector.overlay(image, result)
     t3 = time.perf_counter()
     config = detector.config
     padded = (max(image.shape[0], config.tile_size), max(image.shape[1], config.tile_size))
@@ -411,7 +411,7 @@ def time_detect(detector, path, device: torch.device) -> tuple[dict, np.ndarray]
                gpu_peak_mib=gpu_peak_mib(device))
     row["other"] = row["score"] - row["backbone"] - row["knn"] - row["stitch"] - row["smooth"]
     row["mpix_per_s"] = image.shape[0] * image.shape[1] / 1e6 / row["total"]
-    return row, result.heatmap
+    return row, result.heatmap, picture
 
 
 def profile_score(detector, image: np.ndarray, n_tiles: int) -> dict:
@@ -508,6 +508,26 @@ def uninstrumented_times(detector, scans: dict[str, Path], repeats: int) -> dict
     return out
 
 
+def write_times(picture: np.ndarray, heatmap: np.ndarray, folder: Path, repeats: int = 3) -> dict:
+    """Seconds to write the scan's overlay (uint8 RGB) with ``io.save_image`` per format, PNG and BMP also with
+    Pillow's encoder (what ``save_image`` used before), and its heatmap with ``io.save_array``; best of repeats,
+    with file sizes in MiB."""
+    from PIL import Image
+
+    from rtg_anomaly.io import save_array, save_image
+
+    times = {}
+    for name, action in [(f"ours_{ext}", lambda ext=ext: save_image(folder / f"overlay.{ext}", picture))
+                         for ext in ("png", "bmp", "jpg", "tif")] + [
+            (f"pillow_{ext}", lambda ext=ext: Image.fromarray(picture).save(folder / f"pillow.{ext}"))
+            for ext in ("png", "bmp")] + [("heatmap_npy", lambda: save_array(folder / "heatmap.npy", heatmap))]:
+        times[name] = min(_timed(action) for _ in range(repeats))
+    for path in folder.iterdir():
+        times[f"{path.stem}_{path.suffix[1:]}_mib"] = path.stat().st_size / 2**20
+        path.unlink()
+    return times
+
+
 def _timed(action) -> float:
     t0 = time.perf_counter()
     action()
@@ -542,16 +562,23 @@ def worker_detect(spec: dict) -> dict:
         first = detector.load_scan(spec["real"][0])
         detector.score(np.ascontiguousarray(first[: config.tile_size, : config.tile_size]))
         for path in spec["real"]:
-            row, _ = time_detect(detector, path, device)
+            row, _, _ = time_detect(detector, path, device)
             real_rows.append(row)
         out["real_peak_rss_mib"] = peak_rss_mib()
     out["real"] = real_rows
     # Repeated runs of the synthetic scan; the run with the median total is reported (GPU timings vary more).
-    runs = [time_detect(detector, spec["scan"], device) for _ in range(max(1, spec.get("repeats", 1)))]
+    runs = []
+    for _ in range(max(1, spec.get("repeats", 1))):
+        picture = None  # only the last overlay is kept (for the write timings), so peak RSS holds one at most
+        *timed_run, picture = time_detect(detector, spec["scan"], device)
+        runs.append(timed_run)
     totals = [r[0]["total"] for r in runs]
     row, heatmap = runs[int(np.argsort(totals)[len(totals) // 2])]
     row["repeats"], row["totals"] = len(totals), totals
     row["peak_rss_mib"] = peak_rss_mib()
+    with tempfile.TemporaryDirectory(prefix="rtg_bench_write_") as folder:  # after the peak: not part of detect
+        out["writes"] = write_times(picture, heatmap, Path(folder))
+    del runs, picture
     out["folder"] = folder_throughput(detector, spec["scan"], n_scans=max(2, spec.get("repeats", 1)))
     out["synthetic"] = row
     np.save(spec["heatmap"], heatmap)
@@ -575,7 +602,7 @@ def worker_detect_openvino(spec: dict) -> dict:
     os.environ["RTG_ANOMALY_CACHE_DIR"] = tempfile.mkdtemp(prefix="ov-cache-", dir=Path(spec["heatmap"]).parent)
     detector, load_s = load_detector(spec, "openvino")
     warm_up_backbone(detector)
-    row, heatmap = time_detect(detector, spec["scan"], torch.device(spec["device"]))
+    row, heatmap, _ = time_detect(detector, spec["scan"], torch.device(spec["device"]))
     np.save(spec["heatmap"], heatmap)
     peak = peak_rss_mib()
     del detector
@@ -1127,6 +1154,15 @@ def build_report(env: dict, setup: dict, detect: dict, openvino: dict | None, pl
                  f"uncompressed 16-bit TIFF copy ({decode['tiff_mib']:.1f} MiB); same pixels, best of 3 each. With "
                  f"the TIFF the scan's total would be {tiff_total:.3f} s (load swapped, the other stages as measured "
                  f"above), backbone {100 * syn['backbone'] / tiff_total:.0f} % of it.\n")
+    writes = detect["writes"]
+    parts.append(f"\nWriting the outputs `detect` writes (best of 3; the overlay is {syn['height']}x{syn['width']} RGB): "
+                 f"overlay PNG {fmt(writes['ours_png'])} s ({writes['overlay_png_mib']:.1f} MiB; with Pillow's "
+                 f"encoder {fmt(writes['pillow_png'])} s, {writes['pillow_png_mib']:.1f} MiB: ours "
+                 f"{writes['pillow_png'] / writes['ours_png']:.1f}x faster), BMP {fmt(writes['ours_bmp'])} s (Pillow "
+                 f"{fmt(writes['pillow_bmp'])} s, {writes['pillow_bmp'] / writes['ours_bmp']:.1f}x), JPEG "
+                 f"{fmt(writes['ours_jpg'])} s ({writes['overlay_jpg_mib']:.1f} MiB), TIFF {fmt(writes['ours_tif'])} s "
+                 f"({writes['overlay_tif_mib']:.1f} MiB); the heatmap (`.npy`, {writes['heatmap_npy_mib']:.1f} MiB) "
+                 f"{fmt(writes['heatmap_npy'])} s. They are not part of the totals above.\n")
     timed = detect["uninstrumented"]
     parts.append(f"\nWithout stage timings (with them every stage waits for the device, so a GPU cannot run ahead "
                  f"of the Python that feeds it), load + score + overlay took **{fmt(timed['BMP'])} s from the BMP** "

@@ -294,6 +294,15 @@ def test_save_image_failure_leaves_old_file_and_no_temp(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
 
 
+@pytest.mark.parametrize("suffix", [".png", ".bmp", ".tif", ".jpg"])
+@pytest.mark.parametrize("image", [np.zeros((4, 4), np.uint16), np.zeros((4, 4, 4), np.uint8),
+                                   np.zeros((4, 4, 3), np.float32), np.zeros(4, np.uint8)])
+def test_save_image_refuses_what_is_not_uint8_grey_or_rgb(tmp_path, suffix, image):
+    with pytest.raises(ValueError, match=r"expected uint8 \(H, W\) or \(H, W, 3\) pixels"):
+        save_image(tmp_path / f"out{suffix}", image)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("name", ["out.gif", "out.npy", "out", "out.png.tmp"])
 def test_save_image_unknown_extension_rejected(tmp_path, name):
     with pytest.raises(ImageReadError, match="cannot write"):
