@@ -15,11 +15,19 @@ import sys
 import time
 import traceback
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import IMAGE_SCORE_RULES, RUNTIMES
 from .errors import InputError, first_line
 from .regions import DEFAULT_MIN_AREA
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .detector import AnomalyResult
 
 DEFAULT_MODEL_DIR = "model_artifacts/default"
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
@@ -367,7 +375,7 @@ def _run_detect(args: argparse.Namespace) -> int:
 
     from .detector import Detector
     from .io import load_image, prefetch
-    from .triage import sort_into, triage_row, write_triage_csv
+    from .triage import triage_row, write_triage_csv
 
     jobs, folder_mode, output, report, csv_path, new_folders = _plan_detect(args)
     model_dir = args.model or _default_model()
@@ -394,31 +402,55 @@ def _run_detect(args: argparse.Namespace) -> int:
         if csv_path is not None:
             write_triage_csv(csv_path, rows)
 
+    def skip(path: Path, exc: InputError) -> None:
+        if not folder_mode:
+            raise exc
+        print(f"rtg-anomaly: warning: skipped {exc}", file=sys.stderr)
+        errors.append({"input": str(path), "error": str(exc)})
+        rows.append(triage_row(path, decision="error", error=exc))
+
+    def record(path: Path, written: Future) -> None:
+        """Take the entry of a scan whose outputs were being written (in input order)."""
+        try:
+            entry = written.result()
+        except InputError as exc:
+            skip(path, exc)
+            return
+        entries.append(entry)
+        for warning in entry["warnings"]:
+            warned[warning] += 1
+            if warned[warning] == 1:
+                later = " (said once for the folder)" if folder_mode else ""
+                print(f"rtg-anomaly: warning: {path}: {warning}{later}", file=sys.stderr)
+        rows.append(triage_row(path, score=entry["score"], decision="suspect" if entry["anomalous"] else "clean",
+                               regions=[r["bbox"] for r in entry["regions"]]))
+
+    # A scan's regions, overlay file, heatmap file and sorted copy are written in a background thread while the
+    # next scan is scored: on a GPU, finding the regions and encoding the overlay take about as long as scoring
+    # (docs/performance.md, section 1). One write at a time, in input order.
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rtg-anomaly-write")
+    writing: collections.deque[tuple[Path, Future]] = collections.deque()
     try:
         for (path, overlay_path, heatmap_path), loaded in tqdm(zip(jobs, scans), total=len(jobs), unit="scan",
                                                                desc="detect", leave=False,
                                                                disable=args.quiet or len(jobs) < 2):
             try:
-                entry = _detect_one(detector, path, loaded.result(), overlay_path, heatmap_path, args)
+                scored = _score_scan(detector, path, loaded.result(), args)
             except InputError as exc:
-                if not folder_mode:
-                    raise
-                print(f"rtg-anomaly: warning: skipped {exc}", file=sys.stderr)
-                errors.append({"input": str(path), "error": str(exc)})
-                rows.append(triage_row(path, decision="error", error=exc))
+                while writing:  # the scans before this one first, so that the report keeps the input order
+                    record(*writing.popleft())
+                skip(path, exc)
                 continue
-            entries.append(entry)
-            for warning in entry["warnings"]:
-                warned[warning] += 1
-                if warned[warning] == 1:
-                    later = " (said once for the folder)" if folder_mode else ""
-                    print(f"rtg-anomaly: warning: {path}: {warning}{later}", file=sys.stderr)
-            decision = "suspect" if entry["anomalous"] else "clean"
-            rows.append(triage_row(path, score=entry["score"], decision=decision,
-                                   regions=[r["bbox"] for r in entry["regions"]]))
-            if args.sort_into:
-                entry["sorted_to"] = str(sort_into(args.sort_into, path, decision, mode=args.sort_mode))
+            writing.append((path, writer.submit(_write_scan, scored, overlay_path, heatmap_path, args)))
+            while len(writing) > 1 or (writing and not folder_mode):
+                record(*writing.popleft())
+        while writing:
+            record(*writing.popleft())
     except BaseException:  # Ctrl-C or a failure hours into a folder: keep the triage of the scans done
+        writer.shutdown(cancel_futures=True)  # waits for a write in progress: its files are complete
+        for path, future in writing:  # writes that finished, or failed on a bad scan, are in the report
+            if future.done() and not future.cancelled() and isinstance(future.exception(), (InputError, type(None))):
+                record(path, future)
         if folder_mode and rows:
             try:
                 write_results(complete=False)
@@ -427,6 +459,7 @@ def _run_detect(args: argparse.Namespace) -> int:
             except OSError:
                 pass  # the original error is the one to report
         raise
+    writer.shutdown()
     write_results(complete=True)
     flagged = sum(e["anomalous"] for e in entries)
     if folder_mode:
@@ -452,34 +485,55 @@ def _check_output_folder(folder: Path, flag: str, new_folders: list[Path]) -> bo
     return not folder.exists()
 
 
-def _detect_one(detector, path: Path, image, overlay_path: Path, heatmap_path: Path | None, args) -> dict:
-    from .io import save_array, save_image
-    from .regions import draw_regions, find_regions
+@dataclass
+class _ScoredScan:
+    """What scoring a scan gives the background writer: host arrays only (the device is free again)."""
+    path: Path
+    shape: tuple[int, ...]
+    result: AnomalyResult
+    picture: np.ndarray  # the overlay, uint8 (H, W, 3)
+    started: float  # time.perf_counter() when scoring began
 
-    timings: dict[str, float] = {}
+
+def _score_scan(detector, path: Path, image, args) -> _ScoredScan:
+    """Score one scan and render its overlay (on the detector's device)."""
     started = time.perf_counter()
-    result = detector.score(image, timings=timings, source=path)  # checks the scan, naming path in an error
+    result = detector.score(image, source=path)  # checks the scan, naming path in an error
     if result.fallback:
         print(f"rtg-anomaly: note: {path}: {result.fallback}", file=sys.stderr)
-    regions = find_regions(result.heatmap, result.pixel_threshold, min_area=args.min_region_area)
     picture = detector.overlay(image, result, threshold=args.threshold, percentile=args.threshold_percentile,
                                color_range=tuple(args.color_range) if args.color_range else None, alpha=args.alpha)
-    if args.draw_regions and regions:
-        picture = draw_regions(picture, regions)
+    return _ScoredScan(path, image.shape, result, picture, started)
+
+
+def _write_scan(scored: _ScoredScan, overlay_path: Path, heatmap_path: Path | None, args) -> dict:
+    """Find a scored scan's regions, write its overlay (and heatmap, sorted copy); its report entry."""
+    from .io import save_array, save_image
+    from .regions import draw_regions, find_regions
+    from .triage import sort_into
+
+    result, path = scored.result, scored.path
+    regions = find_regions(result.heatmap, result.pixel_threshold, min_area=args.min_region_area)
+    picture = draw_regions(scored.picture, regions) if args.draw_regions and regions else scored.picture
     save_image(overlay_path, picture)
     if heatmap_path is not None:
         save_array(heatmap_path, result.heatmap)
     peak_y, peak_x = divmod(int(result.heatmap.argmax()), result.heatmap.shape[1])
-    return {
+    decision = "suspect" if result.anomalous else "clean"
+    entry = {
         "input": str(path), "output": str(overlay_path), "heatmap": str(heatmap_path) if heatmap_path else None,
         "score": result.score, "anomalous": result.anomalous, "threshold": result.image_threshold,
         "pixel_threshold": result.pixel_threshold, "peak_xy": [peak_x, peak_y],
-        "width": int(image.shape[1]), "height": int(image.shape[0]),
+        "width": int(scored.shape[1]), "height": int(scored.shape[0]),
         "regions": [region.to_dict() for region in regions],
-        "seconds": round(time.perf_counter() - started, 4),
+        "seconds": None,
         "fallback": result.fallback,
         "warnings": list(result.warnings),
     }
+    if args.sort_into:
+        entry["sorted_to"] = str(sort_into(args.sort_into, path, decision, mode=args.sort_mode))
+    entry["seconds"] = round(time.perf_counter() - scored.started, 4)
+    return entry
 
 
 def _check_rate(rate: float) -> None:

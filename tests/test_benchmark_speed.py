@@ -69,6 +69,9 @@ def test_quick_benchmark_writes_report_with_ratios_and_agreement(tmp_path, capsy
                        rf"the heatmap \(`.npy`, [0-9.]+ MiB\) ({number}) s", text)
     assert writes, "output write timings missing"
     assert all(float(value) > 0 for value in writes.groups())
+    cli = re.search(rf"`rtg-anomaly detect --input DIR` itself .*\*\*(-?{number}) s per scan\*\* \(the run on 3 copies "
+                    rf"minus the run on one, ({number}) s with model load", text)
+    assert cli and float(cli.group(2)) > 0, "CLI folder throughput missing"
     timed = re.search(rf"load \+ score \+ overlay took \*\*({number}) s from the BMP\*\* and ({number}) s from the "
                       rf"PNG \(median of 1\)\. The backbone on its own .* took ({number}) s: ([0-9]+) % of the BMP run",
                       text)

@@ -339,16 +339,16 @@ def test_a_folder_run_stopped_part_way_keeps_the_triage_of_the_scans_done(demo_d
 
     scans = sorted((demo_data / "test" / "anomalous").iterdir())
     assert len(scans) >= 2
-    real = cli._detect_one
+    real = cli._score_scan
     done = []
 
-    def detect_one(detector, path, *args):
+    def score_scan(detector, path, *args):
         if len(done) == 1:
             raise stop()
         done.append(path)
         return real(detector, path, *args)
 
-    monkeypatch.setattr(cli, "_detect_one", detect_one)
+    monkeypatch.setattr(cli, "_score_scan", score_scan)
     out = tmp_path / "out"
     argv = ["detect", "--input", str(demo_data / "test" / "anomalous"), "--output", str(out),
             "--model", str(tiny_bundle), "--quiet"]
@@ -361,6 +361,84 @@ def test_a_folder_run_stopped_part_way_keeps_the_triage_of_the_scans_done(demo_d
     assert main(argv) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["complete"] is True and len(report["images"]) == len(scans)
+
+
+def test_folder_outputs_written_in_the_background_match_one_scan_runs(demo_data, tiny_bundle, tmp_path):
+    """Each scan's regions, overlay, heatmap and sorted copy are written while the next scan is scored: the
+    files and report entries are those of scoring each scan on its own, in input order."""
+    scans = sorted((demo_data / "test").rglob("*.bmp"))
+    folder = tmp_path / "lane"
+    folder.mkdir()
+    for index, scan in enumerate(scans):
+        shutil.copy(scan, folder / f"{index:02d}_{scan.name}")
+    common = ["--model", str(tiny_bundle), "--device", "cpu", "--draw-regions", "--threshold", "calibrated", "--quiet"]
+    assert main(["detect", "--input", str(folder), "--output", str(tmp_path / "out"), "--heatmap",
+                 str(tmp_path / "maps"), "--sort-into", str(tmp_path / "sorted"), *common]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    names = sorted(p.name for p in folder.iterdir())
+    assert [Path(e["input"]).name for e in report["images"]] == names and report["errors"] == []
+    for entry in report["images"]:
+        name = Path(entry["input"]).name
+        single = tmp_path / "single" / name
+        single.parent.mkdir(exist_ok=True)
+        assert main(["detect", "--input", entry["input"], "--output", str(single), "--heatmap",
+                     str(single.with_suffix(".npy")), "--report", str(single.with_suffix(".json")), *common]) == 0
+        alone = json.loads(single.with_suffix(".json").read_text())["images"][0]
+        keys = set(alone) - {"output", "heatmap", "seconds"}
+        assert {k: entry[k] for k in keys} == {k: alone[k] for k in keys} and entry["seconds"] > 0
+        assert (tmp_path / "out" / name).read_bytes() == single.read_bytes()
+        assert np.array_equal(np.load(entry["heatmap"]), np.load(single.with_suffix(".npy")))
+        assert Path(entry["sorted_to"]) == tmp_path / "sorted" / ("suspect" if entry["anomalous"] else "clean") / name
+        assert Path(entry["sorted_to"]).read_bytes() == (folder / name).read_bytes()
+    rows = (tmp_path / "out" / "triage.csv").read_text().splitlines()[1:]
+    assert [Path(row.split(",")[0]).name for row in rows] == names
+
+
+def test_folder_keeps_input_order_when_scans_fail_at_scoring_or_writing(demo_data, tiny_bundle, tmp_path, capsys):
+    """A scan that cannot be scored (truncated file) and one whose overlay cannot be written (a folder is in the
+    way) are skipped with a warning; the report and the CSV list every scan in input order."""
+    scans = sorted((demo_data / "test" / "anomalous").iterdir())[:2] + sorted((demo_data / "test" / "good").iterdir())[:2]
+    folder = tmp_path / "lane"
+    folder.mkdir()
+    for index, scan in enumerate(scans):
+        shutil.copy(scan, folder / f"{index}.bmp")
+    (folder / "1.bmp").write_bytes((folder / "1.bmp").read_bytes()[:200])  # truncated: fails when scored
+    out = tmp_path / "out"
+    (out / "2.bmp").mkdir(parents=True)  # the overlay of 2.bmp cannot be written: fails in the writer
+    assert main(["detect", "--input", str(folder), "--output", str(out), "--model", str(tiny_bundle),
+                 "--device", "cpu", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "skipped" in err and "1.bmp" in err and "2.bmp" in err
+    report = json.loads((out / "report.json").read_text())
+    assert [Path(e["input"]).name for e in report["images"]] == ["0.bmp", "3.bmp"] and report["complete"] is True
+    assert [Path(e["input"]).name for e in report["errors"]] == ["1.bmp", "2.bmp"]
+    rows = [row.split(",") for row in (out / "triage.csv").read_text().splitlines()[1:]]
+    assert [(Path(row[0]).name, row[2]) for row in rows] == [("0.bmp", rows[0][2]), ("1.bmp", "error"),
+                                                            ("2.bmp", "error"), ("3.bmp", rows[3][2])]
+    assert rows[0][2] in ("clean", "suspect") and sorted(p.name for p in out.iterdir()) == [
+        "0.bmp", "2.bmp", "3.bmp", "report.json", "triage.csv"]
+
+
+def test_a_failed_write_stops_the_run_and_keeps_the_scans_done(demo_data, tiny_bundle, tmp_path, capsys, monkeypatch):
+    """An unexpected error in the background writer (a full disk, say) ends the run like one in scoring."""
+    import rtg_anomaly.cli as cli
+
+    real, written = cli._write_scan, []
+
+    def write_scan(scored, *args):
+        if written:
+            raise OSError(28, "No space left on device")
+        written.append(scored.path)
+        return real(scored, *args)
+
+    monkeypatch.setattr(cli, "_write_scan", write_scan)
+    out = tmp_path / "out"
+    code = main(["detect", "--input", str(demo_data / "test" / "anomalous"), "--output", str(out),
+                 "--model", str(tiny_bundle), "--device", "cpu", "--quiet"])
+    err = capsys.readouterr().err
+    assert code != 0 and "No space left on device" in err and "stopped after 1 of" in err
+    report = json.loads((out / "report.json").read_text())
+    assert report["complete"] is False and [e["input"] for e in report["images"]] == [str(written[0])]
 
 
 def test_model_env_variable_is_the_default(demo_data, tiny_bundle, tmp_path, monkeypatch):
