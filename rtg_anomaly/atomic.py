@@ -18,9 +18,9 @@ from pathlib import Path
 
 
 def _hidden_sibling(path: Path, tag: str) -> Path:
-    """A unique hidden name in ``path``'s folder, ending in ``path``'s suffix (``np.save`` and Pillow
-    look at it)."""
-    return path.with_name(f".{path.stem}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}{path.suffix}")
+    """A unique hidden name in ``path``'s folder, ending in ``path``'s suffix (Pillow and matplotlib look
+    at it). At most 40 characters longer than the suffix: any name the folder allows has a sibling."""
+    return path.with_name(f".{path.stem[:12]}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}{path.suffix[:16]}")
 
 
 @contextmanager

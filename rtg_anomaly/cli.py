@@ -427,7 +427,7 @@ def _run_detect(args: argparse.Namespace) -> int:
 
     # A scan's regions, overlay file, heatmap file and sorted copy are written in a background thread while the
     # next scan is scored: on a GPU, finding the regions and encoding the overlay take about as long as scoring
-    # (docs/performance.md, section 1). One write at a time, in input order.
+    # (README, "It writes behind"). One write at a time, in input order.
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rtg-anomaly-write")
     writing: collections.deque[tuple[Path, Future]] = collections.deque()
     try:
@@ -518,21 +518,21 @@ def _write_scan(scored: _ScoredScan, overlay_path: Path, heatmap_path: Path | No
     save_image(overlay_path, picture)
     if heatmap_path is not None:
         save_array(heatmap_path, result.heatmap)
-    peak_y, peak_x = divmod(int(result.heatmap.argmax()), result.heatmap.shape[1])
     decision = "suspect" if result.anomalous else "clean"
+    sorted_to = sort_into(args.sort_into, path, decision, mode=args.sort_mode) if args.sort_into else None
+    peak_y, peak_x = divmod(int(result.heatmap.argmax()), result.heatmap.shape[1])
     entry = {
         "input": str(path), "output": str(overlay_path), "heatmap": str(heatmap_path) if heatmap_path else None,
         "score": result.score, "anomalous": result.anomalous, "threshold": result.image_threshold,
         "pixel_threshold": result.pixel_threshold, "peak_xy": [peak_x, peak_y],
         "width": int(scored.shape[1]), "height": int(scored.shape[0]),
         "regions": [region.to_dict() for region in regions],
-        "seconds": None,
+        "seconds": round(time.perf_counter() - scored.started, 4),  # scoring began -> outputs written
         "fallback": result.fallback,
         "warnings": list(result.warnings),
     }
-    if args.sort_into:
-        entry["sorted_to"] = str(sort_into(args.sort_into, path, decision, mode=args.sort_mode))
-    entry["seconds"] = round(time.perf_counter() - scored.started, 4)
+    if sorted_to is not None:
+        entry["sorted_to"] = str(sorted_to)
     return entry
 
 

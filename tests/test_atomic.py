@@ -85,3 +85,11 @@ def test_cli_outputs_are_readable_by_the_group(demo_data, tiny_bundle, tmp_path,
     assert {"overlay.png", "map.npy", "report.json", "triage.csv", "metrics.json", "roc.png"} <= {p.name for p in written}
     assert {p.name: mode(p) for p in written} == {p.name: 0o640 for p in written}
     assert json.loads((tmp_path / "report.json").read_text())["complete"] is True
+
+
+def test_the_longest_allowed_name_can_be_written(tmp_path):
+    """The hidden temporary name stays short, so an output name at the file system's limit still works."""
+    target = tmp_path / ("s" * (os.pathconf(tmp_path, "PC_NAME_MAX") - 4) + ".png")
+    save_image(target, np.zeros((3, 3, 3), np.uint8))
+    write_text(tmp_path / ("r" * (os.pathconf(tmp_path, "PC_NAME_MAX") - 5) + ".json"), "{}")
+    assert sorted(len(p.name) for p in tmp_path.iterdir()) == [os.pathconf(tmp_path, "PC_NAME_MAX")] * 2
