@@ -19,6 +19,11 @@ _MASKS_OFFSET = 54  # the three channel masks follow a 40-byte info header, or s
 _BI_RGB, _BI_BITFIELDS, _BI_ALPHABITFIELDS = 0, 3, 6
 
 
+def _row_values(width: int) -> int:
+    """16-bit values per stored row of ``width`` pixels: rows are padded to 4 bytes."""
+    return (width * 16 + 31) // 32 * 2
+
+
 def grey16_mask(header: bytes) -> int | None:
     """The 16-bit grey channel mask of a BMP file that starts with ``header`` (its first 66 bytes or
     more), or None when the file is not a 16-bit grey BMP (another format, another depth, or colour masks).
@@ -62,7 +67,7 @@ def read_grey16_bmp(path: str | os.PathLike, max_pixels: int | None) -> np.ndarr
     rows = abs(height)
     if max_pixels is not None and width * rows > max_pixels:
         raise ValueError(f"image has {width * rows:,} pixels, more than the {max_pixels:,} allowed")
-    row_values = (width * 16 + 31) // 32 * 2  # rows are padded to 4 bytes
+    row_values = _row_values(width)
     needed_bytes = pixel_offset + rows * row_values * 2
     if os.path.getsize(path) < needed_bytes:
         raise ValueError(f"image file is truncated ({os.path.getsize(path):,} bytes, the header needs {needed_bytes:,})")
@@ -87,8 +92,7 @@ def write_grey16_bmp(path: str | os.PathLike, values: np.ndarray) -> None:
     if values.ndim != 2 or values.dtype != np.uint16 or 0 in values.shape:
         raise ValueError(f"a 16-bit grey BMP holds a non-empty uint16 (H, W) array, got {values.dtype} {values.shape}")
     height, width = values.shape
-    row_values = (width * 16 + 31) // 32 * 2
-    rows = np.zeros((height, row_values), dtype="<u2")
+    rows = np.zeros((height, _row_values(width)), dtype="<u2")
     rows[:, :width] = values[::-1]
     pixel_offset = _MASKS_OFFSET + 12
     info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 16, _BI_BITFIELDS, rows.nbytes, 2835, 2835, 0, 0)

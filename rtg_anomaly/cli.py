@@ -430,6 +430,7 @@ def _run_detect(args: argparse.Namespace) -> int:
     # (README, "It writes behind"). One write at a time, in input order.
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rtg-anomaly-write")
     writing: collections.deque[tuple[Path, Future]] = collections.deque()
+    writes_behind = 1 if folder_mode else 0  # one scan: its entry is needed at once
     try:
         for (path, overlay_path, heatmap_path), loaded in tqdm(zip(jobs, scans), total=len(jobs), unit="scan",
                                                                desc="detect", leave=False,
@@ -442,7 +443,7 @@ def _run_detect(args: argparse.Namespace) -> int:
                 skip(path, exc)
                 continue
             writing.append((path, writer.submit(_write_scan, scored, overlay_path, heatmap_path, args)))
-            while len(writing) > 1 or (writing and not folder_mode):
+            while len(writing) > writes_behind:
                 record(*writing.popleft())
         while writing:
             record(*writing.popleft())

@@ -9,8 +9,6 @@ normality: its score means little, and nothing else would tell the operator why.
 
 from __future__ import annotations
 
-from collections import Counter
-
 import numpy as np
 
 from .intensity import resolved_window
@@ -32,7 +30,7 @@ def _mapping(kind: str, window: str) -> tuple[str, str]:
     return channels, f"0..{high}"
 
 
-def _describe(kinds: Counter) -> str:
+def _describe(kinds: dict[str, int]) -> str:
     return ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items(), key=lambda item: (-item[1], item[0])))
 
 
@@ -44,7 +42,7 @@ def kind_mismatch(kind: str, fitted_kinds: dict[str, int], window: str) -> str |
         return None
     if any(_mapping(kind, window) == _mapping(fitted, window) for fitted in fitted_kinds):
         return None
-    return (f"{kind} scan, but the model was fitted on {_describe(Counter(fitted_kinds))} scans: they reach the "
+    return (f"{kind} scan, but the model was fitted on {_describe(fitted_kinds)} scans: they reach the "
             f"backbone differently (intensity window or channels), so its score is not comparable to theirs")
 
 
@@ -54,4 +52,4 @@ def mixed_kinds(kinds: dict[str, int], window: str) -> str | None:
     if len({_mapping(kind, window) for kind in kinds}) <= 1:
         return None
     return (f"the clean scans are of kinds that reach the backbone differently (intensity window or channels): "
-            f"{_describe(Counter(kinds))}; fit one model per kind")
+            f"{_describe(kinds)}; fit one model per kind")
