@@ -426,8 +426,8 @@ def _run_detect(args: argparse.Namespace) -> int:
                                regions=[r["bbox"] for r in entry["regions"]]))
 
     # A scan's regions, overlay file, heatmap file and sorted copy are written in a background thread while the
-    # next scan is scored: on a GPU, finding the regions and encoding the overlay take about as long as scoring
-    # (README, "It writes behind"). One write at a time, in input order.
+    # next scan is scored: on a GPU, finding the regions and writing the overlay take a third of the scoring time
+    # or more (README, "It writes behind"). One write at a time, in input order.
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rtg-anomaly-write")
     writing: collections.deque[tuple[Path, Future]] = collections.deque()
     writes_behind = 1 if folder_mode else 0  # one scan: its entry is needed at once

@@ -167,7 +167,7 @@ def resolve_runtime(runtime: str, device: torch.device) -> str:
     """``"auto"`` -> ``"openvino"`` on the CPU when the openvino package is installed, else ``"torch"``;
     any other name is returned as it is.
 
-    OpenVINO is preferred there because it ran the same float32 feature graph 2.5x faster than torch on the
+    OpenVINO is preferred there because it ran the same float32 feature graph 2.3x faster than torch on the
     benchmark CPU (docs/performance.md, section 2), with features equal to about 1e-6.
     """
     if runtime != "auto" or device.type != "cpu":

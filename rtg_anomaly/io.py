@@ -138,8 +138,8 @@ def save_image(path: str | os.PathLike, image: np.ndarray) -> None:
 
     The file appears complete or not at all (written to a temporary file in the
     same folder, then renamed). PNG and BMP are encoded by OpenCV: a 2000x6000 overlay took
-    0.23 s as PNG against Pillow's 2.0 s (OpenCV's fastest zlib settings, so the file is 1.7x
-    larger) and 0.011 s as BMP against 0.024 s (docs/performance.md, section 1). JPEG (quality
+    0.24 s as PNG against Pillow's 2.05 s (OpenCV's fastest zlib settings, so the file is 1.7x
+    larger) and 0.015 s as BMP against 0.024 s (docs/performance.md, section 1). JPEG (quality
     75) and TIFF (uncompressed) are written by Pillow.
     """
     path = Path(path)

@@ -64,7 +64,7 @@ def test_quick_benchmark_writes_report_with_ratios_and_agreement(tmp_path, capsy
     number = r"[0-9.]+(?:e-[0-9]+)?"
     assert re.search(rf"took {number} s from its PNG .*, {number} s from a 16-bit grey BMP copy .* and {number} s "
                      r"from an uncompressed 16-bit TIFF", text)
-    writes = re.search(rf"overlay PNG ({number}) s .* with Pillow's encoder ({number}) s, .* ours ([0-9.]+)x faster\), "
+    writes = re.search(rf"regions ({number}) s; overlay PNG ({number}) s .* with Pillow's encoder ({number}) s, .* ours ([0-9.]+)x faster\), "
                        rf"BMP ({number}) s \(Pillow ({number}) s, ([0-9.]+)x\), JPEG ({number}) s .* TIFF ({number}) s .*"
                        rf"the heatmap \(`.npy`, [0-9.]+ MiB\) ({number}) s", text)
     assert writes, "output write timings missing"
