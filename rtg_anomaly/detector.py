@@ -151,7 +151,9 @@ class Detector:
     state ends in ``_`` and is set by ``fit`` or ``load``:
       pca_: PCAProjection; memory_bank_: float32 (M, d); calibration_: Calibration;
       backbone_digest_: sha256 of the backbone weights the bank was built with;
-      descriptor_bank_: DescriptorBank of the clean scans (``global`` image score only).
+      descriptor_bank_: DescriptorBank of the clean scans (``global`` image score only);
+      selection_: the record of ``selection.select_config`` (candidates and their validation scores) when
+      the config was chosen from clean scans (``fit --select auto``), else None; set by the caller.
     """
 
     def __init__(self, config: DetectorConfig | None = None, device: str | torch.device = "auto",
@@ -164,6 +166,7 @@ class Detector:
         self._openvino_nearest = None  # compiled on first use when OpenVINO runs the backbone
         self._device_copies: _DeviceCopies | None = None  # the last scored scan's, GPU path only
         self._pixel_work_on_host = False  # set while a scan too large for the GPU is retried on the host
+        self.selection_: dict | None = None
 
     # ------------------------------------------------------------------ backbone
     @property
@@ -676,6 +679,8 @@ class Detector:
             "fit": {k: v for k, v in self.fit_info_.items() if k != "seconds"},
             "versions": {"torch": torch.__version__.split("+")[0], "timm": timm.__version__, "numpy": np.__version__},
         }
+        if self.selection_ is not None:
+            manifest["selection"] = self.selection_
         arrays = {"memory_bank": self.memory_bank_, **self.pca_.to_arrays()}
         if self._uses_descriptors:
             arrays.update(self.descriptor_bank_.to_arrays())
@@ -716,6 +721,8 @@ class Detector:
         detector.calibration_ = calibration
         detector.backbone_digest_ = backbone["state_dict_sha256"]
         detector.fit_info_ = dict(manifest.get("fit", {}))
+        selection = manifest.get("selection")
+        detector.selection_ = selection if isinstance(selection, dict) else None
         return detector
 
 

@@ -23,7 +23,8 @@ from .openvino_runtime import RuntimeUnavailable, compile_for_cpu
 # (0.956 vs 0.968 in float32); float16 gave the float32 and CPU figures (0.967 / 0.955 / 0.810).
 CUDA_AUTOCAST_DTYPE = torch.float16
 # Weights shipped with the project so the default works offline on a fresh machine.
-BUNDLED_WEIGHTS = {DEFAULT_BACKBONE: "vit_small_patch14_dinov2.imgfocus_fp16.safetensors"}
+BUNDLED_WEIGHTS = {DEFAULT_BACKBONE: "vit_small_patch14_dinov2.imgfocus_fp16.safetensors",
+                   "tf_efficientnet_lite0": "tf_efficientnet_lite0.in1k_fp16.safetensors"}
 
 
 class BackboneError(InputError):

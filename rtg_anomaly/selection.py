@@ -1,0 +1,301 @@
+"""Choose the detector's configuration from clean scans alone (``fit --select auto``).
+
+A user has clean scans and no labelled anomalies, so the choice cannot be made on a test set. Instead:
+
+1. A seeded share of the clean scans is set aside for validation; the rest trains each candidate.
+2. Every validation scan is kept clean and also given synthetic objects (``threat_projection``:
+   threat image projection, the way screening systems test operators), with exact masks.
+3. Each candidate is fitted on the training part and scores the clean and the synthetic validation
+   scans; its validation score is the mean of the image AUROC (clean vs synthetic) and the pixel
+   AUROC (synthetic masks against every validation map).
+4. The candidate with the best score wins; a later candidate must beat an earlier one by ``MARGIN``
+   (candidates are ordered from today's default outwards, so a tie keeps the default).
+
+The candidates cover what moved results most in the ablations: the *scale* at which the backbone
+sees the scan (scan pixels per feature cell, from a tile size relative to the scans' own size and an
+input size), the backbone (DINOv2 ViT-S block 6, EfficientNet-Lite0 stages 2+3 with 3x3 pooling),
+then on the winner the PCA whitening and the intensity window, and, for free from the same scores,
+the number of top patches that makes the image score.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .config import DEFAULT_BACKBONE, DetectorConfig
+from .errors import InputError
+from .metrics import image_auroc, pixel_auroc
+from .threat_projection import ProjectionSettings, project_object
+
+CNN_BACKBONE = "tf_efficientnet_lite0"
+# Scan pixels per backbone pixel, from zoomed-in (today's default) to a third of the scan's resolution.
+VIT_ZOOMS = (0.875, 0.5, 0.33)
+CNN_ZOOMS = (1.0, 0.5, 0.33)
+VIT_INPUT, VIT_PATCH, VIT_MIN_INPUT = 448, 14, 224
+CNN_INPUT, CNN_STRIDE, CNN_MIN_INPUT = 256, 32, 128
+TOP_PATCH_CHOICES = (1, 3, 5, 10)
+# The fields a selection chooses; the user's other settings (coreset, seed, ...) are kept.
+SELECTED_FIELDS = ("backbone", "weights", "layers", "neighbourhood", "tile_size", "input_size", "pca_whiten",
+                   "intensity_window", "top_patches", "image_score")
+MARGIN = 0.002
+MAX_TRAIN_SCANS = 48
+MAX_VALIDATION_SCANS = 16
+OBJECTS_PER_SCAN = 2
+PIXEL_BUDGET = 2_000_000  # pixels per validation map kept for the pixel AUROC (strided)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One configuration tried: a name and the DetectorConfig fields it sets."""
+
+    name: str
+    overrides: dict
+
+    def config(self, base: DetectorConfig) -> DetectorConfig:
+        return base.replace(**self.overrides)
+
+
+@dataclass
+class CandidateResult:
+    """Validation figures of one candidate: AUROCs on synthetic anomalies (None when the candidate could not
+    be fitted, with ``error`` saying why), the top-patch count that gave the image AUROC, seconds of fit +
+    scoring."""
+
+    name: str
+    overrides: dict
+    image_auroc: float | None
+    pixel_auroc: float | None
+    score: float | None
+    top_patches: int
+    seconds: float
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["overrides"] = {key: _jsonable(value) for key, value in self.overrides.items()}
+        return out
+
+
+@dataclass
+class Selection:
+    """Outcome of ``select_config``: the chosen config and the record stored in the bundle."""
+
+    config: DetectorConfig
+    chosen: str
+    candidates: list[CandidateResult]
+    n_train_scans: int
+    n_validation_scans: int
+    n_synthetic_scans: int
+    settings: ProjectionSettings
+    seed: int
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"mode": "auto", "chosen": self.chosen,
+                "chosen_fields": {name: _jsonable(getattr(self.config, name)) for name in SELECTED_FIELDS},
+                "candidates": [c.to_dict() for c in self.candidates],
+                "n_train_scans": self.n_train_scans, "n_validation_scans": self.n_validation_scans,
+                "n_synthetic_scans": self.n_synthetic_scans, "synthesis": self.settings.to_dict(),
+                "margin": MARGIN, "seed": self.seed, "notes": list(self.notes)}
+
+    def summary(self) -> str:
+        """One line per candidate, best marked, for the fit summary."""
+        lines = []
+        for result in self.candidates:
+            mark = "*" if result.name == self.chosen else " "
+            if result.error:
+                lines.append(f" {mark} {result.name:<22} skipped: {result.error}")
+            else:
+                lines.append(f" {mark} {result.name:<22} image {result.image_auroc:.3f}  pixel {result.pixel_auroc:.3f}  "
+                             f"score {result.score:.3f}  top {result.top_patches:<2}  {result.seconds:.0f} s")
+        return "\n".join(lines)
+
+
+def _jsonable(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def scale_candidates(shorter_side: int, cnn_weights: str | None = None) -> list[Candidate]:
+    """Backbone x scale candidates for scans whose shorter side is ``shorter_side`` px.
+
+    A candidate's tile covers ``input / zoom`` scan pixels, at most the shorter side (a small scan is one
+    tile, seen whole); its input is the tile times the zoom, rounded to the backbone's patch, and at
+    least a minimum so that even a 32 px crop gives a grid of 16 cells. Candidates that come out equal
+    are tried once. ``cnn_weights``: a weights file for EfficientNet-Lite0 (None: bundled or hub).
+    """
+    candidates, seen = [], set()
+    families = (
+        ("vit", VIT_ZOOMS, VIT_INPUT, VIT_PATCH, VIT_MIN_INPUT,
+         {"backbone": DEFAULT_BACKBONE, "weights": None, "layers": (6,), "neighbourhood": 1}),
+        ("cnn", CNN_ZOOMS, CNN_INPUT, CNN_STRIDE, CNN_MIN_INPUT,
+         {"backbone": CNN_BACKBONE, "weights": cnn_weights, "layers": (2, 3), "neighbourhood": 3}),
+    )
+    for family, zooms, nominal_input, multiple, min_input, fields in families:
+        for zoom in zooms:
+            tile = int(min(round(nominal_input / zoom), shorter_side))
+            size = int(round(tile * zoom / multiple)) * multiple
+            size = int(min(nominal_input, max(min_input, size)))
+            key = (family, tile, size)
+            if key in seen:
+                continue
+            seen.add(key)
+            cell = tile / (size / (VIT_PATCH if family == "vit" else 8))
+            candidates.append(Candidate(f"{family}-t{tile}-i{size} ({cell:.0f} px/cell)",
+                                        dict(fields, tile_size=tile, input_size=size)))
+    return candidates
+
+
+def refinement_candidates(best: Candidate, base: DetectorConfig, bit_depths: set[str]) -> list[Candidate]:
+    """Single changes tried on the best scale candidate: half-whitened PCA, and (for 8-bit scans) a
+    per-scan percentile window instead of the full 8-bit range."""
+    out = []
+    if base.pca_whiten != 0.5:
+        out.append(Candidate(best.name + " +whiten0.5", dict(best.overrides, pca_whiten=0.5)))
+    if base.intensity_window == "auto" and bit_depths == {"uint8"}:
+        out.append(Candidate(best.name + " +percentile", dict(best.overrides, intensity_window="percentile")))
+    return out
+
+
+def synthetic_validation_set(scans: Sequence[np.ndarray], donors: Sequence[np.ndarray], seed: int,
+                             settings: ProjectionSettings, objects_per_scan: int = OBJECTS_PER_SCAN):
+    """Clean scans with synthetic objects: a list of (scan, mask) pairs, ``objects_per_scan`` per scan,
+    each with its own object; the ``patch`` shape borrows texture from ``donors`` (seeded choice)."""
+    rng = np.random.default_rng([seed, 0x7e5])
+    out = []
+    for scan in scans:
+        for _ in range(objects_per_scan):
+            donor = donors[int(rng.integers(len(donors)))] if donors else None
+            projected = project_object(scan, rng, settings, donor=donor)
+            out.append((projected.scan, projected.mask))
+    return out
+
+
+def _read_all(items: Sequence, on_bad_image) -> list[np.ndarray]:
+    from .io import load_image
+
+    out = []
+    for item in items:
+        try:
+            out.append(np.asarray(item) if not hasattr(item, "__fspath__") and not isinstance(item, str)
+                       else load_image(item))
+        except InputError as exc:
+            if on_bad_image is None:
+                raise
+            on_bad_image(item, exc)
+    return out
+
+
+def _split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded (train, validation) indices for selection."""
+    order = np.random.default_rng([seed, 0x5e1]).permutation(n)
+    n_validation = int(min(MAX_VALIDATION_SCANS, max(2, round(0.25 * n))))
+    validation = np.sort(order[:n_validation])
+    train = np.sort(order[n_validation:][:MAX_TRAIN_SCANS])
+    return train, validation
+
+
+def evaluate_candidate(candidate: Candidate, base: DetectorConfig, train: Sequence[np.ndarray],
+                       clean: Sequence[np.ndarray], synthetic: Sequence[tuple[np.ndarray, np.ndarray]],
+                       device, runtime: str) -> CandidateResult:
+    """Fit ``candidate`` on ``train`` and score the validation scans; errors of the candidate (weights
+    not available, scans too small for it) are recorded, not raised."""
+    from .detector import Detector
+
+    started = time.perf_counter()
+    try:
+        config = candidate.config(base).replace(holdout_fraction=0.0, augment=())
+        detector = Detector(config, device=device, runtime=runtime).fit(list(train))
+        clean_raw = [detector._raw_scores(detector.load_scan(scan)) for scan in clean]
+        synthetic_raw = [detector._raw_scores(detector.load_scan(scan)) for scan, _ in synthetic]
+    except InputError as exc:
+        return CandidateResult(candidate.name, candidate.overrides, None, None, None, base.top_patches, time.perf_counter() - started, error=str(exc))
+    labels = np.r_[np.zeros(len(clean_raw)), np.ones(len(synthetic_raw))]
+    best_image, best_top = -1.0, base.top_patches
+    for top in TOP_PATCH_CHOICES:
+        scores = [_top_mean(raw.patch_scores, top) for raw in clean_raw + synthetic_raw]
+        value = image_auroc(labels, scores)
+        if value > best_image + 1e-9 or (abs(value - best_image) <= 1e-9 and top == base.top_patches):
+            best_image, best_top = value, top
+    maps = [raw.anomaly_map for raw in clean_raw + synthetic_raw]
+    masks = [np.zeros(m.shape, bool) for m in maps[: len(clean_raw)]] + [mask for _, mask in synthetic]
+    stride = max(1, int(np.sqrt(max(m.size for m in maps) / PIXEL_BUDGET)))
+    pixel = pixel_auroc(masks, maps, stride=stride)
+    return CandidateResult(candidate.name, candidate.overrides, best_image, pixel, 0.5 * (best_image + pixel),
+                           best_top, time.perf_counter() - started)
+
+
+def _top_mean(values: np.ndarray, top: int) -> float:
+    top = min(top, values.size)
+    return float(np.partition(values, values.size - top)[-top:].mean())
+
+
+def select_config(items: Sequence, base: DetectorConfig | None = None, device="auto", runtime: str = "auto",
+                  settings: ProjectionSettings | None = None, progress: Callable[[str], None] | None = None,
+                  on_bad_image: Callable[[object, Exception], None] | None = None,
+                  cnn_weights: str | None = None, candidates: Sequence[Candidate] | None = None) -> Selection:
+    """Pick the configuration that best separates synthetic anomalies in held-out clean scans.
+
+    items: paths or arrays of clean scans (at least 4 readable ones).
+    base: the settings kept (coreset size, k, seed, ...); the fields in ``SELECTED_FIELDS`` are chosen.
+    progress: called with a line of text after each candidate.
+    candidates: the first-stage candidates (default: ``scale_candidates`` for these scans); the
+        refinements of ``refinement_candidates`` are tried on the best of them either way.
+    Returns a Selection; ``selection.config`` is ``base`` with the winner's fields.
+    """
+    base = base or DetectorConfig()
+    settings = settings or ProjectionSettings()
+    started = time.perf_counter()
+    items = list(items)
+    if len(items) < 4:
+        raise InputError(f"--select auto needs at least 4 clean scans (got {len(items)}); "
+                         "pass --select off to fit with the given settings")
+    # Only the scans the selection uses are read: a large archive is never held in memory.
+    train_index, validation_index = _split(len(items), base.seed)
+    train = _read_all([items[i] for i in train_index], on_bad_image)
+    clean = _read_all([items[i] for i in validation_index], on_bad_image)
+    if len(train) < 2 or len(clean) < 2:
+        raise InputError("--select auto could not read enough clean scans; pass --select off")
+    synthetic = synthetic_validation_set(clean, train, base.seed, settings)
+    scans = train + clean
+    shorter = int(np.percentile([min(s.shape[:2]) for s in scans], 10))
+    depths = {str(s.dtype) for s in scans}
+
+    results: list[CandidateResult] = []
+
+    def run(candidates: list[Candidate]) -> None:
+        for candidate in candidates:
+            result = evaluate_candidate(candidate, base, train, clean, synthetic, device, runtime)
+            results.append(result)
+            if progress is not None:
+                progress(f"select: {result.name}: " + (f"skipped ({result.error})" if result.error else
+                         f"image {result.image_auroc:.3f}, pixel {result.pixel_auroc:.3f}, {result.seconds:.0f} s"))
+
+    stage_one = list(candidates) if candidates is not None else scale_candidates(shorter, cnn_weights)
+    run(stage_one)
+    best = _best(results)
+    if best is None:
+        raise InputError("no candidate configuration could be fitted: " + "; ".join(r.error or "" for r in results))
+    best_candidate = next(c for c in stage_one if c.name == best.name)
+    run(refinement_candidates(best_candidate, base, depths))
+    best = _best(results)
+    config = base.replace(**best.overrides, top_patches=best.top_patches, image_score="patch_top_mean")
+    notes = [f"scans' 10th-percentile shorter side {shorter} px"]
+    return Selection(config, best.name, results, len(train), len(clean), len(synthetic), settings, base.seed,
+                     time.perf_counter() - started, notes)
+
+
+def _best(results: list[CandidateResult]) -> CandidateResult | None:
+    """Highest score; a later candidate must beat the best earlier one by MARGIN."""
+    best = None
+    for result in results:
+        if result.error:
+            continue
+        if best is None or result.score > best.score + MARGIN:
+            best = result
+    return best

@@ -1,0 +1,172 @@
+"""Choosing the configuration from clean scans alone: candidates, validation on synthetic objects, bundle record."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from rtg_anomaly import Detector
+from rtg_anomaly.cli import main
+from rtg_anomaly.errors import InputError
+from rtg_anomaly.selection import (MARGIN, Candidate, CandidateResult, _best, refinement_candidates, scale_candidates,
+                                   select_config, synthetic_validation_set)
+from rtg_anomaly.synthetic import write_demo_dataset
+from rtg_anomaly.threat_projection import ProjectionSettings
+
+from tests.conftest import TINY_CLI_FLAGS, TINY_MODEL, tiny_config
+
+
+@pytest.fixture(scope="module")
+def clean_paths(tmp_path_factory):
+    root = tmp_path_factory.mktemp("selection")
+    write_demo_dataset(root, n_clean_train=8, n_clean_test=1, n_anomalous=1, height=96, seed=11, fmt="png")
+    return sorted((root / "train" / "good").iterdir())
+
+
+TINY_FIELDS = dict(backbone="vit_small_patch14_dinov2", weights="random", model_kwargs=TINY_MODEL, layers=(1,),
+                   neighbourhood=1)
+TINY_CANDIDATES = [Candidate("tiny-t64", dict(TINY_FIELDS, tile_size=64, input_size=56)),
+                   Candidate("tiny-t96", dict(TINY_FIELDS, tile_size=96, input_size=56))]
+
+
+def test_scale_candidates_follow_the_scan_size():
+    large = scale_candidates(2000)
+    names = [c.name for c in large]
+    assert len(names) == len(set(names)) == 6
+    first = large[0].overrides
+    # Today's default scale comes first, so a tie keeps it.
+    assert (first["backbone"], first["tile_size"], first["input_size"]) == ("vit_small_patch14_dinov2", 512, 448)
+    for candidate in large:
+        size = candidate.overrides["input_size"]
+        assert size % (14 if candidate.overrides["backbone"].startswith("vit") else 32) == 0
+    # A small crop is one tile seen whole; zooms that come out the same are tried once.
+    small = scale_candidates(32)
+    assert [c.overrides["tile_size"] for c in small] == [32, 32]
+    assert [c.overrides["input_size"] for c in small] == [224, 128]
+    castings = {c.overrides["tile_size"] for c in scale_candidates(572)}
+    assert max(castings) == 572
+
+
+def test_refinements_only_where_they_change_something():
+    best = scale_candidates(512)[0]
+    from rtg_anomaly.config import DetectorConfig
+
+    names = [c.name for c in refinement_candidates(best, DetectorConfig(), {"uint8"})]
+    assert names == [best.name + " +whiten0.5", best.name + " +percentile"]
+    # 16-bit scans are windowed by percentiles already.
+    assert len(refinement_candidates(best, DetectorConfig(), {"uint16"})) == 1
+
+
+def test_best_needs_a_margin_and_skips_errors():
+    def result(name, score, error=None):
+        return CandidateResult(name, {}, score, score, score, 5, 1.0, error)
+
+    assert _best([result("a", 0.90), result("b", 0.90 + MARGIN / 2)]).name == "a"
+    assert _best([result("a", 0.90), result("b", 0.90 + 2 * MARGIN)]).name == "b"
+    assert _best([result("a", None, "no weights"), result("b", 0.5)]).name == "b"
+    assert _best([result("a", None, "no weights")]) is None
+
+
+def test_synthetic_validation_set_is_seeded(clean_paths):
+    from rtg_anomaly.io import load_image
+
+    scans = [load_image(p) for p in clean_paths[:3]]
+    first = synthetic_validation_set(scans, scans, seed=4, settings=ProjectionSettings())
+    again = synthetic_validation_set(scans, scans, seed=4, settings=ProjectionSettings())
+    assert len(first) == 6
+    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(first, again))
+
+
+def test_select_config_scores_every_candidate_and_is_deterministic(clean_paths):
+    base = tiny_config(pca_dim=8)
+    first = select_config(clean_paths, base, device="cpu", runtime="torch", candidates=TINY_CANDIDATES)
+    names = [r.name for r in first.candidates]
+    # + half-whitening on the best (the demo scans are 16-bit, already windowed by percentiles)
+    assert names[:2] == ["tiny-t64", "tiny-t96"] and len(names) == 3 and names[2].endswith("+whiten0.5")
+    for result in first.candidates:
+        assert 0.0 <= result.image_auroc <= 1.0 and 0.0 <= result.pixel_auroc <= 1.0
+        assert result.score == pytest.approx(0.5 * (result.image_auroc + result.pixel_auroc))
+    chosen = next(r for r in first.candidates if r.name == first.chosen)
+    assert chosen.score == max(r.score for r in first.candidates) or chosen.name == "tiny-t64"
+    assert first.config.tile_size == chosen.overrides["tile_size"]
+    assert first.config.top_patches == chosen.top_patches
+    assert first.config.pca_dim == 8  # settings the selection does not choose are kept
+    record = first.to_dict()
+    json.dumps(record, allow_nan=False)  # valid JSON for the manifest
+    assert record["n_validation_scans"] == 2 and record["n_synthetic_scans"] == 4
+    second = select_config(clean_paths, base, device="cpu", runtime="torch", candidates=TINY_CANDIDATES)
+    def without_times(entries):
+        return [{key: value for key, value in entry.items() if key != "seconds"} for entry in entries]
+
+    assert without_times(second.to_dict()["candidates"]) == without_times(record["candidates"])
+
+
+def test_a_candidate_that_cannot_run_is_recorded_not_fatal(clean_paths, tmp_path):
+    broken = Candidate("missing-weights", dict(TINY_FIELDS, weights=str(tmp_path / "absent.safetensors"),
+                                              tile_size=64, input_size=56))
+    selection = select_config(clean_paths, tiny_config(), device="cpu", runtime="torch",
+                              candidates=[broken, TINY_CANDIDATES[0]])
+    assert selection.candidates[0].error and "does not exist" in selection.candidates[0].error
+    assert selection.candidates[0].score is None
+    assert selection.chosen.startswith("tiny-t64")
+    assert "skipped" in selection.summary()
+
+
+def test_too_few_scans_is_an_input_error(clean_paths):
+    with pytest.raises(InputError, match="at least 4"):
+        select_config(clean_paths[:3], tiny_config(), device="cpu", candidates=TINY_CANDIDATES)
+
+
+def test_fit_select_auto_records_the_choice_in_the_bundle(clean_paths, tmp_path, monkeypatch, capsys):
+    import rtg_anomaly.selection as selection
+
+    monkeypatch.setattr(selection, "scale_candidates", lambda shorter, weights=None: list(TINY_CANDIDATES))
+    model = tmp_path / "model"
+    flags = [flag for flag in TINY_CLI_FLAGS if flag not in ("--weights", "random", "--tile-size", "64",
+                                                               "--input-size", "56", "--layers", "1")]
+    assert main(["fit", "--clean-dir", str(clean_paths[0].parent), "--model", str(model), "--device", "cpu",
+                 "--runtime", "torch", "--select", "auto", *flags]) == 0
+    out = capsys.readouterr().out
+    assert "selected tiny-" in out and "tiny-t96" in out
+    manifest = json.loads((model / "manifest.json").read_text())
+    record = manifest["selection"]
+    assert record["mode"] == "auto" and len(record["candidates"]) == 3
+    assert manifest["config"]["tile_size"] == record["chosen_fields"]["tile_size"]
+    loaded = Detector.load(model, device="cpu", runtime="torch")
+    assert loaded.selection_ == record
+    # Without --select auto the bundle carries no selection.
+    plain = tmp_path / "plain"
+    assert main(["fit", "--clean-dir", str(clean_paths[0].parent), "--model", str(plain), "--device", "cpu",
+                 *TINY_CLI_FLAGS]) == 0
+    assert "selection" not in json.loads((plain / "manifest.json").read_text())
+    assert Detector.load(plain, device="cpu").selection_ is None
+
+
+def test_select_auto_refuses_flags_it_would_choose(clean_paths, tmp_path, capsys):
+    code = main(["fit", "--clean-dir", str(clean_paths[0].parent), "--model", str(tmp_path / "m"), "--device", "cpu",
+                 "--select", "auto", "--tile-size", "64", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "--select auto chooses --tile-size" in err
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.realdata
+def test_selection_on_real_fish_fillets_with_the_real_backbones():
+    """Real X-ray crops, the bundled DINOv2 and the shared EfficientNet-Lite0: every candidate runs and the
+    synthetic objects are found far better than chance."""
+    from tests.conftest import shared_data_dir
+
+    root = shared_data_dir()
+    paths = sorted((root / "gdxray_fishbones" / "train" / "good").iterdir())[::16][:12]
+    cnn_weights = root.parent / "weights" / "tf_efficientnet_lite0.in1k_fp16.safetensors"
+    candidates = [c for c in scale_candidates(100, str(cnn_weights))]
+    assert [c.overrides["backbone"] for c in candidates] == ["vit_small_patch14_dinov2", "tf_efficientnet_lite0"]
+    from rtg_anomaly.config import DetectorConfig
+
+    selection = select_config(paths, DetectorConfig(), device="cpu", candidates=candidates)
+    assert all(r.error is None for r in selection.candidates)
+    assert max(r.score for r in selection.candidates) > 0.75
+    assert selection.config.tile_size == 100 and selection.n_validation_scans == 3
