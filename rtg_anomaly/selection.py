@@ -21,6 +21,7 @@ the number of top patches that makes the image score.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -74,6 +75,10 @@ class CandidateResult:
     top_patches: int
     seconds: float
     error: str | None = None
+
+    def config(self, base: DetectorConfig) -> DetectorConfig:
+        """``base`` with this candidate's fields and its best top-patch count: what ``fit`` then runs."""
+        return base.replace(**self.overrides, top_patches=self.top_patches, image_score="patch_top_mean")
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
@@ -182,8 +187,7 @@ def _read_all(items: Sequence, on_bad_image) -> list[np.ndarray]:
     out = []
     for item in items:
         try:
-            out.append(np.asarray(item) if not hasattr(item, "__fspath__") and not isinstance(item, str)
-                       else load_image(item))
+            out.append(load_image(item) if isinstance(item, (str, os.PathLike)) else np.asarray(item))
         except InputError as exc:
             if on_bad_image is None:
                 raise
@@ -214,7 +218,8 @@ def evaluate_candidate(candidate: Candidate, base: DetectorConfig, train: Sequen
         clean_raw = [detector._raw_scores(detector.load_scan(scan)) for scan in clean]
         synthetic_raw = [detector._raw_scores(detector.load_scan(scan)) for scan, _ in synthetic]
     except InputError as exc:
-        return CandidateResult(candidate.name, candidate.overrides, None, None, None, base.top_patches, time.perf_counter() - started, error=str(exc))
+        return CandidateResult(candidate.name, candidate.overrides, None, None, None, base.top_patches,
+                               time.perf_counter() - started, error=str(exc))
     labels = np.r_[np.zeros(len(clean_raw)), np.ones(len(synthetic_raw))]
     best_image, best_top = -1.0, base.top_patches
     for top in TOP_PATCH_CHOICES:
@@ -284,7 +289,7 @@ def select_config(items: Sequence, base: DetectorConfig | None = None, device="a
     best_candidate = next(c for c in stage_one if c.name == best.name)
     run(refinement_candidates(best_candidate, base, depths))
     best = _best(results)
-    config = base.replace(**best.overrides, top_patches=best.top_patches, image_score="patch_top_mean")
+    config = best.config(base)
     notes = [f"scans' 10th-percentile shorter side {shorter} px"]
     return Selection(config, best.name, results, len(train), len(clean), len(synthetic), settings, base.seed,
                      time.perf_counter() - started, notes)

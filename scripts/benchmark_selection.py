@@ -78,8 +78,7 @@ def run_dataset(name: str, data_root: Path, weights_dir: Path, device: str) -> d
     print(selection.summary(), flush=True)
     rows, seen = [], {}
     plan = [("defaults", base, None)]
-    plan += [(c.name, base.replace(**c.overrides, top_patches=c.top_patches), c) for c in selection.candidates
-             if not c.error]
+    plan += [(c.name, c.config(base), c) for c in selection.candidates if not c.error]
     plan += [("tuned on the test set", _tuned_config(name, weights_dir), None)]
     for label, config, candidate in plan:
         key = json.dumps(config.to_dict(), sort_keys=True)

@@ -89,7 +89,8 @@ def test_select_config_scores_every_candidate_and_is_deterministic(clean_paths):
         assert 0.0 <= result.image_auroc <= 1.0 and 0.0 <= result.pixel_auroc <= 1.0
         assert result.score == pytest.approx(0.5 * (result.image_auroc + result.pixel_auroc))
     chosen = next(r for r in first.candidates if r.name == first.chosen)
-    assert chosen.score == max(r.score for r in first.candidates) or chosen.name == "tiny-t64"
+    # No candidate beats the chosen one by more than the margin an earlier candidate is granted.
+    assert all(r.score <= chosen.score + MARGIN for r in first.candidates)
     assert first.config.tile_size == chosen.overrides["tile_size"]
     assert first.config.top_patches == chosen.top_patches
     assert first.config.pca_dim == 8  # settings the selection does not choose are kept
