@@ -291,7 +291,7 @@ def _run_fit(args: argparse.Namespace) -> int:
     for warning in calibration.warnings:
         print(f"rtg-anomaly: warning: {warning}", file=sys.stderr)
     print(f"fitted on {info['n_train_scans']} clean scans (+{info['n_calibration_scans']} held out to calibrate): "
-          f"memory bank {info['memory_bank_size']} x {detector.memory_bank_.shape[1]} from {info['patches_seen']} patches, "
+          f"{detector.method_.name}, {detector.method_.describe()} from {info['patches_seen']} patches, "
           f"image threshold {calibration.image_threshold:.3f}, {time.perf_counter() - started:.1f} s on {device} "
           f"({detector.extractor.runtime}); "
           f"saved to {model_dir}")

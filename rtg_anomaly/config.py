@@ -25,10 +25,13 @@ class ConfigError(InputError):
 
 @dataclass(frozen=True)
 class DetectorConfig:
-    """Hyper-parameters of the PatchCore-style detector.
+    """Hyper-parameters of the detector: the pipeline's and the detection method's.
 
     Sizes are in pixels of the original scan unless stated otherwise.
 
+    method: the detection method, a name from ``methods.METHODS`` (``"patchcore"``: the memory bank of
+        clean patch features; pca_dim, pca_whiten, coreset_ratio, memory_bank_size, max_bank_size,
+        max_patches_per_scan and k are its settings).
     backbone: timm model name.
     weights: local weights file; ``None`` picks the bundled file for the default
         backbone (else the hub weights the normal timm way); ``"random"`` means
@@ -75,6 +78,7 @@ class DetectorConfig:
     batch_size: tiles per backbone batch.
     """
 
+    method: str = "patchcore"
     backbone: str = DEFAULT_BACKBONE
     weights: str | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -110,7 +114,10 @@ class DetectorConfig:
 
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid field."""
+        from .methods import METHODS
+
         checks = [
+            (self.method in METHODS, f"unknown method {self.method!r}; choose one of: {', '.join(METHODS)}"),
             (bool(self.backbone), "backbone must be a timm model name"),
             (len(self.layers) >= 1, "layers must name at least one block"),
             (self.tile_size >= 8, "tile_size must be >= 8 pixels"),

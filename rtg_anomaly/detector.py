@@ -26,20 +26,18 @@ from .augment import augmented_views
 from .bundle import BundleError, load_bundle, read_manifest, save_bundle
 from .calibration import DEFAULT_FALSE_ALARM_RATE, Calibration, calibrate, check_false_alarm_rate
 from .config import DetectorConfig
-from .descriptor import DescriptorAccumulator, DescriptorBank, scan_descriptor
+from .descriptor import DescriptorAccumulator, scan_descriptor
 from .errors import InputError, first_line
 from .features import FeatureExtractor, resolve_device
 from .intensity import apply_window, apply_window_torch, to_device_float, window_limits
 from .io import load_image
-from .memory_bank import StreamingCoreset, knn_distance, per_scan_share, random_rows
-from .openvino_runtime import compile_nearest_distance
+from .memory_bank import random_rows
+from .methods import FitPlan, GlobalDescriptor, PatchMethod, create_method, method_class
 from .overlay import percentile_mask, percentile_mask_torch, render_overlay, render_overlay_torch
-from .pca import PCAProjection
 from .scan_kinds import kind_mismatch, mixed_kinds, scan_kind
 from .stitching import DeviceMapStitcher, MapStitcher, gaussian_smooth, gaussian_smooth_torch
 from .tiling import extract_tiles, pad_to_tile, tile_grid
 
-PCA_SAMPLE_TOTAL = 200_000
 # The map's unit when the image score has its own (``global``): the default rule's clean median.
 MAP_SCORE_RULE = "patch_top_mean"
 CALIBRATION_PIXELS_PER_SCAN = 20_000
@@ -47,11 +45,11 @@ CALIBRATION_PIXELS_PER_SCAN = 20_000
 T = TypeVar("T")
 
 
-class _RawScores(NamedTuple):
+class RawScores(NamedTuple):
     """One scan's scores in raw (uncalibrated) units.
 
     anomaly_map: float32 (H, W), stitched and smoothed.
-    patch_scores: float32 (n,), the kNN distance of every patch whose centre lies in
+    patch_scores: float32 (n,), the method's score of every patch whose centre lies in
         the scan (a patch in the overlap of two tiles counts once per tile).
     features: (n, D) raw patch features on the device, or None when not kept.
     descriptor: float32 (2 * D,) whole-scan descriptor, or None when the image
@@ -86,15 +84,12 @@ class _CleanStatistics(NamedTuple):
     map_scores: float (n,) top-patch map scores, only when the image score has
         its own unit (``global``); else None.
     pixel_samples: float (m,) map values sampled from the scans.
-    descriptors: float32 (2 * D,) descriptors of the scans and their augmented
-        views, collected when they join the bank (``global`` only).
     """
 
     image_scores: np.ndarray
     map_scores: np.ndarray | None
     map_maxima: np.ndarray
     pixel_samples: np.ndarray
-    descriptors: list[np.ndarray]
 
 
 class NotFittedError(RuntimeError):
@@ -143,15 +138,20 @@ class AnomalyResult:
 
 
 class Detector:
-    """PatchCore-style anomaly detector over tiled scans (sklearn-style estimator).
+    """The detection pipeline over tiled scans (sklearn-style estimator), around one detection method.
+
+    The pipeline reads and windows scans, cuts tiles, runs the backbone, keeps the patches inside the
+    scan, stitches and smooths the method's patch scores into a map, calibrates, and draws overlays; the
+    method (``config.method``, see ``methods/``) learns from clean patch features and scores patches.
 
     Parameters are stored by ``__init__`` (``runtime``: ``"auto"``, ``"torch"``
     or ``"openvino"``, what executes the backbone; see FeatureExtractor and
     ``extractor.runtime`` for what ``"auto"`` chose); learned
     state ends in ``_`` and is set by ``fit`` or ``load``:
-      pca_: PCAProjection; memory_bank_: float32 (M, d); calibration_: Calibration;
-      backbone_digest_: sha256 of the backbone weights the bank was built with;
-      descriptor_bank_: DescriptorBank of the clean scans (``global`` image score only);
+      method_: the fitted PatchMethod (PatchCore: ``method_.pca_``, ``method_.memory_bank_``);
+      global_: the fitted GlobalDescriptor (``image_score="global"`` only, else None);
+      calibration_: Calibration;
+      backbone_digest_: sha256 of the backbone weights the method was fitted with;
       selection_: the record of ``selection.select_config`` (candidates and their validation scores) when
       the config was chosen from clean scans (``fit --select auto``), else None; set by the caller.
     """
@@ -162,8 +162,6 @@ class Detector:
         self.device = device
         self.runtime = runtime
         self._extractor: FeatureExtractor | None = None
-        self._bank_on_device: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._openvino_nearest = None  # compiled on first use when OpenVINO runs the backbone
         self._device_copies: _DeviceCopies | None = None  # the last scored scan's, GPU path only
         self._pixel_work_on_host = False  # set while a scan too large for the GPU is retried on the host
         self.selection_: dict | None = None
@@ -176,22 +174,29 @@ class Detector:
             self._extractor = FeatureExtractor(self.config, resolve_device(str(self.device)), self.runtime)
         return self._extractor
 
+    def device_scan(self, image: np.ndarray, window: tuple[float, float]) -> torch.Tensor | None:
+        """When pixel work runs on the GPU: the scan padded to a tile and windowed on the device, float32
+        (H', W') or (H', W', 3) in [0, 1]; else None (tiles are then cut and windowed on the host)."""
+        return self._device_scan(image, window) if self._on_gpu else None
+
     def _device_scan(self, image: np.ndarray, window: tuple[float, float]) -> torch.Tensor:
-        """The scan padded to a tile and windowed on the device: float32 (H', W') or (H', W', 3) in [0, 1]."""
         return apply_window_torch(to_device_float(pad_to_tile(image, self.config.tile_size), self.extractor.device),
                                   *window)
 
-    def _patch_features(self, image: np.ndarray, timings: dict | None = None,
-                        window: tuple[float, float] | None = None, device_scan: torch.Tensor | None = None):
-        """Yield ``(origins, features)`` per batch of tiles of a scan.
+    def patch_features(self, image: np.ndarray, timings: dict | None = None,
+                       window: tuple[float, float] | None = None, device_scan: torch.Tensor | None = None):
+        """Yield ``(origins, features)`` per batch of tiles of a scan (array (H, W) or (H, W, 3)).
 
         origins: int (B, 2) tile corners (y, x) in the padded scan.
-        features: float32 tensor (B, h, w, D) on the device.
-        device_scan: on the GPU path, ``_device_scan(image, window)`` if the caller has it already.
+        features: float32 tensor (B, h, w, D) on the device; patches whose centre lies in the padding are
+            included (``valid_patches`` says which).
+        window: the scan's intensity window (default ``window_limits(image)``).
+        device_scan: ``device_scan(image, window)`` if the caller has it already.
+        timings: when a dict, the backbone's seconds are added under ``"backbone"``.
         """
         config, tile = self.config, self.config.tile_size
         padded = pad_to_tile(image, tile)
-        low, high = window or self._window(image)
+        low, high = window or self.window_limits(image)
         origins = tile_grid(padded.shape[0], padded.shape[1], tile, config.stride)
         on_gpu = self._on_gpu
         if on_gpu:  # the scan crosses to the device once; tiles are cut and windowed there
@@ -244,8 +249,9 @@ class Detector:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    def _valid_patches(self, origins: np.ndarray, image_shape: tuple[int, int]) -> np.ndarray:
-        """bool (B, h, w): patches whose centre lies inside the unpadded scan."""
+    def valid_patches(self, origins: np.ndarray, image_shape: tuple[int, int]) -> np.ndarray:
+        """bool (B, h, w): patches of tiles at ``origins`` (int (B, 2)) whose centre lies inside a scan of
+        ``image_shape`` (height, width) pixels."""
         h, w = self.extractor.grid
         step_y, step_x = self.config.tile_size / h, self.config.tile_size / w
         centres_y = origins[:, 0, None] + (np.arange(h) + 0.5) * step_y  # (B, h)
@@ -254,13 +260,13 @@ class Detector:
 
     def _valid_features(self, origins: np.ndarray, features: torch.Tensor, image_shape) -> torch.Tensor:
         """(n_valid, D) rows of a (B, h, w, D) batch whose patch centre lies inside the unpadded scan."""
-        valid = torch.from_numpy(self._valid_patches(origins, image_shape[:2])).to(features.device)
+        valid = torch.from_numpy(self.valid_patches(origins, image_shape[:2])).to(features.device)
         return features[valid]
 
-    def _scan_features(self, image: np.ndarray) -> torch.Tensor:
-        """All valid patch features of a scan, (n_patches, D) float32 on the device."""
+    def scan_features(self, image: np.ndarray) -> torch.Tensor:
+        """All patch features of a scan (array) whose centre lies inside it: float32 (n, D) on the device."""
         return torch.cat([self._valid_features(origins, features, image.shape)
-                          for origins, features in self._patch_features(image)])
+                          for origins, features in self.patch_features(image)])
 
     # ------------------------------------------------------------------ fit
     def fit(self, images: Sequence, progress: bool = False,
@@ -297,15 +303,11 @@ class Detector:
         holdout_items = [images[i] for i in sorted(order[:n_holdout])]
 
         started = time.perf_counter()
-        bank_cap = config.memory_bank_size or config.max_bank_size
-        # Each scan may keep its share of the bank cap, so memory stays bounded for any number of scans.
         n_views = 1 + len(config.augment)
-        builder = StreamingCoreset(config.coreset_ratio, seed=config.seed,
-                                   max_patches_per_scan=config.max_patches_per_scan,
-                                   max_kept_per_scan=per_scan_share(config.max_bank_size, len(images) * n_views))
-        pca_samples, descriptors, n_train = [], [], 0
-        kinds = collections.Counter()
-        per_scan_sample = max(256, PCA_SAMPLE_TOTAL // max(1, len(train_items) * n_views))
+        method = create_method(config)
+        method.begin(FitPlan(training_views=len(train_items) * n_views, all_views=len(images) * n_views))
+        global_score = GlobalDescriptor() if self._uses_descriptors else None
+        n_train, kinds, counts = 0, collections.Counter(), {"patches": 0}
         bar = tqdm(total=len(images), unit="scan", desc="fit", disable=not progress, leave=False)
         for item in train_items:
             image = self._read(item, on_bad_image)
@@ -314,33 +316,28 @@ class Detector:
                 continue
             kinds[scan_kind(image)] += 1
             # One view in memory at a time: a copy of a large scan per augmentation would add up.
-            for view_index, view in enumerate(itertools.chain([image], augmented_views(image, config.augment))):
-                features, _ = self._with_host_fallback(lambda: self._scan_features(view))
-                rows = random_rows(features.shape[0], per_scan_sample, config.seed + n_train * n_views + view_index)
-                pca_samples.append(features[torch.from_numpy(rows).to(features.device)].cpu().numpy())
-                if self._uses_descriptors:
-                    descriptors.append(scan_descriptor(features))
-                builder.add(features)
+            for view in itertools.chain([image], augmented_views(image, config.augment)):
+                features, _ = self._with_host_fallback(lambda: self.scan_features(view))
+                self._learn(method, global_score, features, counts)
             n_train += 1
-            bar.set_postfix(patches=builder.patches_seen, bank=builder.pool_size)
+            bar.set_postfix(getattr(method, "progress", None) or {"patches": counts["patches"]})
         if n_train == 0:
             bar.close()
             raise InputError("none of the clean images could be read")
 
-        self.pca_ = PCAProjection.fit(np.concatenate(pca_samples), config.pca_dim, seed=config.seed,
-                                      whiten_power=config.pca_whiten)
+        method.finish(self.extractor.device)
+        if global_score is not None:
+            global_score.finish()
+        self.method_, self.global_ = method, global_score
         self.backbone_digest_ = self.extractor.digest
-        self._set_bank(self.pca_.transform_numpy(builder.finish(bank_cap, self.extractor.device).numpy()))
-        if self._uses_descriptors:
-            self.descriptor_bank_ = DescriptorBank.fit(np.stack(descriptors))
 
-        stats = self._clean_statistics(holdout_items, on_bad_image, bar=bar, pool=builder, kinds=kinds)
+        stats = self._clean_statistics(holdout_items, on_bad_image, bar=bar, learn_counts=counts, kinds=kinds)
         bar.close()
         n_calibration = len(stats.image_scores)
-        if n_calibration:
-            self._set_bank(self.pca_.transform_numpy(builder.finish(bank_cap, self.extractor.device).numpy()))
-            if stats.descriptors:
-                self.descriptor_bank_ = self.descriptor_bank_.extended(np.stack(stats.descriptors))
+        if n_calibration:  # the held-out scans, scored, now join the model
+            method.finish(self.extractor.device)
+            if global_score is not None:
+                global_score.finish()
         elif self._uses_descriptors:
             raise InputError("none of the held-out clean scans could be read to calibrate the global image score")
         else:
@@ -355,22 +352,32 @@ class Detector:
             calibration.warnings.append(mixed)
         self.calibration_ = calibration
         self.fit_info_ = {"n_train_scans": n_train, "n_calibration_scans": n_calibration,
-                          "n_views_per_scan": n_views, "patches_seen": builder.patches_seen,
-                          "memory_bank_size": int(self.memory_bank_.shape[0]),
+                          "n_views_per_scan": n_views, "patches_seen": counts["patches"],
+                          **method.fit_info(),
                           "scan_kinds": dict(sorted(kinds.items())),
                           "seconds": time.perf_counter() - started}
         return self
 
-    def _clean_statistics(self, items: Sequence, on_bad_image, bar=None,
-                          pool: StreamingCoreset | None = None,
+    @staticmethod
+    def _learn(method: PatchMethod, global_score: GlobalDescriptor | None, features: torch.Tensor, counts: dict,
+               descriptor: np.ndarray | None = None) -> None:
+        """One clean view's (n, D) patch features join the method (and its descriptor the global score:
+        ``descriptor`` when the caller has it, else computed from the features)."""
+        method.learn(features)
+        counts["patches"] += int(features.shape[0])
+        if global_score is not None:
+            global_score.learn(scan_descriptor(features) if descriptor is None else descriptor)
+
+    def _clean_statistics(self, items: Sequence, on_bad_image, bar=None, learn_counts: dict | None = None,
                           kinds: collections.Counter | None = None) -> _CleanStatistics:
         """Raw clean-scan statistics for calibration, over the readable scans.
 
-        With ``pool``, each scan's patch features are also added to it and its
-        descriptors collected (held-out scans join the banks afterwards).
-        With ``kinds``, each readable scan's ``scan_kind`` is counted in it.
+        With ``learn_counts`` (a fit's counters), each scan and its augmented views are also learned by the
+        method (and the global score), after being scored: held-out scans join the model once ``finish``
+        runs again. With ``kinds``, each readable scan's ``scan_kind`` is counted in it.
         """
-        scores, map_scores, maxima, samples, descriptors = [], [], [], [], []
+        scores, map_scores, maxima, samples = [], [], [], []
+        learn = learn_counts is not None
         for item in items:
             image = self._read(item, on_bad_image)
             if bar is not None:
@@ -379,16 +386,12 @@ class Detector:
                 continue
             if kinds is not None:
                 kinds[scan_kind(image)] += 1
-            raw, _ = self._with_host_fallback(lambda: self._raw_scores(image, keep_features=pool is not None))
-            if pool is not None:
-                pool.add(raw.features)
-                if raw.descriptor is not None:
-                    descriptors.append(raw.descriptor)
+            raw, _ = self._with_host_fallback(lambda: self._raw_scores(image, keep_features=learn))
+            if learn:
+                self._learn(self.method_, self.global_, raw.features, learn_counts, raw.descriptor)
                 for view in augmented_views(image, self.config.augment):
-                    features, _ = self._with_host_fallback(lambda: self._scan_features(view))
-                    pool.add(features)
-                    if self._uses_descriptors:
-                        descriptors.append(scan_descriptor(features))
+                    features, _ = self._with_host_fallback(lambda: self.scan_features(view))
+                    self._learn(self.method_, self.global_, features, learn_counts)
             scores.append(self._image_score(raw))
             if self._uses_descriptors:
                 map_scores.append(self._image_score(raw, MAP_SCORE_RULE))
@@ -397,7 +400,7 @@ class Detector:
             samples.append(raw.anomaly_map.reshape(-1)[rows])
         pixel_samples = np.concatenate(samples) if samples else np.zeros(0, np.float32)
         return _CleanStatistics(np.array(scores), np.array(map_scores) if self._uses_descriptors else None,
-                                np.array(maxima), pixel_samples, descriptors)
+                                np.array(maxima), pixel_samples)
 
     def _read(self, item, on_bad_image) -> np.ndarray | None:
         try:
@@ -428,36 +431,22 @@ class Detector:
                 raise NonFiniteScanError(f"{_name(item)}: {n_bad} pixel value(s) are NaN or infinite; "
                                          "a scan needs finite values")
 
-    def _set_bank(self, bank: np.ndarray) -> None:
-        self.memory_bank_ = np.ascontiguousarray(bank, dtype=np.float32)
-        self._bank_on_device = None
-
     # ------------------------------------------------------------------ scoring
+    @property
+    def is_fitted(self) -> bool:
+        """Whether ``fit`` or ``load`` has run (score, overlay, calibrate and save need it)."""
+        return getattr(self, "method_", None) is not None and hasattr(self, "calibration_")
+
     def _check_fitted(self) -> None:
-        if not hasattr(self, "memory_bank_"):
+        if not self.is_fitted:
             raise NotFittedError("this Detector is not fitted yet: call fit() or Detector.load() first")
 
-    def _device_bank(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._bank_on_device is None:
-            bank = torch.from_numpy(self.memory_bank_).to(self.extractor.device)
-            self._bank_on_device = (bank, (bank * bank).sum(1))
-        return self._bank_on_device
-
-    def _knn(self, queries: torch.Tensor, bank: torch.Tensor, bank_norms: torch.Tensor) -> torch.Tensor:
-        """``knn_distance`` (Q,) of queries (Q, d) to the bank; with the OpenVINO runtime and k = 1, OpenVINO
-        computes it (the same float32 distances to about 1e-5, 1.7x faster on the benchmark CPU with a
-        200,000-row bank; docs/performance.md, section 6)."""
-        if self.config.k == 1 and self.extractor.runtime == "openvino":
-            if self._openvino_nearest is None:
-                self._openvino_nearest = compile_nearest_distance(torch.get_num_threads())
-            return self._openvino_nearest(queries, bank, bank_norms)
-        return knn_distance(queries, bank, self.config.k, bank_norms)
-
-    def _window(self, image: np.ndarray) -> tuple[float, float]:
+    def window_limits(self, image: np.ndarray) -> tuple[float, float]:
+        """Raw intensity (low, high) of ``image`` mapped to [0, 1] before the backbone (``intensity.py``)."""
         return window_limits(image, self.config.intensity_window, self.config.window_percentiles)
 
     def _raw_scores(self, image: np.ndarray, keep_features: bool = False, timings: dict | None = None,
-                    window: tuple[float, float] | None = None) -> _RawScores:
+                    window: tuple[float, float] | None = None) -> RawScores:
         """Smoothed anomaly map and patch scores of a scan, in raw (uncalibrated) units.
 
         With keep_features, the scan's valid raw patch features are kept too.
@@ -465,15 +454,15 @@ class Detector:
         config = self.config
         padded_shape = (max(image.shape[0], config.tile_size), max(image.shape[1], config.tile_size))
         device, on_gpu = self.extractor.device, self._on_gpu
-        window = window or self._window(image)
+        window = window or self.window_limits(image)
         device_scan = self._device_scan(image, window) if on_gpu else None
         stitcher = (DeviceMapStitcher(*padded_shape, config.tile_size, config.stride, device) if on_gpu
                     else MapStitcher(*padded_shape, config.tile_size, config.stride))
-        bank, bank_norms = self._device_bank()
+        self.method_.prepare(device, self.extractor.runtime)
         kept, patch_scores = [], []
         accumulator = DescriptorAccumulator() if self._uses_descriptors else None
-        for origins, features in self._patch_features(image, timings, window, device_scan):
-            valid = self._valid_patches(origins, image.shape[:2])
+        for origins, features in self.patch_features(image, timings, window, device_scan):
+            valid = self.valid_patches(origins, image.shape[:2])
             if on_gpu or keep_features or accumulator is not None:
                 valid_on_device = torch.from_numpy(valid).to(device)
             if keep_features or accumulator is not None:
@@ -483,9 +472,7 @@ class Detector:
                 if accumulator is not None:
                     accumulator.add(valid_features)
             t0 = time.perf_counter()
-            b, h, w, d = features.shape
-            projected = self.pca_.transform(features.reshape(-1, d))
-            scores = self._knn(projected, bank, bank_norms).reshape(b, h, w)
+            scores = self.method_.score(features)
             if on_gpu:  # scores stay on the device until the map is finished
                 if timings is not None:
                     _synchronise(scores)
@@ -511,7 +498,7 @@ class Detector:
             anomaly_map = gaussian_smooth(np.ascontiguousarray(anomaly_map), self.smoothing_pixels)
         if timings is not None:
             timings["smooth"] = time.perf_counter() - t0
-        return _RawScores(anomaly_map, np.concatenate(patch_scores), torch.cat(kept) if keep_features else None,
+        return RawScores(anomaly_map, np.concatenate(patch_scores), torch.cat(kept) if keep_features else None,
                           accumulator.descriptor() if accumulator is not None else None, device_map, device_scan)
 
     @property
@@ -523,11 +510,11 @@ class Detector:
     def _uses_descriptors(self) -> bool:
         return self.config.image_score == "global"
 
-    def _image_score(self, raw: _RawScores, rule: str | None = None) -> float:
+    def _image_score(self, raw: RawScores, rule: str | None = None) -> float:
         """The scan's raw image score under ``rule`` (default ``config.image_score``)."""
         rule = rule or self.config.image_score
         if rule == "global":
-            return self.descriptor_bank_.distance(raw.descriptor)
+            return self.global_.distance(raw.descriptor)
         if rule == "max":
             return float(raw.anomaly_map.max())
         if rule == "patch_top_mean":
@@ -564,7 +551,7 @@ class Detector:
         self._device_copies = None  # free the previous scan's device copies first
         image = self.load_scan(image, source)
         stage_times = {} if timings is None else timings
-        window = self._window(image)
+        window = self.window_limits(image)
         raw, fallback = self._with_host_fallback(
             lambda: self._raw_scores(image, timings=stage_times, window=window))
         anomaly_map, raw_score = raw.anomaly_map, self._image_score(raw)
@@ -587,6 +574,15 @@ class Detector:
             self._device_copies = _DeviceCopies(weakref.ref(image), weakref.ref(result), device_heatmap,
                                                 raw.device_scan)
         return result
+
+    def raw_scores(self, image, source=None) -> RawScores:
+        """A scan's smoothed map and patch scores in raw (uncalibrated) units, as ``score`` has them before
+        calibration (for model selection and studies). image: path or array; host arrays only (no device
+        copies or features are kept)."""
+        self._check_fitted()
+        image = self.load_scan(image, source)
+        raw, _ = self._with_host_fallback(lambda: self._raw_scores(image))
+        return raw._replace(device_map=None, device_scan=None)
 
     def _kind_mismatch(self, kind: str) -> str | None:
         """``scan_kinds.kind_mismatch`` of scans of ``kind`` against the clean scans this model was fitted on."""
@@ -675,15 +671,18 @@ class Detector:
                 "input_size": self.extractor.input_size,
                 "grid": list(self.extractor.grid),
             },
+            "method": {"name": self.method_.name, "params": self.method_.params()},
             "calibration": self.calibration_.to_dict(),
             "fit": {k: v for k, v in self.fit_info_.items() if k != "seconds"},
             "versions": {"torch": torch.__version__.split("+")[0], "timm": timm.__version__, "numpy": np.__version__},
         }
         if self.selection_ is not None:
             manifest["selection"] = self.selection_
-        arrays = {"memory_bank": self.memory_bank_, **self.pca_.to_arrays()}
-        if self._uses_descriptors:
-            arrays.update(self.descriptor_bank_.to_arrays())
+        arrays = dict(self.method_.to_arrays())
+        if self.global_ is not None:
+            global_arrays = self.global_.to_arrays()
+            assert not set(global_arrays) & set(arrays), "array names of the method and the global score collide"
+            arrays.update(global_arrays)
         return save_bundle(folder, manifest, arrays)
 
     @classmethod
@@ -695,8 +694,13 @@ class Detector:
             config = DetectorConfig.from_dict(manifest["config"])
             calibration = Calibration.from_dict(manifest["calibration"])
             backbone = manifest["backbone"]
+            # Bundles from before methods had a name hold PatchCore's arrays (and no "method" entry).
+            method_name = manifest.get("method", {"name": "patchcore"})["name"]
+            method_cls = method_class(method_name)
+            if method_name != config.method:
+                raise ValueError(f"the method {method_name!r} is not the config's {config.method!r}")
         except (KeyError, TypeError, ValueError) as exc:
-            raise BundleError(f"model bundle {folder} has an invalid manifest: {exc}") from None
+            raise BundleError(f"model bundle {folder} has an invalid manifest: {first_line(exc)}") from None
         manifest, arrays = load_bundle(folder)
         detector = cls(config, device=device, runtime=runtime)
         extractor = detector.extractor
@@ -706,18 +710,13 @@ class Detector:
                 f"loaded from {extractor.weights_info['weights']}; refit or pass the original weights"
             )
         try:
-            detector.pca_ = PCAProjection.from_arrays(arrays)
-            bank = arrays["memory_bank"]
-            if detector._uses_descriptors:
-                detector.descriptor_bank_ = DescriptorBank.from_arrays(arrays)
+            detector.method_ = method_cls.from_arrays(config, arrays, extractor.feature_dim)
+            detector.global_ = (GlobalDescriptor.from_arrays(arrays, extractor.feature_dim)
+                                if detector._uses_descriptors else None)
         except KeyError as exc:
             raise BundleError(f"model bundle {folder} lacks array {exc}") from None
         except ValueError as exc:
-            raise BundleError(f"model bundle {folder} has an invalid descriptor bank: {exc}") from None
-        if (detector.pca_.mean.shape[0] != extractor.feature_dim or bank.shape[1] != detector.pca_.output_dim
-                or (detector._uses_descriptors and detector.descriptor_bank_.centre.size != 2 * extractor.feature_dim)):
-            raise BundleError(f"model bundle {folder} does not match the feature size of {config.backbone!r}")
-        detector._set_bank(bank)
+            raise BundleError(f"model bundle {folder} does not fit {config.backbone!r}: {exc}") from None
         detector.calibration_ = calibration
         detector.backbone_digest_ = backbone["state_dict_sha256"]
         detector.fit_info_ = dict(manifest.get("fit", {}))

@@ -347,7 +347,7 @@ def evaluate(detector, eval_set: EvalSet, output_dir: str | os.PathLike | None =
     """
     from .detector import NotFittedError
 
-    if not hasattr(detector, "memory_bank_"):
+    if not detector.is_fitted:
         raise NotFittedError("evaluate needs a fitted detector: call fit() or Detector.load() first")
     if worst_overlays < 0:
         raise InputError("worst_overlays must be >= 0")

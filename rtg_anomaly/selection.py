@@ -215,8 +215,8 @@ def evaluate_candidate(candidate: Candidate, base: DetectorConfig, train: Sequen
     try:
         config = candidate.config(base).replace(holdout_fraction=0.0, augment=())
         detector = Detector(config, device=device, runtime=runtime).fit(list(train))
-        clean_raw = [detector._raw_scores(detector.load_scan(scan)) for scan in clean]
-        synthetic_raw = [detector._raw_scores(detector.load_scan(scan)) for scan, _ in synthetic]
+        clean_raw = [detector.raw_scores(scan) for scan in clean]
+        synthetic_raw = [detector.raw_scores(scan) for scan, _ in synthetic]
     except InputError as exc:
         return CandidateResult(candidate.name, candidate.overrides, None, None, None, base.top_patches,
                                time.perf_counter() - started, error=str(exc))

@@ -351,7 +351,7 @@ def plain_detect(detector, image: np.ndarray, keep_queries: bool = False, keep_r
     origins = tile_grid(padded.shape[0], padded.shape[1], config.tile_size, config.stride)
     stitcher = MapStitcher(max(image.shape[0], config.tile_size), max(image.shape[1], config.tile_size),
                            config.tile_size, config.stride)
-    bank = torch.from_numpy(detector.memory_bank_).to(device)
+    bank = torch.from_numpy(detector.method_.memory_bank_).to(device)
     queries, raw, n_raw = [], [], 0
     for y, x in origins:
         tile = apply_window(extract_tiles(padded, np.array([[y, x]]), config.tile_size), low, high)
@@ -361,7 +361,7 @@ def plain_detect(detector, image: np.ndarray, keep_queries: bool = False, keep_r
         t1 = time.perf_counter()
         _, h, w, d = features.shape
         flat = features.reshape(-1, d)
-        projected = detector.pca_.transform(flat)
+        projected = detector.method_.pca_.transform(flat)
         distance = torch.cdist(projected, bank)
         if config.k == 1:
             nearest = distance.min(1).values
@@ -493,13 +493,13 @@ def uninstrumented_times(detector, scans: dict[str, Path], repeats: int) -> dict
             totals.append(time.perf_counter() - t0)
         out[name] = float(np.median(totals))
     image = detector.load_scan(next(iter(scans.values())))
-    window = detector._window(image)
-    device_scan = detector._device_scan(image, window) if detector._on_gpu else None
+    window = detector.window_limits(image)
+    device_scan = detector.device_scan(image, window)
     backbone = []
     for _ in range(repeats):
         synchronise(device)
         t0 = time.perf_counter()
-        for _origins, features in detector._patch_features(image, window=window, device_scan=device_scan):
+        for _origins, features in detector.patch_features(image, window=window, device_scan=device_scan):
             pass
         synchronise(device)
         backbone.append(time.perf_counter() - t0)
@@ -688,10 +688,10 @@ def worker_plain(spec: dict) -> dict:
         forward_variant(extractor, extractor.to_input(sel[:1]), bf16=True)  # warm-up
         bf16_s, bf16 = timed(lambda: torch.cat([forward_variant(extractor, extractor.to_input(
             sel[i : i + config.batch_size]), bf16=True) for i in range(0, n, config.batch_size)]))
-        bank, norms = detector._device_bank()
+        bank, norms = detector.method_.device_bank(device)
         d = extractor.feature_dim
-        s32 = knn_distance(detector.pca_.transform(batched.reshape(-1, d)), bank, config.k, norms)
-        s16 = knn_distance(detector.pca_.transform(bf16.reshape(-1, d)), bank, config.k, norms)
+        s32 = knn_distance(detector.method_.pca_.transform(batched.reshape(-1, d)), bank, config.k, norms)
+        s16 = knn_distance(detector.method_.pca_.transform(bf16.reshape(-1, d)), bank, config.k, norms)
         decomposition["bf16_batched_stop_early"] = bf16_s
         decomposition["bf16_max_patch_score_diff"] = float((s32 - s16).abs().max()) / clean_level
     out["backbone_decomposition"] = decomposition
@@ -718,7 +718,7 @@ def worker_plain(spec: dict) -> dict:
                               ours_radius=coverage_radius(points, approx))
 
     # (b) one full cdist over the scan's queries vs our chunked kNN (and the kNN as it was before addmm+amin)
-    bank, norms = detector._device_bank()
+    bank, norms = detector.method_.device_bank(device)
     queries = queries.to(device)
     limit_rows = max(1, PLAIN_CDIST_LIMIT // (4 * bank.shape[0]))
     q = queries[:limit_rows]
@@ -746,7 +746,7 @@ def worker_fitscale(spec: dict) -> dict:
     join the pool and finish runs again. Scans beyond ``measured`` are fast-forwarded: their pool rows and
     PCA samples are allocated (random values of the exact sizes) without generating and reducing features.
     """
-    from rtg_anomaly.detector import PCA_SAMPLE_TOTAL
+    from rtg_anomaly.methods.patchcore import PCA_SAMPLE_TOTAL
     from rtg_anomaly.memory_bank import StreamingCoreset, per_scan_share, random_rows
     from rtg_anomaly.pca import PCAProjection
 
@@ -1632,9 +1632,9 @@ def _run(args, argv: list[str]) -> int:
             grid=f"{extractor.grid[0]}x{extractor.grid[1]}", feature_dim=extractor.feature_dim, pca_dim=config.pca_dim,
             k=config.k, batch_size=config.batch_size, layers=list(config.layers), n_fit=len(crops),
             fit_shape=(fit_h, fit_h), fit_train=detector.fit_info_["n_train_scans"],
-            fit_holdout=detector.fit_info_["n_calibration_scans"], bank=int(detector.memory_bank_.shape[0]),
+            fit_holdout=detector.fit_info_["n_calibration_scans"], bank=int(detector.method_.memory_bank_.shape[0]),
             fit_s=fit_s, real_note=real_note)
-        real_bank = detector.memory_bank_.copy()
+        real_bank = detector.method_.memory_bank_.copy()
         del detector, extractor, crops
 
         base = dict(device=str(device), bundle=str(bundle), scan=str(scan_path))

@@ -63,7 +63,7 @@ def test_flipped_bank_recognises_a_flipped_clean_scan(demo_data):
     plain = Detector(config, device="cpu").fit(paths)
     augmented = Detector(config.replace(augment=("hflip",)), device="cpu").fit(paths)
     assert augmented.fit_info_["n_views_per_scan"] == 2
-    assert augmented.memory_bank_.shape[0] > plain.memory_bank_.shape[0]
+    assert augmented.method_.memory_bank_.shape[0] > plain.method_.memory_bank_.shape[0]
 
     probe = np.ascontiguousarray(load_image(paths[0])[:, ::-1])
     raw_plain = plain.score(probe).heatmap * plain.calibration_.clean_level
@@ -76,4 +76,4 @@ def test_augmented_fit_is_deterministic(demo_data):
     config = tiny_config(augment=("vflip", "rot90"))
     first = Detector(config, device="cpu").fit(paths)
     second = Detector(config, device="cpu").fit(paths)
-    np.testing.assert_array_equal(first.memory_bank_, second.memory_bank_)
+    np.testing.assert_array_equal(first.method_.memory_bank_, second.method_.memory_bank_)

@@ -658,8 +658,8 @@ def test_fit_and_detect_with_a_whitened_pca(demo_data, tmp_path):
     assert json.loads((model / "manifest.json").read_text())["config"]["pca_whiten"] == 0.5
     whitened, reference = Detector.load(model, device="cpu"), Detector.load(plain, device="cpu")
     # same directions, rescaled: the leading (highest-variance) direction shrinks the most
-    norms = np.linalg.norm(whitened.pca_.components, axis=1)
-    assert np.allclose(whitened.pca_.components / norms[:, None], reference.pca_.components, atol=1e-4)
+    norms = np.linalg.norm(whitened.method_.pca_.components, axis=1)
+    assert np.allclose(whitened.method_.pca_.components / norms[:, None], reference.method_.pca_.components, atol=1e-4)
     assert norms[0] < 1.0 and norms[0] == norms.min()
     scan = sorted((demo_data / "test" / "anomalous").iterdir())[0]
     assert main(["detect", "--input", str(scan), "--output", str(tmp_path / "o.png"), "--model", str(model),

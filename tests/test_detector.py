@@ -43,7 +43,7 @@ def test_heatmap_matches_scan_size_and_units(tiny_detector, demo_data):
     result = tiny_detector.score(scan)
     image = tiny_detector.load_scan(scan)
     assert result.heatmap.shape == image.shape[:2] and result.heatmap.dtype == np.float32
-    top = np.sort(tiny_detector._raw_scores(image).patch_scores)[-tiny_detector.config.top_patches:]
+    top = np.sort(tiny_detector.raw_scores(image).patch_scores)[-tiny_detector.config.top_patches:]
     assert result.score == pytest.approx(float(top.mean()) / tiny_detector.calibration_.clean_level, rel=1e-6)
     assert result.anomalous == (result.score > result.image_threshold)
     # Calibrated units: the clean calibration scans sit around 1.0 by construction.
@@ -56,7 +56,7 @@ def test_save_load_round_trip_gives_identical_heatmaps(tiny_detector, tiny_bundl
         before, after = tiny_detector.score(scan), loaded.score(scan)
         np.testing.assert_array_equal(before.heatmap, after.heatmap)
         assert before.score == after.score and before.anomalous == after.anomalous
-    np.testing.assert_array_equal(loaded.memory_bank_, tiny_detector.memory_bank_)
+    np.testing.assert_array_equal(loaded.method_.memory_bank_, tiny_detector.method_.memory_bank_)
     assert loaded.calibration_ == tiny_detector.calibration_
 
 
@@ -113,7 +113,7 @@ def test_fit_skips_a_clean_scan_with_non_finite_pixels(demo_data):
     detector = Detector(tiny_config(), device="cpu").fit([*clean, poisoned],
                                                          on_bad_image=lambda item, exc: skipped.append(exc))
     assert len(skipped) == 1 and isinstance(skipped[0], NonFiniteScanError)
-    assert np.isfinite(detector.memory_bank_).all()
+    assert np.isfinite(detector.method_.memory_bank_).all()
     assert detector.fit_info_["n_train_scans"] + detector.fit_info_["n_calibration_scans"] == len(clean)
 
 
@@ -250,7 +250,7 @@ def test_fit_redoes_a_scan_too_large_for_the_gpu_on_the_host(demo_data, monkeypa
     monkeypatch.undo()
     reference = Detector(tiny_config(augment=("hflip",)), device="cpu").fit(clean)
     assert len(attempts) == 2 * len(clean)  # every scan and every view went to the GPU first
-    np.testing.assert_array_equal(fitted.memory_bank_, reference.memory_bank_)
+    np.testing.assert_array_equal(fitted.method_.memory_bank_, reference.method_.memory_bank_)
     assert fitted.calibration_ == reference.calibration_
 
 
@@ -314,7 +314,7 @@ def _with_config(detector: Detector, **changes) -> Detector:
 
 def test_patch_top_mean_averages_the_highest_raw_patch_scores(tiny_detector, demo_data):
     scan = tiny_detector.load_scan(sorted((demo_data / "test" / "anomalous").iterdir())[0])
-    raw = tiny_detector._raw_scores(scan)
+    raw = tiny_detector.raw_scores(scan)
     assert raw.patch_scores.dtype == np.float32 and raw.patch_scores.ndim == 1
     clean_level = tiny_detector.calibration_.clean_level
     top3 = _with_config(tiny_detector, image_score="patch_top_mean", top_patches=3).score(scan)
@@ -331,9 +331,9 @@ def test_patch_top_mean_averages_the_highest_raw_patch_scores(tiny_detector, dem
 
 def test_patch_top_mean_counts_every_in_scan_patch_once_per_tile(tiny_detector):
     image = np.random.default_rng(1).integers(0, 255, (100, 150), dtype=np.uint8)
-    raw = tiny_detector._raw_scores(image)
-    expected = sum(int(tiny_detector._valid_patches(origins, image.shape).sum())
-                   for origins, _ in tiny_detector._patch_features(image))
+    raw = tiny_detector.raw_scores(image)
+    expected = sum(int(tiny_detector.valid_patches(origins, image.shape).sum())
+                   for origins, _ in tiny_detector.patch_features(image))
     assert raw.patch_scores.size == expected
 
 
@@ -369,7 +369,7 @@ def test_global_score_is_the_descriptor_distance_in_its_own_unit(global_detector
     n_clean = len(list((demo_data / "train" / "good").iterdir()))
     calibration = global_detector.calibration_
     # every clean scan ends in the descriptor bank: the training scans, then the held-out ones
-    assert global_detector.descriptor_bank_.rows.shape == (n_clean, 2 * global_detector.extractor.feature_dim)
+    assert global_detector.global_.bank_.rows.shape == (n_clean, 2 * global_detector.extractor.feature_dim)
     assert calibration.image_level is not None and np.median(calibration.image_scores) == pytest.approx(1.0)
     # the map keeps the top-patch unit, so the heatmap is the default detector's
     assert calibration.clean_level == pytest.approx(tiny_detector.calibration_.clean_level)
@@ -377,9 +377,9 @@ def test_global_score_is_the_descriptor_distance_in_its_own_unit(global_detector
     result = global_detector.score(scan)
     np.testing.assert_allclose(result.heatmap, tiny_detector.score(scan).heatmap, rtol=1e-6)
     image = global_detector.load_scan(scan)
-    descriptor = scan_descriptor(global_detector._scan_features(image))
-    np.testing.assert_allclose(global_detector._raw_scores(image).descriptor, descriptor, atol=1e-6)
-    expected = global_detector.descriptor_bank_.distance(descriptor) / calibration.image_level
+    descriptor = scan_descriptor(global_detector.scan_features(image))
+    np.testing.assert_allclose(global_detector.raw_scores(image).descriptor, descriptor, atol=1e-6)
+    expected = global_detector.global_.distance(descriptor) / calibration.image_level
     assert result.score == pytest.approx(expected, rel=1e-5)
     assert result.anomalous == (result.score > calibration.image_threshold)
     # a clean training scan is its own nearest neighbour
@@ -390,7 +390,7 @@ def test_global_score_is_the_descriptor_distance_in_its_own_unit(global_detector
 def test_global_detector_round_trip_and_recalibration(global_detector, demo_data, tmp_path):
     folder = global_detector.save(tmp_path / "model")
     loaded = Detector.load(folder, device="cpu")
-    np.testing.assert_array_equal(loaded.descriptor_bank_.rows, global_detector.descriptor_bank_.rows)
+    np.testing.assert_array_equal(loaded.global_.bank_.rows, global_detector.global_.bank_.rows)
     scan = sorted((demo_data / "test" / "anomalous").iterdir())[0]
     assert loaded.score(scan).score == global_detector.score(scan).score
     clean = sorted((demo_data / "test" / "good").iterdir())

@@ -83,9 +83,9 @@ def test_castings_detection_and_localisation(castings, castings_detector):
 def test_castings_with_a_half_whitened_pca(castings, castings_train, castings_detector):
     """--pca-whiten 0.5 on real DINOv2 features: same directions as plain PCA, spread damped, still detects."""
     whitened = Detector(DetectorConfig(pca_whiten=0.5), device="cpu").fit(castings_train)
-    plain = castings_detector.pca_
-    norms = np.linalg.norm(whitened.pca_.components, axis=1)
-    assert np.allclose(whitened.pca_.components / norms[:, None], plain.components, atol=1e-3)
+    plain = castings_detector.method_.pca_
+    norms = np.linalg.norm(whitened.method_.pca_.components, axis=1)
+    assert np.allclose(whitened.method_.pca_.components / norms[:, None], plain.components, atol=1e-3)
     # direction i is divided by (var_i / mean var)^(1/4): the variance ratio of the first to the last
     # kept direction shrinks to its square root
     ratio = plain.explained_variance_ratio[0] / plain.explained_variance_ratio[-1]
@@ -154,7 +154,7 @@ def test_casting_crops_judged_whole_with_the_global_score():
     root = shared_data_dir() / "gdxray_castingpatches"
     config = DetectorConfig(tile_size=32, input_size=224, image_score="global")
     detector = Detector(config, device="cpu").fit(evenly((root / "train" / "good").iterdir(), 200))
-    assert detector.descriptor_bank_.rows.shape[0] == 200
+    assert detector.global_.bank_.rows.shape[0] == 200
     good = evenly((root / "test" / "good").iterdir(), 30)
     defects = evenly((root / "test" / "defect").iterdir(), 30)
     results = [detector.score(path) for path in good + defects]

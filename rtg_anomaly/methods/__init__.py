@@ -1,0 +1,33 @@
+"""Detection methods, chosen by name: ``create_method(config)`` builds ``METHODS[config.method]``.
+
+A method learns from clean patch features and scores patches; the pipeline (``Detector``) does
+everything else (see ``base.py`` for the contract). ``global_descriptor`` is the whole-scan image score
+(``image_score="global"``) that can sit beside any patch method.
+"""
+
+from __future__ import annotations
+
+from ..config import DetectorConfig
+from .base import FitPlan, PatchMethod
+from .global_descriptor import GlobalDescriptor
+from .patchcore import PatchCore
+
+METHODS: dict[str, type[PatchMethod]] = {
+    PatchCore.name: PatchCore,
+}
+
+
+def method_class(name: str) -> type[PatchMethod]:
+    """The method class called ``name``; ValueError listing the known names otherwise."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}") from None
+
+
+def create_method(config: DetectorConfig) -> PatchMethod:
+    """An unfitted instance of ``config.method`` with ``config``'s parameters."""
+    return method_class(config.method)(config)
+
+
+__all__ = ["METHODS", "FitPlan", "GlobalDescriptor", "PatchCore", "PatchMethod", "create_method", "method_class"]

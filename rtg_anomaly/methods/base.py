@@ -1,0 +1,107 @@
+"""What every detection method provides to the pipeline.
+
+The pipeline (``rtg_anomaly.detector.Detector``) owns everything shared: reading and windowing scans,
+tiling, the backbone, the valid-patch mask, stitching, smoothing, calibration, overlays and the bundle
+file. A method owns only what is specific to it:
+
+* what it learns from clean patch features, streamed one view of one clean scan at a time
+  (``learn``), turned into its fitted state by ``finish``;
+* how it scores the patches of a batch of tiles (``score``);
+* its fitted state as named plain arrays plus a small JSON dict of parameters (``to_arrays``,
+  ``params``, ``from_arrays``), so a bundle never holds a pickle.
+
+Fitting runs in two rounds: ``learn`` over the training scans, ``finish``; the pipeline scores the
+held-out clean scans with that state to calibrate, then ``learn`` over the held-out scans' features and
+``finish`` again, so they join the model without changing its scale (a method keeps whatever sets its
+units, e.g. PatchCore its PCA, from the first ``finish``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from ..config import DetectorConfig
+
+
+@dataclass(frozen=True)
+class FitPlan:
+    """What the pipeline knows before the first clean view arrives.
+
+    training_views: views the first round may learn from (training scans x views per scan; unreadable
+        scans make the real count smaller). all_views: training and held-out scans' views together.
+    """
+
+    training_views: int
+    all_views: int
+
+
+class PatchMethod:
+    """Base class of a method that scores backbone patch features.
+
+    config: the detector's settings (a method reads its own fields from them).
+    Fitted state ends in ``_`` and exists after ``finish`` or ``from_arrays``.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, config: DetectorConfig):
+        self.config = config
+
+    # ------------------------------------------------------------------ fit
+    def begin(self, plan: FitPlan) -> None:
+        """Start a fit: forget any previous one."""
+        raise NotImplementedError
+
+    def learn(self, features: torch.Tensor) -> None:
+        """Learn from one view of one clean scan: float32 (n, D) patch features (patch centres inside
+        the scan), on the backbone's device."""
+        raise NotImplementedError
+
+    def finish(self, device: torch.device) -> None:
+        """Build (first call) or rebuild (after more ``learn`` calls) the fitted state; ``device`` is where
+        heavy work may run."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ score
+    def prepare(self, device: torch.device, runtime: str) -> None:
+        """Called before scoring on ``device`` with the backbone run by ``runtime`` ("torch" or
+        "openvino"): a method may upload its state or compile an operator here (cache it)."""
+
+    def score(self, features: torch.Tensor) -> torch.Tensor:
+        """Raw anomaly scores (higher = more anomalous) of a batch of tiles' patches.
+
+        features: float (B, h, w, D) on the device given to ``prepare``.
+        Returns float32 (B, h, w) on the same device.
+        """
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ state
+    @property
+    def is_fitted(self) -> bool:
+        raise NotImplementedError
+
+    def params(self) -> dict:
+        """JSON-ready parameters the fitted state was built with (recorded in the bundle)."""
+        return {}
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The fitted state as named plain arrays."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_arrays(cls, config: DetectorConfig, arrays: dict[str, np.ndarray], feature_dim: int) -> "PatchMethod":
+        """Inverse of ``to_arrays``. Raises KeyError for a missing array and ValueError when the arrays do
+        not fit each other or ``feature_dim`` (the backbone's patch feature size)."""
+        raise NotImplementedError
+
+    def fit_info(self) -> dict:
+        """JSON-ready facts about the fitted state for ``Detector.fit_info_`` (e.g. its size)."""
+        return {}
+
+    def describe(self) -> str:
+        """One phrase for the fit summary line, e.g. ``memory bank 5120 x 128``."""
+        return self.name
