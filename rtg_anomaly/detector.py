@@ -37,6 +37,7 @@ from .overlay import percentile_mask, percentile_mask_torch, render_overlay, ren
 from .scan_kinds import kind_mismatch, mixed_kinds, scan_kind
 from .stitching import DeviceMapStitcher, MapStitcher, gaussian_smooth, gaussian_smooth_torch
 from .tiling import extract_tiles, pad_to_tile, tile_grid
+from .transfer import to_host
 
 # The map's unit when the image score has its own (``global``): the default rule's clean median.
 MAP_SCORE_RULE = "patch_top_mean"
@@ -48,7 +49,8 @@ T = TypeVar("T")
 class RawScores(NamedTuple):
     """One scan's scores in raw (uncalibrated) units.
 
-    anomaly_map: float32 (H, W), stitched and smoothed.
+    anomaly_map: float32 (H, W), stitched and smoothed; None when a GPU run was asked to leave it on the
+        device (``device_map``).
     patch_scores: float32 (n,), the method's score of every patch whose centre lies in
         the scan (a patch in the overlap of two tiles counts once per tile).
     features: (n, D) raw patch features on the device, or None when not kept.
@@ -58,7 +60,7 @@ class RawScores(NamedTuple):
         windowed scan (float32 in [0, 1], padded to a tile) the tiles were cut from; else None.
     """
 
-    anomaly_map: np.ndarray
+    anomaly_map: np.ndarray | None
     patch_scores: np.ndarray
     features: torch.Tensor | None
     descriptor: np.ndarray | None = None
@@ -446,10 +448,11 @@ class Detector:
         return window_limits(image, self.config.intensity_window, self.config.window_percentiles)
 
     def _raw_scores(self, image: np.ndarray, keep_features: bool = False, timings: dict | None = None,
-                    window: tuple[float, float] | None = None) -> RawScores:
+                    window: tuple[float, float] | None = None, host_map: bool = True) -> RawScores:
         """Smoothed anomaly map and patch scores of a scan, in raw (uncalibrated) units.
 
-        With keep_features, the scan's valid raw patch features are kept too.
+        With keep_features, the scan's valid raw patch features are kept too. Without host_map, a GPU
+        run leaves the map on the device only (``anomaly_map`` is None, ``device_map`` holds it).
         """
         config = self.config
         padded_shape = (max(image.shape[0], config.tile_size), max(image.shape[1], config.tile_size))
@@ -492,7 +495,7 @@ class Detector:
         device_map = None
         if on_gpu:
             device_map = gaussian_smooth_torch(anomaly_map, self.smoothing_pixels)
-            anomaly_map = device_map.cpu().numpy()
+            anomaly_map = to_host(device_map) if host_map else None
             patch_scores = [torch.cat(patch_scores).cpu().numpy()]
         else:
             anomaly_map = gaussian_smooth(np.ascontiguousarray(anomaly_map), self.smoothing_pixels)
@@ -552,8 +555,11 @@ class Detector:
         image = self.load_scan(image, source)
         stage_times = {} if timings is None else timings
         window = self.window_limits(image)
+        # The default rules need only the patch scores (or the descriptor): on a GPU the raw map then stays
+        # there, and only the calibrated heatmap comes back (one download of the map, not two).
+        host_map = self.config.image_score not in ("patch_top_mean", "global")
         raw, fallback = self._with_host_fallback(
-            lambda: self._raw_scores(image, timings=stage_times, window=window))
+            lambda: self._raw_scores(image, timings=stage_times, window=window, host_map=host_map))
         anomaly_map, raw_score = raw.anomaly_map, self._image_score(raw)
         calibration = self.calibration_
         clean_level = np.float32(calibration.clean_level)
@@ -562,7 +568,10 @@ class Detector:
             # A 0-d tensor divisor, not a Python scalar: torch would multiply by a float32 reciprocal
             # instead, and the device heatmap would differ from result.heatmap in the last bit.
             device_heatmap = raw.device_map / torch.tensor(clean_level, device=raw.device_map.device)
-        anomaly_map /= clean_level
+        if anomaly_map is None:
+            anomaly_map = to_host(device_heatmap)
+        else:
+            anomaly_map /= clean_level
         score = raw_score / calibration.image_unit
         mismatch = self._kind_mismatch(scan_kind(image))
         result = AnomalyResult(

@@ -14,6 +14,7 @@ import torch
 
 from .errors import InputError
 from .intensity import apply_window, apply_window_torch, to_device_float
+from .transfer import to_host
 
 DEFAULT_COLOR_RANGE = (1.0, 2.0)
 _ROWS_PER_CHUNK = 512
@@ -150,4 +151,4 @@ def render_overlay_torch(scan: np.ndarray | torch.Tensor, anomaly_map: torch.Ten
             weight = weight * display_mask[rows]
         weight = weight[..., None]
         out[rows] = ((base * (1.0 - weight) + colour * weight) * 255.0 + 0.5).clamp_(0, 255).to(torch.uint8)
-    return out.cpu().numpy()
+    return to_host(out)

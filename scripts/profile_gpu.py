@@ -102,6 +102,15 @@ def main(argv=None) -> int:
     measured["write overlay BMP"] = _median_time(lambda: save_image(tmp / "o.bmp", picture), device)
     measured["write overlay PNG"] = _median_time(lambda: save_image(tmp / "o.png", picture), device)
     measured["write heatmap .npy"] = _median_time(lambda: np.save(tmp / "h.npy", result.heatmap), device)
+    if device.type == "cuda":  # what page-locked host memory buys for the two large downloads
+        from rtg_anomaly.transfer import to_host
+
+        heat = torch.from_numpy(result.heatmap).to(device)
+        rgb = torch.from_numpy(picture).to(device)
+        measured["download map, pageable .cpu()"] = _median_time(lambda: heat.cpu(), device)
+        measured["download map, to_host (pinned)"] = _median_time(lambda: to_host(heat), device)
+        measured["download overlay, pageable .cpu()"] = _median_time(lambda: rgb.cpu(), device)
+        measured["download overlay, to_host (pinned)"] = _median_time(lambda: to_host(rgb), device)
     say("\n## Stage medians (s)")
     for name, seconds in measured.items():
         say(f"{name:40s} {seconds:.4f}")
