@@ -1,4 +1,13 @@
-"""Clean-score statistics: the unit of the anomaly map and thresholds at a false-alarm rate."""
+"""Clean-score statistics: the unit of the anomaly map, and thresholds by a rule over clean scores.
+
+Threshold rules (``ThresholdRule``), applied alike to the image scores and to the map maxima of the
+clean calibration scans:
+  ``false_alarm_rate`` (default): the score a share ``false_alarm_rate`` of clean scans exceed
+      (``threshold_at_rate``);
+  ``mean_std``: mean + ``std_multiple`` x standard deviation of the clean scores (3 by default, the
+      rule of the seed systems this tool replaces);
+  ``percentile``: the ``clean_percentile``-th percentile of the clean scores (linear interpolation).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +21,57 @@ from .errors import InputError
 
 DEFAULT_FALSE_ALARM_RATE = 0.01
 PIXEL_QUANTILES = (0.5, 0.9, 0.99, 0.999)
+THRESHOLD_RULES = ("false_alarm_rate", "mean_std", "percentile")
+
+
+@dataclass(frozen=True)
+class ThresholdRule:
+    """How thresholds follow from clean scores: ``name`` from THRESHOLD_RULES and its parameter
+    (``std_multiple`` for mean_std, ``clean_percentile`` in [0, 100] for percentile; the false-alarm
+    rate is a calibration argument of its own)."""
+
+    name: str = "false_alarm_rate"
+    std_multiple: float = 3.0
+    clean_percentile: float = 99.0
+
+    def __post_init__(self) -> None:
+        if self.name not in THRESHOLD_RULES:
+            raise InputError(f"unknown threshold rule {self.name!r}; choose one of: {', '.join(THRESHOLD_RULES)}")
+        if not (math.isfinite(self.std_multiple) and 0.0 <= self.std_multiple <= 100.0):
+            raise InputError(f"the standard-deviation multiple must be in [0, 100], got {self.std_multiple}")
+        if not (math.isfinite(self.clean_percentile) and 0.0 <= self.clean_percentile <= 100.0):
+            raise InputError(f"the clean percentile must be in [0, 100], got {self.clean_percentile}")
+
+    def to_dict(self) -> dict:
+        """JSON-ready: the name and only the parameter it uses."""
+        if self.name == "mean_std":
+            return {"name": self.name, "std_multiple": self.std_multiple}
+        if self.name == "percentile":
+            return {"name": self.name, "clean_percentile": self.clean_percentile}
+        return {"name": self.name}
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "ThresholdRule":
+        return cls() if values is None else cls(**values)
+
+    def describe(self, false_alarm_rate: float) -> str:
+        if self.name == "mean_std":
+            return f"mean + {self.std_multiple:g} std of clean scores"
+        if self.name == "percentile":
+            return f"{self.clean_percentile:g}th percentile of clean scores"
+        return f"a false-alarm rate of {false_alarm_rate:g}"
+
+    def threshold(self, clean_scores: np.ndarray, false_alarm_rate: float) -> tuple[float, str]:
+        """(threshold, how it was set) over (n,) calibrated clean scores."""
+        scores = np.asarray(clean_scores, dtype=np.float64)
+        if scores.size == 0:
+            raise InputError("no clean scores to calibrate on")
+        if self.name == "mean_std":
+            spread = float(scores.std(ddof=1)) if scores.size >= 2 else 0.0
+            return float(scores.mean()) + self.std_multiple * spread, "mean_std"
+        if self.name == "percentile":
+            return float(np.percentile(scores, self.clean_percentile)), "percentile"
+        return threshold_at_rate(scores, false_alarm_rate)
 
 
 @dataclass(frozen=True)
@@ -33,8 +93,11 @@ class Calibration:
         1 - false_alarm_rate).
     n_scans: how many clean scans the figures rest on.
     method: "empirical" quantile, or "normal-tail" when there are too few
-        scans for the rate (a log-normal fit extrapolates the tail).
+        scans for the rate (a log-normal fit extrapolates the tail); "mean_std" or
+        "percentile" under those rules.
     warnings: human-readable caveats (too few scans, ...).
+    threshold_rule: ``ThresholdRule.to_dict()`` of the rule the thresholds follow
+        (None in bundles from before rules existed: the false-alarm rate).
     """
 
     clean_level: float
@@ -48,9 +111,18 @@ class Calibration:
     method: str
     warnings: list[str] = field(default_factory=list)
     image_level: float | None = None
+    threshold_rule: dict | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if out["threshold_rule"] is None:  # bundles keep their bytes unless a rule was chosen
+            del out["threshold_rule"]
+        return out
+
+    @property
+    def rule(self) -> ThresholdRule:
+        """The threshold rule (false_alarm_rate for calibrations that name none)."""
+        return ThresholdRule.from_dict(self.threshold_rule)
 
     @property
     def image_unit(self) -> float:
@@ -101,7 +173,8 @@ def threshold_at_rate(clean_scores: np.ndarray, false_alarm_rate: float) -> tupl
 
 def calibrate(image_scores: np.ndarray, pixel_maxima: np.ndarray, pixel_samples: np.ndarray,
               false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE, clean_level: float | None = None,
-              map_scores: np.ndarray | None = None, image_level: float | None = None) -> Calibration:
+              map_scores: np.ndarray | None = None, image_level: float | None = None,
+              rule: ThresholdRule | None = None) -> Calibration:
     """Build a Calibration from raw (uncalibrated) clean statistics.
 
     image_scores, pixel_maxima: (n_scans,) raw scores of clean scans.
@@ -111,6 +184,7 @@ def calibrate(image_scores: np.ndarray, pixel_maxima: np.ndarray, pixel_samples:
         unit from ``image_scores``.
     clean_level, image_level: keep existing units (recalibration); default:
         the medians of ``map_scores`` (else ``image_scores``) and ``image_scores``.
+    rule: how the thresholds follow from the clean scores (default: the false-alarm rate).
     """
     image_scores = np.asarray(image_scores, dtype=np.float64)
     own_image_unit = map_scores is not None or image_level is not None
@@ -123,8 +197,8 @@ def calibrate(image_scores: np.ndarray, pixel_maxima: np.ndarray, pixel_samples:
                          "kept whole in the bank), so they set no calibrated unit: give clean scans that differ")
     image_cal = image_scores / (image_level if own_image_unit else clean_level)
     maxima_cal = np.asarray(pixel_maxima, dtype=np.float64) / clean_level
-    image_threshold, method = threshold_at_rate(image_cal, false_alarm_rate)
-    pixel_threshold, _ = threshold_at_rate(maxima_cal, false_alarm_rate)
+    image_threshold, method = (rule or ThresholdRule()).threshold(image_cal, false_alarm_rate)
+    pixel_threshold, _ = (rule or ThresholdRule()).threshold(maxima_cal, false_alarm_rate)
     samples = np.asarray(pixel_samples, dtype=np.float64) / clean_level
     quantiles = {f"{q:g}": float(np.quantile(samples, q)) for q in PIXEL_QUANTILES} if samples.size else {}
     warnings = []
@@ -134,7 +208,7 @@ def calibrate(image_scores: np.ndarray, pixel_maxima: np.ndarray, pixel_samples:
             f"calibration rests on a single clean scan, which sets no spread: the thresholds equal its score; "
             f"run 'rtg-anomaly calibrate' with at least {needed} clean scans"
         )
-    elif image_scores.size < needed:
+    elif image_scores.size < needed and (rule is None or rule.name == "false_alarm_rate"):
         warnings.append(
             f"calibration rests on {image_scores.size} clean scans; a false-alarm rate of {false_alarm_rate:g} "
             f"needs at least {needed} to be measured (the threshold is extrapolated from a log-normal fit)"
@@ -151,4 +225,5 @@ def calibrate(image_scores: np.ndarray, pixel_maxima: np.ndarray, pixel_samples:
         method=method,
         warnings=warnings,
         image_level=float(image_level) if own_image_unit else None,
+        threshold_rule=None if rule is None or rule.name == "false_alarm_rate" else rule.to_dict(),
     )

@@ -107,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(cal)
     cal.add_argument("--false-alarm-rate", type=float, default=0.01,
                      help="share of clean scans the thresholds may flag (default 0.01)")
+    _add_threshold_rule_flags(cal, "default: the rule the model was calibrated with")
     cal.set_defaults(handler=_run_calibrate)
 
     ev = commands.add_parser("evaluate", help="image and pixel metrics on a labelled folder in MVTec AD layout")
@@ -125,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     """The detector's hyper-parameters, shared by fit and evaluate (None = the DetectorConfig default)."""
+    parser.add_argument("--method", help="detection method: patchcore (default: memory bank of clean patches, "
+                                         "kNN), padim (a Gaussian per patch cell of a tile), centroid (cosine "
+                                         "distance of each tile to the clean tiles' mean); stored in the bundle")
+    parser.add_argument("--padim-features", type=_positive_int,
+                        help="with --method padim: random feature channels kept (default 100)")
     parser.add_argument("--backbone", help="timm model name (default vit_small_patch14_dinov2)")
     parser.add_argument("--weights", help="local weights file for the backbone ('random': untrained, for tests)")
     parser.add_argument("--tile-size", type=_positive_int, help="tile side in scan pixels (default 512)")
@@ -161,6 +167,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--holdout-fraction", type=float, help="share of clean scans held out to calibrate (default 0.2)")
     parser.add_argument("--false-alarm-rate", type=float, default=0.01,
                         help="share of clean scans the calibrated thresholds may flag (default 0.01)")
+    _add_threshold_rule_flags(parser, "default false-alarm-rate")
     parser.add_argument("--select", choices=("off", "auto"), default="off",
                         help="auto: choose backbone, scale (tile and input size), PCA whitening, intensity window "
                              "and top-patch count from the clean scans alone, by how well each candidate finds "
@@ -205,10 +212,31 @@ def _augment_names(value: str) -> tuple[str, ...]:
     return names
 
 
+def _add_threshold_rule_flags(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("--threshold-rule", choices=("false-alarm-rate", "mean-std", "percentile"),
+                        help=f"how thresholds follow from the clean calibration scores ({default}): the score "
+                             "--false-alarm-rate of clean scans exceed, mean + --std-multiple x std, or the "
+                             "--clean-percentile-th percentile; recorded in the bundle and the report")
+    parser.add_argument("--std-multiple", type=float, default=3.0,
+                        help="with --threshold-rule mean-std: standard deviations above the mean, in [0, 100] (default 3)")
+    parser.add_argument("--clean-percentile", type=float, default=99.0,
+                        help="with --threshold-rule percentile: percentile of clean scores, in [0, 100] (default 99)")
+
+
+def _threshold_rule(args: argparse.Namespace):
+    """The ThresholdRule the flags ask for, or None when --threshold-rule is not given."""
+    from .calibration import ThresholdRule
+
+    if args.threshold_rule is None:
+        return None
+    return ThresholdRule(args.threshold_rule.replace("-", "_"), args.std_multiple, args.clean_percentile)
+
+
 def _config_from_args(args: argparse.Namespace):
     from .config import DetectorConfig
 
     overrides = {
+        "method": args.method, "padim_features": args.padim_features,
         "backbone": args.backbone, "weights": args.weights, "tile_size": args.tile_size, "overlap": args.overlap,
         "input_size": args.input_size, "pca_dim": args.pca_dim, "pca_whiten": args.pca_whiten,
         "coreset_ratio": args.coreset_ratio,
@@ -274,6 +302,7 @@ def _run_fit(args: argparse.Namespace) -> int:
 
     _config_from_args(args)  # bad settings are refused before anything is read
     _check_rate(args.false_alarm_rate)
+    _threshold_rule(args)  # a bad rule value fails before any work
     model_dir = Path(args.model or _default_model())
     if args.model is None:  # the default place may not exist yet in a fresh working folder
         model_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -285,7 +314,8 @@ def _run_fit(args: argparse.Namespace) -> int:
     detector = Detector(config, device=device, runtime=args.runtime)
     detector.selection_ = selection
     _note_runtime(detector)
-    detector.fit(paths, progress=not args.quiet, on_bad_image=_warn_skipped, false_alarm_rate=args.false_alarm_rate)
+    detector.fit(paths, progress=not args.quiet, on_bad_image=_warn_skipped, false_alarm_rate=args.false_alarm_rate,
+                 threshold_rule=_threshold_rule(args))
     detector.save(model_dir)
     info, calibration = detector.fit_info_, detector.calibration_
     for warning in calibration.warnings:
@@ -427,8 +457,11 @@ def _run_detect(args: argparse.Namespace) -> int:
     def write_results(complete: bool) -> None:
         if report is not None:
             _write_json(report, {"model": str(model_dir), "runtime": runtime, "threshold_mode": args.threshold,
-                                 "threshold_percentile": args.threshold_percentile, "complete": complete,
-                                 "images": entries, "errors": errors})
+                                 "threshold_percentile": args.threshold_percentile,
+                                 "method": detector.method_.name,
+                                 "threshold_rule": {**detector.calibration_.rule.to_dict(),
+                                                    "false_alarm_rate": detector.calibration_.false_alarm_rate},
+                                 "complete": complete, "images": entries, "errors": errors})
         if csv_path is not None:
             write_triage_csv(csv_path, rows)
 
@@ -578,15 +611,17 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     from .io import list_images
 
     _check_rate(args.false_alarm_rate)
+    _threshold_rule(args)  # a bad rule value fails before any work
     model_dir = Path(args.model or _default_model())
     paths = list_images(args.clean_dir)
     detector = Detector.load(model_dir, device=args.device, runtime=args.runtime)
     _note_runtime(detector)
-    calibration = detector.calibrate(paths, args.false_alarm_rate, on_bad_image=_warn_skipped)
+    calibration = detector.calibrate(paths, args.false_alarm_rate, on_bad_image=_warn_skipped,
+                                     threshold_rule=_threshold_rule(args))
     detector.save(model_dir)
     for warning in calibration.warnings:
         print(f"rtg-anomaly: warning: {warning}", file=sys.stderr)
-    print(f"calibrated on {calibration.n_scans} clean scans at a false-alarm rate of {calibration.false_alarm_rate:g} "
+    print(f"calibrated on {calibration.n_scans} clean scans at {calibration.rule.describe(calibration.false_alarm_rate)} "
           f"({calibration.method}): image threshold {calibration.image_threshold:.3f}, "
           f"pixel threshold {calibration.pixel_threshold:.3f}; saved to {model_dir}")
     return EXIT_OK
@@ -598,6 +633,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate, load_mvtec_folder, markdown_report
 
     _check_rate(args.false_alarm_rate)
+    _threshold_rule(args)  # a bad rule value fails before any work
     eval_set = load_mvtec_folder(args.data)
     if args.output:
         _check_writable_folder(Path(args.output))
@@ -616,7 +652,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         detector.selection_ = selection
         _note_runtime(detector)
         detector.fit(eval_set.train_paths, progress=not args.quiet, on_bad_image=_warn_skipped,
-                     false_alarm_rate=args.false_alarm_rate)
+                     false_alarm_rate=args.false_alarm_rate, threshold_rule=_threshold_rule(args))
         if args.save_model:
             detector.save(args.save_model)
     metrics = evaluate(detector, eval_set, output_dir=args.output, max_per_class=args.max_per_class,

@@ -31,7 +31,10 @@ class DetectorConfig:
 
     method: the detection method, a name from ``methods.METHODS`` (``"patchcore"``: the memory bank of
         clean patch features; pca_dim, pca_whiten, coreset_ratio, memory_bank_size, max_bank_size,
-        max_patches_per_scan and k are its settings).
+        max_patches_per_scan and k are its settings; ``"padim"``: a Gaussian per patch cell of a tile over
+        ``padim_features`` seeded random channels; ``"centroid"``: cosine distance of each tile's mean
+        embedding to the clean tiles' centroid).
+    padim_features: channels PaDiM keeps (a seeded random subset; all when the backbone has fewer).
     backbone: timm model name.
     weights: local weights file; ``None`` picks the bundled file for the default
         backbone (else the hub weights the normal timm way); ``"random"`` means
@@ -92,6 +95,7 @@ class DetectorConfig:
     coreset_ratio: float = 0.1
     memory_bank_size: int | None = None
     k: int = 1
+    padim_features: int = 100
     smoothing_sigma: float = 0.5
     image_score: str = "patch_top_mean"
     top_fraction: float = 0.001
@@ -129,6 +133,7 @@ class DetectorConfig:
             (0.0 < self.coreset_ratio <= 1.0, "coreset_ratio must be in (0, 1]"),
             (self.memory_bank_size is None or self.memory_bank_size >= 1, "memory_bank_size must be >= 1"),
             (self.k >= 1, "k must be >= 1"),
+            (1 <= self.padim_features <= 4096, "padim_features must be in [1, 4096]"),
             (self.smoothing_sigma >= 0.0, "smoothing_sigma must be >= 0"),
             (self.image_score in IMAGE_SCORE_RULES, f"image_score must be one of {IMAGE_SCORE_RULES}"),
             (0.0 < self.top_fraction <= 1.0, "top_fraction must be in (0, 1]"),

@@ -24,7 +24,7 @@ import torch
 from . import __version__
 from .augment import augmented_views
 from .bundle import BundleError, load_bundle, read_manifest, save_bundle
-from .calibration import DEFAULT_FALSE_ALARM_RATE, Calibration, calibrate, check_false_alarm_rate
+from .calibration import DEFAULT_FALSE_ALARM_RATE, Calibration, ThresholdRule, calibrate, check_false_alarm_rate
 from .config import DetectorConfig
 from .descriptor import DescriptorAccumulator, scan_descriptor
 from .errors import InputError, first_line
@@ -32,7 +32,7 @@ from .features import FeatureExtractor, resolve_device
 from .intensity import apply_window, apply_window_torch, to_device_float, window_limits
 from .io import load_image
 from .memory_bank import random_rows
-from .methods import FitPlan, GlobalDescriptor, PatchMethod, create_method, method_class
+from .methods import FitPlan, GlobalDescriptor, PatchMethod, TileFeatures, create_method, method_class
 from .overlay import percentile_mask, percentile_mask_torch, render_overlay, render_overlay_torch
 from .scan_kinds import kind_mismatch, mixed_kinds, scan_kind
 from .stitching import DeviceMapStitcher, MapStitcher, gaussian_smooth, gaussian_smooth_torch
@@ -53,7 +53,8 @@ class RawScores(NamedTuple):
         device (``device_map``).
     patch_scores: float32 (n,), the method's score of every patch whose centre lies in
         the scan (a patch in the overlap of two tiles counts once per tile).
-    features: (n, D) raw patch features on the device, or None when not kept.
+    features: every tile's raw patch features with the mask of those inside the scan (on the device), or
+        None when not kept.
     descriptor: float32 (2 * D,) whole-scan descriptor, or None when the image
         score does not use one.
     device_map, device_scan: on the GPU path, ``anomaly_map`` as it was on the device and the
@@ -62,7 +63,7 @@ class RawScores(NamedTuple):
 
     anomaly_map: np.ndarray | None
     patch_scores: np.ndarray
-    features: torch.Tensor | None
+    features: TileFeatures | None
     descriptor: np.ndarray | None = None
     device_map: torch.Tensor | None = None
     device_scan: torch.Tensor | None = None
@@ -270,10 +271,19 @@ class Detector:
         return torch.cat([self._valid_features(origins, features, image.shape)
                           for origins, features in self.patch_features(image)])
 
+    def tile_features(self, image: np.ndarray) -> TileFeatures:
+        """Every tile's patch features of a scan (array), with the mask of patches inside it (on the device)."""
+        features, valid = [], []
+        for origins, batch in self.patch_features(image):
+            features.append(batch)
+            valid.append(torch.from_numpy(self.valid_patches(origins, image.shape[:2])).to(batch.device))
+        return TileFeatures(torch.cat(features), torch.cat(valid))
+
     # ------------------------------------------------------------------ fit
     def fit(self, images: Sequence, progress: bool = False,
             on_bad_image: Callable[[object, Exception], None] | None = None,
-            false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE) -> "Detector":
+            false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
+            threshold_rule: ThresholdRule | None = None) -> "Detector":
         """Learn normality from clean scans.
 
         images: paths or arrays ((H, W) or (H, W, 3), any dtype) of clean scans.
@@ -282,6 +292,7 @@ class Detector:
         on_bad_image: called with (item, error) for an unreadable image, which is
             then skipped; without it the error propagates.
         false_alarm_rate: share of clean scans the calibrated thresholds may flag.
+        threshold_rule: how thresholds follow from the clean scores (default: the false-alarm rate).
         Returns self.
         """
         from tqdm import tqdm
@@ -319,8 +330,8 @@ class Detector:
             kinds[scan_kind(image)] += 1
             # One view in memory at a time: a copy of a large scan per augmentation would add up.
             for view in itertools.chain([image], augmented_views(image, config.augment)):
-                features, _ = self._with_host_fallback(lambda: self.scan_features(view))
-                self._learn(method, global_score, features, counts)
+                tiles, _ = self._with_host_fallback(lambda: self.tile_features(view))
+                self._learn(method, global_score, tiles, counts)
             n_train += 1
             bar.set_postfix(getattr(method, "progress", None) or {"patches": counts["patches"]})
         if n_train == 0:
@@ -346,7 +357,7 @@ class Detector:
             # Too few clean scans to hold any out: calibrate on training scans (optimistic).
             stats = self._clean_statistics(train_items[:10], lambda *_: None)
         calibration = calibrate(stats.image_scores, stats.map_maxima, stats.pixel_samples, false_alarm_rate,
-                                map_scores=stats.map_scores)
+                                map_scores=stats.map_scores, rule=threshold_rule)
         if not n_calibration:
             calibration.warnings.append("no clean scan was held out: calibrated on training scans (optimistic)")
         mixed = mixed_kinds(kinds, config.intensity_window)
@@ -361,14 +372,14 @@ class Detector:
         return self
 
     @staticmethod
-    def _learn(method: PatchMethod, global_score: GlobalDescriptor | None, features: torch.Tensor, counts: dict,
+    def _learn(method: PatchMethod, global_score: GlobalDescriptor | None, tiles: TileFeatures, counts: dict,
                descriptor: np.ndarray | None = None) -> None:
-        """One clean view's (n, D) patch features join the method (and its descriptor the global score:
-        ``descriptor`` when the caller has it, else computed from the features)."""
-        method.learn(features)
-        counts["patches"] += int(features.shape[0])
+        """One clean view's tile features join the method (and its descriptor the global score:
+        ``descriptor`` when the caller has it, else computed from the patches inside the scan)."""
+        method.learn(tiles.features, tiles.valid)
+        counts["patches"] += int(tiles.valid.sum())
         if global_score is not None:
-            global_score.learn(scan_descriptor(features) if descriptor is None else descriptor)
+            global_score.learn(scan_descriptor(tiles.features[tiles.valid]) if descriptor is None else descriptor)
 
     def _clean_statistics(self, items: Sequence, on_bad_image, bar=None, learn_counts: dict | None = None,
                           kinds: collections.Counter | None = None) -> _CleanStatistics:
@@ -392,8 +403,8 @@ class Detector:
             if learn:
                 self._learn(self.method_, self.global_, raw.features, learn_counts, raw.descriptor)
                 for view in augmented_views(image, self.config.augment):
-                    features, _ = self._with_host_fallback(lambda: self.scan_features(view))
-                    self._learn(self.method_, self.global_, features, learn_counts)
+                    tiles, _ = self._with_host_fallback(lambda: self.tile_features(view))
+                    self._learn(self.method_, self.global_, tiles, learn_counts)
             scores.append(self._image_score(raw))
             if self._uses_descriptors:
                 map_scores.append(self._image_score(raw, MAP_SCORE_RULE))
@@ -462,20 +473,18 @@ class Detector:
         stitcher = (DeviceMapStitcher(*padded_shape, config.tile_size, config.stride, device) if on_gpu
                     else MapStitcher(*padded_shape, config.tile_size, config.stride))
         self.method_.prepare(device, self.extractor.runtime)
-        kept, patch_scores = [], []
+        kept, kept_valid, patch_scores = [], [], []
         accumulator = DescriptorAccumulator() if self._uses_descriptors else None
         for origins, features in self.patch_features(image, timings, window, device_scan):
             valid = self.valid_patches(origins, image.shape[:2])
-            if on_gpu or keep_features or accumulator is not None:
-                valid_on_device = torch.from_numpy(valid).to(device)
-            if keep_features or accumulator is not None:
-                valid_features = features[valid_on_device]
-                if keep_features:
-                    kept.append(valid_features)
-                if accumulator is not None:
-                    accumulator.add(valid_features)
+            valid_on_device = torch.from_numpy(valid).to(device)
+            if keep_features:
+                kept.append(features)
+                kept_valid.append(valid_on_device)
+            if accumulator is not None:
+                accumulator.add(features[valid_on_device])
             t0 = time.perf_counter()
-            scores = self.method_.score(features)
+            scores = self.method_.score(features, valid_on_device)
             if on_gpu:  # scores stay on the device until the map is finished
                 if timings is not None:
                     _synchronise(scores)
@@ -501,7 +510,8 @@ class Detector:
             anomaly_map = gaussian_smooth(np.ascontiguousarray(anomaly_map), self.smoothing_pixels)
         if timings is not None:
             timings["smooth"] = time.perf_counter() - t0
-        return RawScores(anomaly_map, np.concatenate(patch_scores), torch.cat(kept) if keep_features else None,
+        kept = TileFeatures(torch.cat(kept), torch.cat(kept_valid)) if keep_features else None
+        return RawScores(anomaly_map, np.concatenate(patch_scores), kept,
                           accumulator.descriptor() if accumulator is not None else None, device_map, device_scan)
 
     @property
@@ -639,9 +649,11 @@ class Detector:
 
     # ------------------------------------------------------------------ calibration
     def calibrate(self, images: Iterable, false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
-                  on_bad_image: Callable[[object, Exception], None] | None = None) -> Calibration:
+                  on_bad_image: Callable[[object, Exception], None] | None = None,
+                  threshold_rule: ThresholdRule | None = None) -> Calibration:
         """Re-derive the thresholds from extra clean scans, keeping the calibrated unit.
 
+        threshold_rule: default: the rule the model was calibrated with.
         Sets and returns ``calibration_``.
         """
         self._check_fitted()
@@ -652,7 +664,8 @@ class Detector:
             raise InputError("no clean scan could be read to calibrate on")
         calibration = calibrate(stats.image_scores, stats.map_maxima, stats.pixel_samples, false_alarm_rate,
                                 clean_level=self.calibration_.clean_level, map_scores=stats.map_scores,
-                                image_level=self.calibration_.image_level)
+                                image_level=self.calibration_.image_level,
+                                rule=threshold_rule or self.calibration_.rule)
         for kind, count in sorted(kinds.items()):
             mismatch = self._kind_mismatch(kind)
             if mismatch:

@@ -6,7 +6,7 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 
-from rtg_anomaly.calibration import PIXEL_QUANTILES, Calibration, calibrate, threshold_at_rate
+from rtg_anomaly.calibration import PIXEL_QUANTILES, Calibration, ThresholdRule, calibrate, threshold_at_rate
 from rtg_anomaly.errors import InputError
 
 
@@ -194,3 +194,35 @@ def test_to_dict_from_dict_json_round_trip():
     assert back.to_dict() == as_dict
     with pytest.raises(TypeError):
         Calibration.from_dict({**as_dict, "unexpected": 1})
+
+
+# ---------------------------------------------------------------- threshold rules
+
+def test_mean_std_and_percentile_rules_follow_their_formulas():
+    rng = np.random.default_rng(5)
+    scores = rng.lognormal(0.0, 0.2, 40)
+    maxima = scores * 2.0
+    cal = calibrate(scores, maxima, scores, rule=ThresholdRule("mean_std", std_multiple=3.0))
+    unit = np.median(scores)
+    assert cal.image_threshold == pytest.approx((scores / unit).mean() + 3.0 * (scores / unit).std(ddof=1))
+    assert cal.pixel_threshold == pytest.approx((maxima / unit).mean() + 3.0 * (maxima / unit).std(ddof=1))
+    assert cal.method == "mean_std" and cal.threshold_rule == {"name": "mean_std", "std_multiple": 3.0}
+    cal = calibrate(scores, maxima, scores, rule=ThresholdRule("percentile", clean_percentile=90.0))
+    assert cal.image_threshold == pytest.approx(np.percentile(scores / unit, 90.0))
+    assert cal.rule == ThresholdRule("percentile", clean_percentile=90.0)
+    assert Calibration.from_dict(cal.to_dict()) == cal
+
+
+def test_the_default_rule_leaves_the_calibration_as_before():
+    scores = np.linspace(1.0, 2.0, 30)
+    cal = calibrate(scores, scores, scores, false_alarm_rate=0.1)
+    assert "threshold_rule" not in cal.to_dict() and cal.rule == ThresholdRule()
+    assert cal.image_threshold == threshold_at_rate(scores / np.median(scores), 0.1)[0]
+
+
+@pytest.mark.parametrize("changes", [dict(name="sigma"), dict(name="mean_std", std_multiple=float("nan")),
+                                     dict(name="percentile", clean_percentile=101.0),
+                                     dict(name="mean_std", std_multiple=-1.0)])
+def test_bad_rules_are_refused(changes):
+    with pytest.raises(InputError):
+        ThresholdRule(**changes)

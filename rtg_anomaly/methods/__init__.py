@@ -8,12 +8,16 @@ everything else (see ``base.py`` for the contract). ``global_descriptor`` is the
 from __future__ import annotations
 
 from ..config import DetectorConfig
-from .base import FitPlan, PatchMethod
+from .base import FitPlan, PatchMethod, TileFeatures
+from .centroid import Centroid
 from .global_descriptor import GlobalDescriptor
+from .padim import PaDiM
 from .patchcore import PatchCore
 
 METHODS: dict[str, type[PatchMethod]] = {
     PatchCore.name: PatchCore,
+    PaDiM.name: PaDiM,
+    Centroid.name: Centroid,
 }
 
 
@@ -30,4 +34,5 @@ def create_method(config: DetectorConfig) -> PatchMethod:
     return method_class(config.method)(config)
 
 
-__all__ = ["METHODS", "FitPlan", "GlobalDescriptor", "PatchCore", "PatchMethod", "create_method", "method_class"]
+__all__ = ["METHODS", "Centroid", "FitPlan", "GlobalDescriptor", "PaDiM", "PatchCore", "PatchMethod", "TileFeatures", "create_method",
+           "method_class"]

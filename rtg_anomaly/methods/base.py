@@ -19,12 +19,24 @@ units, e.g. PatchCore its PCA, from the first ``finish``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 import torch
 
 from ..config import DetectorConfig
+
+
+class TileFeatures(NamedTuple):
+    """Patch features of a scan's tiles as the backbone gives them.
+
+    features: float32 (T, h, w, D) on the device, T tiles of an h x w patch grid.
+    valid: bool (T, h, w) on the same device: True where the patch centre lies inside the scan (tiles
+        at the far edges of a scan are padded; their outer patches see padding only).
+    """
+
+    features: torch.Tensor
+    valid: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -56,9 +68,9 @@ class PatchMethod:
         """Start a fit: forget any previous one."""
         raise NotImplementedError
 
-    def learn(self, features: torch.Tensor) -> None:
-        """Learn from one view of one clean scan: float32 (n, D) patch features (patch centres inside
-        the scan), on the backbone's device."""
+    def learn(self, features: torch.Tensor, valid: torch.Tensor) -> None:
+        """Learn from one view of one clean scan: its tiles' float32 (T, h, w, D) patch features and the
+        bool (T, h, w) mask of patches inside the scan (see TileFeatures), on the backbone's device."""
         raise NotImplementedError
 
     def finish(self, device: torch.device) -> None:
@@ -71,10 +83,11 @@ class PatchMethod:
         """Called before scoring on ``device`` with the backbone run by ``runtime`` ("torch" or
         "openvino"): a method may upload its state or compile an operator here (cache it)."""
 
-    def score(self, features: torch.Tensor) -> torch.Tensor:
+    def score(self, features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Raw anomaly scores (higher = more anomalous) of a batch of tiles' patches.
 
-        features: float (B, h, w, D) on the device given to ``prepare``.
+        features: float (B, h, w, D) on the device given to ``prepare``; valid: bool (B, h, w), the
+        patches inside the scan (the others' scores are ignored, but a method may not pool them in).
         Returns float32 (B, h, w) on the same device.
         """
         raise NotImplementedError

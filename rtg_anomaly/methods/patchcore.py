@@ -49,7 +49,8 @@ class PatchCore(PatchMethod):
         self._per_view_sample = max(256, PCA_SAMPLE_TOTAL // max(1, plan.training_views))
         self.pca_ = None
 
-    def learn(self, features: torch.Tensor) -> None:
+    def learn(self, features: torch.Tensor, valid: torch.Tensor) -> None:
+        features = features[valid]  # (n, D): PatchCore pools patches, wherever they sit
         if self.pca_ is None:  # the first round also samples rows for the PCA
             rows = random_rows(features.shape[0], self._per_view_sample, self.config.seed + self._views_learned)
             self._pca_samples.append(features[torch.from_numpy(rows).to(features.device)].cpu().numpy())
@@ -87,7 +88,7 @@ class PatchCore(PatchMethod):
             self._on_device = (bank, (bank * bank).sum(1))
         return self._on_device
 
-    def score(self, features: torch.Tensor) -> torch.Tensor:
+    def score(self, features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         b, h, w, d = features.shape
         queries = self.pca_.transform(features.reshape(-1, d))
         bank, bank_norms = self.device_bank(features.device)
