@@ -131,6 +131,11 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                                          "distance of each tile to the clean tiles' mean); stored in the bundle")
     parser.add_argument("--padim-features", type=_positive_int,
                         help="with --method padim: random feature channels kept (default 100)")
+    parser.add_argument("--epochs", type=_positive_int,
+                        help="with --method svdd: training epochs over the cached clean patch features (default 10)")
+    parser.add_argument("--pretrain", choices=("none", "rotation"),
+                        help="with --method svdd: rotation: first train the head to tell how a clean tile was "
+                             "rotated (4 backbone passes per training scan); none: off (default)")
     parser.add_argument("--backbone", help="timm model name (default vit_small_patch14_dinov2)")
     parser.add_argument("--weights", help="local weights file for the backbone ('random': untrained, for tests)")
     parser.add_argument("--tile-size", type=_positive_int, help="tile side in scan pixels (default 512)")
@@ -236,7 +241,8 @@ def _config_from_args(args: argparse.Namespace):
     from .config import DetectorConfig
 
     overrides = {
-        "method": args.method, "padim_features": args.padim_features,
+        "method": args.method, "padim_features": args.padim_features, "svdd_epochs": args.epochs,
+        "svdd_pretrain": args.pretrain,
         "backbone": args.backbone, "weights": args.weights, "tile_size": args.tile_size, "overlap": args.overlap,
         "input_size": args.input_size, "pca_dim": args.pca_dim, "pca_whiten": args.pca_whiten,
         "coreset_ratio": args.coreset_ratio,
@@ -317,6 +323,7 @@ def _run_fit(args: argparse.Namespace) -> int:
     detector.fit(paths, progress=not args.quiet, on_bad_image=_warn_skipped, false_alarm_rate=args.false_alarm_rate,
                  threshold_rule=_threshold_rule(args))
     detector.save(model_dir)
+    curve = _write_loss_curve(detector, model_dir)
     info, calibration = detector.fit_info_, detector.calibration_
     for warning in calibration.warnings:
         print(f"rtg-anomaly: warning: {warning}", file=sys.stderr)
@@ -324,8 +331,40 @@ def _run_fit(args: argparse.Namespace) -> int:
           f"{detector.method_.name}, {detector.method_.describe()} from {info['patches_seen']} patches, "
           f"image threshold {calibration.image_threshold:.3f}, {time.perf_counter() - started:.1f} s on {device} "
           f"({detector.extractor.runtime}); "
-          f"saved to {model_dir}")
+          f"saved to {model_dir}" + (f"; loss curve {curve}" if curve else ""))
     return EXIT_OK
+
+
+def _write_loss_curve(detector, model_dir: Path) -> Path | None:
+    """For a method that trains, its per-epoch losses as ``<bundle>.loss.png`` beside the bundle (a bundle
+    folder holds its manifest and arrays only); None for the others."""
+    history = detector.fit_info_.get("loss_history")
+    if not history or not any(history.values()):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    from .atomic import replacing
+
+    path = model_dir.parent / f"{model_dir.name}.loss.png"
+    figure, axis = plt.subplots(figsize=(6, 3.5), dpi=100)
+    for name, losses in history.items():
+        if losses:
+            axis.plot(range(1, len(losses) + 1), losses, marker="o", label=name)
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("mean loss")
+    axis.set_yscale("log")
+    axis.set_title(f"{detector.method_.name}: training loss")
+    axis.legend()
+    figure.tight_layout()
+    with replacing(path) as tmp:
+        figure.savefig(tmp, format="png")
+    plt.close(figure)
+    return path
 
 
 def _note_runtime(detector) -> str:

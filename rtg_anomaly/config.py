@@ -35,6 +35,9 @@ class DetectorConfig:
         ``padim_features`` seeded random channels; ``"centroid"``: cosine distance of each tile's mean
         embedding to the clean tiles' centroid).
     padim_features: channels PaDiM keeps (a seeded random subset; all when the backbone has fewer).
+    svdd_dim, svdd_epochs, svdd_pretrain, svdd_cache_rows: Deep SVDD's output size, training epochs,
+        ``"none"`` or ``"rotation"`` (self-supervised rotation pretraining of its head first), and the
+        bound on the clean patch features cached for training (float16 rows).
     backbone: timm model name.
     weights: local weights file; ``None`` picks the bundled file for the default
         backbone (else the hub weights the normal timm way); ``"random"`` means
@@ -96,6 +99,10 @@ class DetectorConfig:
     memory_bank_size: int | None = None
     k: int = 1
     padim_features: int = 100
+    svdd_dim: int = 128
+    svdd_epochs: int = 10
+    svdd_pretrain: str = "none"
+    svdd_cache_rows: int = 100_000
     smoothing_sigma: float = 0.5
     image_score: str = "patch_top_mean"
     top_fraction: float = 0.001
@@ -134,6 +141,10 @@ class DetectorConfig:
             (self.memory_bank_size is None or self.memory_bank_size >= 1, "memory_bank_size must be >= 1"),
             (self.k >= 1, "k must be >= 1"),
             (1 <= self.padim_features <= 4096, "padim_features must be in [1, 4096]"),
+            (1 <= self.svdd_dim <= 4096, "svdd_dim must be in [1, 4096]"),
+            (1 <= self.svdd_epochs <= 10_000, "svdd_epochs must be in [1, 10000]"),
+            (self.svdd_pretrain in ("none", "rotation"), "svdd_pretrain must be 'none' or 'rotation'"),
+            (1_000 <= self.svdd_cache_rows <= 50_000_000, "svdd_cache_rows must be in [1000, 50000000]"),
             (self.smoothing_sigma >= 0.0, "smoothing_sigma must be >= 0"),
             (self.image_score in IMAGE_SCORE_RULES, f"image_score must be one of {IMAGE_SCORE_RULES}"),
             (0.0 < self.top_fraction <= 1.0, "top_fraction must be in (0, 1]"),

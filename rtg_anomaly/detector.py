@@ -318,6 +318,7 @@ class Detector:
         started = time.perf_counter()
         n_views = 1 + len(config.augment)
         method = create_method(config)
+        method.show_progress = progress
         method.begin(FitPlan(training_views=len(train_items) * n_views, all_views=len(images) * n_views))
         global_score = GlobalDescriptor() if self._uses_descriptors else None
         n_train, kinds, counts = 0, collections.Counter(), {"patches": 0}
@@ -329,11 +330,16 @@ class Detector:
                 continue
             kinds[scan_kind(image)] += 1
             # One view in memory at a time: a copy of a large scan per augmentation would add up.
-            for view in itertools.chain([image], augmented_views(image, config.augment)):
+            for view_index, view in enumerate(itertools.chain([image], augmented_views(image, config.augment))):
                 tiles, _ = self._with_host_fallback(lambda: self.tile_features(view))
                 self._learn(method, global_score, tiles, counts)
+                if view_index == 0 and method.auxiliary_views:
+                    method.learn_auxiliary("upright", *tiles)
+                    for name, extra in zip(method.auxiliary_views, augmented_views(image, method.auxiliary_views)):
+                        extra_tiles, _ = self._with_host_fallback(lambda: self.tile_features(extra))
+                        method.learn_auxiliary(name, *extra_tiles)
             n_train += 1
-            bar.set_postfix(getattr(method, "progress", None) or {"patches": counts["patches"]})
+            bar.set_postfix(method.progress_postfix() or {"patches": counts["patches"]})
         if n_train == 0:
             bar.close()
             raise InputError("none of the clean images could be read")

@@ -17,14 +17,14 @@ from rtg_anomaly.methods.centroid import tile_embeddings
 from rtg_anomaly.methods.padim import oas_shrink
 from tests.conftest import TINY_CLI_FLAGS, tiny_config
 
-NEW_METHODS = ["padim", "centroid"]
+NEW_METHODS = ["padim", "centroid", "svdd"]
 
 
 def test_table_names_every_method_and_unknown_names_are_refused():
-    assert list(METHODS) == ["patchcore", "padim", "centroid"]
+    assert list(METHODS) == ["patchcore", "padim", "centroid", "svdd"]
     for name, cls in METHODS.items():
         assert cls.name == name
-    with pytest.raises(ConfigError, match="unknown method 'nope'; choose one of: patchcore, padim, centroid"):
+    with pytest.raises(ConfigError, match="unknown method 'nope'; choose one of: patchcore, padim, centroid, svdd"):
         DetectorConfig(method="nope")
 
 
@@ -105,7 +105,7 @@ def test_tile_embedding_ignores_patches_outside_the_scan():
 @pytest.fixture(scope="module", params=NEW_METHODS)
 def method_detector(request, demo_data):
     paths = sorted((demo_data / "train" / "good").iterdir())
-    return Detector(tiny_config(method=request.param, padim_features=8), device="cpu").fit(paths)
+    return Detector(tiny_config(method=request.param, padim_features=8, svdd_epochs=3), device="cpu").fit(paths)
 
 
 def test_fit_save_load_detect_round_trip(method_detector, demo_data, tmp_path):
@@ -185,7 +185,7 @@ def test_cli_unknown_method_is_one_line_listing_the_known_ones(demo_data, tmp_pa
                  "--method", "nope", *TINY_CLI_FLAGS])
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 2 and len(err) == 1
-    assert "patchcore, padim, centroid" in err[0] and not (tmp_path / "m").exists()
+    assert "patchcore, padim, centroid, svdd" in err[0] and not (tmp_path / "m").exists()
 
 
 def test_cli_threshold_rule_is_recorded_in_the_bundle_and_the_report(demo_data, tmp_path, capsys):
@@ -217,3 +217,50 @@ def test_cli_bad_threshold_rule_value_is_one_line_before_any_work(demo_data, tmp
                  "--threshold-rule", "percentile", "--clean-percentile", "250", *TINY_CLI_FLAGS])
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 2 and len(err) == 1 and "percentile" in err[0] and not (tmp_path / "m").exists()
+
+
+# ---------------------------------------------------------------- Deep SVDD
+def test_svdd_head_has_no_bias_and_the_centre_stays_off_zero(demo_data):
+    from rtg_anomaly.methods.svdd import CENTRE_MIN
+
+    paths = sorted((demo_data / "train" / "good").iterdir())
+    detector = Detector(tiny_config(method="svdd", svdd_epochs=4), device="cpu").fit(paths)
+    method = detector.method_
+    assert set(method.to_arrays()) == {"svdd_input_mean", "svdd_input_scale", "svdd_first", "svdd_second",
+                                       "svdd_centre"}  # weights only: no bias arrays exist to store
+    assert (np.abs(method.centre_) >= CENTRE_MIN - 1e-7).all()
+    losses = detector.fit_info_["loss_history"]["svdd"]
+    assert len(losses) == 4 and losses[-1] < losses[0]  # training pulled clean patches to the centre
+    assert detector.fit_info_["loss_history"]["rotation"] == []
+
+
+def test_svdd_feature_cache_is_bounded():
+    method = create_method(tiny_config(method="svdd", svdd_cache_rows=1000, svdd_epochs=1))
+    method.begin(FitPlan(training_views=4, all_views=5))
+    for _ in range(4):
+        method.learn(torch.randn(30, 4, 4, 8), torch.ones(30, 4, 4, dtype=torch.bool))
+    assert sum(rows.shape[0] for rows in method._cache) == 1000 and method._cache[0].dtype == torch.float16
+    method.finish(torch.device("cpu"))
+    assert method.centre_.shape == (128,)
+
+
+def test_svdd_rotation_pretraining_sees_four_labelled_views(demo_data, tmp_path, capsys):
+    model = tmp_path / "model"
+    assert main(["fit", "--clean-dir", str(demo_data / "train" / "good"), "--model", str(model), "--method", "svdd",
+                 "--pretrain", "rotation", "--epochs", "2", *TINY_CLI_FLAGS]) == 0
+    out = capsys.readouterr().out
+    curve = tmp_path / "model.loss.png"
+    assert curve.is_file() and str(curve) in out
+    manifest = json.loads((model / "manifest.json").read_text())
+    assert manifest["method"]["params"]["svdd_pretrain"] == "rotation"
+    assert len(manifest["fit"]["loss_history"]["rotation"]) == 2
+    assert sorted(p.name for p in model.iterdir()) == sorted(["manifest.json", *[f"{n}.npy" for n in manifest["arrays"]]])
+
+
+def test_svdd_rotation_cache_labels_every_view():
+    method = create_method(tiny_config(method="svdd", svdd_pretrain="rotation", svdd_epochs=1))
+    assert method.auxiliary_views == ("rot90", "rot180", "rot270")
+    method.begin(FitPlan(training_views=1, all_views=1))
+    for view in ("upright", "rot90", "rot180", "rot270"):
+        method.learn_auxiliary(view, torch.randn(3, 2, 2, 8), torch.ones(3, 2, 2, dtype=torch.bool))
+    assert [label for _, label in method._rotation_cache] == [0, 1, 2, 3]

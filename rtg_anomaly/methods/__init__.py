@@ -13,11 +13,13 @@ from .centroid import Centroid
 from .global_descriptor import GlobalDescriptor
 from .padim import PaDiM
 from .patchcore import PatchCore
+from .svdd import DeepSVDD
 
 METHODS: dict[str, type[PatchMethod]] = {
     PatchCore.name: PatchCore,
     PaDiM.name: PaDiM,
     Centroid.name: Centroid,
+    DeepSVDD.name: DeepSVDD,
 }
 
 
@@ -34,5 +36,5 @@ def create_method(config: DetectorConfig) -> PatchMethod:
     return method_class(config.method)(config)
 
 
-__all__ = ["METHODS", "Centroid", "FitPlan", "GlobalDescriptor", "PaDiM", "PatchCore", "PatchMethod", "TileFeatures", "create_method",
+__all__ = ["METHODS", "Centroid", "DeepSVDD", "FitPlan", "GlobalDescriptor", "PaDiM", "PatchCore", "PatchMethod", "TileFeatures", "create_method",
            "method_class"]

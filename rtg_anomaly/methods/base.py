@@ -59,9 +59,13 @@ class PatchMethod:
     """
 
     name: ClassVar[str] = ""
+    # Extra views of each training scan (augmentation names) that ``learn_auxiliary`` wants, e.g. rotations
+    # for a self-supervised pretext task; the pipeline then also passes the upright view as "upright".
+    auxiliary_views: tuple[str, ...] = ()
 
     def __init__(self, config: DetectorConfig):
         self.config = config
+        self.show_progress = False  # set by the pipeline: a method that trains may show a progress bar
 
     # ------------------------------------------------------------------ fit
     def begin(self, plan: FitPlan) -> None:
@@ -72,6 +76,14 @@ class PatchMethod:
         """Learn from one view of one clean scan: its tiles' float32 (T, h, w, D) patch features and the
         bool (T, h, w) mask of patches inside the scan (see TileFeatures), on the backbone's device."""
         raise NotImplementedError
+
+    def learn_auxiliary(self, view: str, features: torch.Tensor, valid: torch.Tensor) -> None:
+        """One auxiliary view ("upright" or a name from ``auxiliary_views``) of a training scan, shaped as in
+        ``learn``. Only called when ``auxiliary_views`` is not empty."""
+
+    def progress_postfix(self) -> dict:
+        """Figures for the fit progress bar (e.g. the memory bank's size so far)."""
+        return {}
 
     def finish(self, device: torch.device) -> None:
         """Build (first call) or rebuild (after more ``learn`` calls) the fitted state; ``device`` is where

@@ -66,8 +66,7 @@ class PatchCore(PatchMethod):
         bank_cap = config.memory_bank_size or config.max_bank_size
         self._set_bank(self.pca_.transform_numpy(self._builder.finish(bank_cap, device).numpy()))
 
-    @property
-    def progress(self) -> dict:
+    def progress_postfix(self) -> dict:
         """Patches seen and the pool's current size, for a progress bar."""
         builder = self._builder
         return {} if builder is None else {"patches": builder.patches_seen, "bank": builder.pool_size}
