@@ -24,7 +24,8 @@ from .openvino_runtime import RuntimeUnavailable, compile_for_cpu
 CUDA_AUTOCAST_DTYPE = torch.float16
 # Weights shipped with the project so the default works offline on a fresh machine.
 BUNDLED_WEIGHTS = {DEFAULT_BACKBONE: "vit_small_patch14_dinov2.imgfocus_fp16.safetensors",
-                   "tf_efficientnet_lite0": "tf_efficientnet_lite0.in1k_fp16.safetensors"}
+                   "tf_efficientnet_lite0": "tf_efficientnet_lite0.in1k_fp16.safetensors",
+                   "mobilenetv2_100": "mobilenetv2_100.in1k_nohead_fp16.safetensors"}
 
 
 class BackboneError(InputError):

@@ -169,3 +169,22 @@ def test_ablation_rows_group_by_the_flags_they_were_measured_on():
     assert [base for base, _ in groups] == [entry["dataset_flags"], ["--layers", "4,6"]]
     assert [[v["variant"] for v in group["variants"]] for _, group in groups] == [
         [[], ["--pca-dim", "64"]], [["--k", "3"]]]
+
+
+def test_methods_table_runs_every_method_without_dataset_flags(tmp_path, one_thread):
+    write_demo_dataset(tmp_path / "synthetic_demo", n_clean_train=4, n_clean_test=2, n_anomalous=2,
+                       height=96, seed=1)
+    out = tmp_path / "docs" / "benchmarks.md"
+    code = bq.main(["--data-root", str(tmp_path), "--datasets", "synthetic_demo", "--device", "cpu",
+                    "--methods", "patchcore,padim,centroid,svdd", "--extra-flags", TINY_FLAGS + " --epochs 2",
+                    "--output", str(out)])
+    assert code == 0
+    rows = json.loads(out.with_suffix(".json").read_text())["sections"]["methods"]["datasets"]["synthetic_demo"]
+    assert sorted(rows) == ["dinov2/centroid", "dinov2/padim", "dinov2/patchcore", "dinov2/svdd"]
+    for key, row in rows.items():
+        assert row["method"] == key.split("/")[1] and row["bundle_bytes"] > 0
+        assert 0.0 <= row["image_auroc"] <= 1.0
+    page = out.read_text()
+    assert "## Which method?" in page and "| synthetic_demo | dinov2 | svdd |" in page
+    assert bq.main(["--data-root", str(tmp_path), "--datasets", "synthetic_demo", "--methods", "svm",
+                    "--output", str(out)]) == 2
