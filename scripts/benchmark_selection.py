@@ -70,9 +70,17 @@ def _real(config: DetectorConfig, eval_set, device: str) -> dict:
             "detect_ms": metrics["detect_ms_per_image"]}
 
 
-def run_dataset(name: str, data_root: Path, weights_dir: Path, device: str) -> dict:
+def run_dataset(name: str, data_root: Path, weights_dir: Path, device: str, defaults_only: bool = False) -> dict:
     eval_set = load_mvtec_folder(data_root / name)
     base = DetectorConfig()
+    if defaults_only:  # the headline's first columns alone: one plain fit, no selection
+        print(f"== {name}: defaults only", flush=True)
+        real = _real(base, eval_set, device)
+        print(f"  defaults: real image {real['image_auroc']:.3f} pixel {real['pixel_auroc'] or float('nan'):.3f}",
+              flush=True)
+        return {"dataset": name, "defaults_only": True, "selection": None, "selection_seconds": None,
+                "rows": [{"name": "defaults", "config": base.to_dict(), "real": real, "synthetic": None,
+                          "selected": False}], "spearman": {}, "n_candidates": 0}
     print(f"== {name}: selecting on {len(eval_set.train_paths)} clean training scans", flush=True)
     selection = select_config(eval_set.train_paths, base, device=device, progress=lambda line: print(line, flush=True))
     print(selection.summary(), flush=True)
@@ -128,6 +136,12 @@ def render(results: dict) -> str:
             continue
         rows = entry["rows"]
         default = rows[0]["real"]
+        if entry.get("defaults_only"):  # selection not run for this dataset: the defaults' operator figures
+            lines.append(f"| {name} | {_fmt(default['image_auroc'])} | {_fmt(default['pixel_auroc'])} | "
+                         f"{_fmt(default['aupro'])} | not run | – | – | – | defaults: "
+                         f"{default['false_alarms']}/{default['n_good']} | defaults: {_fmt(default['recall'], 2)} "
+                         f"| see benchmarks.md |")
+            continue
         chosen = next((r for r in rows if r["selected"]), None)
         tuned = rows[-1]["real"]
         c = chosen["real"] if chosen else {}
@@ -141,7 +155,7 @@ def render(results: dict) -> str:
               "| dataset | candidates | ρ (image AUROC) | ρ (pixel AUROC) | selection time s |", "|---|---|---|---|---|"]
     for name in DATASETS:
         entry = results.get("datasets", {}).get(name)
-        if entry:
+        if entry and not entry.get("defaults_only"):
             rho = entry["spearman"]
             lines.append(f"| {name} | {entry['n_candidates']} | {_fmt(rho.get('image_auroc'), 2)} | "
                          f"{_fmt(rho.get('pixel_auroc'), 2)} | {entry['selection_seconds']:.0f} |")
@@ -171,6 +185,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--output", default=str(REPO_ROOT / "docs" / "selection.json"))
     parser.add_argument("--render-only", action="store_true")
+    parser.add_argument("--defaults-only", action="store_true",
+                        help="only the defaults row (one plain fit and evaluation per dataset, no selection)")
     args = parser.parse_args(argv)
     output = Path(args.output)
     results = json.loads(output.read_text()) if output.exists() else {"datasets": {}}
@@ -179,12 +195,13 @@ def main(argv=None) -> int:
         weights_dir = Path(args.weights_dir) if args.weights_dir else data_root.parent / "weights"
         os.environ.setdefault("RTG_ANOMALY_BACKBONES", str(weights_dir))
         for name in [d for d in args.datasets.split(",") if d]:
-            entry = run_dataset(name, data_root, weights_dir, args.device)
+            entry = run_dataset(name, data_root, weights_dir, args.device, defaults_only=args.defaults_only)
             entry["run"] = {"date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                             "machine": f"{os.cpu_count()} CPUs, torch {torch.__version__}, device "
                                        f"{resolve_device(args.device)}, Python {platform.python_version()}",
                             "command": "python scripts/benchmark_selection.py --datasets " + name +
-                                       ("" if args.device == "auto" else f" --device {args.device}")}
+                                       ("" if args.device == "auto" else f" --device {args.device}") +
+                                       (" --defaults-only" if args.defaults_only else "")}
             results["datasets"][name] = entry
             output.write_text(json.dumps(results, indent=1) + "\n")
     output.with_suffix(".md").write_text(render(results))

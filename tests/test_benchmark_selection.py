@@ -54,3 +54,17 @@ def test_one_dataset_records_every_candidate_the_choice_and_the_correlation(scri
     assert "## Headline: no per-dataset flags" in page
     assert f"| demo | {entry['rows'][0]['real']['image_auroc']:.3f} |" in page
     assert "**(chosen)**" in page and "tuned on the test set" in page
+
+
+def test_defaults_only_records_one_row_and_renders_without_selection(script, tmp_path, monkeypatch):
+    tiny = DetectorConfig(backbone="vit_small_patch14_dinov2", weights="random", model_kwargs=TINY_MODEL, layers=(1,),
+                          tile_size=64, input_size=56, pca_dim=8)
+    monkeypatch.setattr(script, "DetectorConfig", lambda: tiny)
+    write_demo_dataset(tmp_path / "data" / "demo", n_clean_train=5, n_clean_test=2, n_anomalous=2, height=96, seed=2,
+                       fmt="png")
+    entry = script.run_dataset("demo", tmp_path / "data", tmp_path, "cpu", defaults_only=True)
+    assert entry["defaults_only"] and [r["name"] for r in entry["rows"]] == ["defaults"]
+    assert 0.0 <= entry["rows"][0]["real"]["image_auroc"] <= 1.0
+    monkeypatch.setattr(script, "DATASETS", ["demo"])
+    page = script.render({"datasets": {"demo": entry}})
+    assert "| demo | " in page and "not run" in page
