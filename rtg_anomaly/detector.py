@@ -14,7 +14,6 @@ import math
 import os
 import time
 import weakref
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, NamedTuple, Sequence, TypeVar
 
@@ -34,6 +33,8 @@ from .io import load_image
 from .memory_bank import random_rows
 from .methods import FitPlan, GlobalDescriptor, PatchMethod, TileFeatures, create_method, method_class
 from .overlay import percentile_mask, percentile_mask_torch, render_overlay, render_overlay_torch
+from .results import (AnomalyResult, ImageTooSmallError, NonFiniteScanError, NotFittedError, RawScores,
+                      UnusableScanError)
 from .scan_kinds import kind_mismatch, mixed_kinds, scan_kind
 from .stitching import DeviceMapStitcher, MapStitcher, gaussian_smooth, gaussian_smooth_torch
 from .tiling import extract_tiles, pad_to_tile, tile_grid
@@ -44,29 +45,6 @@ MAP_SCORE_RULE = "patch_top_mean"
 CALIBRATION_PIXELS_PER_SCAN = 20_000
 
 T = TypeVar("T")
-
-
-class RawScores(NamedTuple):
-    """One scan's scores in raw (uncalibrated) units.
-
-    anomaly_map: float32 (H, W), stitched and smoothed; None when a GPU run was asked to leave it on the
-        device (``device_map``).
-    patch_scores: float32 (n,), the method's score of every patch whose centre lies in
-        the scan (a patch in the overlap of two tiles counts once per tile).
-    features: every tile's raw patch features with the mask of those inside the scan (on the device), or
-        None when not kept.
-    descriptor: float32 (2 * D,) whole-scan descriptor, or None when the image
-        score does not use one.
-    device_map, device_scan: on the GPU path, ``anomaly_map`` as it was on the device and the
-        windowed scan (float32 in [0, 1], padded to a tile) the tiles were cut from; else None.
-    """
-
-    anomaly_map: np.ndarray | None
-    patch_scores: np.ndarray
-    features: TileFeatures | None
-    descriptor: np.ndarray | None = None
-    device_map: torch.Tensor | None = None
-    device_scan: torch.Tensor | None = None
 
 
 class _DeviceCopies(NamedTuple):
@@ -93,51 +71,6 @@ class _CleanStatistics(NamedTuple):
     map_scores: np.ndarray | None
     map_maxima: np.ndarray
     pixel_samples: np.ndarray
-
-
-class NotFittedError(RuntimeError):
-    """The detector was used before ``fit`` or ``load``."""
-
-
-class UnusableScanError(InputError):
-    """The detector cannot score this array: not a grey or RGB image of real numbers."""
-
-
-class ImageTooSmallError(UnusableScanError):
-    """The scan cannot hold a single backbone patch."""
-
-
-class NonFiniteScanError(UnusableScanError):
-    """A float scan holds NaN or infinite pixel values: no score of it would mean anything."""
-
-
-@dataclass
-class AnomalyResult:
-    """Outcome of scoring one scan.
-
-    heatmap: float32 (H, W), same size as the scan, calibrated units (1.0 = the
-        clean level), smoothed, before any display threshold.
-    score: image-level anomaly score in calibrated units (higher = more anomalous).
-    anomalous: score > image_threshold.
-    image_threshold, pixel_threshold: the calibrated thresholds used.
-    window: raw intensity (low, high) mapped to [0, 1] for this scan.
-    timings: seconds per stage (backbone, knn, stitch, smooth).
-    fallback: why the scan's pixel work (tiling, stitching, smoothing) ran on the host although the
-        detector runs on a GPU (the GPU ran out of memory for it), else None. The heatmap is then the
-        CPU path's, which the GPU path matches to float32 rounding.
-    warnings: one-line caveats about this score, e.g. a scan of another kind (dtype, grey/RGB) than
-        the clean scans the model was fitted on (see ``scan_kinds``).
-    """
-
-    heatmap: np.ndarray
-    score: float
-    anomalous: bool
-    image_threshold: float
-    pixel_threshold: float
-    window: tuple[float, float]
-    timings: dict[str, float] = field(default_factory=dict)
-    fallback: str | None = None
-    warnings: list[str] = field(default_factory=list)
 
 
 class Detector:
