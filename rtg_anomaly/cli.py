@@ -669,7 +669,8 @@ def _write_scan(scored: _ScoredScan, overlay_path: Path, heatmap_path: Path | No
     if thumbnails:
         from .html_report import thumbnail_uri
 
-        pictures = {"overlay": thumbnail_uri(picture, 480), "triptych": thumbnail_uri(triptych, 960)}
+        flagged = result.heatmap >= result.pixel_threshold
+        pictures = {"overlay": thumbnail_uri(picture, 480, flagged), "triptych": thumbnail_uri(triptych, 960)}
     return entry, pictures
 
 

@@ -85,11 +85,18 @@ def check_colormap(name: str) -> None:
 
 
 def display_scale(pixel_threshold: float, color_range: tuple[float, float]) -> tuple[float, float, float]:
-    """(low, threshold, high) of the fixed colour scale, calibrated units; high is kept above the threshold
-    (a ``color_range`` topping out below it would leave no warm part)."""
+    """(low, threshold, high) of the fixed colour scale, calibrated units.
+
+    high is kept above the threshold (a ``color_range`` topping out below it would leave no warm part).
+    A low at or above the threshold (the demo's pixel threshold, 0.97, lies under the clean level 1.0)
+    would leave no cold part for percentile mode: the cold part then reaches as far below the threshold
+    as the warm part above it.
+    """
     low, high = color_range
     threshold = float(pixel_threshold)
-    return float(low), threshold, max(float(high), threshold + 1e-6)
+    high = max(float(high), threshold + 1e-6)
+    low = float(low) if low < threshold else threshold - (high - threshold)
+    return low, threshold, high
 
 
 def display_levels(values: np.ndarray, hot: np.ndarray, scale: tuple[float, float, float], style: DisplayStyle) -> np.ndarray:

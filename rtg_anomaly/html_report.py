@@ -20,15 +20,28 @@ import numpy as np
 from .atomic import write_text
 
 
-def thumbnail_uri(picture: np.ndarray, max_width: int, quality: int = 85) -> str:
+def thumbnail_uri(picture: np.ndarray, max_width: int, flagged: np.ndarray | None = None, quality: int = 85) -> str:
     """``data:image/jpeg;base64,...`` of ``picture`` (uint8 (H, W, 3) RGB) shrunk to at most ``max_width``
-    pixels wide (area averaging, aspect kept)."""
+    pixels wide (area averaging, aspect kept).
+
+    flagged: bool (H, W) of the pixels at or above the pixel threshold (the top H rows of ``picture``):
+    their alert ring is drawn again on the thumbnail, 2 px wide around them grown by 2 px, since shrinking
+    would fade the scan-sized ring and a small region would vanish from the page.
+    """
     import cv2
+
+    from .display import draw_outline
 
     height, width = picture.shape[:2]
     if width > max_width:
-        picture = cv2.resize(picture, (max_width, max(1, round(height * max_width / width))),
-                             interpolation=cv2.INTER_AREA)
+        size = (max_width, max(1, round(height * max_width / width)))
+        picture = cv2.resize(picture, size, interpolation=cv2.INTER_AREA)
+        if flagged is not None and flagged.any():
+            rows = max(1, round(flagged.shape[0] * max_width / width))
+            small = cv2.resize(flagged.astype(np.float32), (max_width, rows), interpolation=cv2.INTER_AREA) > 0
+            # Grown by 2 px so that the ring frames even a one-pixel region instead of being a dot.
+            small = cv2.dilate(small.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+            draw_outline(picture[:rows], small, thickness=2)
     ok, data = cv2.imencode(".jpg", cv2.cvtColor(np.ascontiguousarray(picture), cv2.COLOR_RGB2BGR),
                             [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
@@ -98,8 +111,11 @@ main{padding:.6em 1em}
 .badge.suspect{background:#e0413a;color:#fff}.badge.clean{background:#3aa655;color:#fff}.badge.error{background:#d99a1e;color:#000}
 .name{font-weight:bold}.score{margin-left:1em}.links{margin-left:1em;font-size:.9em}
 a{color:#8cc4ff}
-.body{display:flex;gap:1em;flex-wrap:wrap;margin-top:.4em}
-.thumbs img{max-width:480px;max-height:240px;margin-right:.5em;border:1px solid #444}
+.body{display:flex;gap:1em;flex-wrap:wrap;align-items:flex-start;margin-top:.4em}
+.thumbs{display:flex;gap:.5em;flex-wrap:wrap;align-items:flex-start}
+.thumbs img{max-height:220px;border:1px solid #444}
+.overlay-link img{max-width:400px}.triptych-link img{max-width:480px}
+.details{min-width:240px;flex:1}
 .path{color:#888;font-size:.8em;margin:0 0 .3em 0;word-break:break-all}
 .warning{color:#f0c060;font-size:.9em}
 .regions{border-collapse:collapse;font-size:.85em}.regions td,.regions th{border:1px solid #444;padding:.1em .4em;text-align:right}

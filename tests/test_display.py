@@ -176,3 +176,10 @@ def test_bad_style_values_are_one_line_errors(changes, message):
 def test_bad_colour_map_names_where_to_find_valid_ones():
     with pytest.raises(InputError, match="matplotlib.colormaps"):
         DisplayStyle(cmap="Jett").check()
+
+
+def test_a_scale_starting_above_the_threshold_gets_a_mirrored_cold_part():
+    assert display_scale(0.97, (1.0, 1.5)) == pytest.approx((0.44, 0.97, 1.5))
+    assert display_scale(1.3, (1.0, 1.6)) == pytest.approx((1.0, 1.3, 1.6))
+    low, threshold, high = display_scale(2.0, (1.0, 1.5))  # HIGH below the threshold: a sliver of warm part
+    assert high > threshold and low < threshold

@@ -98,3 +98,18 @@ def test_relative_link_is_percent_encoded(tmp_path):
 def test_an_unfinished_run_says_so():
     text = render_html_report([], [], {}, Path("p.html"), "m", "calibrated", complete=False)
     assert "stopped early" in text
+
+
+def test_thumbnail_keeps_a_small_flagged_region_visible():
+    import base64
+
+    import cv2
+
+    picture = np.full((400, 2000, 3), 128, np.uint8)
+    flagged = np.zeros((400, 2000), bool)
+    flagged[200:206, 1000:1006] = True  # 6 px: about one pixel once shrunk to 400 wide
+    uri = thumbnail_uri(picture, 400, flagged)
+    data = np.frombuffer(base64.b64decode(uri.split(",", 1)[1]), np.uint8)
+    small = cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB).astype(int)
+    magenta = (small[..., 0] > 170) & (small[..., 1] < 100) & (small[..., 2] > 170)
+    assert magenta[36:46, 196:206].sum() >= 8 and magenta.sum() == magenta[34:48, 194:208].sum()
