@@ -479,6 +479,7 @@ def _run_detect(args: argparse.Namespace) -> int:
     for folder in new_folders:
         folder.mkdir(exist_ok=True)
     runtime = _note_runtime(detector)
+    gpu = _gpu_of(args.device)
     entries, errors, rows = [], [], []
     thumbnails: dict[str, dict] = {}  # scan path -> its pictures for the HTML page, small and encoded
     warned = collections.Counter()  # warning -> number of scans; each is printed for its first scan only
@@ -532,7 +533,7 @@ def _run_detect(args: argparse.Namespace) -> int:
                         disable=args.quiet or len(jobs) < 2)
         for (path, overlay_path, heatmap_path, triptych_path), loaded in progress:
             try:
-                scored = _score_scan(detector, path, loaded.result(), args)
+                scored = _score_scan(detector, path, loaded.result(), args, gpu)
             except InputError as exc:
                 while writing:  # the scans before this one first, so that the report keeps the input order
                     record(*writing.popleft())
@@ -572,6 +573,14 @@ def _run_detect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _gpu_of(device: str):
+    """The CUDA torch device ``--device`` names (auto: when present), else None."""
+    from .features import resolve_device
+
+    resolved = resolve_device(device)
+    return resolved if resolved.type == "cuda" else None
+
+
 def _check_output_folder(folder: Path, flag: str, new_folders: list[Path]) -> bool:
     """InputError unless ``folder`` is a folder or can be created as one (in an existing folder or in one of
     ``new_folders``, which are created first, in order); True when it is still to be created."""
@@ -591,15 +600,38 @@ class _ScoredScan:
     result: AnomalyResult
     color_range: tuple[float, float]  # the calibration's colour scale (calibrated units)
     started: float  # time.perf_counter() when scoring began
+    picture: np.ndarray | None = None  # the overlay when it was drawn on the GPU, else None (the writer draws it)
 
 
-def _score_scan(detector, path: Path, image, args) -> _ScoredScan:
-    """Score one scan (on the detector's device); its overlay is drawn by the writer."""
+def _score_scan(detector, path: Path, image, args, gpu=None) -> _ScoredScan:
+    """Score one scan (on the detector's device). On a GPU (``gpu``: its torch device) the overlay is
+    blended there too, as fast as scoring; on the CPU the writer thread draws it while the next scan is
+    scored."""
     started = time.perf_counter()
     result = detector.score(image, source=path)  # checks the scan, naming path in an error
     if result.fallback:
         print(f"rtg-anomaly: note: {path}: {result.fallback}", file=sys.stderr)
-    return _ScoredScan(path, image, result, detector.calibration_.color_range, started)
+    scored = _ScoredScan(path, image, result, detector.calibration_.color_range, started)
+    if gpu is not None and result.fallback is None:
+        import torch
+
+        from .display_torch import render_display_torch
+
+        try:
+            scored.picture = render_display_torch(image, result.heatmap, result.pixel_threshold, args.style, gpu,
+                                                  display_mask=_display_mask(result, args),
+                                                  color_range=scored.color_range, window=result.window)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()  # the writer draws it on the host instead
+    return scored
+
+
+def _display_mask(result: AnomalyResult, args):
+    """The pixels the overlay colours: bool (H, W) in percentile mode, None (those at or above the pixel
+    threshold) in calibrated mode."""
+    from .overlay import percentile_mask
+
+    return percentile_mask(result.heatmap, args.threshold_percentile) if args.threshold == "percentile" else None
 
 
 def _render_scan(scored: _ScoredScan, regions, args) -> np.ndarray:
@@ -608,13 +640,13 @@ def _render_scan(scored: _ScoredScan, regions, args) -> np.ndarray:
 
     from .display import display_scale, render_display
     from .legend import colorbar_strip
-    from .overlay import percentile_mask
     from .regions import draw_regions
 
-    result, style = scored.result, args.style
-    mask = percentile_mask(result.heatmap, args.threshold_percentile) if args.threshold == "percentile" else None
-    picture = render_display(scored.image, result.heatmap, result.pixel_threshold, style, display_mask=mask,
-                             color_range=scored.color_range, window=result.window)
+    result, style, picture = scored.result, args.style, scored.picture
+    if picture is None:
+        picture = render_display(scored.image, result.heatmap, result.pixel_threshold, style,
+                                 display_mask=_display_mask(result, args), color_range=scored.color_range,
+                                 window=result.window)
     if args.draw_regions and regions:
         picture = draw_regions(picture, regions)
     if args.colorbar:

@@ -117,8 +117,11 @@ def display_levels(values: np.ndarray, hot: np.ndarray, scale: tuple[float, floa
 
 
 def display_map(anomaly_map: np.ndarray, pixel_threshold: float, style: DisplayStyle) -> np.ndarray:
-    """The map as shown: float32 (H, W), blurred and clipped per ``style`` (a copy; ``anomaly_map`` is
-    left alone, so the heatmap file and the scores never see it)."""
+    """The map as shown: float32 (H, W), blurred and clipped per ``style``. ``anomaly_map`` is never
+    modified (the heatmap file and the scores never see the display's changes); without blur or clip it is
+    returned as it is, uncopied."""
+    if style.blur == 0.0 and style.clip_quantile == 1.0:
+        return np.asarray(anomaly_map, dtype=np.float32)
     shown = np.array(anomaly_map, dtype=np.float32, copy=True)
     if style.blur > 0.0:
         import cv2

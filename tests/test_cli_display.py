@@ -141,3 +141,33 @@ def test_folder_run_writes_triptychs_and_an_html_page_with_every_scan(demo_data,
     assert all(t.is_file() for t in targets)
     assert {Path(e["output"]).resolve() for e in report["images"]} <= targets
     assert {Path(e["triptych"]).resolve() for e in report["images"]} <= targets
+
+
+@pytest.mark.parametrize("out_of_memory", [False, True])
+def test_overlay_blended_on_the_device_equals_the_host_one(demo_data, tiny_bundle, tmp_path, monkeypatch,
+                                                           out_of_memory):
+    import torch
+
+    import rtg_anomaly.cli as cli
+    import rtg_anomaly.display_torch as display_torch
+
+    scan = sorted((demo_data / "test" / "anomalous").iterdir())[0]
+    common = ["--input", str(scan), "--model", str(tiny_bundle), "--device", "cpu", "--quiet", "--draw-regions",
+              "--colorbar", "--threshold", "percentile"]
+    assert main(["detect", "--output", str(tmp_path / "host.png"), *common]) == 0
+    calls = []
+    real = display_torch.render_display_torch
+
+    def on_device(*args, **kwargs):
+        calls.append(args[4])
+        if out_of_memory:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return real(*args, **kwargs)
+
+    # The GPU path, run on CPU tensors: pretend --device names a GPU.
+    monkeypatch.setattr(cli, "_gpu_of", lambda device: torch.device("cpu"))
+    monkeypatch.setattr(display_torch, "render_display_torch", on_device)
+    assert main(["detect", "--output", str(tmp_path / "device.png"), *common]) == 0
+    assert calls == [torch.device("cpu")]
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "device.png")),
+                                  np.asarray(Image.open(tmp_path / "host.png")))

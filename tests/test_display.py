@@ -183,3 +183,38 @@ def test_a_scale_starting_above_the_threshold_gets_a_mirrored_cold_part():
     assert display_scale(1.3, (1.0, 1.6)) == pytest.approx((1.0, 1.3, 1.6))
     low, threshold, high = display_scale(2.0, (1.0, 1.5))  # HIGH below the threshold: a sliver of warm part
     assert high > threshold and low < threshold
+
+
+@pytest.mark.parametrize("kind", ["float", "uint16", "rgb"])
+@pytest.mark.parametrize("percentile_mode", [False, True])
+@pytest.mark.parametrize("style", [DisplayStyle(), DisplayStyle(cmap="turbo", alpha_min=0.1, alpha_max=0.9,
+                                                                 blur=2.0, clip_quantile=0.95, outline=False)])
+def test_render_display_torch_equals_numpy_on_cpu_tensors(kind, percentile_mode, style):
+    from rtg_anomaly.display_torch import render_display_torch
+
+    rng = np.random.default_rng(7)
+    heatmap = rng.uniform(0.5, 2.0, (150, 90)).astype(np.float32)
+    window = None
+    if kind == "float":
+        scan = rng.random((150, 90), dtype=np.float32)
+    elif kind == "uint16":
+        scan, window = rng.integers(0, 65535, (150, 90), dtype=np.uint16), (1000.0, 60000.0)
+    else:
+        scan = rng.random((150, 90, 3), dtype=np.float32)
+    mask = heatmap > np.quantile(heatmap, 0.5) if percentile_mode else None
+    expected = render_display(scan, heatmap, THRESHOLD, style, display_mask=mask, color_range=RANGE, window=window)
+    got = render_display_torch(scan, heatmap, THRESHOLD, style, "cpu", display_mask=mask, color_range=RANGE,
+                               window=window, rows_per_chunk=64)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_render_display_torch_with_gamma_is_within_one_step():
+    from rtg_anomaly.display_torch import render_display_torch
+
+    rng = np.random.default_rng(8)
+    heatmap = rng.uniform(0.5, 2.0, (64, 64)).astype(np.float32)
+    scan = rng.random((64, 64), dtype=np.float32)
+    style = DisplayStyle(gamma=0.5)
+    expected = render_display(scan, heatmap, THRESHOLD, style, color_range=RANGE).astype(int)
+    got = render_display_torch(scan, heatmap, THRESHOLD, style, "cpu", color_range=RANGE).astype(int)
+    assert np.abs(got - expected).max() <= 3  # a float32 pow may round one LUT step apart
