@@ -136,7 +136,7 @@ def _add_display_flags(detect: argparse.ArgumentParser) -> None:
     style = DisplayStyle()
     detect.add_argument("--colormap", default=style.cmap,
                         help=f"matplotlib colour map of the overlay (default {style.cmap}); whatever the map, pixels "
-                             "above the calibrated pixel threshold take its warm end")
+                             "at or above the calibrated pixel threshold take its warm end")
     detect.add_argument("--alpha-min", type=float, default=style.alpha_min,
                         help=f"overlay opacity at the bottom of the colour scale (default {style.alpha_min})")
     detect.add_argument("--alpha-max", type=float, default=None,
@@ -152,7 +152,7 @@ def _add_display_flags(detect: argparse.ArgumentParser) -> None:
                         help="Gaussian smoothing of the displayed map, sigma in scan pixels (default 0: off; "
                              "the heatmap file, scores and regions are unchanged)")
     detect.add_argument("--outline", action=argparse.BooleanOptionalAction, default=style.outline,
-                        help="ring the pixels above the calibrated pixel threshold in magenta (default on)")
+                        help="ring the pixels at or above the calibrated pixel threshold in magenta (default on)")
     detect.add_argument("--colorbar", action="store_true",
                         help="add a legend strip of the colour scale, in calibrated units, under each overlay")
 
@@ -565,7 +565,8 @@ def _run_detect(args: argparse.Namespace) -> int:
         for warning, count in warned.items():
             print(f"rtg-anomaly: warning: {count} of {len(entries)} scans: {warning}", file=sys.stderr)
         print(f"scored {len(entries)} scans: {flagged} suspect, {len(entries) - flagged} clean, "
-              f"{len(errors)} skipped (unreadable or unusable); overlays in {output}, triage in {csv_path}")
+              f"{len(errors)} skipped (unreadable or unusable); overlays in {output}, triage in {csv_path}"
+              f"{f', page {html}' if html else ''}")
         return EXIT_OK if entries else EXIT_BAD_INPUT
     entry = entries[0]
     print(f"{entry['input']}: score {entry['score']:.3f} (threshold {entry['threshold']:.3f}) -> "
