@@ -47,7 +47,7 @@ class DisplayStyle:
     cmap: str = "jet"
     color_range: tuple[float, float] | None = None
     alpha_min: float = 0.25
-    alpha_max: float = 0.7
+    alpha_max: float = 0.6
     gamma: float = 1.0
     clip_quantile: float = 1.0
     blur: float = 0.0
