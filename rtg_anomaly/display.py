@@ -99,7 +99,8 @@ def display_scale(pixel_threshold: float, color_range: tuple[float, float]) -> t
     return low, threshold, high
 
 
-def display_levels(values: np.ndarray, hot: np.ndarray, scale: tuple[float, float, float], style: DisplayStyle) -> np.ndarray:
+def display_levels(values: np.ndarray, hot: np.ndarray, scale: tuple[float, float, float],
+                   style: DisplayStyle) -> np.ndarray:
     """Position in the colour map (float32, 0..1) of display ``values`` (calibrated units).
 
     hot: bool, the pixels at or above the threshold in the unblurred map: those land in

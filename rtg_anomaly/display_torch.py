@@ -20,9 +20,13 @@ def _levels(values: torch.Tensor, hot: torch.Tensor, scale: tuple[float, float, 
     low, threshold, high = scale
     device = values.device
     # 0-d tensor divisors divide as numpy does; a Python scalar becomes a reciprocal multiply on CUDA.
-    warm = ((values - float(np.float32(threshold))) / torch.tensor(np.float32(high - threshold), device=device)).clamp_(0.0, 1.0)
+    def part(start: float, end: float) -> torch.Tensor:
+        span = torch.tensor(np.float32(end - start), device=device)
+        return ((values - float(np.float32(start))) / span).clamp_(0.0, 1.0)
+
+    warm = part(threshold, high)
     if threshold > low:
-        cold = ((values - float(np.float32(low))) / torch.tensor(np.float32(threshold - low), device=device)).clamp_(0.0, 1.0)
+        cold = part(low, threshold)
     else:
         cold = torch.zeros_like(values)
     if style.gamma != 1.0:

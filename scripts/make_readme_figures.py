@@ -94,7 +94,8 @@ def _flag_grid(detector, image, result) -> np.ndarray:
     y0 = int(np.clip(cy - half_h, 0, image.shape[0] - 2 * half_h))
     variants = [("defaults", DisplayStyle()), ("--colormap turbo", DisplayStyle(cmap="turbo")),
                 ("--colormap inferno", DisplayStyle(cmap="inferno")), ("--gamma 0.5", DisplayStyle(gamma=0.5)),
-                ("--blur 6", DisplayStyle(blur=6.0)), ("--alpha-min 0.6 --alpha-max 1", DisplayStyle(alpha_min=0.6, alpha_max=1.0)),
+                ("--blur 6", DisplayStyle(blur=6.0)),
+                ("--alpha-min 0.6 --alpha-max 1", DisplayStyle(alpha_min=0.6, alpha_max=1.0)),
                 ("--no-outline", DisplayStyle(outline=False)), ("--threshold percentile", DisplayStyle())]
     tiles = []
     for label, style in variants:

@@ -171,3 +171,15 @@ def test_overlay_blended_on_the_device_equals_the_host_one(demo_data, tiny_bundl
     assert calls == [torch.device("cpu")]
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "device.png")),
                                   np.asarray(Image.open(tmp_path / "host.png")))
+
+
+def test_triptych_of_a_16bit_scan_shows_it_windowed(demo_data, tiny_bundle, tmp_path):
+    scan8 = np.asarray(Image.open(sorted((demo_data / "test" / "anomalous").iterdir())[0]))
+    raw = (scan8.astype(np.uint16) * 16 + 1000)  # 12-bit counts: unwindowed they would all be white
+    scan = tmp_path / "scan16.png"
+    Image.fromarray(raw).save(scan)
+    assert main(["detect", "--input", str(scan), "--output", str(tmp_path / "o.png"), "--model", str(tiny_bundle),
+                 "--triptych", str(tmp_path / "t.png"), "--quiet"]) == 0
+    original = np.asarray(Image.open(tmp_path / "t.png"))[:raw.shape[0], :raw.shape[1], 0].astype(float)
+    assert original.min() < 30 and original.max() > 225  # the window spreads the counts over black..white
+    assert np.corrcoef(original.ravel(), raw.ravel())[0, 1] > 0.95
