@@ -162,6 +162,9 @@ def render_display(scan: np.ndarray, anomaly_map: np.ndarray, pixel_threshold: f
         rows = slice(r0, r0 + _ROWS_PER_CHUNK)
         grey = scan[rows] if window is None else apply_window(scan[rows], *window)
         base = (grey[..., None] if grey.ndim == 2 else grey).astype(np.float32)
+        if not mask[rows].any():  # nothing coloured here (most rows in calibrated mode): the blend with weight 0
+            out[rows] = np.clip(base * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            return
         level = display_levels(shown[rows], hot[rows], scale, style)
         colour = lut[(level * 255.0 + 0.5).astype(np.uint8)]
         weight = ((alpha_min + alpha_span * level) * mask[rows])[..., None]
@@ -193,9 +196,16 @@ def draw_outline(picture: np.ndarray, mask: np.ndarray, colour: tuple[int, int, 
 
     if thickness is None:
         thickness = max(2, round(min(mask.shape) / 250))
-    inside = mask.astype(np.uint8)
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return
+    # Only the flagged area's bounding box, widened by more than the border, is eroded: the same border
+    # as eroding the whole scan, at the cost of the area instead of the scan.
+    margin = thickness + 1
+    box = (slice(max(rows[0] - margin, 0), rows[-1] + margin + 1), slice(max(cols[0] - margin, 0), cols[-1] + margin + 1))
+    inside = mask[box].astype(np.uint8)
     core = cv2.erode(inside, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * thickness + 1,) * 2))
-    picture[(inside > core)] = colour
+    picture[box][inside > core] = colour
 
 
 def colour_lut(cmap: str = "jet") -> np.ndarray:

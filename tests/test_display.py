@@ -218,3 +218,22 @@ def test_render_display_torch_with_gamma_is_within_one_step():
     expected = render_display(scan, heatmap, THRESHOLD, style, color_range=RANGE).astype(int)
     got = render_display_torch(scan, heatmap, THRESHOLD, style, "cpu", color_range=RANGE).astype(int)
     assert np.abs(got - expected).max() <= 3  # a float32 pow may round one LUT step apart
+
+
+@pytest.mark.parametrize("spot", [(0, 0), (30, 50), (75, 95)])
+def test_outline_of_the_flagged_box_equals_eroding_the_whole_scan(spot):
+    import cv2
+
+    from rtg_anomaly.display import draw_outline
+
+    mask = np.zeros((80, 100), bool)
+    y, x = spot
+    mask[max(y - 6, 0):y + 6, max(x - 9, 0):x + 9] = True
+    mask[40:43, 10:12] = True
+    picture = np.zeros((80, 100, 3), np.uint8)
+    draw_outline(picture, mask, thickness=3)
+    inside = mask.astype(np.uint8)
+    core = cv2.erode(inside, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7)))
+    expected = np.zeros_like(picture)
+    expected[inside > core] = ALERT_COLOUR
+    np.testing.assert_array_equal(picture, expected)
