@@ -28,9 +28,10 @@ class DisplayStyle:
     """How an anomaly map is shown over its scan; display only, never the heatmap file or the scores.
 
     The colour scale is fixed by the calibration, never by the scan: calibrated values from ``low`` to the
-    pixel threshold fill the colour map's cold part ``[0, warm_from)``, and from the threshold to ``high``
+    pixel threshold fill the colour map's cold part ``[0, cold_to]``, and from the threshold to ``high``
     its warm part ``[warm_from, 1]``. So whatever the colour map, a pixel at or above the threshold is drawn
-    in its warm end, and in calibrated mode nothing else is coloured.
+    in its warm end, and in calibrated mode nothing else is coloured; the colours between ``cold_to`` and
+    ``warm_from`` are skipped, so that in percentile mode crossing the threshold is a visible step.
 
     cmap: matplotlib colour map name.
     color_range: calibrated (low, high) at the bottom and top of the scale; None: the calibration's.
@@ -42,6 +43,7 @@ class DisplayStyle:
         and which are warm still follows the unblurred map.
     outline: draw the outline of the pixels at or above the threshold in ``ALERT_COLOUR``.
     warm_from: position in the colour map (0..1) where the pixel threshold sits.
+    cold_to: position in the colour map of values just under the threshold (at most ``warm_from``).
     """
 
     cmap: str = "jet"
@@ -53,6 +55,7 @@ class DisplayStyle:
     blur: float = 0.0
     outline: bool = True
     warm_from: float = 0.65
+    cold_to: float = 0.5
 
     def check(self) -> "DisplayStyle":
         """This style if every value is usable, else InputError (one line, naming the flag)."""
@@ -72,6 +75,8 @@ class DisplayStyle:
             raise InputError(f"--blur must be a sigma in pixels >= 0, got {self.blur}")
         if not 0.0 < self.warm_from < 1.0:
             raise InputError(f"warm_from must be between 0 and 1, got {self.warm_from}")
+        if not 0.0 < self.cold_to <= self.warm_from:
+            raise InputError(f"cold_to must be in (0, warm_from], got {self.cold_to}")
         return self
 
 
@@ -104,7 +109,7 @@ def display_levels(values: np.ndarray, hot: np.ndarray, scale: tuple[float, floa
     """Position in the colour map (float32, 0..1) of display ``values`` (calibrated units).
 
     hot: bool, the pixels at or above the threshold in the unblurred map: those land in
-    ``[warm_from, 1]`` whatever their display value, the others in ``[0, warm_from)``.
+    ``[warm_from, 1]`` whatever their display value, the others in ``[0, cold_to]`` (below ``warm_from``).
     """
     low, threshold, high = scale
     warm = np.clip((values - threshold) / np.float32(high - threshold), 0.0, 1.0)
@@ -112,7 +117,7 @@ def display_levels(values: np.ndarray, hot: np.ndarray, scale: tuple[float, floa
     if style.gamma != 1.0:
         warm, cold = warm ** np.float32(style.gamma), cold ** np.float32(style.gamma)
     below_top = np.float32(np.nextafter(np.float32(style.warm_from), np.float32(0.0)))
-    cold_level = np.minimum(cold * np.float32(style.warm_from), below_top)
+    cold_level = np.minimum(cold * np.float32(style.cold_to), below_top)
     warm_level = np.float32(style.warm_from) + warm * np.float32(1.0 - style.warm_from)
     return np.where(hot, warm_level, cold_level).astype(np.float32)
 

@@ -34,7 +34,7 @@ def _levels(values: torch.Tensor, hot: torch.Tensor, scale: tuple[float, float, 
         warm, cold = warm.pow(exponent), cold.pow(exponent)
     warm_from = float(np.float32(style.warm_from))
     below_top = float(np.nextafter(np.float32(style.warm_from), np.float32(0.0)))
-    cold_level = torch.clamp_max(cold * warm_from, below_top)
+    cold_level = torch.clamp_max(cold * float(np.float32(style.cold_to)), below_top)
     warm_level = warm * float(np.float32(1.0 - style.warm_from)) + warm_from
     return torch.where(hot, warm_level, cold_level)
 

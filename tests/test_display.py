@@ -121,7 +121,7 @@ def test_levels_split_at_the_threshold_and_gamma_bends_each_part():
     values = np.array([0.0, 1.0, 1.15, np.nextafter(np.float32(THRESHOLD), 0), THRESHOLD, 1.45, 1.6, 9.0], np.float32)
     levels = display_levels(values, values >= np.float32(THRESHOLD), scale, style)
     assert levels[0] == 0.0 and levels[1] == 0.0
-    assert levels[3] < style.warm_from <= levels[4]
+    assert levels[3] == pytest.approx(style.cold_to, abs=1e-5) and levels[3] < style.warm_from <= levels[4]
     assert levels[4] == pytest.approx(style.warm_from) and levels[6] == pytest.approx(1.0) and levels[7] == 1.0
     bent = display_levels(values, values >= np.float32(THRESHOLD), scale, DisplayStyle(gamma=0.5))
     assert bent[5] > levels[5] and bent[4] == pytest.approx(levels[4]) and bent[6] == pytest.approx(levels[6])
@@ -166,6 +166,7 @@ def test_rendering_is_deterministic_and_chunk_independent(monkeypatch):
     (dict(blur=-1.0), "--blur must be a sigma"),
     (dict(blur=float("inf")), "--blur must be a sigma"),
     (dict(color_range=(2.0, 1.0)), "--color-range needs LOW < HIGH"),
+    (dict(cold_to=0.9), "cold_to must be in (0, warm_from]"),
 ])
 def test_bad_style_values_are_one_line_errors(changes, message):
     with pytest.raises(InputError) as error:
