@@ -3,8 +3,8 @@ the overlays and triptychs it links to by relative paths.
 
 Thumbnails are embedded as JPEG data URIs, so the page shows every scan even when copied alone; the
 full-size overlays and triptychs open from links relative to the page. Scans are sorted by score, most
-suspect first; a few lines of inline JavaScript filter by decision or name and re-sort. Every scan name and
-message is HTML-escaped (a file may be called ``<b>&.png``), and every link is percent-encoded.
+suspect first; a few lines of inline JavaScript filter by decision or name and re-sort (``page.html#suspect``
+opens it showing the suspect scans only). Every scan name and message is HTML-escaped (a file may be called ``<b>&.png``), and every link is percent-encoded.
 """
 
 from __future__ import annotations
@@ -147,7 +147,10 @@ _SCRIPT = """
   ['decision','search','order'].forEach(function(id){
     document.getElementById(id).addEventListener('input',apply);
   });
+  var wanted=location.hash.slice(1);
+  if(['suspect','clean','error'].indexOf(wanted)>=0){document.getElementById('decision').value=wanted;}
   apply();
+  document.body.setAttribute('data-ready','1');
 })();
 """
 

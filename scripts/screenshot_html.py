@@ -3,13 +3,15 @@
     python scripts/screenshot_html.py triage.html [--out docs/images/triage_page.png] [--size 1280x1400]
 
 Needs Chromium (Debian: apt-get install chromium). The page is opened from disk (file://), offline, with
-its script running; the dumped DOM is checked to hold one section per scan before the screenshot is kept.
+its script running; the dumped DOM is checked to hold one section per scan, the script to have finished, and
+``#suspect`` to show the suspect scans only, before the screenshot is taken.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -34,12 +36,28 @@ def _flags(width: int, height: int) -> list[str]:
             "--allow-file-access-from-files", f"--window-size={width},{height}"]
 
 
-def rendered_dom(page: Path, width: int = 1280, height: int = 1400, browser: str | None = None) -> str:
-    """The page's DOM after its script ran, as Chromium serialises it."""
+def rendered_dom(page: Path, width: int = 1280, height: int = 1400, browser: str | None = None,
+                 fragment: str = "") -> str:
+    """The page's DOM after its script ran, as Chromium serialises it (``fragment``: e.g. ``#suspect``)."""
     browser = browser or find_browser()
-    result = subprocess.run([browser, *_flags(width, height), "--dump-dom", page.resolve().as_uri()],
+    result = subprocess.run([browser, *_flags(width, height), "--dump-dom", page.resolve().as_uri() + fragment],
                             capture_output=True, text=True, timeout=120, check=True)
     return result.stdout
+
+
+def check_page(page: Path, width: int = 1280, height: int = 1400) -> None:
+    """SystemExit unless Chromium shows every scan of ``page``, its script ran to the end, and ``#suspect``
+    hides every scan that is not suspect."""
+    expected = page.read_text(encoding="utf-8").count("<section class='scan")
+    dom = rendered_dom(page, width, height)
+    if dom.count('<section class="scan') != expected or 'data-ready="1"' not in dom:
+        raise SystemExit(f"screenshot_html: Chromium's DOM of {page} does not hold the {expected} scans, or its "
+                         "script did not finish")
+    filtered = rendered_dom(page, width, height, fragment="#suspect")
+    for section in re.findall(r'<section class="([^"]*)"', filtered):
+        classes = section.split()
+        if ("suspect" in classes) == ("hidden" in classes):
+            raise SystemExit(f"screenshot_html: {page}#suspect does not show exactly the suspect scans")
 
 
 def screenshot(page: Path, out: Path, width: int = 1280, height: int = 1400, browser: str | None = None) -> None:
@@ -64,10 +82,8 @@ def main(argv=None) -> int:
     width, height = (int(v) for v in args.size.lower().split("x"))
     if not args.page.is_file():
         raise SystemExit(f"screenshot_html: {args.page} does not exist")
-    dom = rendered_dom(args.page, width, height)
+    check_page(args.page, width, height)
     expected = args.page.read_text(encoding="utf-8").count("<section class='scan")
-    if dom.count('<section class="scan') != expected or 'id="shown"' not in dom:
-        raise SystemExit(f"screenshot_html: Chromium's DOM of {args.page} does not hold the {expected} scans")
     screenshot(args.page, args.out, width, height)
     print(f"wrote {args.out} ({expected} scans on the page)")
     return 0

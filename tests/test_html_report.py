@@ -113,3 +113,26 @@ def test_thumbnail_keeps_a_small_flagged_region_visible():
     small = cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB).astype(int)
     magenta = (small[..., 0] > 170) & (small[..., 1] < 100) & (small[..., 2] > 170)
     assert magenta[36:46, 196:206].sum() >= 8 and magenta.sum() == magenta[34:48, 194:208].sum()
+
+
+def test_page_filters_and_sorts_in_chromium(tmp_path):
+    """The inline script in a real browser (skipped where no Chromium is installed)."""
+    import shutil
+    import sys
+
+    import pytest
+
+    if not any(shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome", "chrome")):
+        pytest.skip("no Chromium on this machine")
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    from screenshot_html import check_page, rendered_dom, screenshot
+
+    entries = [_entry(tmp_path, "b.png", 0.9, False), _entry(tmp_path, "a&<x>.png", 3.5, True)]
+    page = tmp_path / "triage.html"
+    write_html_report(page, entries, [{"input": "/scans/c.png", "error": "unreadable"}], {}, model="m",
+                      threshold_mode="calibrated")
+    check_page(page)  # every scan shown, the script finished, #suspect shows the suspect scans only
+    dom = rendered_dom(page, fragment="#clean")
+    assert 'class="scan clean"' in dom and 'class="scan suspect hidden"' in dom and 'class="scan error hidden"' in dom
+    screenshot(page, tmp_path / "shot.png", width=800, height=600)
+    assert (tmp_path / "shot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
