@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--color-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
                         help="calibrated values at the bottom and top of the colour scale "
                              "(default: 1.0 to twice the pixel threshold's excess over 1.0)")
-    detect.add_argument("--alpha", type=float, default=0.6, help="overlay opacity at the top of the scale (default 0.6)")
+    _add_display_flags(detect)
     detect.add_argument("--min-region-area", type=int, default=DEFAULT_MIN_AREA,
                         help=f"suspicious regions smaller than this many pixels are dropped (default {DEFAULT_MIN_AREA})")
     detect.add_argument("--draw-regions", action="store_true", help="outline the regions with their rank on the overlay")
@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--sort-into", help="folder input: copy or link each scan into SORT_INTO/clean or SORT_INTO/suspect")
     detect.add_argument("--sort-mode", choices=("copy", "link", "symlink"), default="copy",
                         help="how --sort-into places scans (default copy)")
+    detect.add_argument("--triptych", metavar="FILE|DIR",
+                        help="also write original | thresholded mask | overlay side by side with a caption "
+                             "(a folder for folder input: one PNG per scan)")
+    detect.add_argument("--html", metavar="FILE",
+                        help="a self-contained HTML triage page (thumbnails embedded, overlays and triptychs "
+                             "linked relatively), scans sorted by score, with filter and sort controls")
     detect.add_argument("--quiet", action="store_true", help="no progress bar")
     detect.set_defaults(handler=_run_detect)
 
@@ -122,6 +128,48 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(handler=_run_evaluate)
     return parser
+
+
+def _add_display_flags(detect: argparse.ArgumentParser) -> None:
+    """How the overlay looks (display only: the heatmap file, scores and regions never change)."""
+    from .display import DisplayStyle
+
+    style = DisplayStyle()
+    detect.add_argument("--colormap", default=style.cmap,
+                        help=f"matplotlib colour map of the overlay (default {style.cmap}); whatever the map, pixels "
+                             "at or above the calibrated pixel threshold take its warm end")
+    detect.add_argument("--alpha-min", type=float, default=style.alpha_min,
+                        help=f"overlay opacity at the bottom of the colour scale (default {style.alpha_min})")
+    detect.add_argument("--alpha-max", type=float, default=None,
+                        help=f"overlay opacity at the top of the colour scale (default {style.alpha_max})")
+    detect.add_argument("--alpha", type=float, default=None, help="older name of --alpha-max")
+    detect.add_argument("--gamma", type=float, default=style.gamma,
+                        help=f"power on the position within the colour scale; below 1 lifts weak responses "
+                             f"(default {style.gamma:g})")
+    detect.add_argument("--clip-quantile", type=float, default=style.clip_quantile,
+                        help="show values above this quantile of the scan's map at that quantile, never below the "
+                             f"pixel threshold, in (0, 1] (default {style.clip_quantile:g}: off)")
+    detect.add_argument("--blur", type=float, default=style.blur, metavar="SIGMA",
+                        help="Gaussian smoothing of the displayed map, sigma in scan pixels (default 0: off; "
+                             "the heatmap file, scores and regions are unchanged)")
+    detect.add_argument("--outline", action=argparse.BooleanOptionalAction, default=style.outline,
+                        help="ring the pixels at or above the calibrated pixel threshold in magenta (default on)")
+    detect.add_argument("--colorbar", action="store_true",
+                        help="add a legend strip of the colour scale, in calibrated units, under each overlay")
+
+
+def _display_style(args: argparse.Namespace):
+    """The checked DisplayStyle of ``detect``'s flags; InputError (one line) on a bad value."""
+    from .display import DisplayStyle
+
+    if args.alpha is not None and args.alpha_max is not None:
+        raise InputError("--alpha is the older name of --alpha-max: give one of them")
+    if args.alpha is not None and not 0.0 <= args.alpha <= 1.0:
+        raise InputError(f"--alpha must be between 0 and 1, got {args.alpha}")
+    alpha_max = next((a for a in (args.alpha_max, args.alpha) if a is not None), DisplayStyle.alpha_max)
+    return DisplayStyle(cmap=args.colormap, color_range=tuple(args.color_range) if args.color_range else None,
+                        alpha_min=args.alpha_min, alpha_max=alpha_max, gamma=args.gamma,
+                        clip_quantile=args.clip_quantile, blur=args.blur, outline=args.outline).check()
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -400,8 +448,8 @@ def _warn_skipped(item, error: Exception) -> None:
 def _plan_detect(args: argparse.Namespace):
     """Check every input and output before any work.
 
-    Returns (jobs, folder_mode, output, report, csv_path, new_folders); each job is
-    (scan path, overlay path, heatmap path or None); new_folders are output folders still to be
+    Returns (jobs, folder_mode, output, report, csv_path, html, new_folders); each job is
+    (scan path, overlay path, heatmap path or None, triptych path or None); new_folders are output folders still to be
     created, which the caller makes only once nothing else can fail first (no empty folder is left
     behind by a refused run).
     """
@@ -413,13 +461,12 @@ def _plan_detect(args: argparse.Namespace):
     folder_mode = source.is_dir()
     if not 0.0 <= args.threshold_percentile <= 100.0:
         raise InputError("--threshold-percentile must be between 0 and 100")
-    if args.color_range and not args.color_range[1] > args.color_range[0]:
-        raise InputError("--color-range needs LOW < HIGH")
-    if not 0.0 <= args.alpha <= 1.0:
-        raise InputError(f"--alpha must be between 0 and 1, got {args.alpha}")
+    args.style = _display_style(args)
     output = Path(args.output)
     heatmap = Path(args.heatmap) if args.heatmap else None
+    triptych = Path(args.triptych) if args.triptych else None
     report = Path(args.report) if args.report else None
+    html = Path(args.html) if args.html else None
     if args.min_region_area < 0:
         raise InputError("--min-region-area must be >= 0")
     new_folders: list[Path] = []
@@ -427,7 +474,8 @@ def _plan_detect(args: argparse.Namespace):
         report = report or output / "report.json"
         csv_path = Path(args.csv) if args.csv else output / "triage.csv"
         paths = list_images(source)
-        for folder, flag in ((output, "--output"), (heatmap, "--heatmap"), (Path(args.sort_into) if args.sort_into else None, "--sort-into")):
+        for folder, flag in ((output, "--output"), (heatmap, "--heatmap"), (triptych, "--triptych"),
+                             (Path(args.sort_into) if args.sort_into else None, "--sort-into")):
             if folder is not None and _check_output_folder(folder, flag, new_folders):
                 new_folders.append(folder)
         if _same_path(output, source):
@@ -436,7 +484,11 @@ def _plan_detect(args: argparse.Namespace):
         # a.png and a.tif in one folder would both write heatmap a.npy: those keep their suffix (a.png.npy).
         stems = collections.Counter(p.stem for p in paths)
         names = {p: f"{p.stem if stems[p.stem] == 1 else p.name}.npy" for p in paths}
-        jobs = [(p, output / p.name, heatmap / names[p] if heatmap else None) for p in paths]
+        for folder, flag in ((heatmap, "--heatmap"), (triptych, "--triptych")):
+            if folder is not None and _same_path(folder, source):
+                raise InputError(f"{flag} {folder} is the input folder; name another folder")
+        jobs = [(p, output / p.name, heatmap / names[p] if heatmap else None,
+                 triptych / f"{names[p][:-len('.npy')]}.png" if triptych else None) for p in paths]
     else:
         if args.sort_into:
             raise InputError("--sort-into needs a folder as --input")
@@ -453,11 +505,17 @@ def _plan_detect(args: argparse.Namespace):
                              "name another file")
         if heatmap is not None:
             check_output_path(heatmap, suffixes=(".npy",))
-        jobs = [(source, output, heatmap)]
-    for path, suffix in ((report, ".json"), (csv_path, ".csv")):
+        if triptych is not None:
+            if triptych.is_dir():
+                triptych = triptych / f"{source.stem}.png"
+            check_output_path(triptych)
+            if _same_path(triptych, source) or _same_path(triptych, output):
+                raise InputError(f"--triptych {triptych} is the input scan or the overlay; name another file")
+        jobs = [(source, output, heatmap, triptych)]
+    for path, suffixes in ((report, (".json",)), (csv_path, (".csv",)), (html, (".html", ".htm"))):
         if path is not None:
-            check_output_path(path, suffixes=(suffix,), new_folders=new_folders)
-    return jobs, folder_mode, output, report, csv_path, new_folders
+            check_output_path(path, suffixes=suffixes, new_folders=new_folders)
+    return jobs, folder_mode, output, report, csv_path, html, new_folders
 
 
 def _same_path(a: Path | str, b: Path | str) -> bool:
@@ -476,21 +534,23 @@ def _run_detect(args: argparse.Namespace) -> int:
     from .io import load_image, prefetch
     from .triage import triage_row, write_triage_csv
 
-    jobs, folder_mode, output, report, csv_path, new_folders = _plan_detect(args)
+    jobs, folder_mode, output, report, csv_path, html, new_folders = _plan_detect(args)
     model_dir = args.model or _default_model()
-    outputs = [path for job in jobs for path in job[1:]] + [report, csv_path]
+    outputs = [path for job in jobs for path in job[1:]] + [report, csv_path, html]
     for path in (p for p in outputs if p is not None):
         if _same_path(path.parent, model_dir):  # even a new file there makes it "not a bundle" (bundle.py)
             raise InputError(f"cannot write {path}: it is inside the model bundle {model_dir}")
     # The first scans decode in background threads while the model loads (a 16-bit PNG vehicle scan
     # takes a few tenths of a second); a decoding error surfaces only when that scan's turn comes.
-    decoding = prefetch(load_image, [path for path, _, _ in jobs])
+    decoding = prefetch(load_image, [job[0] for job in jobs])
     scans = itertools.chain([next(decoding)], decoding)
     detector = Detector.load(model_dir, device=args.device, runtime=args.runtime)
     for folder in new_folders:
         folder.mkdir(exist_ok=True)
     runtime = _note_runtime(detector)
+    gpu = _gpu_of(args.device)
     entries, errors, rows = [], [], []
+    thumbnails: dict[str, dict] = {}  # scan path -> its pictures for the HTML page, small and encoded
     warned = collections.Counter()  # warning -> number of scans; each is printed for its first scan only
 
     def write_results(complete: bool) -> None:
@@ -503,6 +563,11 @@ def _run_detect(args: argparse.Namespace) -> int:
                                  "complete": complete, "images": entries, "errors": errors})
         if csv_path is not None:
             write_triage_csv(csv_path, rows)
+        if html is not None:
+            from .html_report import write_html_report
+
+            write_html_report(html, entries, errors, thumbnails, model=str(model_dir), threshold_mode=args.threshold,
+                              complete=complete)
 
     def skip(path: Path, exc: InputError) -> None:
         if not folder_mode:
@@ -514,11 +579,13 @@ def _run_detect(args: argparse.Namespace) -> int:
     def record(path: Path, written: Future) -> None:
         """Take the entry of a scan whose outputs were being written (in input order)."""
         try:
-            entry = written.result()
+            entry, pictures = written.result()
         except InputError as exc:
             skip(path, exc)
             return
         entries.append(entry)
+        if pictures:
+            thumbnails[entry["input"]] = pictures
         for warning in entry["warnings"]:
             warned[warning] += 1
             if warned[warning] == 1:
@@ -534,17 +601,18 @@ def _run_detect(args: argparse.Namespace) -> int:
     writing: collections.deque[tuple[Path, Future]] = collections.deque()
     writes_behind = 1 if folder_mode else 0  # one scan: its entry is needed at once
     try:
-        for (path, overlay_path, heatmap_path), loaded in tqdm(zip(jobs, scans), total=len(jobs), unit="scan",
-                                                               desc="detect", leave=False,
-                                                               disable=args.quiet or len(jobs) < 2):
+        progress = tqdm(zip(jobs, scans), total=len(jobs), unit="scan", desc="detect", leave=False,
+                        disable=args.quiet or len(jobs) < 2)
+        for (path, overlay_path, heatmap_path, triptych_path), loaded in progress:
             try:
-                scored = _score_scan(detector, path, loaded.result(), args)
+                scored = _score_scan(detector, path, loaded.result(), args, gpu)
             except InputError as exc:
                 while writing:  # the scans before this one first, so that the report keeps the input order
                     record(*writing.popleft())
                 skip(path, exc)
                 continue
-            writing.append((path, writer.submit(_write_scan, scored, overlay_path, heatmap_path, args)))
+            writing.append((path, writer.submit(_write_scan, scored, overlay_path, heatmap_path, triptych_path, args,
+                                                html is not None)))
             while len(writing) > writes_behind:
                 record(*writing.popleft())
         while writing:
@@ -569,12 +637,21 @@ def _run_detect(args: argparse.Namespace) -> int:
         for warning, count in warned.items():
             print(f"rtg-anomaly: warning: {count} of {len(entries)} scans: {warning}", file=sys.stderr)
         print(f"scored {len(entries)} scans: {flagged} suspect, {len(entries) - flagged} clean, "
-              f"{len(errors)} skipped (unreadable or unusable); overlays in {output}, triage in {csv_path}")
+              f"{len(errors)} skipped (unreadable or unusable); overlays in {output}, triage in {csv_path}"
+              f"{f', page {html}' if html else ''}")
         return EXIT_OK if entries else EXIT_BAD_INPUT
     entry = entries[0]
     print(f"{entry['input']}: score {entry['score']:.3f} (threshold {entry['threshold']:.3f}) -> "
           f"{'SUSPECT' if entry['anomalous'] else 'clean'}, {len(entry['regions'])} region(s); overlay {entry['output']}")
     return EXIT_OK
+
+
+def _gpu_of(device: str):
+    """The CUDA torch device ``--device`` names (auto: when present), else None."""
+    from .features import resolve_device
+
+    resolved = resolve_device(device)
+    return resolved if resolved.type == "cuda" else None
 
 
 def _check_output_folder(folder: Path, flag: str, new_folders: list[Path]) -> bool:
@@ -592,35 +669,90 @@ def _check_output_folder(folder: Path, flag: str, new_folders: list[Path]) -> bo
 class _ScoredScan:
     """What scoring a scan gives the background writer: host arrays only (the device is free again)."""
     path: Path
-    shape: tuple[int, ...]
+    image: np.ndarray  # the scan as read
     result: AnomalyResult
-    picture: np.ndarray  # the overlay, uint8 (H, W, 3)
+    color_range: tuple[float, float]  # the calibration's colour scale (calibrated units)
     started: float  # time.perf_counter() when scoring began
+    picture: np.ndarray | None = None  # the overlay when it was drawn on the GPU, else None (the writer draws it)
 
 
-def _score_scan(detector, path: Path, image, args) -> _ScoredScan:
-    """Score one scan and render its overlay (on the detector's device)."""
+def _score_scan(detector, path: Path, image, args, gpu=None) -> _ScoredScan:
+    """Score one scan (on the detector's device). On a GPU (``gpu``: its torch device) the overlay is
+    blended there too, as fast as scoring; on the CPU the writer thread draws it while the next scan is
+    scored."""
     started = time.perf_counter()
     result = detector.score(image, source=path)  # checks the scan, naming path in an error
     if result.fallback:
         print(f"rtg-anomaly: note: {path}: {result.fallback}", file=sys.stderr)
-    picture = detector.overlay(image, result, threshold=args.threshold, percentile=args.threshold_percentile,
-                               color_range=tuple(args.color_range) if args.color_range else None, alpha=args.alpha)
-    return _ScoredScan(path, image.shape, result, picture, started)
+    scored = _ScoredScan(path, image, result, detector.calibration_.color_range, started)
+    if gpu is not None and result.fallback is None:
+        import torch
+
+        from .display_torch import render_display_torch
+
+        try:
+            scored.picture = render_display_torch(image, result.heatmap, result.pixel_threshold, args.style, gpu,
+                                                  display_mask=_display_mask(result, args),
+                                                  color_range=scored.color_range, window=result.window)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()  # the writer draws it on the host instead
+    return scored
 
 
-def _write_scan(scored: _ScoredScan, overlay_path: Path, heatmap_path: Path | None, args) -> dict:
-    """Find a scored scan's regions, write its overlay (and heatmap, sorted copy); its report entry."""
+def _display_mask(result: AnomalyResult, args):
+    """The pixels the overlay colours: bool (H, W) in percentile mode, None (those at or above the pixel
+    threshold) in calibrated mode."""
+    from .overlay import percentile_mask
+
+    return percentile_mask(result.heatmap, args.threshold_percentile) if args.threshold == "percentile" else None
+
+
+def _render_scan(scored: _ScoredScan, regions, args) -> np.ndarray:
+    """The overlay of a scored scan as ``detect`` writes it: uint8 (H, W, 3), or taller with --colorbar."""
+    import numpy as np
+
+    from .display import display_scale, render_display
+    from .legend import colorbar_strip
+    from .regions import draw_regions
+
+    result, style, picture = scored.result, args.style, scored.picture
+    if picture is None:
+        picture = render_display(scored.image, result.heatmap, result.pixel_threshold, style,
+                                 display_mask=_display_mask(result, args), color_range=scored.color_range,
+                                 window=result.window)
+    if args.draw_regions and regions:
+        picture = draw_regions(picture, regions)
+    if args.colorbar:
+        scale = display_scale(result.pixel_threshold, style.color_range or scored.color_range)
+        legend = colorbar_strip(picture.shape[1], scale, style, calibrated_only=args.threshold == "calibrated")
+        picture = np.vstack([picture, legend])
+    return picture
+
+
+def _write_scan(scored: _ScoredScan, overlay_path: Path, heatmap_path: Path | None, triptych_path: Path | None,
+                args, thumbnails: bool) -> tuple[dict, dict]:
+    """Find a scored scan's regions, draw and write its overlay (and heatmap, triptych, sorted copy).
+
+    Returns its report entry and, with ``thumbnails``, its small pictures for the HTML page.
+    """
     from .io import save_array, save_image
-    from .regions import draw_regions, find_regions
+    from .regions import find_regions
     from .triage import sort_into
+    from .triptych import render_triptych
 
     result, path = scored.result, scored.path
     regions = find_regions(result.heatmap, result.pixel_threshold, min_area=args.min_region_area)
-    picture = draw_regions(scored.picture, regions) if args.draw_regions and regions else scored.picture
+    picture = _render_scan(scored, regions, args)
     save_image(overlay_path, picture)
     if heatmap_path is not None:
         save_array(heatmap_path, result.heatmap)
+    triptych = None
+    if triptych_path is not None or thumbnails:
+        overlay = picture[:scored.image.shape[0]]  # without the colour bar
+        triptych = render_triptych(scored.image, overlay, result.heatmap, path.name, result.score, result.anomalous,
+                                   result.image_threshold, result.pixel_threshold, len(regions), result.window)
+    if triptych_path is not None:
+        save_image(triptych_path, triptych)
     decision = "suspect" if result.anomalous else "clean"
     sorted_to = sort_into(args.sort_into, path, decision, mode=args.sort_mode) if args.sort_into else None
     peak_y, peak_x = divmod(int(result.heatmap.argmax()), result.heatmap.shape[1])
@@ -628,15 +760,23 @@ def _write_scan(scored: _ScoredScan, overlay_path: Path, heatmap_path: Path | No
         "input": str(path), "output": str(overlay_path), "heatmap": str(heatmap_path) if heatmap_path else None,
         "score": result.score, "anomalous": result.anomalous, "threshold": result.image_threshold,
         "pixel_threshold": result.pixel_threshold, "peak_xy": [peak_x, peak_y],
-        "width": int(scored.shape[1]), "height": int(scored.shape[0]),
+        "width": int(scored.image.shape[1]), "height": int(scored.image.shape[0]),
         "regions": [region.to_dict() for region in regions],
         "seconds": round(time.perf_counter() - scored.started, 4),  # scoring began -> outputs written
         "fallback": result.fallback,
         "warnings": list(result.warnings),
     }
+    if triptych_path is not None:
+        entry["triptych"] = str(triptych_path)
     if sorted_to is not None:
         entry["sorted_to"] = str(sorted_to)
-    return entry
+    pictures = {}
+    if thumbnails:
+        from .html_report import thumbnail_uri
+
+        flagged = result.heatmap >= result.pixel_threshold
+        pictures = {"overlay": thumbnail_uri(picture, 480, flagged), "triptych": thumbnail_uri(triptych, 960)}
+    return entry, pictures
 
 
 def _check_rate(rate: float) -> None:

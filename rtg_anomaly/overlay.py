@@ -1,7 +1,8 @@
 """Colour overlay of an anomaly map on its scan, on a fixed calibrated colour scale.
 
 ``render_overlay`` and ``percentile_mask`` are the numpy versions (CPU); the ``*_torch``
-twins compute the same pixels with torch on a device, for the GPU path.
+twins compute the same pixels with torch on a device, for the GPU path. The overlay that the
+``detect`` command writes is ``display.render_display``.
 """
 
 from __future__ import annotations
@@ -12,19 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from .display import colour_lut
 from .errors import InputError
 from .intensity import apply_window, apply_window_torch, to_device_float
 from .transfer import to_host
 
 DEFAULT_COLOR_RANGE = (1.0, 2.0)
 _ROWS_PER_CHUNK = 512
-
-
-def colour_lut(cmap: str = "jet") -> np.ndarray:
-    """(256, 3) uint8 lookup table of a matplotlib colour map."""
-    from matplotlib import colormaps
-
-    return (colormaps[cmap](np.linspace(0.0, 1.0, 256))[:, :3] * 255.0 + 0.5).astype(np.uint8)
 
 
 _PERCENTILE_SAMPLE = 2_000_000

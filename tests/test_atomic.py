@@ -72,17 +72,19 @@ def test_every_output_writer_gives_the_umask_mode(tmp_path, umask):
 
 
 def test_cli_outputs_are_readable_by_the_group(demo_data, tiny_bundle, tmp_path, umask):
-    """detect (overlay, heatmap, report, CSV) and evaluate (metrics, plots) through the CLI."""
+    """detect (overlay, heatmap, report, CSV, triptych, HTML page) and evaluate (metrics, plots) through the CLI."""
     from rtg_anomaly.cli import main
 
     scan = sorted((demo_data / "test" / "anomalous").iterdir())[0]
     assert main(["detect", "--input", str(scan), "--output", str(tmp_path / "overlay.png"), "--model",
                  str(tiny_bundle), "--device", "cpu", "--heatmap", str(tmp_path / "map.npy"), "--report",
-                 str(tmp_path / "report.json"), "--csv", str(tmp_path / "triage.csv"), "--quiet"]) == 0
+                 str(tmp_path / "report.json"), "--csv", str(tmp_path / "triage.csv"), "--triptych",
+                 str(tmp_path / "triptych.png"), "--html", str(tmp_path / "page.html"), "--quiet"]) == 0
     assert main(["evaluate", "--data", str(demo_data), "--model", str(tiny_bundle), "--device", "cpu",
                  "--output", str(tmp_path / "eval"), "--quiet"]) == 0
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
-    assert {"overlay.png", "map.npy", "report.json", "triage.csv", "metrics.json", "roc.png"} <= {p.name for p in written}
+    assert {"overlay.png", "map.npy", "report.json", "triage.csv", "triptych.png", "page.html", "metrics.json",
+            "roc.png"} <= {p.name for p in written}
     assert {p.name: mode(p) for p in written} == {p.name: 0o640 for p in written}
     assert json.loads((tmp_path / "report.json").read_text())["complete"] is True
 
