@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from .config import IMAGE_SCORE_RULES, RUNTIMES
 from .errors import InputError, first_line
+from .ranges import FALSE_ALARM_RATE, LAYER_INDEX, SETTING_RANGES, Range
 from .regions import DEFAULT_MIN_AREA
 
 if TYPE_CHECKING:
@@ -45,22 +46,50 @@ def _default_model() -> str:
     return os.environ.get("RTG_ANOMALY_MODEL", DEFAULT_MODEL_DIR)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
+# Flags that are not DetectorConfig settings; the settings' own ranges are ranges.SETTING_RANGES.
+PERCENTILE = Range(0.0, 100.0)
+OPACITY = Range(0.0, 1.0)
+COLOUR_VALUE = Range(-1e6, 1e6)
+REGION_AREA = Range(0, 10**12, integer=True)
+SUBSAMPLE = Range(1, 10**6, integer=True)
+WORST_OVERLAYS = Range(0, 1000, integer=True)
+SEED = Range(0, 2**32 - 1, integer=True)
+
+
+def _in(accepted: Range):
+    """An argparse ``type``: the flag's text as an int or float within ``accepted`` (finite), else a
+    one-line usage error that states the range."""
+    def parse(text: str):
+        try:
+            value = int(text) if accepted.integer else float(text)
+        except ValueError:
+            value = None
+        if value not in accepted:
+            raise argparse.ArgumentTypeError(f"expected {accepted}, got {text!r}")
+        return value
+
+    parse.__name__ = "integer" if accepted.integer else "number"
+    return parse
+
+
+def _setting(name: str):
+    return _in(SETTING_RANGES[name])
+
+
+def _ranged(text: str, accepted: Range | str) -> str:
+    """Help text with the accepted range stated; ``accepted``: a Range or a DetectorConfig setting's name."""
+    return f"{text}; {SETTING_RANGES[accepted] if isinstance(accepted, str) else accepted}"
 
 
 def _block_indices(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(part) for part in text.split(","))
+        indices = tuple(int(part) for part in text.split(","))
     except ValueError:
+        indices = ()
+    if not indices or not all(index in LAYER_INDEX for index in indices):
         raise argparse.ArgumentTypeError(
-            f"expected comma-separated block indices such as 6 or 4,6, got {text!r}") from None
+            f"expected comma-separated block indices such as 6 or 4,6, each {LAYER_INDEX}, got {text!r}")
+    return indices
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,16 +112,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(detect)
     detect.add_argument("--threshold", choices=("percentile", "calibrated"), default="percentile",
                         help="colour pixels above this scan's percentile (default) or above the calibrated pixel threshold")
-    detect.add_argument("--threshold-percentile", type=float, default=90.0,
-                        help="in percentile mode, pixels below this percentile of the scan's map stay uncoloured (default 90)")
+    detect.add_argument("--threshold-percentile", type=_in(PERCENTILE), default=90.0,
+                        help=_ranged("in percentile mode, pixels below this percentile of the scan's map stay "
+                                     "uncoloured (default 90)", PERCENTILE))
     detect.add_argument("--heatmap", help="write the raw calibrated map as float32 .npy (a folder for folder input)")
     detect.add_argument("--report", help="write a JSON report")
-    detect.add_argument("--color-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
-                        help="calibrated values at the bottom and top of the colour scale "
-                             "(default: 1.0 to twice the pixel threshold's excess over 1.0)")
-    detect.add_argument("--alpha", type=float, default=0.6, help="overlay opacity at the top of the scale (default 0.6)")
-    detect.add_argument("--min-region-area", type=int, default=DEFAULT_MIN_AREA,
-                        help=f"suspicious regions smaller than this many pixels are dropped (default {DEFAULT_MIN_AREA})")
+    detect.add_argument("--color-range", type=_in(COLOUR_VALUE), nargs=2, metavar=("LOW", "HIGH"),
+                        help=_ranged("calibrated values at the bottom and top of the colour scale, LOW < HIGH "
+                                     "(default: 1.0 to twice the pixel threshold's excess over 1.0)", COLOUR_VALUE))
+    detect.add_argument("--alpha", type=_in(OPACITY), default=0.6,
+                        help=_ranged("overlay opacity at the top of the scale (default 0.6)", OPACITY))
+    detect.add_argument("--min-region-area", type=_in(REGION_AREA), default=DEFAULT_MIN_AREA,
+                        help=_ranged(f"suspicious regions smaller than this many pixels are dropped "
+                                     f"(default {DEFAULT_MIN_AREA})", REGION_AREA))
     detect.add_argument("--draw-regions", action="store_true", help="outline the regions with their rank on the overlay")
     detect.add_argument("--csv", help="triage CSV, one row per scan (folder input: default OUTPUT/triage.csv)")
     detect.add_argument("--sort-into", help="folder input: copy or link each scan into SORT_INTO/clean or SORT_INTO/suspect")
@@ -105,8 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--clean-dir", required=True, help="folder of clean scans not used to fit")
     cal.add_argument("--model", default=None, help="bundle folder to update (default: $RTG_ANOMALY_MODEL or model_artifacts/default)")
     _add_device(cal)
-    cal.add_argument("--false-alarm-rate", type=float, default=0.01,
-                     help="share of clean scans the thresholds may flag (default 0.01)")
+    cal.add_argument("--false-alarm-rate", type=_in(FALSE_ALARM_RATE), default=0.01,
+                     help=_ranged("share of clean scans the thresholds may flag (default 0.01)", FALSE_ALARM_RATE))
     cal.set_defaults(handler=_run_calibrate)
 
     ev = commands.add_parser("evaluate", help="image and pixel metrics on a labelled folder in MVTec AD layout")
@@ -114,8 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", default=None, help="evaluate this bundle (default: fit first on DATA/train/good)")
     ev.add_argument("--output", help="folder for metrics.json, metrics.md and the plots")
     ev.add_argument("--save-model", help="when fitting, also save the bundle here")
-    ev.add_argument("--max-per-class", type=_positive_int, help="evenly subsample at most N test images per type")
-    ev.add_argument("--worst", type=int, default=0, help="write overlays of the N worst misses of each kind")
+    ev.add_argument("--max-per-class", type=_in(SUBSAMPLE),
+                    help=_ranged("evenly subsample at most N test images per type", SUBSAMPLE))
+    ev.add_argument("--worst", type=_in(WORST_OVERLAYS), default=0,
+                    help=_ranged("write overlays of the N worst misses of each kind", WORST_OVERLAYS))
     _add_device(ev)
     _add_config_flags(ev)
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -127,40 +161,51 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     """The detector's hyper-parameters, shared by fit and evaluate (None = the DetectorConfig default)."""
     parser.add_argument("--backbone", help="timm model name (default vit_small_patch14_dinov2)")
     parser.add_argument("--weights", help="local weights file for the backbone ('random': untrained, for tests)")
-    parser.add_argument("--tile-size", type=_positive_int, help="tile side in scan pixels (default 512)")
-    parser.add_argument("--overlap", type=float, help="fraction of a tile shared with its neighbour (default 0.25)")
-    parser.add_argument("--input-size", type=_positive_int, help="backbone input side each tile is resized to (default 448)")
-    parser.add_argument("--pca-dim", type=_positive_int, help="feature dimension kept by PCA (default 128)")
-    parser.add_argument("--pca-whiten", type=float, metavar="POWER",
-                        help="divide each PCA direction by its standard deviation to this power, in [0, 1] "
-                             "(0: plain PCA, default; 0.5: half-whitening; 1: full whitening)")
+    parser.add_argument("--tile-size", type=_setting("tile_size"),
+                        help=_ranged("tile side in scan pixels (default 512)", "tile_size"))
+    parser.add_argument("--overlap", type=_setting("overlap"),
+                        help=_ranged("fraction of a tile shared with its neighbour (default 0.25)", "overlap"))
+    parser.add_argument("--input-size", type=_setting("input_size"),
+                        help=_ranged("backbone input side each tile is resized to (default 448)", "input_size"))
+    parser.add_argument("--pca-dim", type=_setting("pca_dim"),
+                        help=_ranged("feature dimension kept by PCA (default 128)", "pca_dim"))
+    parser.add_argument("--pca-whiten", type=_setting("pca_whiten"), metavar="POWER",
+                        help=_ranged("divide each PCA direction by its standard deviation to this power "
+                                     "(0: plain PCA, default; 0.5: half-whitening; 1: full whitening)", "pca_whiten"))
     bank = parser.add_mutually_exclusive_group()
-    bank.add_argument("--coreset-ratio", type=float, help="memory bank size as a fraction of clean patches (default 0.1)")
-    bank.add_argument("--memory-bank-size", type=_positive_int, help="memory bank size in patches")
-    parser.add_argument("--k", type=_positive_int, help="nearest neighbours averaged per patch (default 1)")
-    parser.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
-    parser.add_argument("--batch-size", type=_positive_int, help="tiles per backbone batch (default 8)")
+    bank.add_argument("--coreset-ratio", type=_setting("coreset_ratio"),
+                      help=_ranged("memory bank size as a fraction of clean patches (default 0.1)", "coreset_ratio"))
+    bank.add_argument("--memory-bank-size", type=_setting("memory_bank_size"),
+                      help=_ranged("memory bank size in patches", "memory_bank_size"))
+    parser.add_argument("--k", type=_setting("k"),
+                        help=_ranged("nearest neighbours averaged per patch (default 1)", "k"))
+    parser.add_argument("--seed", type=_in(SEED), help=_ranged("seed of every random choice (default 0)", SEED))
+    parser.add_argument("--batch-size", type=_setting("batch_size"),
+                        help=_ranged("tiles per backbone batch (default 8)", "batch_size"))
     parser.add_argument("--layers", type=_block_indices,
-                        help="comma-separated backbone block indices (default 6)")
-    parser.add_argument("--neighbourhood", type=_positive_int,
-                        help="side of the average pooling over the patch grid, odd (default 1: off)")
-    parser.add_argument("--smoothing-sigma", type=float, help="Gaussian sigma of the map, in backbone patches (default 0.5)")
+                        help=f"comma-separated backbone block indices (default 6), each {LAYER_INDEX}")
+    parser.add_argument("--neighbourhood", type=_setting("neighbourhood"),
+                        help=_ranged("side of the average pooling over the patch grid, odd (default 1: off)", "neighbourhood"))
+    parser.add_argument("--smoothing-sigma", type=_setting("smoothing_sigma"),
+                        help=_ranged("Gaussian sigma of the map, in backbone patches (default 0.5)", "smoothing_sigma"))
     parser.add_argument("--image-score", choices=IMAGE_SCORE_RULES,
                         help="image score rule: max of the map, top_mean of the map, patch_top_mean of the "
                              "raw patch scores (default), or global: distance of the whole scan's feature "
                              "statistics to the nearest clean scan's (for small crops judged as a whole)")
-    parser.add_argument("--top-fraction", type=float,
-                        help="with --image-score top_mean: share of map pixels averaged (default 0.001)")
-    parser.add_argument("--top-patches", type=_positive_int,
-                        help="with --image-score patch_top_mean: number of highest patch scores averaged (default 5)")
+    parser.add_argument("--top-fraction", type=_setting("top_fraction"),
+                        help=_ranged("with --image-score top_mean: share of map pixels averaged (default 0.001)", "top_fraction"))
+    parser.add_argument("--top-patches", type=_setting("top_patches"),
+                        help=_ranged("with --image-score patch_top_mean: number of highest patch scores averaged (default 5)", "top_patches"))
     parser.add_argument("--intensity-window", choices=("auto", "dtype", "percentile"),
                         help="how raw values map to [0, 1] (default auto: 8-bit as is, 16-bit by percentiles)")
     parser.add_argument("--augment", type=_augment_names, metavar="NAMES",
                         help="flips/rotations of each clean scan added to the memory bank, comma-separated from "
                              "hflip, vflip, rot90, rot180, rot270 ('none': off, the default)")
-    parser.add_argument("--holdout-fraction", type=float, help="share of clean scans held out to calibrate (default 0.2)")
-    parser.add_argument("--false-alarm-rate", type=float, default=0.01,
-                        help="share of clean scans the calibrated thresholds may flag (default 0.01)")
+    parser.add_argument("--holdout-fraction", type=_setting("holdout_fraction"),
+                        help=_ranged("share of clean scans held out to calibrate (default 0.2)", "holdout_fraction"))
+    parser.add_argument("--false-alarm-rate", type=_in(FALSE_ALARM_RATE), default=0.01,
+                        help=_ranged("share of clean scans the calibrated thresholds may flag (default 0.01)",
+                                     FALSE_ALARM_RATE))
     parser.add_argument("--select", choices=("off", "auto"), default="off",
                         help="auto: choose backbone, scale (tile and input size), PCA whitening, intensity window "
                              "and top-patch count from the clean scans alone, by how well each candidate finds "

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InputError
+from .ranges import LAYER_INDEX, SETTING_RANGES
 
 DEFAULT_BACKBONE = "vit_small_patch14_dinov2"
 IMAGE_SCORE_RULES = ("max", "top_mean", "patch_top_mean", "global")
@@ -109,9 +110,17 @@ class DetectorConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ConfigError naming the first invalid field."""
+        """Raise ConfigError naming the first invalid field (ranges: ``ranges.SETTING_RANGES``)."""
+        for name, accepted in SETTING_RANGES.items():
+            value = getattr(self, name)
+            if value is None and name in ("input_size", "pca_dim", "memory_bank_size"):
+                continue
+            if value not in accepted:
+                raise ConfigError(f"{name} must be {accepted}, got {value!r}")
         checks = [
-            (bool(self.backbone), "backbone must be a timm model name"),
+            (isinstance(self.backbone, str) and bool(self.backbone), "backbone must be a timm model name"),
+            (self.weights is None or isinstance(self.weights, str), "weights must be a file name or null"),
+            (all(index in LAYER_INDEX for index in self.layers), f"layers must each be {LAYER_INDEX}"),
             (len(self.layers) >= 1, "layers must name at least one block"),
             (self.tile_size >= 8, "tile_size must be >= 8 pixels"),
             (0.0 <= self.overlap < 1.0, "overlap must be in [0, 1)"),
