@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import itertools
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -32,6 +35,30 @@ if TYPE_CHECKING:
 
 DEFAULT_MODEL_DIR = "model_artifacts/default"
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C; SIGTERM gives the same
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a service manager or batch scheduler stopping the run), handled exactly like Ctrl-C: a
+    folder run keeps the report and CSV of the scans it finished, with "complete": false."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """While the command runs, SIGTERM raises ``Terminated`` in the main thread (Python's default would
+    end the process at once, leaving no report); the previous handler is restored afterwards."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -291,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version and usage errors
         return int(exc.code or 0)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _sigterm_as_interrupt():
             # Pillow warns about damaged metadata before the decode fails or succeeds; either way the
             # outcome is reported in one line, so its two-line warning is noise here.
             warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
@@ -299,9 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"rtg-anomaly: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("rtg-anomaly: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(f"rtg-anomaly: interrupted{' (SIGTERM)' if isinstance(exc, Terminated) else ''}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception as exc:  # a bug or an environment failure: one line, details on request
         if os.environ.get("RTG_ANOMALY_DEBUG"):
             traceback.print_exc()
@@ -361,11 +388,22 @@ def _check_model_destination(folder: Path) -> None:
 
 
 def _check_writable_folder(folder: Path) -> None:
+    """InputError unless files can be written in ``folder`` (or it can be created): checked before any work."""
+    from .atomic import name_problem, output_problem
+    from .io import missing_folder_reason
+
+    problem = name_problem(folder)
+    if problem:
+        raise InputError(f"cannot write to {folder}: {problem}")
     parent = folder.resolve().parent
     if not parent.is_dir():
-        raise InputError(f"cannot write to {folder}: folder {parent} does not exist")
+        raise InputError(f"cannot write to {folder}: {missing_folder_reason(parent)}")
     if folder.exists() and not folder.is_dir():
         raise InputError(f"cannot write to {folder}: it is a file")
+    # A bundle or a metrics folder is written beside itself and renamed: its parent must take new files.
+    problem = output_problem(folder.resolve()) or (folder.is_dir() and output_problem(folder / "probe"))
+    if problem:
+        raise InputError(f"cannot write to {folder}: {problem}")
 
 
 def _warn_skipped(item, error: Exception) -> None:
@@ -383,6 +421,13 @@ def _plan_detect(args: argparse.Namespace):
     """
     from .io import IMAGE_SUFFIXES, check_output_path, list_images
 
+    from .atomic import name_problem
+
+    for flag in ("output", "heatmap", "report", "csv", "sort_into"):
+        value = getattr(args, flag)
+        problem = value and name_problem(value)
+        if problem:
+            raise InputError(f"cannot write {value}: {problem}")
     source = Path(args.input)
     if not source.exists():
         raise InputError(f"input {source} does not exist")
@@ -412,6 +457,9 @@ def _plan_detect(args: argparse.Namespace):
         # a.png and a.tif in one folder would both write heatmap a.npy: those keep their suffix (a.png.npy).
         stems = collections.Counter(p.stem for p in paths)
         names = {p: f"{p.stem if stems[p.stem] == 1 else p.name}.npy" for p in paths}
+        for folder, files in ((output, [p.name for p in paths]), (heatmap, list(names.values()))):
+            if folder is not None:
+                _check_names_fit(folder, files)
         jobs = [(p, output / p.name, heatmap / names[p] if heatmap else None) for p in paths]
     else:
         if args.sort_into:
@@ -553,12 +601,34 @@ def _run_detect(args: argparse.Namespace) -> int:
 def _check_output_folder(folder: Path, flag: str, new_folders: list[Path]) -> bool:
     """InputError unless ``folder`` is a folder or can be created as one (in an existing folder or in one of
     ``new_folders``, which are created first, in order); True when it is still to be created."""
+    from .atomic import output_problem
+    from .io import missing_folder_reason
+
     if folder.exists() and not folder.is_dir():
         raise InputError(f"{flag} {folder} must be a folder when --input is a folder")
     parent = folder.resolve().parent
-    if not parent.is_dir() and parent not in {new.resolve() for new in new_folders}:
-        raise InputError(f"cannot write {folder}: folder {parent} does not exist")
+    to_be_created = parent in {new.resolve() for new in new_folders}
+    if not parent.is_dir() and not to_be_created:
+        raise InputError(f"cannot write {folder}: {missing_folder_reason(parent)}")
+    if not to_be_created:  # a folder inside a new one is as writable as that one, checked before
+        problem = output_problem(folder / "probe") if folder.is_dir() else output_problem(folder)
+        if problem:
+            raise InputError(f"cannot write {folder}: {problem}")
     return not folder.exists()
+
+
+def _check_names_fit(folder: Path, names: list[str]) -> None:
+    """InputError when one of the files a folder run will write in ``folder`` has a name longer than its
+    file system allows (a heatmap adds ``.npy`` to a scan's name), before the first scan."""
+    existing = next((part for part in (folder, *folder.resolve().parents) if part.is_dir()), Path("/"))
+    try:
+        limit = os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    too_long = next((name for name in names if len(os.fsencode(name)) > limit), None)
+    if too_long:
+        raise InputError(f"cannot write {folder / too_long}: the name is longer than the {limit} bytes "
+                         "the file system allows")
 
 
 @dataclass
@@ -625,6 +695,8 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     _check_rate(args.false_alarm_rate)
     model_dir = Path(args.model or _default_model())
     paths = list_images(args.clean_dir)
+    if model_dir.is_dir():  # else Detector.load says there is no bundle
+        _check_writable_folder(model_dir)  # the updated bundle replaces it: refused now, not after the scans
     detector = Detector.load(model_dir, device=args.device, runtime=args.runtime)
     _note_runtime(detector)
     calibration = detector.calibrate(paths, args.false_alarm_rate, on_bad_image=_warn_skipped)

@@ -11,7 +11,7 @@ from typing import Callable, Iterator
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .atomic import replacing
+from .atomic import output_problem, replacing
 from .bmp16 import read_grey16_bmp
 from .codec_noise import quiet_codecs
 from .errors import InputError
@@ -240,9 +240,22 @@ def check_output_path(path: str | os.PathLike, suffixes: tuple[str, ...] = IMAGE
     if not path.parent.is_dir():
         if any(path.parent.resolve() == Path(folder).resolve() for folder in new_folders):
             return
-        raise ImageReadError(f"cannot write {path}: folder {path.parent} does not exist")
+        raise ImageReadError(f"cannot write {path}: {missing_folder_reason(path.parent)}")
     if path.is_dir():
         raise ImageReadError(f"cannot write {path}: it is a folder")
+    problem = output_problem(path)
+    if problem:
+        raise ImageReadError(f"cannot write {path}: {problem}")
+
+
+def missing_folder_reason(folder: Path) -> str:
+    """Why ``folder``, which is not a folder, cannot hold an output: one of its parts is a file, or it is missing."""
+    for part in (folder, *folder.parents):
+        if part.exists():
+            if not part.is_dir():
+                return f"{part} is a file, not a folder"
+            break
+    return f"folder {folder} does not exist"
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
