@@ -11,6 +11,7 @@ import collections
 import contextlib
 import itertools
 import json
+import math
 import os
 import signal
 import sys
@@ -745,6 +746,19 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _write_json(path: Path, payload: dict) -> None:
+    """Write ``payload`` as strict JSON: a NaN or infinite number (which JSON cannot hold; Python would write
+    ``NaN``, which other readers refuse) becomes null."""
     from .atomic import write_text
 
-    write_text(path, json.dumps(payload, indent=2) + "\n")
+    write_text(path, json.dumps(_finite_json(payload), indent=2, allow_nan=False) + "\n")
+
+
+def _finite_json(value):
+    """``value`` with every non-finite float, at any depth, replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_json(item) for item in value]
+    return value

@@ -23,7 +23,8 @@ import torch
 
 from . import __version__
 from .augment import augmented_views
-from .bundle import BundleError, load_bundle, read_manifest, save_bundle
+from .bundle import BundleError, load_bundle, save_bundle
+from .bundle_checks import check_detector_bundle
 from .calibration import DEFAULT_FALSE_ALARM_RATE, Calibration, calibrate, check_false_alarm_rate
 from .config import DetectorConfig
 from .descriptor import DescriptorAccumulator, DescriptorBank, scan_descriptor
@@ -690,14 +691,14 @@ class Detector:
     def load(cls, folder: str | os.PathLike, device: str | torch.device = "auto", runtime: str = "auto") -> "Detector":
         """Load a bundle and its backbone (run by ``runtime``, see FeatureExtractor); refuses a bundle built on
         other backbone weights."""
-        manifest = read_manifest(folder)
+        manifest, arrays = load_bundle(folder)  # one read: config and arrays from the same save
+        check_detector_bundle(folder, manifest, arrays)
         try:
             config = DetectorConfig.from_dict(manifest["config"])
             calibration = Calibration.from_dict(manifest["calibration"])
             backbone = manifest["backbone"]
         except (KeyError, TypeError, ValueError) as exc:
-            raise BundleError(f"model bundle {folder} has an invalid manifest: {exc}") from None
-        manifest, arrays = load_bundle(folder)
+            raise BundleError(f"model bundle {folder} has an invalid manifest: {first_line(exc)}") from None
         detector = cls(config, device=device, runtime=runtime)
         extractor = detector.extractor
         if extractor.digest != backbone.get("state_dict_sha256"):

@@ -58,7 +58,7 @@ SETTING_RANGES: dict[str, Range] = {
     "k": Range(1, 1000, integer=True),
     "smoothing_sigma": Range(0.0, 16.0),
     "top_fraction": FRACTION_OPEN_LOW,
-    "top_patches": Range(1, 1_000_000, integer=True),
+    "top_patches": Range(1, 2**31 - 1, integer=True),  # more than a scan has: all of them, harmless
     "holdout_fraction": Range(0.0, 0.9),
     "max_bank_size": Range(1, 10_000_000, integer=True),
     "max_patches_per_scan": Range(1, 10_000_000, integer=True),

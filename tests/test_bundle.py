@@ -120,9 +120,10 @@ def test_missing_array_file(tmp_path):
 
 
 def _edit_manifest(folder: Path, change) -> None:
+    """Change the manifest and re-seal it, as a careful forger would: the checks behind the checksum."""
     manifest = json.loads((folder / MANIFEST).read_text())
     change(manifest)
-    (folder / MANIFEST).write_text(json.dumps(manifest))
+    (folder / MANIFEST).write_text(json.dumps(bundle.seal(manifest)))
 
 
 def test_replaced_array_with_matching_checksum_but_wrong_shape(tmp_path):

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from rtg_anomaly import Detector
+from rtg_anomaly.bundle import seal
 from rtg_anomaly.cli import main
 from tests.conftest import TINY_CLI_FLAGS
 
@@ -226,7 +227,7 @@ def test_damaged_bundles_are_refused(demo_data, tiny_bundle, tmp_path, capsys, d
         manifest["config"]["seed"] = 12345  # a different random init: other backbone weights
     elif damage == "missing_array":
         (bundle / "memory_bank.npy").unlink()
-    manifest_path.write_text(json.dumps(manifest))
+    manifest_path.write_text(json.dumps(seal(manifest)))  # re-sealed: the checks behind the checksum
     scan = sorted((demo_data / "test" / "good").iterdir())[0]
     out = tmp_path / "o.png"
     assert main(["detect", "--input", str(scan), "--output", str(out), "--model", str(bundle)]) == 2
