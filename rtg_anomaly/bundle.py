@@ -19,13 +19,14 @@ import json
 import math
 import os
 import shutil
+import stat
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from .atomic import staging_folder
+from .atomic import exchange, staging_folder
 from .errors import InputError
 
 FORMAT_NAME = "rtg-anomaly-bundle"
@@ -33,7 +34,9 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 CONTENT_KEY = "content_sha256"
 MAX_MANIFEST_BYTES = 16 << 20  # a real manifest is a few kB; a selection record a few tens
-READ_ATTEMPTS = 4  # reads of a bundle replaced meanwhile; a save takes two renames, so one more read suffices
+# Reads of a bundle that keeps being replaced meanwhile: one more read suffices after a real save (a fit
+# takes minutes); the stress test (tests/test_bundle_swap.py) saves in a tight loop, and needs a few.
+READ_ATTEMPTS = 20
 NPY_VERSIONS = ((1, 0), (2, 0))  # what np.save writes for plain numeric arrays
 MAX_NPY_HEADER_BYTES = 65_536 + 16
 
@@ -93,7 +96,9 @@ def save_bundle(folder: str | os.PathLike, manifest: dict, arrays: dict[str, np.
                              "sha256": hashlib.sha256(data).hexdigest()}
         full = seal({"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **manifest, "arrays": entries})
         (tmp / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=False, allow_nan=False) + "\n")
-        if folder.exists():
+        if folder.exists() and exchange(tmp, folder):
+            pass  # the old bundle is now in tmp, removed below; the folder was never missing
+        elif folder.exists():
             old = folder.parent / f".{folder.name}.old-{os.getpid()}"
             os.replace(folder, old)
             try:
@@ -127,8 +132,8 @@ def seal(manifest: dict) -> dict:
 def read_manifest(folder: str | os.PathLike) -> dict:
     """The checked manifest of a bundle (format name and version, checksum, array entries)."""
     folder = Path(folder)
-    with _open_folder(folder) as read:
-        return _parse_manifest(folder, read(MANIFEST, MAX_MANIFEST_BYTES))
+    with _open_folder(folder) as open_file, open_file(MANIFEST, MAX_MANIFEST_BYTES) as file:
+        return _parse_manifest(folder, _read(folder, MANIFEST, file))
 
 
 def load_bundle(folder: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
@@ -146,10 +151,19 @@ def load_bundle(folder: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]
             return _read_bundle(folder)
         except BundleError as exc:
             error = exc
-        if _identity(folder) == before:  # nothing replaced the folder: the damage is real
-            break
-        time.sleep(0.01 * (attempt + 1))
+        if _identity(folder) == before and not (before is None and _being_replaced(folder)):
+            break  # nothing replaced the folder meanwhile: the damage is real
+        time.sleep(min(0.002 * (attempt + 1), 0.02))
     raise error
+
+
+def _being_replaced(folder: Path) -> bool:
+    """Whether a save is between its two renames (where no atomic exchange exists): the old bundle is
+    moved aside under a hidden name and the new one not yet in place."""
+    try:
+        return any(name.startswith(f".{folder.name}.old-") for name in os.listdir(folder.parent))
+    except OSError:
+        return False
 
 
 def _identity(folder: Path) -> tuple | None:
@@ -163,18 +177,36 @@ def _identity(folder: Path) -> tuple | None:
 
 
 def _read_bundle(folder: Path) -> tuple[dict, dict[str, np.ndarray]]:
-    with _open_folder(folder) as read:
-        manifest = _parse_manifest(folder, read(MANIFEST, MAX_MANIFEST_BYTES))
-        arrays = {name: _parse_array(folder, entry, read(entry["file"], None, entry))
-                  for name, entry in manifest["arrays"].items()}
+    with _open_folder(folder) as open_file:
+        with open_file(MANIFEST, MAX_MANIFEST_BYTES) as file:
+            manifest = _parse_manifest(folder, _read(folder, MANIFEST, file))
+        # Every array file is opened before any is read: a save replacing the folder now removes the old
+        # files, but files already open stay readable, so the read rarely has to start again.
+        files = {}
+        try:
+            for name, entry in manifest["arrays"].items():
+                files[name] = open_file(entry["file"], None, entry)
+            arrays = {name: _parse_array(folder, entry, _read(folder, entry["file"], files[name]))
+                      for name, entry in manifest["arrays"].items()}
+        finally:
+            for file in files.values():
+                file.close()
     return manifest, arrays
+
+
+def _read(folder: Path, name: str, file) -> bytes:
+    try:
+        return file.read()
+    except OSError as exc:
+        raise BundleError(f"cannot read {name} in model bundle {folder}: {exc.strerror or exc}") from None
 
 
 @contextmanager
 def _open_folder(folder: Path):
-    """Yield ``read(name, limit, entry=None) -> bytes`` for files of ``folder``, all read through one handle
-    on the folder where the system allows it, so that a rename of the folder meanwhile does not mix two
-    bundles' files. OSError becomes BundleError."""
+    """Yield ``open_file(name, limit, entry=None) -> binary file``, opening files of ``folder`` through one
+    handle on the folder where the system allows it (a rename of the folder meanwhile cannot mix two
+    bundles' files) and refusing a file larger than ``limit`` bytes, or, for an array with its manifest
+    ``entry``, one whose size does not fit the shape and dtype the entry declares. OSError becomes BundleError."""
     if not folder.is_dir():
         raise BundleError(f"no model bundle at {folder} (missing {MANIFEST}); run 'rtg-anomaly fit' first")
     use_handle = os.open in os.supports_dir_fd and hasattr(os, "O_DIRECTORY")
@@ -183,9 +215,10 @@ def _open_folder(folder: Path):
     except OSError as exc:
         raise BundleError(f"cannot read model bundle {folder}: {exc.strerror or exc}") from None
 
-    def read(name: str, limit: int | None, entry: dict | None = None) -> bytes:
+    def open_file(name: str, limit: int | None, entry: dict | None = None):
         try:
-            fd = os.open(name, os.O_RDONLY, dir_fd=handle) if use_handle else os.open(folder / name, os.O_RDONLY)
+            flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)  # a FIFO named like a bundle file must not block
+            fd = os.open(name, flags, dir_fd=handle) if use_handle else os.open(folder / name, flags)
         except FileNotFoundError:
             if name == MANIFEST:
                 raise BundleError(f"no model bundle at {folder} (missing {MANIFEST}); run 'rtg-anomaly fit' "
@@ -193,24 +226,28 @@ def _open_folder(folder: Path):
             raise BundleError(f"model bundle {folder} is missing {name}") from None
         except OSError as exc:
             raise BundleError(f"cannot read {name} in model bundle {folder}: {exc.strerror or exc}") from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):  # a folder named manifest.json, a device
+            os.close(fd)
+            raise BundleError(f"cannot read {name} in model bundle {folder}: not a plain file")
+        file = os.fdopen(fd, "rb")
         try:
-            with os.fdopen(fd, "rb") as file:
-                size = os.fstat(file.fileno()).st_size
-                if entry is not None:
-                    limit = _entry_bytes(entry) + MAX_NPY_HEADER_BYTES
-                    if size < _entry_bytes(entry):
-                        raise BundleError(f"model bundle {folder}: {name} has {size:,} bytes, fewer than the "
-                                          f"{_entry_bytes(entry):,} its manifest entry declares")
-                if size > limit:
-                    raise BundleError(f"model bundle {folder}: {name} has {size:,} bytes, more than "
-                                      f"{'its manifest entry declares' if entry else 'a bundle holds'} ({limit:,})")
-                return file.read()
-        except (OSError, ValueError) as exc:  # a folder named manifest.json, an unreadable file
-            raise BundleError(f"cannot read {name} in model bundle {folder}: "
-                              f"{getattr(exc, 'strerror', None) or exc}") from None
+            size = info.st_size
+            if entry is not None:
+                limit = _entry_bytes(entry) + MAX_NPY_HEADER_BYTES
+                if size < _entry_bytes(entry):
+                    raise BundleError(f"model bundle {folder}: {name} has {size:,} bytes, fewer than the "
+                                      f"{_entry_bytes(entry):,} its manifest entry declares")
+            if size > limit:
+                raise BundleError(f"model bundle {folder}: {name} has {size:,} bytes, more than "
+                                  f"{'its manifest entry declares' if entry else 'a bundle holds'} ({limit:,})")
+        except BaseException:
+            file.close()
+            raise
+        return file
 
     try:
-        yield read
+        yield open_file
     finally:
         if handle is not None:
             os.close(handle)
