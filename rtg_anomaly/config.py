@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InputError
-from .ranges import LAYER_INDEX, SETTING_RANGES
+from .ranges import LAYER_INDEX, MODEL_KWARGS, SETTING_RANGES
 
 DEFAULT_BACKBONE = "vit_small_patch14_dinov2"
 IMAGE_SCORE_RULES = ("max", "top_mean", "patch_top_mean", "global")
@@ -121,6 +121,8 @@ class DetectorConfig:
             (isinstance(self.backbone, str) and bool(self.backbone), "backbone must be a timm model name"),
             (self.weights is None or isinstance(self.weights, str), "weights must be a file name or null"),
             (all(index in LAYER_INDEX for index in self.layers), f"layers must each be {LAYER_INDEX}"),
+            (all(key in MODEL_KWARGS and value in MODEL_KWARGS[key] for key, value in self.model_kwargs.items()),
+             f"model_kwargs may only set {', '.join(f'{key} ({accepted})' for key, accepted in MODEL_KWARGS.items())}"),
             (len(self.layers) >= 1, "layers must name at least one block"),
             (self.tile_size >= 8, "tile_size must be >= 8 pixels"),
             (0.0 <= self.overlap < 1.0, "overlap must be in [0, 1)"),

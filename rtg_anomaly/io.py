@@ -70,27 +70,8 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.nda
     if not path.is_file():
         raise ImageReadError(f"cannot read image {path}: no such file")
     try:
-        grey16 = read_grey16_bmp(path, max_pixels=max_pixels)
-        if grey16 is not None:
-            return grey16
-        try:
-            opened = Image.open(path)
-        except UnidentifiedImageError:
-            array = _read_with_opencv(path)  # a few layouts Pillow does not know, e.g. float64 TIFF
-            if array is None:
-                raise
-            return _from_opencv(array)
-        with opened as img:
-            _check_pixel_count(img.size, max_pixels)  # the header only: nothing is decoded yet
-            if img.format != "PNG":
-                sixteen_bit_channels = _has_16bit_channels(img)  # before load(), which clears img.tile
-                img.load()  # decodes and checks the whole file, also when OpenCV reads it below
-                if not sixteen_bit_channels:
-                    return _to_array(img)
-        array = _read_with_opencv(path)
-        if array is None:
-            raise ValueError("the image data is truncated or corrupt")
-        return _from_opencv(array)
+        with quiet_codecs():  # libpng, libjpeg and libtiff print their complaints to stderr from C
+            return _decode(path, max_pixels)
     except Image.DecompressionBombError:  # Pillow's own guard (its limit is MAX_PIXELS, ours may be lower)
         raise ImageReadError(f"cannot read image {path}: it declares more than {max_pixels:,} pixels "
                              f"(the {MAX_PIXELS_VARIABLE} limit)") from None
@@ -99,6 +80,31 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.nda
         if isinstance(exc, UnidentifiedImageError):
             reason = "not a recognised image file"
         raise ImageReadError(f"cannot read image {path}: {reason}") from None
+
+
+def _decode(path: Path, max_pixels: int) -> np.ndarray:
+    """``load_image``'s decode; raises what the decoders raise (OSError, ValueError, ...)."""
+    grey16 = read_grey16_bmp(path, max_pixels=max_pixels)
+    if grey16 is not None:
+        return grey16
+    try:
+        opened = Image.open(path)
+    except UnidentifiedImageError:
+        array = _read_with_opencv(path)  # a few layouts Pillow does not know, e.g. float64 TIFF
+        if array is None:
+            raise
+        return _from_opencv(array)
+    with opened as img:
+        _check_pixel_count(img.size, max_pixels)  # the header only: nothing is decoded yet
+        if img.format != "PNG":
+            sixteen_bit_channels = _has_16bit_channels(img)  # before load(), which clears img.tile
+            img.load()  # decodes and checks the whole file, also when OpenCV reads it below
+            if not sixteen_bit_channels:
+                return _to_array(img)
+    array = _read_with_opencv(path)
+    if array is None:
+        raise ValueError("the image data is truncated or corrupt")
+    return _from_opencv(array)
 
 
 def _check_pixel_count(size: tuple[int, int], max_pixels: int) -> None:

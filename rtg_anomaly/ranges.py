@@ -65,4 +65,11 @@ SETTING_RANGES: dict[str, Range] = {
     "batch_size": Range(1, 1024, integer=True),
 }
 LAYER_INDEX = Range(-64, 64, integer=True)
+# The only timm.create_model arguments a config (and so a bundle from a stranger) may set: architecture
+# sizes. Anything else could make timm read a file (checkpoint_path, pretrained_cfg_overlay) or the network.
+MODEL_KWARGS: dict[str, Range] = {
+    "depth": Range(1, 64, integer=True), "embed_dim": Range(1, 8192, integer=True),
+    "num_heads": Range(1, 128, integer=True), "mlp_ratio": Range(0.0, 16.0, low_open=True),
+    "patch_size": Range(1, 64, integer=True), "img_size": Range(8, 2048, integer=True),
+}
 FALSE_ALARM_RATE = SHARE

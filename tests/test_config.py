@@ -95,7 +95,7 @@ def test_valid_edges_accepted(field, value):
 
 
 def test_normalises_sequences():
-    config = DetectorConfig(layers=[3, "7"], window_percentiles=[1, 99], model_kwargs={"a": 1})
+    config = DetectorConfig(layers=[3, "7"], window_percentiles=[1, 99], model_kwargs={"depth": 1})
     assert config.layers == (3, 7)
     assert config.window_percentiles == (1.0, 99.0)
     assert all(isinstance(p, float) for p in config.window_percentiles)
