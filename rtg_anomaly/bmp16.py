@@ -66,7 +66,7 @@ def read_grey16_bmp(path: str | os.PathLike, max_pixels: int | None) -> np.ndarr
         raise ValueError(f"BMP header gives an image size of {width} x {abs(height)} pixels")
     rows = abs(height)
     if max_pixels is not None and width * rows > max_pixels:
-        raise ValueError(f"image has {width * rows:,} pixels, more than the {max_pixels:,} allowed")
+        raise ValueError(f"image has {width * rows:,} pixels, more than the {max_pixels:,} allowed (RTG_ANOMALY_MAX_PIXELS)")
     row_values = _row_values(width)
     needed_bytes = pixel_offset + rows * row_values * 2
     if os.path.getsize(path) < needed_bytes:

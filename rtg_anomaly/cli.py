@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import itertools
 import json
+import math
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -22,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from .config import IMAGE_SCORE_RULES, RUNTIMES
 from .errors import InputError, first_line
+from .ranges import FALSE_ALARM_RATE, FRACTION_OPEN_LOW, LAYER_INDEX, SETTING_RANGES, Range
 from .regions import DEFAULT_MIN_AREA
 
 if TYPE_CHECKING:
@@ -31,6 +36,30 @@ if TYPE_CHECKING:
 
 DEFAULT_MODEL_DIR = "model_artifacts/default"
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C; SIGTERM gives the same
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a service manager or batch scheduler stopping the run), handled exactly like Ctrl-C: a
+    folder run keeps the report and CSV of the scans it finished, with "complete": false."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """While the command runs, SIGTERM raises ``Terminated`` in the main thread (Python's default would
+    end the process at once, leaving no report); the previous handler is restored afterwards."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,22 +74,52 @@ def _default_model() -> str:
     return os.environ.get("RTG_ANOMALY_MODEL", DEFAULT_MODEL_DIR)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
+# Flags that are not DetectorConfig settings; the settings' own ranges are ranges.SETTING_RANGES.
+PERCENTILE = Range(0.0, 100.0)
+OPACITY = Range(0.0, 1.0)
+GAMMA = Range(0.0, 20.0, low_open=True)
+BLUR_SIGMA = Range(0.0, 256.0)
+COLOUR_VALUE = Range(-1e6, 1e6)
+REGION_AREA = Range(0, 10**12, integer=True)
+SUBSAMPLE = Range(1, 10**6, integer=True)
+WORST_OVERLAYS = Range(0, 1000, integer=True)
+SEED = Range(0, 2**32 - 1, integer=True)
+
+
+def _in(accepted: Range):
+    """An argparse ``type``: the flag's text as an int or float within ``accepted`` (finite), else a
+    one-line usage error that states the range."""
+    def parse(text: str):
+        try:
+            value = int(text) if accepted.integer else float(text)
+        except ValueError:
+            value = None
+        if value not in accepted:
+            raise argparse.ArgumentTypeError(f"expected {accepted}, got {text!r}")
+        return value
+
+    parse.__name__ = "integer" if accepted.integer else "number"
+    return parse
+
+
+def _setting(name: str):
+    return _in(SETTING_RANGES[name])
+
+
+def _ranged(text: str, accepted: Range | str) -> str:
+    """Help text with the accepted range stated; ``accepted``: a Range or a DetectorConfig setting's name."""
+    return f"{text}; {SETTING_RANGES[accepted] if isinstance(accepted, str) else accepted}"
 
 
 def _block_indices(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(part) for part in text.split(","))
+        indices = tuple(int(part) for part in text.split(","))
     except ValueError:
+        indices = ()
+    if not indices or not all(index in LAYER_INDEX for index in indices):
         raise argparse.ArgumentTypeError(
-            f"expected comma-separated block indices such as 6 or 4,6, got {text!r}") from None
+            f"expected comma-separated block indices such as 6 or 4,6, each {LAYER_INDEX}, got {text!r}")
+    return indices
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,16 +142,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(detect)
     detect.add_argument("--threshold", choices=("percentile", "calibrated"), default="percentile",
                         help="colour pixels above this scan's percentile (default) or above the calibrated pixel threshold")
-    detect.add_argument("--threshold-percentile", type=float, default=90.0,
-                        help="in percentile mode, pixels below this percentile of the scan's map stay uncoloured (default 90)")
+    detect.add_argument("--threshold-percentile", type=_in(PERCENTILE), default=90.0,
+                        help=_ranged("in percentile mode, pixels below this percentile of the scan's map stay "
+                                     "uncoloured (default 90)", PERCENTILE))
     detect.add_argument("--heatmap", help="write the raw calibrated map as float32 .npy (a folder for folder input)")
     detect.add_argument("--report", help="write a JSON report")
-    detect.add_argument("--color-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
-                        help="calibrated values at the bottom and top of the colour scale "
-                             "(default: 1.0 to twice the pixel threshold's excess over 1.0)")
+    detect.add_argument("--color-range", type=_in(COLOUR_VALUE), nargs=2, metavar=("LOW", "HIGH"),
+                        help=_ranged("calibrated values at the bottom and top of the colour scale, LOW < HIGH "
+                                     "(default: 1.0 to twice the pixel threshold's excess over 1.0)", COLOUR_VALUE))
     _add_display_flags(detect)
-    detect.add_argument("--min-region-area", type=int, default=DEFAULT_MIN_AREA,
-                        help=f"suspicious regions smaller than this many pixels are dropped (default {DEFAULT_MIN_AREA})")
+    detect.add_argument("--min-region-area", type=_in(REGION_AREA), default=DEFAULT_MIN_AREA,
+                        help=_ranged(f"suspicious regions smaller than this many pixels are dropped "
+                                     f"(default {DEFAULT_MIN_AREA})", REGION_AREA))
     detect.add_argument("--draw-regions", action="store_true", help="outline the regions with their rank on the overlay")
     detect.add_argument("--csv", help="triage CSV, one row per scan (folder input: default OUTPUT/triage.csv)")
     detect.add_argument("--sort-into", help="folder input: copy or link each scan into SORT_INTO/clean or SORT_INTO/suspect")
@@ -111,8 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--clean-dir", required=True, help="folder of clean scans not used to fit")
     cal.add_argument("--model", default=None, help="bundle folder to update (default: $RTG_ANOMALY_MODEL or model_artifacts/default)")
     _add_device(cal)
-    cal.add_argument("--false-alarm-rate", type=float, default=0.01,
-                     help="share of clean scans the thresholds may flag (default 0.01)")
+    cal.add_argument("--false-alarm-rate", type=_in(FALSE_ALARM_RATE), default=0.01,
+                     help=_ranged("share of clean scans the thresholds may flag (default 0.01)", FALSE_ALARM_RATE))
     _add_threshold_rule_flags(cal, "default: the rule the model was calibrated with")
     cal.set_defaults(handler=_run_calibrate)
 
@@ -121,8 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", default=None, help="evaluate this bundle (default: fit first on DATA/train/good)")
     ev.add_argument("--output", help="folder for metrics.json, metrics.md and the plots")
     ev.add_argument("--save-model", help="when fitting, also save the bundle here")
-    ev.add_argument("--max-per-class", type=_positive_int, help="evenly subsample at most N test images per type")
-    ev.add_argument("--worst", type=int, default=0, help="write overlays of the N worst misses of each kind")
+    ev.add_argument("--max-per-class", type=_in(SUBSAMPLE),
+                    help=_ranged("evenly subsample at most N test images per type", SUBSAMPLE))
+    ev.add_argument("--worst", type=_in(WORST_OVERLAYS), default=0,
+                    help=_ranged("write overlays of the N worst misses of each kind", WORST_OVERLAYS))
     _add_device(ev)
     _add_config_flags(ev)
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -138,20 +201,22 @@ def _add_display_flags(detect: argparse.ArgumentParser) -> None:
     detect.add_argument("--colormap", default=style.cmap,
                         help=f"matplotlib colour map of the overlay (default {style.cmap}); whatever the map, pixels "
                              "at or above the calibrated pixel threshold take its warm end")
-    detect.add_argument("--alpha-min", type=float, default=style.alpha_min,
-                        help=f"overlay opacity at the bottom of the colour scale (default {style.alpha_min})")
-    detect.add_argument("--alpha-max", type=float, default=None,
-                        help=f"overlay opacity at the top of the colour scale (default {style.alpha_max})")
-    detect.add_argument("--alpha", type=float, default=None, help="older name of --alpha-max")
-    detect.add_argument("--gamma", type=float, default=style.gamma,
-                        help=f"power on the position within the colour scale; below 1 lifts weak responses "
-                             f"(default {style.gamma:g})")
-    detect.add_argument("--clip-quantile", type=float, default=style.clip_quantile,
-                        help="show values above this quantile of the scan's map at that quantile, never below the "
-                             f"pixel threshold, in (0, 1] (default {style.clip_quantile:g}: off)")
-    detect.add_argument("--blur", type=float, default=style.blur, metavar="SIGMA",
-                        help="Gaussian smoothing of the displayed map, sigma in scan pixels (default 0: off; "
-                             "the heatmap file, scores and regions are unchanged)")
+    detect.add_argument("--alpha-min", type=_in(OPACITY), default=style.alpha_min,
+                        help=_ranged(f"overlay opacity at the bottom of the colour scale (default {style.alpha_min})",
+                                     OPACITY))
+    detect.add_argument("--alpha-max", type=_in(OPACITY), default=None,
+                        help=_ranged(f"overlay opacity at the top of the colour scale (default {style.alpha_max})",
+                                     OPACITY))
+    detect.add_argument("--alpha", type=_in(OPACITY), default=None, help=_ranged("older name of --alpha-max", OPACITY))
+    detect.add_argument("--gamma", type=_in(GAMMA), default=style.gamma,
+                        help=_ranged(f"power on the position within the colour scale; below 1 lifts weak responses "
+                                     f"(default {style.gamma:g})", GAMMA))
+    detect.add_argument("--clip-quantile", type=_in(FRACTION_OPEN_LOW), default=style.clip_quantile,
+                        help=_ranged("show values above this quantile of the scan's map at that quantile, never below "
+                                     f"the pixel threshold (default {style.clip_quantile:g}: off)", FRACTION_OPEN_LOW))
+    detect.add_argument("--blur", type=_in(BLUR_SIGMA), default=style.blur, metavar="SIGMA",
+                        help=_ranged("Gaussian smoothing of the displayed map, sigma in scan pixels (default 0: off; "
+                                     "the heatmap file, scores and regions are unchanged)", BLUR_SIGMA))
     detect.add_argument("--outline", action=argparse.BooleanOptionalAction, default=style.outline,
                         help="ring the pixels at or above the calibrated pixel threshold in magenta (default on)")
     detect.add_argument("--colorbar", action="store_true",
@@ -176,50 +241,64 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     """The detector's hyper-parameters, shared by fit and evaluate (None = the DetectorConfig default)."""
     parser.add_argument("--method", help="detection method: patchcore (default: memory bank of clean patches, "
                                          "kNN), padim (a Gaussian per patch cell of a tile), centroid (cosine "
-                                         "distance of each tile to the clean tiles' mean); stored in the bundle")
-    parser.add_argument("--padim-features", type=_positive_int,
-                        help="with --method padim: random feature channels kept (default 100)")
-    parser.add_argument("--epochs", type=_positive_int,
-                        help="with --method svdd: training epochs over the cached clean patch features (default 10)")
+                                         "distance of each tile to the clean tiles' mean), svdd (Deep SVDD head); "
+                                         "stored in the bundle")
+    parser.add_argument("--padim-features", type=_setting("padim_features"),
+                        help=_ranged("with --method padim: random feature channels kept (default 100)",
+                                     "padim_features"))
+    parser.add_argument("--epochs", type=_setting("svdd_epochs"),
+                        help=_ranged("with --method svdd: training epochs over the cached clean patch features "
+                                     "(default 10)", "svdd_epochs"))
     parser.add_argument("--pretrain", choices=("none", "rotation"),
                         help="with --method svdd: rotation: first train the head to tell how a clean tile was "
                              "rotated (4 backbone passes per training scan); none: off (default)")
     parser.add_argument("--backbone", help="timm model name (default vit_small_patch14_dinov2)")
     parser.add_argument("--weights", help="local weights file for the backbone ('random': untrained, for tests)")
-    parser.add_argument("--tile-size", type=_positive_int, help="tile side in scan pixels (default 512)")
-    parser.add_argument("--overlap", type=float, help="fraction of a tile shared with its neighbour (default 0.25)")
-    parser.add_argument("--input-size", type=_positive_int, help="backbone input side each tile is resized to (default 448)")
-    parser.add_argument("--pca-dim", type=_positive_int, help="feature dimension kept by PCA (default 128)")
-    parser.add_argument("--pca-whiten", type=float, metavar="POWER",
-                        help="divide each PCA direction by its standard deviation to this power, in [0, 1] "
-                             "(0: plain PCA, default; 0.5: half-whitening; 1: full whitening)")
+    parser.add_argument("--tile-size", type=_setting("tile_size"),
+                        help=_ranged("tile side in scan pixels (default 512)", "tile_size"))
+    parser.add_argument("--overlap", type=_setting("overlap"),
+                        help=_ranged("fraction of a tile shared with its neighbour (default 0.25)", "overlap"))
+    parser.add_argument("--input-size", type=_setting("input_size"),
+                        help=_ranged("backbone input side each tile is resized to (default 448)", "input_size"))
+    parser.add_argument("--pca-dim", type=_setting("pca_dim"),
+                        help=_ranged("feature dimension kept by PCA (default 128)", "pca_dim"))
+    parser.add_argument("--pca-whiten", type=_setting("pca_whiten"), metavar="POWER",
+                        help=_ranged("divide each PCA direction by its standard deviation to this power "
+                                     "(0: plain PCA, default; 0.5: half-whitening; 1: full whitening)", "pca_whiten"))
     bank = parser.add_mutually_exclusive_group()
-    bank.add_argument("--coreset-ratio", type=float, help="memory bank size as a fraction of clean patches (default 0.1)")
-    bank.add_argument("--memory-bank-size", type=_positive_int, help="memory bank size in patches")
-    parser.add_argument("--k", type=_positive_int, help="nearest neighbours averaged per patch (default 1)")
-    parser.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
-    parser.add_argument("--batch-size", type=_positive_int, help="tiles per backbone batch (default 8)")
+    bank.add_argument("--coreset-ratio", type=_setting("coreset_ratio"),
+                      help=_ranged("memory bank size as a fraction of clean patches (default 0.1)", "coreset_ratio"))
+    bank.add_argument("--memory-bank-size", type=_setting("memory_bank_size"),
+                      help=_ranged("memory bank size in patches", "memory_bank_size"))
+    parser.add_argument("--k", type=_setting("k"),
+                        help=_ranged("nearest neighbours averaged per patch (default 1)", "k"))
+    parser.add_argument("--seed", type=_in(SEED), help=_ranged("seed of every random choice (default 0)", SEED))
+    parser.add_argument("--batch-size", type=_setting("batch_size"),
+                        help=_ranged("tiles per backbone batch (default 8)", "batch_size"))
     parser.add_argument("--layers", type=_block_indices,
-                        help="comma-separated backbone block indices (default 6)")
-    parser.add_argument("--neighbourhood", type=_positive_int,
-                        help="side of the average pooling over the patch grid, odd (default 1: off)")
-    parser.add_argument("--smoothing-sigma", type=float, help="Gaussian sigma of the map, in backbone patches (default 0.5)")
+                        help=f"comma-separated backbone block indices (default 6), each {LAYER_INDEX}")
+    parser.add_argument("--neighbourhood", type=_setting("neighbourhood"),
+                        help=_ranged("side of the average pooling over the patch grid, odd (default 1: off)", "neighbourhood"))
+    parser.add_argument("--smoothing-sigma", type=_setting("smoothing_sigma"),
+                        help=_ranged("Gaussian sigma of the map, in backbone patches (default 0.5)", "smoothing_sigma"))
     parser.add_argument("--image-score", choices=IMAGE_SCORE_RULES,
                         help="image score rule: max of the map, top_mean of the map, patch_top_mean of the "
                              "raw patch scores (default), or global: distance of the whole scan's feature "
                              "statistics to the nearest clean scan's (for small crops judged as a whole)")
-    parser.add_argument("--top-fraction", type=float,
-                        help="with --image-score top_mean: share of map pixels averaged (default 0.001)")
-    parser.add_argument("--top-patches", type=_positive_int,
-                        help="with --image-score patch_top_mean: number of highest patch scores averaged (default 5)")
+    parser.add_argument("--top-fraction", type=_setting("top_fraction"),
+                        help=_ranged("with --image-score top_mean: share of map pixels averaged (default 0.001)", "top_fraction"))
+    parser.add_argument("--top-patches", type=_setting("top_patches"),
+                        help=_ranged("with --image-score patch_top_mean: number of highest patch scores averaged (default 5)", "top_patches"))
     parser.add_argument("--intensity-window", choices=("auto", "dtype", "percentile"),
                         help="how raw values map to [0, 1] (default auto: 8-bit as is, 16-bit by percentiles)")
     parser.add_argument("--augment", type=_augment_names, metavar="NAMES",
                         help="flips/rotations of each clean scan added to the memory bank, comma-separated from "
                              "hflip, vflip, rot90, rot180, rot270 ('none': off, the default)")
-    parser.add_argument("--holdout-fraction", type=float, help="share of clean scans held out to calibrate (default 0.2)")
-    parser.add_argument("--false-alarm-rate", type=float, default=0.01,
-                        help="share of clean scans the calibrated thresholds may flag (default 0.01)")
+    parser.add_argument("--holdout-fraction", type=_setting("holdout_fraction"),
+                        help=_ranged("share of clean scans held out to calibrate (default 0.2)", "holdout_fraction"))
+    parser.add_argument("--false-alarm-rate", type=_in(FALSE_ALARM_RATE), default=0.01,
+                        help=_ranged("share of clean scans the calibrated thresholds may flag (default 0.01)",
+                                     FALSE_ALARM_RATE))
     _add_threshold_rule_flags(parser, "default false-alarm-rate")
     parser.add_argument("--select", choices=("off", "auto"), default="off",
                         help="auto: choose backbone, scale (tile and input size), PCA whitening, intensity window "
@@ -270,10 +349,12 @@ def _add_threshold_rule_flags(parser: argparse.ArgumentParser, default: str) -> 
                         help=f"how thresholds follow from the clean calibration scores ({default}): the score "
                              "--false-alarm-rate of clean scans exceed, mean + --std-multiple x std, or the "
                              "--clean-percentile-th percentile; recorded in the bundle and the report")
-    parser.add_argument("--std-multiple", type=float, default=3.0,
-                        help="with --threshold-rule mean-std: standard deviations above the mean, in [0, 100] (default 3)")
-    parser.add_argument("--clean-percentile", type=float, default=99.0,
-                        help="with --threshold-rule percentile: percentile of clean scores, in [0, 100] (default 99)")
+    parser.add_argument("--std-multiple", type=_in(Range(0.0, 100.0)), default=3.0,
+                        help=_ranged("with --threshold-rule mean-std: standard deviations above the mean (default 3)",
+                                     Range(0.0, 100.0)))
+    parser.add_argument("--clean-percentile", type=_in(Range(0.0, 100.0)), default=99.0,
+                        help=_ranged("with --threshold-rule percentile: percentile of clean scores (default 99)",
+                                     Range(0.0, 100.0)))
 
 
 def _threshold_rule(args: argparse.Namespace):
@@ -328,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version and usage errors
         return int(exc.code or 0)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _sigterm_as_interrupt():
             # Pillow warns about damaged metadata before the decode fails or succeeds; either way the
             # outcome is reported in one line, so its two-line warning is noise here.
             warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
@@ -336,9 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"rtg-anomaly: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("rtg-anomaly: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(f"rtg-anomaly: interrupted{' (SIGTERM)' if isinstance(exc, Terminated) else ''}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception as exc:  # a bug or an environment failure: one line, details on request
         if os.environ.get("RTG_ANOMALY_DEBUG"):
             traceback.print_exc()
@@ -433,11 +514,22 @@ def _check_model_destination(folder: Path) -> None:
 
 
 def _check_writable_folder(folder: Path) -> None:
+    """InputError unless files can be written in ``folder`` (or it can be created): checked before any work."""
+    from .atomic import name_problem, output_problem
+    from .io import missing_folder_reason
+
+    problem = name_problem(folder)
+    if problem:
+        raise InputError(f"cannot write to {folder}: {problem}")
     parent = folder.resolve().parent
     if not parent.is_dir():
-        raise InputError(f"cannot write to {folder}: folder {parent} does not exist")
+        raise InputError(f"cannot write to {folder}: {missing_folder_reason(parent)}")
     if folder.exists() and not folder.is_dir():
         raise InputError(f"cannot write to {folder}: it is a file")
+    # A bundle or a metrics folder is written beside itself and renamed: its parent must take new files.
+    problem = output_problem(folder.resolve()) or (folder.is_dir() and output_problem(folder / "probe"))
+    if problem:
+        raise InputError(f"cannot write to {folder}: {problem}")
 
 
 def _warn_skipped(item, error: Exception) -> None:
@@ -455,6 +547,13 @@ def _plan_detect(args: argparse.Namespace):
     """
     from .io import IMAGE_SUFFIXES, check_output_path, list_images
 
+    from .atomic import name_problem
+
+    for flag in ("output", "heatmap", "report", "csv", "sort_into"):
+        value = getattr(args, flag)
+        problem = value and name_problem(value)
+        if problem:
+            raise InputError(f"cannot write {value}: {problem}")
     source = Path(args.input)
     if not source.exists():
         raise InputError(f"input {source} does not exist")
@@ -487,8 +586,13 @@ def _plan_detect(args: argparse.Namespace):
         for folder, flag in ((heatmap, "--heatmap"), (triptych, "--triptych")):
             if folder is not None and _same_path(folder, source):
                 raise InputError(f"{flag} {folder} is the input folder; name another folder")
+        triptych_names = {p: f"{names[p][:-len('.npy')]}.png" for p in paths}
+        for folder, files in ((output, [p.name for p in paths]), (heatmap, list(names.values())),
+                              (triptych, list(triptych_names.values()))):
+            if folder is not None:
+                _check_names_fit(folder, files)
         jobs = [(p, output / p.name, heatmap / names[p] if heatmap else None,
-                 triptych / f"{names[p][:-len('.npy')]}.png" if triptych else None) for p in paths]
+                 triptych / triptych_names[p] if triptych else None) for p in paths]
     else:
         if args.sort_into:
             raise InputError("--sort-into needs a folder as --input")
@@ -657,12 +761,34 @@ def _gpu_of(device: str):
 def _check_output_folder(folder: Path, flag: str, new_folders: list[Path]) -> bool:
     """InputError unless ``folder`` is a folder or can be created as one (in an existing folder or in one of
     ``new_folders``, which are created first, in order); True when it is still to be created."""
+    from .atomic import output_problem
+    from .io import missing_folder_reason
+
     if folder.exists() and not folder.is_dir():
         raise InputError(f"{flag} {folder} must be a folder when --input is a folder")
     parent = folder.resolve().parent
-    if not parent.is_dir() and parent not in {new.resolve() for new in new_folders}:
-        raise InputError(f"cannot write {folder}: folder {parent} does not exist")
+    to_be_created = parent in {new.resolve() for new in new_folders}
+    if not parent.is_dir() and not to_be_created:
+        raise InputError(f"cannot write {folder}: {missing_folder_reason(parent)}")
+    if not to_be_created:  # a folder inside a new one is as writable as that one, checked before
+        problem = output_problem(folder / "probe") if folder.is_dir() else output_problem(folder)
+        if problem:
+            raise InputError(f"cannot write {folder}: {problem}")
     return not folder.exists()
+
+
+def _check_names_fit(folder: Path, names: list[str]) -> None:
+    """InputError when one of the files a folder run will write in ``folder`` has a name longer than its
+    file system allows (a heatmap adds ``.npy`` to a scan's name), before the first scan."""
+    existing = next((part for part in (folder, *folder.resolve().parents) if part.is_dir()), Path("/"))
+    try:
+        limit = os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    too_long = next((name for name in names if len(os.fsencode(name)) > limit), None)
+    if too_long:
+        raise InputError(f"cannot write {folder / too_long}: the name is longer than the {limit} bytes "
+                         "the file system allows")
 
 
 @dataclass
@@ -793,6 +919,8 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     _threshold_rule(args)  # a bad rule value fails before any work
     model_dir = Path(args.model or _default_model())
     paths = list_images(args.clean_dir)
+    if model_dir.is_dir():  # else Detector.load says there is no bundle
+        _check_writable_folder(model_dir)  # the updated bundle replaces it: refused now, not after the scans
     detector = Detector.load(model_dir, device=args.device, runtime=args.runtime)
     _note_runtime(detector)
     calibration = detector.calibrate(paths, args.false_alarm_rate, on_bad_image=_warn_skipped,
@@ -843,6 +971,19 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _write_json(path: Path, payload: dict) -> None:
+    """Write ``payload`` as strict JSON: a NaN or infinite number (which JSON cannot hold; Python would write
+    ``NaN``, which other readers refuse) becomes null."""
     from .atomic import write_text
 
-    write_text(path, json.dumps(payload, indent=2) + "\n")
+    write_text(path, json.dumps(_finite_json(payload), indent=2, allow_nan=False) + "\n")
+
+
+def _finite_json(value):
+    """``value`` with every non-finite float, at any depth, replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_json(item) for item in value]
+    return value

@@ -22,7 +22,8 @@ import torch
 
 from . import __version__
 from .augment import augmented_views
-from .bundle import BundleError, load_bundle, read_manifest, save_bundle
+from .bundle import BundleError, load_bundle, save_bundle
+from .bundle_checks import check_detector_bundle
 from .calibration import DEFAULT_FALSE_ALARM_RATE, Calibration, ThresholdRule, calibrate, check_false_alarm_rate
 from .config import DetectorConfig
 from .descriptor import DescriptorAccumulator, scan_descriptor
@@ -650,7 +651,8 @@ class Detector:
     def load(cls, folder: str | os.PathLike, device: str | torch.device = "auto", runtime: str = "auto") -> "Detector":
         """Load a bundle and its backbone (run by ``runtime``, see FeatureExtractor); refuses a bundle built on
         other backbone weights."""
-        manifest = read_manifest(folder)
+        manifest, arrays = load_bundle(folder)  # one read: config and arrays from the same save
+        check_detector_bundle(folder, manifest, arrays)
         try:
             config = DetectorConfig.from_dict(manifest["config"])
             calibration = Calibration.from_dict(manifest["calibration"])
@@ -662,7 +664,6 @@ class Detector:
                 raise ValueError(f"the method {method_name!r} is not the config's {config.method!r}")
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"model bundle {folder} has an invalid manifest: {first_line(exc)}") from None
-        manifest, arrays = load_bundle(folder)
         detector = cls(config, device=device, runtime=runtime)
         extractor = detector.extractor
         if extractor.digest != backbone.get("state_dict_sha256"):

@@ -221,7 +221,13 @@ class FeatureExtractor:
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.mean, self.std = self.mean.to(self.device), self.std.to(self.device)
-        probe = self._forward(torch.zeros(1, 3, self.input_size, self.input_size, device=self.device))
+        try:
+            probe = self._forward(torch.zeros(1, 3, self.input_size, self.input_size, device=self.device))
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except RuntimeError as exc:  # e.g. model_kwargs whose sizes do not fit each other
+            raise BackboneError(f"backbone {config.backbone!r} cannot embed a {self.input_size} px tile: "
+                                f"{first_line(exc)}") from None
         self.grid = (int(probe.shape[1]), int(probe.shape[2]))
         self.feature_dim = int(probe.shape[3])
         if runtime == "openvino":

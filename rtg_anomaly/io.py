@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -12,58 +11,110 @@ from typing import Callable, Iterator
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .atomic import replacing
+from .atomic import output_problem, replacing
 from .bmp16 import read_grey16_bmp
+from .codec_noise import quiet_codecs
 from .errors import InputError
 
 IMAGE_SUFFIXES = (".bmp", ".png", ".tif", ".tiff", ".jpg", ".jpeg")
-# Vehicle scans are large (4000 x 12000 and more); Pillow's default bomb guard
-# (89 Mpx) would refuse legitimate scans, so allow up to 1 Gpx.
-Image.MAX_IMAGE_PIXELS = 1_000_000_000
-_OPENCV_LOG_LOCK = threading.Lock()
+DEFAULT_MAX_PIXELS = 1_000_000_000
+MAX_PIXELS_VARIABLE = "RTG_ANOMALY_MAX_PIXELS"
 
 
 class ImageReadError(InputError):
     """An image file is missing, unreadable, truncated or not an image."""
 
 
-def load_image(path: str | os.PathLike) -> np.ndarray:
+def _max_pixels_setting() -> int:
+    """The largest scan, in pixels, that is decoded: ``$RTG_ANOMALY_MAX_PIXELS`` or 1 Gpx.
+
+    Vehicle scans are large (4000 x 12000 and more), so Pillow's default bomb guard (89 Mpx) would
+    refuse legitimate scans; a file whose header declares more than this is refused before any pixel
+    memory is allocated (a 1 Gpx 16-bit scan decodes to 2 GB).
+    """
+    text = os.environ.get(MAX_PIXELS_VARIABLE, "").strip()
+    if not text:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(float(text))
+    except (ValueError, OverflowError):
+        value = 0
+    if not 1 <= value <= 1 << 40:
+        raise InputError(f"{MAX_PIXELS_VARIABLE}={text!r} must be a pixel count between 1 and {1 << 40}")
+    return value
+
+
+MAX_PIXELS = _max_pixels_setting()
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's own guard, a second line behind _check_pixel_count
+# OpenCV reads its limit once, at its first decode; without this it refuses scans over 2**30 pixels
+# even when the setting allows them.
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
+
+
+def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
     """Read one scan with its full dynamic range.
 
     Returns an array of shape (H, W) for grey or (H, W, 3) for colour, in the
     file's own dtype: uint8, uint16 (16-bit grey or 16 bits a channel colour PNG/TIFF,
     16-bit grey BMP, see ``bmp16``) or float32 (float or signed integer TIFF).
     Alpha channels are dropped; palette images become RGB.
-    Raises ImageReadError with a one-line reason.
+
+    max_pixels: a file whose header declares more pixels is refused before its pixels are decoded
+    (default ``MAX_PIXELS``: ``$RTG_ANOMALY_MAX_PIXELS`` or 1 Gpx), so a decompression bomb (a small
+    file declaring 10**10 pixels) costs no memory. PNG files are decoded by libpng (through OpenCV),
+    which refuses image data that stops early; Pillow would return the missing rows as black.
+    Raises ImageReadError with a one-line reason; decoders' own messages are kept off stderr.
     """
     path = Path(path)
+    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
     if not path.is_file():
         raise ImageReadError(f"cannot read image {path}: no such file")
     try:
-        grey16 = read_grey16_bmp(path, max_pixels=Image.MAX_IMAGE_PIXELS)
-        if grey16 is not None:
-            return grey16
-        try:
-            opened = Image.open(path)
-        except UnidentifiedImageError:
-            array = _read_with_opencv(path)  # a few layouts Pillow does not know, e.g. float64 TIFF
-            if array is None:
-                raise
-            return _from_opencv(array)
-        with opened as img:
-            sixteen_bit_channels = _has_16bit_channels(img)  # before load(), which clears img.tile
-            img.load()  # decodes and checks the whole file, also when OpenCV reads it below
-            if not sixteen_bit_channels:
-                return _to_array(img)
-        array = _read_with_opencv(path)
-        if array is None:
-            raise ValueError("OpenCV cannot decode this file with 16 bits a channel")
-        return _from_opencv(array)
+        with quiet_codecs():  # libpng, libjpeg and libtiff print their complaints to stderr from C
+            return _decode(path, max_pixels)
+    except Image.DecompressionBombError:  # Pillow's own guard (its limit is MAX_PIXELS, ours may be lower)
+        raise ImageReadError(f"cannot read image {path}: it declares more than {max_pixels:,} pixels "
+                             f"(the {MAX_PIXELS_VARIABLE} limit)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         reason = str(exc).split("\n")[0] or type(exc).__name__
         if isinstance(exc, UnidentifiedImageError):
             reason = "not a recognised image file"
         raise ImageReadError(f"cannot read image {path}: {reason}") from None
+
+
+def _decode(path: Path, max_pixels: int) -> np.ndarray:
+    """``load_image``'s decode; raises what the decoders raise (OSError, ValueError, ...)."""
+    grey16 = read_grey16_bmp(path, max_pixels=max_pixels)
+    if grey16 is not None:
+        return grey16
+    try:
+        opened = Image.open(path)
+    except UnidentifiedImageError:
+        array = _read_with_opencv(path)  # a few layouts Pillow does not know, e.g. float64 TIFF
+        if array is None:
+            raise
+        return _from_opencv(array)
+    with opened as img:
+        _check_pixel_count(img.size, max_pixels)  # the header only: nothing is decoded yet
+        if img.format != "PNG":
+            sixteen_bit_channels = _has_16bit_channels(img)  # before load(), which clears img.tile
+            img.load()  # decodes and checks the whole file, also when OpenCV reads it below
+            if not sixteen_bit_channels:
+                return _to_array(img)
+    array = _read_with_opencv(path)
+    if array is None:
+        raise ValueError("the image data is truncated or corrupt")
+    return _from_opencv(array)
+
+
+def _check_pixel_count(size: tuple[int, int], max_pixels: int) -> None:
+    """ValueError when a header's (width, height) is empty or declares more than ``max_pixels`` pixels."""
+    width, height = size
+    if width * height > max_pixels:
+        raise ValueError(f"its header declares {width} x {height} = {width * height:,} pixels, more than the "
+                         f"{max_pixels:,} allowed ({MAX_PIXELS_VARIABLE}); a decompression bomb or a damaged file")
+    if width < 1 or height < 1:
+        raise ValueError("image has no pixels")
 
 
 def _to_array(img: Image.Image) -> np.ndarray:
@@ -98,20 +149,17 @@ def _has_16bit_channels(img: Image.Image) -> bool:
 def _read_with_opencv(path: Path) -> np.ndarray | None:
     """The file as OpenCV decodes it (channels in BGR(A) order, any dtype), or None if it cannot.
 
-    OpenCV's own log lines (libtiff and libpng complaints about a broken file) are silenced: the
-    caller reports one line. The log level is process-wide, hence the lock around the decode.
+    OpenCV's log lines and libpng's messages about a broken file are kept off stderr (``quiet_codecs``):
+    the caller reports one line.
     """
     import cv2
 
-    with _OPENCV_LOG_LOCK:
-        previous = cv2.utils.logging.getLogLevel()
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    data = np.fromfile(path, dtype=np.uint8)
+    with quiet_codecs():
         try:
-            return cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-        except cv2.error:  # e.g. an empty file
+            return cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        except cv2.error:  # e.g. an empty file, or more pixels than OPENCV_IO_MAX_IMAGE_PIXELS
             return None
-        finally:
-            cv2.utils.logging.setLogLevel(previous)
 
 
 def _from_opencv(array: np.ndarray) -> np.ndarray:
@@ -198,9 +246,22 @@ def check_output_path(path: str | os.PathLike, suffixes: tuple[str, ...] = IMAGE
     if not path.parent.is_dir():
         if any(path.parent.resolve() == Path(folder).resolve() for folder in new_folders):
             return
-        raise ImageReadError(f"cannot write {path}: folder {path.parent} does not exist")
+        raise ImageReadError(f"cannot write {path}: {missing_folder_reason(path.parent)}")
     if path.is_dir():
         raise ImageReadError(f"cannot write {path}: it is a folder")
+    problem = output_problem(path)
+    if problem:
+        raise ImageReadError(f"cannot write {path}: {problem}")
+
+
+def missing_folder_reason(folder: Path) -> str:
+    """Why ``folder``, which is not a folder, cannot hold an output: one of its parts is a file, or it is missing."""
+    for part in (folder, *folder.parents):
+        if part.exists():
+            if not part.is_dir():
+                return f"{part} is a file, not a folder"
+            break
+    return f"folder {folder} does not exist"
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:

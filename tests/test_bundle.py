@@ -120,9 +120,10 @@ def test_missing_array_file(tmp_path):
 
 
 def _edit_manifest(folder: Path, change) -> None:
+    """Change the manifest and re-seal it, as a careful forger would: the checks behind the checksum."""
     manifest = json.loads((folder / MANIFEST).read_text())
     change(manifest)
-    (folder / MANIFEST).write_text(json.dumps(manifest))
+    (folder / MANIFEST).write_text(json.dumps(bundle.seal(manifest)))
 
 
 def test_replaced_array_with_matching_checksum_but_wrong_shape(tmp_path):
@@ -240,6 +241,7 @@ def test_atomic_when_final_rename_fails(tmp_path, monkeypatch):
         return real_replace(src, dst)
 
     monkeypatch.setattr(bundle.os, "replace", failing_replace)
+    monkeypatch.setattr(bundle, "exchange", lambda first, second: False)  # the two-rename path (no renameat2)
     with pytest.raises(OSError, match="rename failed"):
         save_bundle(folder, {"version": "new"}, {"a": np.ones(3)})
     monkeypatch.setattr(bundle.os, "replace", real_replace)
@@ -263,3 +265,26 @@ def test_pickled_array_is_not_loaded(tmp_path):
                                                              shape=[2], dtype="object"))
     with pytest.raises(BundleError):
         load_bundle(folder)
+
+
+def test_atomic_when_the_exchange_fails(tmp_path, monkeypatch):
+    folder = save_bundle(tmp_path / "model", {"version": "old"}, {"a": np.zeros(3)})
+    before = _listing(tmp_path)
+    monkeypatch.setattr(bundle, "exchange", lambda first, second: (_ for _ in ()).throw(OSError("exchange failed")))
+    with pytest.raises(OSError, match="exchange failed"):
+        save_bundle(folder, {"version": "new"}, {"a": np.ones(3)})
+    assert _listing(tmp_path) == before
+
+
+def test_saving_over_a_bundle_never_removes_the_folder(tmp_path, monkeypatch):
+    """With an atomic exchange (Linux), the folder is never missing during a save."""
+    from rtg_anomaly.atomic import exchange
+
+    folder = save_bundle(tmp_path / "model", {"version": "old"}, {"a": np.zeros(3)})
+    (tmp_path / "probe").mkdir()
+    if not exchange(tmp_path / "probe", folder) or not exchange(tmp_path / "probe", folder):
+        pytest.skip("no atomic exchange on this system")
+    renames = []
+    monkeypatch.setattr(bundle.os, "replace", lambda *args: renames.append(args))
+    save_bundle(folder, {"version": "new"}, {"a": np.ones(3)})
+    assert renames == [] and load_bundle(folder)[0]["version"] == "new"

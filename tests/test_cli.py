@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from rtg_anomaly import Detector
+from rtg_anomaly.bundle import seal
 from rtg_anomaly.cli import main
 from tests.conftest import TINY_CLI_FLAGS
 
@@ -148,21 +149,21 @@ def test_bad_inputs_exit_2_with_one_line(demo_data, tiny_bundle, tmp_path, capsy
         (["detect", "--input", str(scan), "--output", str(tmp_path / "o6.png"), "--model", str(tmp_path / "nomodel")],
          "no model bundle"),
         (["detect", "--input", str(scan), "--output", str(tmp_path / "o7.png"), "--model", str(tiny_bundle),
-          "--threshold-percentile", "120"], "between 0 and 100"),
+          "--threshold-percentile", "120"], "argument --threshold-percentile: expected a number in [0, 100]"),
         (["detect", "--input", str(scan), "--output", str(tmp_path / "o9.png"), "--model", str(tiny_bundle),
-          "--alpha", "1.5"], "--alpha must be between 0 and 1"),
+          "--alpha", "1.5"], "argument --alpha: expected a number in [0, 1]"),
         (["detect", "--input", str(not_finite), "--output", str(tmp_path / "o10.png"), "--model", str(tiny_bundle)],
          f"{not_finite}: 1 pixel value(s) are NaN or infinite"),
         (["detect", "--input", str(scan)], "required"),
-        (["fit", "--clean-dir", str(empty), "--overlap", "1.5", *TINY_CLI_FLAGS], "overlap"),
-        (["fit", "--clean-dir", str(empty), "--top-fraction", "0", *TINY_CLI_FLAGS], "top_fraction"),
-        (["fit", "--clean-dir", str(empty), "--pca-whiten", "2", *TINY_CLI_FLAGS], "pca_whiten"),
-        (["fit", "--clean-dir", str(empty), "--top-patches", "0", *TINY_CLI_FLAGS], "positive"),
+        (["fit", "--clean-dir", str(empty), "--overlap", "1.5", *TINY_CLI_FLAGS], "--overlap"),
+        (["fit", "--clean-dir", str(empty), "--top-fraction", "0", *TINY_CLI_FLAGS], "--top-fraction"),
+        (["fit", "--clean-dir", str(empty), "--pca-whiten", "2", *TINY_CLI_FLAGS], "--pca-whiten"),
+        (["fit", "--clean-dir", str(empty), "--top-patches", "0", *TINY_CLI_FLAGS], "--top-patches: expected an integer in [1, "),
         (["fit", "--clean-dir", str(empty), "--augment", "spin", *TINY_CLI_FLAGS], "unknown augmentation"),
         (["fit", "--clean-dir", str(empty), *TINY_CLI_FLAGS, "--layers", "6,,7"],
-         "argument --layers: expected comma-separated block indices such as 6 or 4,6, got '6,,7'"),
+         "argument --layers: expected comma-separated block indices such as 6 or 4,6, each an integer in [-64, 64], got '6,,7'"),
         (["fit", "--clean-dir", str(empty), *TINY_CLI_FLAGS, "--tile-size", "abc"],
-         "argument --tile-size: expected a positive integer, got abc"),
+         "argument --tile-size: expected an integer in [8, 8192], got 'abc'"),
         (["fit", "--clean-dir", str(single), "--model", str(tmp_path / "o8"), "--image-score", "global",
           *TINY_CLI_FLAGS], "held-out"),
     ]
@@ -226,7 +227,7 @@ def test_damaged_bundles_are_refused(demo_data, tiny_bundle, tmp_path, capsys, d
         manifest["config"]["seed"] = 12345  # a different random init: other backbone weights
     elif damage == "missing_array":
         (bundle / "memory_bank.npy").unlink()
-    manifest_path.write_text(json.dumps(manifest))
+    manifest_path.write_text(json.dumps(seal(manifest)))  # re-sealed: the checks behind the checksum
     scan = sorted((demo_data / "test" / "good").iterdir())[0]
     out = tmp_path / "o.png"
     assert main(["detect", "--input", str(scan), "--output", str(out), "--model", str(bundle)]) == 2
@@ -584,7 +585,7 @@ def test_calibrate_updates_thresholds_in_the_bundle(demo_data, tiny_bundle, tmp_
     assert after["clean_level"] == before["clean_level"]
     assert main(["calibrate", "--clean-dir", str(demo_data / "test" / "good"), "--model", str(bundle),
                  "--false-alarm-rate", "2"]) == 2
-    assert "between 0 and 1" in _one_line_error(capsys)
+    assert "argument --false-alarm-rate: expected a number in (0, 1)" in _one_line_error(capsys)
 
 
 def test_evaluate_fits_and_writes_metrics(demo_data, tmp_path, capsys):

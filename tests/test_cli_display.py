@@ -25,16 +25,16 @@ def _one_line_error(capsys) -> str:
 
 @pytest.mark.parametrize("flags,expected", [
     (["--colormap", "nope"], "unknown colour map 'nope'"),
-    (["--alpha-min", "2"], "--alpha-min must be between 0 and 1"),
-    (["--alpha-max", "-1"], "--alpha-max must be between 0 and 1"),
+    (["--alpha-min", "2"], "argument --alpha-min: expected a number in [0, 1]"),
+    (["--alpha-max", "-1"], "argument --alpha-max: expected a number in [0, 1]"),
     (["--alpha-min", "0.9", "--alpha-max", "0.2"], "must not exceed --alpha-max"),
     (["--alpha", "0.5", "--alpha-max", "0.6"], "--alpha is the older name of --alpha-max"),
-    (["--gamma", "0"], "--gamma must be a positive number"),
-    (["--gamma", "nan"], "--gamma must be a positive number"),
-    (["--clip-quantile", "0"], "--clip-quantile must be in (0, 1]"),
-    (["--blur", "-2"], "--blur must be a sigma"),
+    (["--gamma", "0"], "argument --gamma: expected a number in (0, 20]"),
+    (["--gamma", "nan"], "argument --gamma: expected a number in (0, 20]"),
+    (["--clip-quantile", "0"], "argument --clip-quantile: expected a number in (0, 1]"),
+    (["--blur", "-2"], "argument --blur: expected a number in [0, 256]"),
     (["--color-range", "2", "1"], "--color-range needs LOW < HIGH"),
-    (["--gamma", "abc"], "argument --gamma: invalid float value"),
+    (["--gamma", "abc"], "argument --gamma: expected a number in (0, 20], got 'abc'"),
     (["--html", "page.txt"], "expected one of .html, .htm"),
 ])
 def test_bad_display_values_are_refused_before_the_model_loads(demo_data, tmp_path, capsys, flags, expected):

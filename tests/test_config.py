@@ -79,7 +79,7 @@ def test_invalid_field_raises_config_error(field, value):
 
 
 VALID_EDGES = [
-    ("overlap", 0.0), ("overlap", 0.99), ("tile_size", 8), ("input_size", None), ("input_size", 8),
+    ("overlap", 0.0), ("overlap", 0.9), ("tile_size", 8), ("input_size", None), ("input_size", 8),
     ("neighbourhood", 1), ("neighbourhood", 5), ("pca_dim", None), ("pca_dim", 1), ("pca_whiten", 0.0),
     ("pca_whiten", 1.0), ("coreset_ratio", 1.0), ("seed", 0), ("seed", 2**32 - 1),
     ("memory_bank_size", 1), ("smoothing_sigma", 0.0), ("image_score", "top_mean"), ("top_fraction", 1.0),
@@ -95,7 +95,7 @@ def test_valid_edges_accepted(field, value):
 
 
 def test_normalises_sequences():
-    config = DetectorConfig(layers=[3, "7"], window_percentiles=[1, 99], model_kwargs={"a": 1})
+    config = DetectorConfig(layers=[3, "7"], window_percentiles=[1, 99], model_kwargs={"depth": 1})
     assert config.layers == (3, 7)
     assert config.window_percentiles == (1.0, 99.0)
     assert all(isinstance(p, float) for p in config.window_percentiles)
@@ -145,7 +145,7 @@ def test_replace_returns_new_validated_copy():
 
 
 @pytest.mark.parametrize("tile_size,overlap,stride", [
-    (512, 0.25, 384), (512, 0.0, 512), (512, 0.5, 256), (100, 0.33, 67), (8, 0.99, 1), (448, 0.1, 403),
+    (512, 0.25, 384), (512, 0.0, 512), (512, 0.5, 256), (100, 0.33, 67), (8, 0.9, 1), (448, 0.1, 403),
 ])
 def test_stride(tile_size, overlap, stride):
     config = DetectorConfig(tile_size=tile_size, overlap=overlap)

@@ -402,12 +402,12 @@ def test_global_detector_round_trip_and_recalibration(global_detector, demo_data
 def test_global_bundle_without_descriptor_bank_is_refused(global_detector, tmp_path):
     import json
 
-    from rtg_anomaly.bundle import BundleError
+    from rtg_anomaly.bundle import BundleError, seal
 
     folder = global_detector.save(tmp_path / "model")
     manifest = json.loads((folder / "manifest.json").read_text())
     del manifest["arrays"]["descriptor_bank"]
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (folder / "manifest.json").write_text(json.dumps(seal(manifest)))  # re-sealed: the check behind the checksum
     with pytest.raises(BundleError, match="descriptor_bank"):
         Detector.load(folder, device="cpu")
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rtg_anomaly import Detector
-from rtg_anomaly.bundle import BundleError, load_bundle
+from rtg_anomaly.bundle import BundleError, load_bundle, seal
 from rtg_anomaly.cli import main
 from rtg_anomaly.config import ConfigError, DetectorConfig
 from rtg_anomaly.methods import METHODS, FitPlan, create_method
@@ -137,7 +137,7 @@ def test_bundle_whose_method_disagrees_with_its_config_is_refused(method_detecto
     folder = method_detector.save(tmp_path / "model")
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["method"]["name"] = "patchcore"
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (folder / "manifest.json").write_text(json.dumps(seal(manifest)))  # re-sealed: reach the deeper check
     with pytest.raises(BundleError, match="invalid manifest"):
         Detector.load(folder, device="cpu")
 
@@ -146,7 +146,7 @@ def test_bundle_with_an_unknown_method_is_refused(method_detector, tmp_path):
     folder = method_detector.save(tmp_path / "model")
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["method"]["name"] = manifest["config"]["method"] = "svm"
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (folder / "manifest.json").write_text(json.dumps(seal(manifest)))  # re-sealed: reach the deeper check
     with pytest.raises(BundleError, match="invalid manifest"):
         Detector.load(folder, device="cpu")
 
@@ -161,7 +161,7 @@ def test_padim_arrays_that_do_not_fit_are_refused(demo_data, tmp_path):
         type(detector.method_).from_arrays(detector.config, detector.method_.to_arrays(), 32)
     manifest = json.loads((folder / "manifest.json").read_text())
     del manifest["arrays"]["padim_precision"]
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (folder / "manifest.json").write_text(json.dumps(seal(manifest)))  # re-sealed: reach the deeper check
     with pytest.raises(BundleError, match="padim_precision"):
         Detector.load(folder, device="cpu")
 

@@ -261,7 +261,7 @@ def test_openvino_nearest_distance_matches_knn_distance(n_queries, n_bank):
 
 
 def test_detector_uses_openvino_nearest_distance_only_for_k1_with_openvino(tiny_bundle, demo_data, monkeypatch):
-    import rtg_anomaly.detector as detector_module
+    import rtg_anomaly.methods.patchcore as detector_module  # PatchCore compiles the nearest distance
 
     scan = sorted((demo_data / "test" / "anomalous").iterdir())[0]
     torch_result = Detector.load(tiny_bundle, device="cpu", runtime="torch").score(scan)

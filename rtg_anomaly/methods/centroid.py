@@ -68,7 +68,7 @@ class Centroid(PatchMethod):
     @classmethod
     def from_arrays(cls, config, arrays: dict[str, np.ndarray], feature_dim: int) -> "Centroid":
         centroid = arrays["centroid"]
-        if centroid.shape != (feature_dim,) or not np.isfinite(centroid).all():
+        if centroid.shape != (feature_dim,) or centroid.dtype.kind != "f" or not np.isfinite(centroid).all():
             raise ValueError("the centroid does not fit the backbone's feature size")
         method = cls(config)
         method.centroid_ = np.ascontiguousarray(centroid, dtype=np.float32)

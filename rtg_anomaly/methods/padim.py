@@ -122,7 +122,9 @@ class PaDiM(PatchMethod):
         d = channels.shape[0] if channels.ndim == 1 else -1
         if (channels.ndim != 1 or channels.dtype.kind not in "iu" or d < 1 or channels.min() < 0
                 or channels.max() >= feature_dim or grid.shape != (2,) or grid.min() < 1
-                or mean.shape != (int(grid[0]) * int(grid[1]), d) or precision.shape != mean.shape + (d,)):
+                or mean.shape != (int(grid[0]) * int(grid[1]), d) or precision.shape != mean.shape + (d,)
+                or mean.dtype.kind != "f" or precision.dtype.kind != "f"
+                or not np.isfinite(mean).all() or not np.isfinite(precision).all()):
             raise ValueError("the PaDiM arrays do not fit each other or the backbone's feature size")
         method.channels_ = channels.astype(np.int64)
         method.mean_ = np.ascontiguousarray(mean, dtype=np.float32)

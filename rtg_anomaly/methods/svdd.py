@@ -209,7 +209,7 @@ class DeepSVDD(PatchMethod):
         if (mean.shape != (feature_dim,) or scale.shape != (feature_dim,) or first.ndim != 2
                 or first.shape[1] != feature_dim or second.ndim != 2 or second.shape[1] != first.shape[0]
                 or centre.shape != (second.shape[0],)
-                or not all(np.isfinite(a).all() for a in (mean, scale, first, second, centre))
+                or not all(a.dtype.kind == "f" and np.isfinite(a).all() for a in (mean, scale, first, second, centre))
                 or not (scale > 0).all()):
             raise ValueError("the Deep SVDD arrays do not fit each other or the backbone's feature size")
         method = cls(config)
