@@ -195,15 +195,10 @@ class Detector:
         centres_x = origins[:, 1, None] + (np.arange(w) + 0.5) * step_x  # (B, w)
         return (centres_y[:, :, None] < image_shape[0]) & (centres_x[:, None, :] < image_shape[1])
 
-    def _valid_features(self, origins: np.ndarray, features: torch.Tensor, image_shape) -> torch.Tensor:
-        """(n_valid, D) rows of a (B, h, w, D) batch whose patch centre lies inside the unpadded scan."""
-        valid = torch.from_numpy(self.valid_patches(origins, image_shape[:2])).to(features.device)
-        return features[valid]
-
     def scan_features(self, image: np.ndarray) -> torch.Tensor:
         """All patch features of a scan (array) whose centre lies inside it: float32 (n, D) on the device."""
-        return torch.cat([self._valid_features(origins, features, image.shape)
-                          for origins, features in self.patch_features(image)])
+        tiles = self.tile_features(image)
+        return tiles.features[tiles.valid]
 
     def tile_features(self, image: np.ndarray) -> TileFeatures:
         """Every tile's patch features of a scan (array), with the mask of patches inside it (on the device)."""

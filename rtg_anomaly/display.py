@@ -17,6 +17,19 @@ from .errors import InputError
 
 DEFAULT_COLOR_RANGE = (1.0, 2.0)
 _ROWS_PER_CHUNK = 512
+
+
+def run_in_row_chunks(height: int, render_rows, rows_per_chunk: int = _ROWS_PER_CHUNK) -> None:
+    """Call ``render_rows(rows)`` for consecutive row slices of ``rows_per_chunk`` covering ``height`` rows,
+    on every core: numpy releases the GIL inside its operations, so row chunks render in parallel."""
+    chunks = [slice(r0, r0 + rows_per_chunk) for r0 in range(0, height, rows_per_chunk)]
+    workers = min(len(chunks), os.cpu_count() or 1)
+    if workers > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(render_rows, chunks))
+    else:
+        for rows in chunks:
+            render_rows(rows)
 _QUANTILE_SAMPLE = 2_000_000
 ALERT_COLOUR = (255, 0, 255)
 """(R, G, B) of the outline around pixels above the calibrated pixel threshold: magenta, a colour that
@@ -163,8 +176,7 @@ def render_display(scan: np.ndarray, anomaly_map: np.ndarray, pixel_threshold: f
     out = np.empty(anomaly_map.shape + (3,), dtype=np.uint8)
     alpha_min, alpha_span = np.float32(style.alpha_min), np.float32(style.alpha_max - style.alpha_min)
 
-    def render_rows(r0: int) -> None:
-        rows = slice(r0, r0 + _ROWS_PER_CHUNK)
+    def render_rows(rows: slice) -> None:
         grey = scan[rows] if window is None else apply_window(scan[rows], *window)
         base = (grey[..., None] if grey.ndim == 2 else grey).astype(np.float32)
         if not mask[rows].any():  # nothing coloured here (most rows in calibrated mode): the blend with weight 0
@@ -175,14 +187,7 @@ def render_display(scan: np.ndarray, anomaly_map: np.ndarray, pixel_threshold: f
         weight = ((alpha_min + alpha_span * level) * mask[rows])[..., None]
         out[rows] = np.clip((base * (1.0 - weight) + colour * weight) * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
-    starts = range(0, anomaly_map.shape[0], _ROWS_PER_CHUNK)
-    workers = min(len(starts), os.cpu_count() or 1)
-    if workers > 1:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(render_rows, starts))
-    else:
-        for r0 in starts:
-            render_rows(r0)
+    run_in_row_chunks(anomaly_map.shape[0], render_rows, _ROWS_PER_CHUNK)
     if style.outline and hot.any():
         draw_outline(out, hot)
     return out

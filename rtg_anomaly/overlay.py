@@ -7,13 +7,10 @@ twins compute the same pixels with torch on a device, for the GPU path. The over
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 import torch
 
-from .display import colour_lut
+from .display import colour_lut, run_in_row_chunks
 from .errors import InputError
 from .intensity import apply_window, apply_window_torch, to_device_float
 from .transfer import to_host
@@ -88,8 +85,7 @@ def render_overlay(scan: np.ndarray, anomaly_map: np.ndarray, display_mask: np.n
     lut = colour_lut(cmap)
     out = np.empty(anomaly_map.shape + (3,), dtype=np.uint8)
 
-    def render_rows(r0: int) -> None:
-        rows = slice(r0, r0 + _ROWS_PER_CHUNK)
+    def render_rows(rows: slice) -> None:
         grey = scan[rows] if window is None else apply_window(scan[rows], *window)
         base = grey[..., None] if grey.ndim == 2 else grey
         level = np.clip((anomaly_map[rows] - low) / (high - low), 0.0, 1.0)
@@ -100,15 +96,7 @@ def render_overlay(scan: np.ndarray, anomaly_map: np.ndarray, display_mask: np.n
         weight = weight[..., None]
         out[rows] = np.clip((base * (1.0 - weight) + colour * weight) * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
-    starts = range(0, anomaly_map.shape[0], _ROWS_PER_CHUNK)
-    # numpy releases the GIL inside these operations, so row chunks render in parallel on all cores.
-    workers = min(len(starts), os.cpu_count() or 1)
-    if workers > 1:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(render_rows, starts))
-    else:
-        for r0 in starts:
-            render_rows(r0)
+    run_in_row_chunks(anomaly_map.shape[0], render_rows, _ROWS_PER_CHUNK)
     return out
 
 

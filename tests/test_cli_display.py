@@ -13,14 +13,7 @@ import pytest
 from PIL import Image
 
 from rtg_anomaly.cli import main
-
-
-def _one_line_error(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    return lines[0]
+from tests.test_cli import _one_line_error
 
 
 @pytest.mark.parametrize("flags,expected", [

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+import rtg_anomaly.display as display
 import rtg_anomaly.overlay as overlay
 from rtg_anomaly.errors import InputError
 from rtg_anomaly.intensity import apply_window
@@ -224,5 +225,5 @@ def test_render_overlay_parallel_chunks_equal_serial(monkeypatch):
     scan, anomaly_map = _scan((100, 30)), (np.random.default_rng(2).random((100, 30)) * 3).astype(np.float32)
     monkeypatch.setattr(overlay, "_ROWS_PER_CHUNK", 7)
     parallel = render_overlay(scan, anomaly_map)
-    monkeypatch.setattr(overlay.os, "cpu_count", lambda: 1)
+    monkeypatch.setattr(display.os, "cpu_count", lambda: 1)  # run_in_row_chunks decides the workers
     np.testing.assert_array_equal(render_overlay(scan, anomaly_map), parallel)

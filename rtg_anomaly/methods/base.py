@@ -39,6 +39,12 @@ class TileFeatures(NamedTuple):
     valid: torch.Tensor
 
 
+def tile_means(features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(T, D) mean of each tile's patch features inside the scan, in the features' dtype."""
+    weights = valid.to(features.dtype)[..., None]
+    return (features * weights).sum((1, 2)) / weights.sum((1, 2)).clamp_min(1.0)
+
+
 @dataclass(frozen=True)
 class FitPlan:
     """What the pipeline knows before the first clean view arrives.

@@ -14,16 +14,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import FitPlan, PatchMethod
+from .base import FitPlan, PatchMethod, tile_means
 
 _EPS = 1e-12
 
 
 def tile_embeddings(features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """(T, D) float32 unit-length means of each tile's patch features inside the scan."""
-    weights = valid.to(features.dtype)[..., None]
-    mean = (features * weights).sum((1, 2)) / weights.sum((1, 2)).clamp_min(1.0)
-    return torch.nn.functional.normalize(mean.float(), dim=-1, eps=_EPS)
+    return torch.nn.functional.normalize(tile_means(features, valid).float(), dim=-1, eps=_EPS)
 
 
 class Centroid(PatchMethod):

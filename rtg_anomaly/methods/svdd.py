@@ -25,7 +25,7 @@ import math
 import numpy as np
 import torch
 
-from .base import FitPlan, PatchMethod
+from .base import FitPlan, PatchMethod, tile_means
 
 HIDDEN = 256
 LEARNING_RATE = 1e-3
@@ -63,7 +63,7 @@ class DeepSVDD(PatchMethod):
         self._rows_per_view = 0
         self._views = 0
         self._trained = False
-        self._head_on: dict[str, SVDDHead] = {}
+        self._head_on: dict[str, tuple[SVDDHead, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     @property
     def auxiliary_views(self) -> tuple[str, ...]:
@@ -95,8 +95,7 @@ class DeepSVDD(PatchMethod):
         mean of its patches inside the scan, labelled by the rotation (at most 4 x tiles rows)."""
         if self._trained:
             return
-        weights = valid.to(features.dtype)[..., None]
-        tiles = (features * weights).sum((1, 2)) / weights.sum((1, 2)).clamp_min(1.0)
+        tiles = tile_means(features, valid)
         self._rotation_cache.append((tiles.to(torch.float16).cpu(), ROTATION_LABELS.index(view)))
 
     def finish(self, device: torch.device) -> None:
