@@ -111,10 +111,6 @@ class PatchMethod:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ state
-    @property
-    def is_fitted(self) -> bool:
-        raise NotImplementedError
-
     def params(self) -> dict:
         """JSON-ready parameters the fitted state was built with (recorded in the bundle)."""
         return {}

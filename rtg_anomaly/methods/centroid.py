@@ -56,10 +56,6 @@ class Centroid(PatchMethod):
         b, h, w, _ = features.shape
         return distance.clamp_min(0.0)[:, None, None].expand(b, h, w).contiguous()
 
-    @property
-    def is_fitted(self) -> bool:
-        return hasattr(self, "centroid_")
-
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {"centroid": self.centroid_}
 

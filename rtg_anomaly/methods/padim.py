@@ -102,10 +102,6 @@ class PaDiM(PatchMethod):
         return squared.clamp_min_(0.0).sqrt_().reshape(b, h, w)
 
     # ------------------------------------------------------------------ state
-    @property
-    def is_fitted(self) -> bool:
-        return hasattr(self, "precision_")
-
     def params(self) -> dict:
         return {"padim_features": self.config.padim_features, "seed": self.config.seed,
                 "position": "patch cell within a tile", "covariance": "OAS shrinkage"}

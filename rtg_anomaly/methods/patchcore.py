@@ -104,10 +104,6 @@ class PatchCore(PatchMethod):
         return knn_distance(queries, bank, self.config.k, bank_norms)
 
     # ------------------------------------------------------------------ state
-    @property
-    def is_fitted(self) -> bool:
-        return hasattr(self, "memory_bank_")
-
     def params(self) -> dict:
         config = self.config
         return {"pca_dim": config.pca_dim, "pca_whiten": config.pca_whiten, "coreset_ratio": config.coreset_ratio,

@@ -186,10 +186,6 @@ class DeepSVDD(PatchMethod):
             return ((out - centre) ** 2).sum(1).sqrt().reshape(b, h, w)
 
     # ------------------------------------------------------------------ state
-    @property
-    def is_fitted(self) -> bool:
-        return hasattr(self, "centre_")
-
     def params(self) -> dict:
         config = self.config
         return {"svdd_dim": config.svdd_dim, "svdd_epochs": config.svdd_epochs, "svdd_pretrain": config.svdd_pretrain,
