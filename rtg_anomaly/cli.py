@@ -260,6 +260,10 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                         help=_ranged("fraction of a tile shared with its neighbour (default 0.25)", "overlap"))
     parser.add_argument("--input-size", type=_setting("input_size"),
                         help=_ranged("backbone input side each tile is resized to (default 448)", "input_size"))
+    parser.add_argument("--scale-to-scans", action=argparse.BooleanOptionalAction, default=None,
+                        help="when the clean scans are smaller than a tile (median shorter side), shrink the tile "
+                             "to them and the input with it, at least 224 px, so that a small scan is seen whole "
+                             "instead of mirror-padded (default off; the bundle keeps the sizes chosen)")
     parser.add_argument("--pca-dim", type=_setting("pca_dim"),
                         help=_ranged("feature dimension kept by PCA (default 128)", "pca_dim"))
     parser.add_argument("--pca-whiten", type=_setting("pca_whiten"), metavar="POWER",
@@ -373,7 +377,7 @@ def _config_from_args(args: argparse.Namespace):
         "method": args.method, "padim_features": args.padim_features, "svdd_epochs": args.epochs,
         "svdd_pretrain": args.pretrain,
         "backbone": args.backbone, "weights": args.weights, "tile_size": args.tile_size, "overlap": args.overlap,
-        "input_size": args.input_size, "pca_dim": args.pca_dim, "pca_whiten": args.pca_whiten,
+        "input_size": args.input_size, "scale_to_scans": args.scale_to_scans, "pca_dim": args.pca_dim, "pca_whiten": args.pca_whiten,
         "coreset_ratio": args.coreset_ratio,
         "memory_bank_size": args.memory_bank_size, "k": args.k, "seed": args.seed, "batch_size": args.batch_size,
         "layers": args.layers, "neighbourhood": args.neighbourhood, "smoothing_sigma": args.smoothing_sigma,
@@ -459,9 +463,17 @@ def _run_fit(args: argparse.Namespace) -> int:
     print(f"fitted on {info['n_train_scans']} clean scans (+{info['n_calibration_scans']} held out to calibrate): "
           f"{detector.method_.name}, {detector.method_.describe()} from {info['patches_seen']} patches, "
           f"image threshold {calibration.image_threshold:.3f}, {time.perf_counter() - started:.1f} s on {device} "
-          f"({detector.extractor.runtime}); "
+          f"({detector.extractor.runtime}){_scale_note(info)}; "
           f"saved to {model_dir}" + (f"; loss curve {curve}" if curve else ""))
     return EXIT_OK
+
+
+def _scale_note(fit_info: dict) -> str:
+    """', tile N px seen at M px (fitted to the scans)' when the fit shrank the tile to small scans."""
+    scale = fit_info.get("scale") or {}
+    if not scale.get("fitted_to_scans"):
+        return ""
+    return f", tile {scale['tile_size']} px seen at {scale['input_size']} px (fitted to the clean scans' size)"
 
 
 def _write_loss_curve(detector, model_dir: Path) -> Path | None:

@@ -50,6 +50,10 @@ class DetectorConfig:
         ``overlap * tile_size`` pixels.
     input_size: side of the square backbone input each tile is resized to
         (``None``: the backbone's default).
+    scale_to_scans: at fit time, when the clean scans' median shorter side is below ``tile_size``, the tile
+        shrinks to it and the input with it (same scan pixels per feature cell, at least 224 px): small
+        scans are seen whole instead of mirror-padded (``scale.fit_scale_to_scans``). The bundle stores
+        the sizes it chose.
     neighbourhood: side of the average-pooling window applied to the patch grid
         (1 = off); gives every patch feature some local context.
     pca_dim: dimension kept after PCA (``None`` or >= feature dim: no reduction).
@@ -93,6 +97,7 @@ class DetectorConfig:
     tile_size: int = 512
     overlap: float = 0.25
     input_size: int | None = 448
+    scale_to_scans: bool = False
     neighbourhood: int = 1
     pca_dim: int | None = 128
     pca_whiten: float = 0.0
@@ -138,6 +143,7 @@ class DetectorConfig:
                 raise ConfigError(f"{name} must be {accepted}, got {value!r}")
         checks = [
             (isinstance(self.backbone, str) and bool(self.backbone), "backbone must be a timm model name"),
+            (isinstance(self.scale_to_scans, bool), "scale_to_scans must be true or false"),
             (self.weights is None or isinstance(self.weights, str), "weights must be a file name or null"),
             (all(index in LAYER_INDEX for index in self.layers), f"layers must each be {LAYER_INDEX}"),
             (all(key in MODEL_KWARGS and value in MODEL_KWARGS[key] for key, value in self.model_kwargs.items()),

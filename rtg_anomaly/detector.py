@@ -30,12 +30,13 @@ from .descriptor import DescriptorAccumulator, scan_descriptor
 from .errors import InputError, first_line
 from .features import FeatureExtractor, resolve_device
 from .intensity import apply_window, apply_window_torch, to_device_float, window_limits
-from .io import load_image
+from .io import image_shape, load_image
 from .memory_bank import random_rows
 from .methods import FitPlan, GlobalDescriptor, PatchMethod, TileFeatures, create_method, method_class
 from .overlay import percentile_mask, percentile_mask_torch, render_overlay, render_overlay_torch
 from .results import (AnomalyResult, ImageTooSmallError, NonFiniteScanError, NotFittedError, RawScores,
                       UnusableScanError)
+from .scale import fit_scale_to_scans
 from .scan_kinds import kind_mismatch, mixed_kinds, scan_kind
 from .stitching import DeviceMapStitcher, MapStitcher, gaussian_smooth, gaussian_smooth_torch
 from .tiling import extract_tiles, pad_to_tile, tile_grid
@@ -222,15 +223,18 @@ class Detector:
             then skipped; without it the error propagates.
         false_alarm_rate: share of clean scans the calibrated thresholds may flag.
         threshold_rule: how thresholds follow from the clean scores (default: the false-alarm rate).
+        With ``config.scale_to_scans``, ``config`` first gets the tile and input size fitted to the clean
+        scans' size (``scale.fit_scale_to_scans``; recorded in ``fit_info_["scale"]``).
         Returns self.
         """
         from tqdm import tqdm
 
-        config = self.config
         check_false_alarm_rate(false_alarm_rate)  # before hours of backbone work, not after
         images = list(images)
         if not images:
             raise InputError("no clean images to fit on")
+        scale = self._fit_scale(images)
+        config = self.config
         order = np.random.default_rng(config.seed).permutation(len(images))
         n_holdout = 0
         if config.holdout_fraction > 0 and len(images) >= 2:
@@ -300,11 +304,27 @@ class Detector:
             calibration.warnings.append(mixed)
         self.calibration_ = calibration
         self.fit_info_ = {"n_train_scans": n_train, "n_calibration_scans": n_calibration,
-                          "n_views_per_scan": n_views, "patches_seen": counts["patches"],
+                          "n_views_per_scan": n_views, "patches_seen": counts["patches"], "scale": scale,
                           **method.fit_info(),
                           "scan_kinds": dict(sorted(kinds.items())),
                           "seconds": time.perf_counter() - started}
         return self
+
+    def _fit_scale(self, images: Sequence) -> dict:
+        """Fit the tile and input size to the clean scans (when ``scale_to_scans``); the backbone is made
+        again for a new input size. Returns what was decided, for ``fit_info_``."""
+        config = self.config
+        record = {"tile_size": config.tile_size, "input_size": config.input_size, "fitted_to_scans": False}
+        if not config.scale_to_scans:
+            return record
+        shapes = [item.shape[:2] if isinstance(item, np.ndarray) else image_shape(item) for item in images]
+        sides = [min(shape) for shape in shapes if shape is not None]
+        fitted = fit_scale_to_scans(config, sides)
+        if fitted != config:
+            self.config, self._extractor = fitted, None
+            record.update(tile_size=fitted.tile_size, input_size=fitted.input_size, fitted_to_scans=True,
+                          configured=[config.tile_size, config.input_size], median_shorter_side=fitted.tile_size)
+        return record
 
     @staticmethod
     def _learn(method: PatchMethod, global_score: GlobalDescriptor | None, tiles: TileFeatures, counts: dict,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -80,6 +81,18 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.nda
         if isinstance(exc, UnidentifiedImageError):
             reason = "not a recognised image file"
         raise ImageReadError(f"cannot read image {path}: {reason}") from None
+
+
+def image_shape(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(height, width) of an image file from its header alone (nothing decoded); None when the header
+    cannot be read (the full read reports why, later)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a bomb's header is refused by the real read, not warned about here
+            with quiet_codecs(), Image.open(path) as img:
+                return img.height, img.width
+    except Exception:  # any unreadable header: the caller goes on without the size
+        return None
 
 
 def _decode(path: Path, max_pixels: int) -> np.ndarray:

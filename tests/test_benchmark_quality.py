@@ -188,3 +188,19 @@ def test_methods_table_runs_every_method_without_dataset_flags(tmp_path, one_thr
     assert "## Which method?" in page and "| synthetic_demo | dinov2 | svdd |" in page
     assert bq.main(["--data-root", str(tmp_path), "--datasets", "synthetic_demo", "--methods", "svm",
                     "--output", str(out)]) == 2
+
+
+def test_headline_runs_without_the_dataset_flags_and_leads_the_page(tmp_path, one_thread):
+    # Named like the welds set, whose tuned flags pick another backbone: the headline must not use them.
+    write_demo_dataset(tmp_path / "gdxray_welds", n_clean_train=4, n_clean_test=2, n_anomalous=2, height=96, seed=1)
+    out = tmp_path / "docs" / "benchmarks.md"
+    common = ["--data-root", str(tmp_path), "--datasets", "gdxray_welds", "--device", "cpu",
+              f"--extra-flags={TINY_FLAGS}", "--output", str(out)]
+    assert bq.main([*common, "--headline"]) == 0
+    entry = json.loads(out.with_suffix(".json").read_text())["sections"]["headline"]["datasets"]["gdxray_welds"]
+    assert entry["flags"] == TINY_FLAGS.split() and "tf_efficientnet_lite0" not in entry["command"]
+    page = out.read_text()
+    assert page.index("## Headline: no per-dataset flags") < page.index("## Tuned on each test set")
+    (row,) = [line for line in page.splitlines() if line.startswith("| gdxray_welds |") and "PaDiM" in line]
+    assert "0.969 / 0.921 (PaDiM, EfficientNet-Lite0)" in row and f"{entry['operator']['false_alarms']}/2" in row
+    assert bq.main([*common, "--headline", "--ablation"]) == 2

@@ -1,0 +1,51 @@
+"""scripts/benchmark_defaults.py: the acceptance rule and the page it renders, on a hand-made cache."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("benchmark_defaults", REPO_ROOT / "scripts" / "benchmark_defaults.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["benchmark_defaults"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _cache(values: dict) -> dict:
+    runs = {}
+    for key, (image, pixel) in values.items():
+        runs[key] = {"image_auroc": image, "pixel_auroc": pixel, "date": "2026-12-05 02:00 UTC", "machine": "test"}
+    return {"runs": runs, "max_train": 160, "max_per_class": 40}
+
+
+def test_rule_accepts_a_mean_gain_that_costs_no_dataset_more_than_the_margin(script):
+    cache = _cache({"current/a": (0.90, 0.90), "current/b": (0.80, None),
+                    "nb3/a": (0.95, 0.895), "nb3/b": (0.795, None),       # mean +0.0225, worst -0.005
+                    "i320/a": (0.99, 0.90), "i320/b": (0.78, None),       # mean +0.035, but b loses 0.02
+                    "i320-nb3/a": (0.90, 0.88), "i320-nb3/b": (0.81, None)})  # pixel loses 0.02
+    kind, mean, worst = script.verdict(cache, "nb3", ["a", "b"])
+    assert kind == "accepted" and mean == pytest.approx(0.0225) and worst == pytest.approx(-0.005)
+    assert script.verdict(cache, "i320", ["a", "b"])[0] == "rejected"
+    assert script.verdict(cache, "i320-nb3", ["a", "b"])[0] == "rejected"
+    assert script.verdict(cache, "current", ["a", "b"])[0] == "reference"
+    assert script.verdict(cache, "i224-nb3", ["a", "b"])[0] == "incomplete"
+
+
+def test_page_lists_every_candidate_run_with_its_verdict_and_flags(script, monkeypatch):
+    monkeypatch.setattr(script, "DATASETS", ["a", "b"])
+    cache = _cache({"current/a": (0.90, 0.90), "current/b": (0.80, None),
+                    "nb3/a": (0.95, 0.895), "nb3/b": (0.795, None)})
+    page = script.render(cache, ["a", "b"], 160, 40)
+    rows = {line.split("|")[1].strip(): line for line in page.splitlines() if line.startswith("| `")}
+    assert set(rows) == {"`current`", "`nb3`"}
+    assert "0.950 (0.895)" in rows["`nb3`"] and "accepted" in rows["`nb3`"] and "-0.005" in rows["`nb3`"]
+    assert "reference" in rows["`current`"] and "0.850" in rows["`current`"]
+    assert "`--neighbourhood 3`" in page and "--max-train 160" in page
