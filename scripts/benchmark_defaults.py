@@ -39,8 +39,10 @@ EFFNET = ["--backbone", "tf_efficientnet_lite0", "--weights", "{weights}/tf_effi
 CANDIDATES: dict[str, tuple[list[str], str]] = {
     "current": ([], "the shipped defaults: DINOv2 block 6, 512 px tiles seen at 448 px (16 scan px per cell)"),
     "nb3": (["--neighbourhood", "3"], "3x3 pooling of patch features, as anomalib's PatchCore does"),
-    "i320": (["--input-size", "320"], "coarser cells: 512 px tiles at 320 px (22 scan px per cell)"),
-    "i320-nb3": (["--input-size", "320", "--neighbourhood", "3"], "coarser cells and 3x3 pooling"),
+    "i322": (["--input-size", "322"], "coarser cells: 512 px tiles at 322 px (22 scan px per cell)"),
+    "i322-nb3": (["--input-size", "322", "--neighbourhood", "3"], "coarser cells and 3x3 pooling"),
+    "t768-i336": (["--tile-size", "768", "--input-size", "336"],
+                  "larger tiles seen smaller: 768 px tiles at 336 px (32 scan px per cell, a castings frame in one tile)"),
     "i224-nb3": (["--input-size", "224", "--neighbourhood", "3"], "32 scan px per cell and 3x3 pooling"),
     "effnet-i224-nb3": (EFFNET + ["--layers", "2,3", "--input-size", "224", "--neighbourhood", "3"],
                         "the peer's backbone, blocks 2+3, 3x3 pooling, 512 px tiles at 224 px (18 px per cell)"),
@@ -90,8 +92,9 @@ def run(candidates: list[str], datasets: list[str], data_root: Path, max_train: 
             if name.endswith(FIT_SCANS):
                 run_flags = scale_flags(flags, data_root / dataset)
                 base = cache["runs"].get(f"{name[:-len(FIT_SCANS)]}/{dataset}")
-                if run_flags[-4:] == ["--tile-size", str(base and base["config"]["tile_size"]),
-                                      "--input-size", str(base and base["config"]["input_size"])]:
+                base_config = (base or {}).get("config", {})
+                if run_flags[-4:] == ["--tile-size", str(base_config.get("tile_size")),
+                                      "--input-size", str(base_config.get("input_size"))]:
                     # The scans are at least a tile: the rule changes nothing, the base candidate's run stands.
                     cache["runs"][key] = dict(base, candidate=name, same_as=f"{name[:-len(FIT_SCANS)]}/{dataset}")
                     continue
