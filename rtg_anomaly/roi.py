@@ -12,8 +12,6 @@ No torch import: the command line checks a mask file before anything heavy loads
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-
 import numpy as np
 
 from .errors import InputError
@@ -33,27 +31,6 @@ _MIN_BACKGROUND = 0.02  # a bright area under 2 % of the scan is no background: 
 _MAX_BACKGROUND = 0.95  # nor one that leaves under 5 % of the scan as the object
 _MIN_SIDE = 64         # a scan smaller than this a side is a crop: too few pixels to tell air from object
 _MIN_COMPONENT = 0.01  # bright areas under 1 % of the scan enclosed by the object stay in the ROI (holes)
-
-
-@dataclass(frozen=True)
-class RoiOutcome:
-    """The ROI of one scan.
-
-    mask: bool (H, W), True inside the ROI; None when nothing is masked.
-    mode: ``"off"``, ``"auto"`` or ``"file"``.
-    """
-
-    mask: np.ndarray | None
-    mode: str
-
-    @property
-    def masked_fraction(self) -> float:
-        """Share of the scan's pixels outside the ROI (0.0 when nothing is masked)."""
-        return 0.0 if self.mask is None else float(1.0 - np.count_nonzero(self.mask) / self.mask.size)
-
-    def to_dict(self) -> dict:
-        """The report's ``roi`` entry."""
-        return {"mode": self.mode, "masked_fraction": round(self.masked_fraction, 4)}
 
 
 def auto_roi(image: np.ndarray) -> np.ndarray | None:
