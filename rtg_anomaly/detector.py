@@ -631,13 +631,14 @@ class Detector:
         if np.shape(image)[:2] != result.heatmap.shape:
             raise InputError(f"the image ({'x'.join(map(str, np.shape(image)[:2]))}) is not the scan this result "
                              f"was scored on ({'x'.join(map(str, result.heatmap.shape))}, height x width)")
-        if self._on_gpu and result.fallback is None:
+        if self._on_gpu and result.fallback is None and result.roi_mask is None:
             try:
                 return self._overlay_on_device(image, result, threshold, percentile, color_range, alpha)
             except torch.cuda.OutOfMemoryError:
                 pass  # rendered on the host below, as on the CPU
             self._release_device_memory()
-        mask = (percentile_mask(result.heatmap, percentile) if threshold == "percentile"
+        # With a region of interest (host path only), the percentile is the ROI's and nothing outside is coloured.
+        mask = (percentile_mask(result.heatmap, percentile, within=result.roi_mask) if threshold == "percentile"
                 else result.heatmap > result.pixel_threshold)
         return render_overlay(image, result.heatmap, mask, color_range=color_range, alpha=alpha, window=result.window)
 

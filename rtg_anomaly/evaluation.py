@@ -569,7 +569,8 @@ def _write_worst(detector, scored: _Scored, folder: Path, eval_set: EvalSet) -> 
     for kind, entries in (("anomalous", scored.worst_anomalous), ("good", scored.worst_good)):
         for rank, (record, result) in enumerate(entries, start=1):
             source = eval_set.root / record["path"]
-            image = _draw_outline(detector.overlay(detector.load_scan(source), result), masks.get(record["path"]))
+            image = _draw_outline(operator_overlay(detector, detector.load_scan(source), result),
+                                  masks.get(record["path"]))
             stem = Path(record["path"]).stem if kind == GOOD else f"{record['type']}_{Path(record['path']).stem}"
             stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem)
             name = f"{kind}_{rank:02d}_{stem}.png"
@@ -578,6 +579,17 @@ def _write_worst(detector, scored: _Scored, folder: Path, eval_set: EvalSet) -> 
             written.append({"file": f"worst/{name}", "path": record["path"], "score": record["score"],
                             "label": record["label"], "miss": bool(miss)})
     return written
+
+
+def operator_overlay(detector, image: np.ndarray, result) -> np.ndarray:
+    """The overlay ``detect`` writes with its default flags (``display.render_display``: percentile mode at
+    90, the default style, nothing coloured outside the region of interest): uint8 (H, W, 3)."""
+    from .display import DisplayStyle, render_display
+    from .overlay import percentile_mask
+
+    return render_display(image, result.heatmap, result.pixel_threshold, DisplayStyle(),
+                          display_mask=percentile_mask(result.heatmap, 90.0, within=result.roi_mask),
+                          color_range=detector.calibration_.color_range, window=result.window)
 
 
 def _draw_outline(overlay: np.ndarray, mask_path: Path | None) -> np.ndarray:
