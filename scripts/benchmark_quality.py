@@ -432,7 +432,9 @@ def render_markdown(cache: dict) -> str:
              "> **Every result on this page, except the methods table, uses per-dataset flags picked on each "
              "dataset's own test set** (`DATASET_FLAGS`); a user without a test set does not have them. The "
              "figures without any per-dataset flag (the defaults, and `--select auto`, which chooses from clean "
-             "scans alone) are in [selection.md](selection.md); the methods table below uses none either.", ""]
+             "scans alone) are in [selection.md](selection.md); the methods table below uses none either.", "",
+             "Region-of-interest masking (`--roi auto`) against none, on every dataset without per-dataset "
+             "flags: [roi.md](roi.md).", ""]
     lines += _methods_markdown(sections.get("methods"))
     if subsampled:
         lines += ["> **Subsampled run: these numbers are a quick check, not the benchmark.**", ">"]
