@@ -203,3 +203,25 @@ def test_detect_leaves_pixels_outside_the_roi_as_the_scan_and_reports_the_share(
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "error:" in err[0] and "Traceback" not in err[0]
         assert not (tmp_path / "bad.png").exists()
+
+
+def test_a_bundle_in_file_mode_without_its_mask_is_refused(half_roi_detector, tmp_path):
+    from rtg_anomaly.bundle import BundleError, seal
+
+    folder = half_roi_detector.save(tmp_path / "model")
+    manifest_path = folder / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["arrays"]["roi_mask"]
+    manifest_path.write_text(json.dumps(seal(manifest)))  # resealed: a consistent bundle, but no mask
+    (folder / "roi_mask.npy").unlink()
+    with pytest.raises(BundleError, match="holds no usable roi_mask"):
+        Detector.load(folder, device="cpu")
+
+
+def test_select_auto_refuses_a_mask_file(tmp_path, capsys):
+    Image.fromarray(np.full((8, 8), 255, np.uint8)).save(tmp_path / "roi.png")
+    (tmp_path / "clean").mkdir()
+    Image.fromarray(_clean_scans(1)[0]).save(tmp_path / "clean" / "a.png")
+    assert main(["fit", "--clean-dir", str(tmp_path / "clean"), "--model", str(tmp_path / "m"), "--select", "auto",
+                 "--roi", str(tmp_path / "roi.png"), "--quiet"]) == 2
+    assert "does not take a --roi mask file" in capsys.readouterr().err
