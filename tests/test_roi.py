@@ -225,3 +225,17 @@ def test_select_auto_refuses_a_mask_file(tmp_path, capsys):
     assert main(["fit", "--clean-dir", str(tmp_path / "clean"), "--model", str(tmp_path / "m"), "--select", "auto",
                  "--roi", str(tmp_path / "roi.png"), "--quiet"]) == 2
     assert "does not take a --roi mask file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("settings", [dict(method="padim"), dict(method="centroid"),
+                                      dict(method="svdd", svdd_epochs=1, svdd_pretrain="rotation")],
+                         ids=["padim", "centroid", "svdd"])
+def test_every_method_learns_and_scores_inside_the_roi_only(settings):
+    roi = np.zeros((64, WIDTH), bool)
+    roi[:, :96] = True  # the tiles at the right see no patch inside: a method must cope
+    detector = Detector(tiny_config(roi="file", **settings), device="cpu")
+    detector.roi_mask = roi
+    detector.fit(_clean_scans(5))
+    result = detector.score(_clean_scans(6)[-1])
+    assert np.isfinite(result.score) and np.all(result.heatmap[:, 96:] == 0.0)
+    assert np.isfinite(result.heatmap).all() and result.heatmap[:, :64].max() > 0.0
