@@ -165,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--html", metavar="FILE",
                         help="a self-contained HTML triage page (thumbnails embedded, overlays and triptychs "
                              "linked relatively), scans sorted by score, with filter and sort controls")
+    detect.add_argument("--roi", default=None, metavar="off|auto|FILE",
+                        help="region of interest (see fit --roi); default: the mode the model was fitted with. "
+                             "Outside it nothing is scored or coloured and the heatmap is 0; the report gives the "
+                             "share of each scan masked. Overriding the fit's mode keeps the fit's calibration")
     detect.add_argument("--quiet", action="store_true", help="no progress bar")
     detect.set_defaults(handler=_run_detect)
 
@@ -304,6 +308,12 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                         help=_ranged("share of clean scans the calibrated thresholds may flag (default 0.01)",
                                      FALSE_ALARM_RATE))
     _add_threshold_rule_flags(parser, "default false-alarm-rate")
+    parser.add_argument("--roi", default=None, metavar="off|auto|FILE",
+                        help="region of interest: patches outside it stay out of the model and the score. auto: "
+                             "each scan's object against open air (the bright, flat plateau of a transmission "
+                             "scan; a scan without one is not masked); FILE: a mask image, nonzero = inside, the "
+                             "size of every scan (one lane geometry), saved in the bundle; off: every patch "
+                             "(default). Stored in the bundle: detect uses it unless given --roi")
     parser.add_argument("--select", choices=("off", "auto"), default="off",
                         help="auto: choose backbone, scale (tile and input size), PCA whitening, intensity window "
                              "and top-patch count from the clean scans alone, by how well each candidate finds "
@@ -319,6 +329,8 @@ def _config_and_selection(args: argparse.Namespace, items, device, quiet: bool):
     config = _config_from_args(args)
     if args.select != "auto":
         return config, None
+    if config.roi == "file":
+        raise InputError("--select auto does not take a --roi mask file; select first, or use --roi auto")
     from .selection import SELECTED_FIELDS, select_config
 
     given = [f"--{name.replace('_', '-')}" for name in SELECTED_FIELDS if getattr(args, name, None) is not None]
@@ -384,11 +396,35 @@ def _config_from_args(args: argparse.Namespace):
         "image_score": args.image_score, "top_fraction": args.top_fraction, "top_patches": args.top_patches,
         "intensity_window": args.intensity_window,
         "holdout_fraction": args.holdout_fraction, "augment": args.augment,
+        "roi": _roi_mode(args.roi),
     }
     try:
         return DetectorConfig(**{k: v for k, v in overrides.items() if v is not None})
     except TypeError as exc:
         raise InputError(str(exc)) from None
+
+
+def _roi_mode(value: str | None) -> str | None:
+    """The config's ROI mode for a ``--roi`` value: off, auto, or file (any other value names a mask file)."""
+    return None if value is None else value if value in ("off", "auto") else "file"
+
+
+def _roi_mask(value: str | None):
+    """The mask of ``--roi FILE`` as bool (H, W), or None for off, auto or no flag; InputError (one line) when
+    the file is missing or unreadable."""
+    if _roi_mode(value) != "file":
+        return None
+    from .roi import load_roi_mask
+
+    if not Path(value).is_file():
+        raise InputError(f"--roi {value}: no such mask file (use off, auto or a mask image)")
+    return load_roi_mask(value)
+
+
+def _override_roi(detector, value: str, mask) -> None:
+    """Score with the ROI of ``--roi value`` (``mask``: its mask for a file) instead of the bundle's."""
+    detector.config = detector.config.replace(roi=_roi_mode(value))
+    detector.roi_mask = mask
 
 
 def _add_device(parser: argparse.ArgumentParser) -> None:
@@ -446,12 +482,14 @@ def _run_fit(args: argparse.Namespace) -> int:
     if args.model is None:  # the default place may not exist yet in a fresh working folder
         model_dir.parent.mkdir(parents=True, exist_ok=True)
     _check_model_destination(model_dir)
+    roi_mask = _roi_mask(args.roi)
     paths = list_images(args.clean_dir)
     device = resolve_device(args.device)
     started = time.perf_counter()
     config, selection = _config_and_selection(args, paths, device, args.quiet)
     detector = Detector(config, device=device, runtime=args.runtime)
     detector.selection_ = selection
+    detector.roi_mask = roi_mask
     _note_runtime(detector)
     detector.fit(paths, progress=not args.quiet, on_bad_image=_warn_skipped, false_alarm_rate=args.false_alarm_rate,
                  threshold_rule=_threshold_rule(args))
@@ -651,6 +689,7 @@ def _run_detect(args: argparse.Namespace) -> int:
     from .triage import triage_row, write_triage_csv
 
     jobs, folder_mode, output, report, csv_path, html, new_folders = _plan_detect(args)
+    roi_mask = _roi_mask(args.roi)
     model_dir = args.model or _default_model()
     outputs = [path for job in jobs for path in job[1:]] + [report, csv_path, html]
     for path in (p for p in outputs if p is not None):
@@ -661,6 +700,8 @@ def _run_detect(args: argparse.Namespace) -> int:
     decoding = prefetch(load_image, [job[0] for job in jobs])
     scans = itertools.chain([next(decoding)], decoding)
     detector = Detector.load(model_dir, device=args.device, runtime=args.runtime)
+    if args.roi is not None:
+        _override_roi(detector, args.roi, roi_mask)
     for folder in new_folders:
         folder.mkdir(exist_ok=True)
     runtime = _note_runtime(detector)
@@ -673,7 +714,7 @@ def _run_detect(args: argparse.Namespace) -> int:
         if report is not None:
             _write_json(report, {"model": str(model_dir), "runtime": runtime, "threshold_mode": args.threshold,
                                  "threshold_percentile": args.threshold_percentile,
-                                 "method": detector.method_.name,
+                                 "method": detector.method_.name, "roi_mode": detector.config.roi,
                                  "threshold_rule": {**detector.calibration_.rule.to_dict(),
                                                     "false_alarm_rate": detector.calibration_.false_alarm_rate},
                                  "complete": complete, "images": entries, "errors": errors})
@@ -838,11 +879,14 @@ def _score_scan(detector, path: Path, image, args, gpu=None) -> _ScoredScan:
 
 
 def _display_mask(result: AnomalyResult, args):
-    """The pixels the overlay colours: bool (H, W) in percentile mode, None (those at or above the pixel
-    threshold) in calibrated mode."""
+    """The pixels the overlay colours: bool (H, W) in percentile mode (the percentile of the map inside the
+    region of interest, never outside it), None (those at or above the pixel threshold, which the heatmap's 0
+    outside the ROI never reaches) in calibrated mode."""
     from .overlay import percentile_mask
 
-    return percentile_mask(result.heatmap, args.threshold_percentile) if args.threshold == "percentile" else None
+    if args.threshold != "percentile":
+        return None
+    return percentile_mask(result.heatmap, args.threshold_percentile, within=result.roi_mask)
 
 
 def _render_scan(scored: _ScoredScan, regions, args) -> np.ndarray:
@@ -903,6 +947,7 @@ def _write_scan(scored: _ScoredScan, overlay_path: Path, heatmap_path: Path | No
         "seconds": round(time.perf_counter() - scored.started, 4),  # scoring began -> outputs written
         "fallback": result.fallback,
         "warnings": list(result.warnings),
+        "roi": {"mode": result.roi_mode, "masked_fraction": round(result.masked_fraction, 4)},
     }
     if triptych_path is not None:
         entry["triptych"] = str(triptych_path)
@@ -960,8 +1005,11 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             if model and _same_path(args.output, model):
                 raise InputError(f"--output {args.output} is the {flag} folder: the metrics would be written into "
                                  "the model bundle; name another folder")
+    roi_mask = _roi_mask(args.roi)
     if args.model:
         detector = Detector.load(args.model, device=args.device, runtime=args.runtime)
+        if args.roi is not None:  # an explicit --roi overrides the bundle's (its calibration stays the fit's)
+            _override_roi(detector, args.roi, roi_mask)
         _note_runtime(detector)
     else:
         if args.save_model:
@@ -969,6 +1017,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         config, selection = _config_and_selection(args, eval_set.train_paths, args.device, args.quiet)
         detector = Detector(config, device=args.device, runtime=args.runtime)
         detector.selection_ = selection
+        detector.roi_mask = roi_mask
         _note_runtime(detector)
         detector.fit(eval_set.train_paths, progress=not args.quiet, on_bad_image=_warn_skipped,
                      false_alarm_rate=args.false_alarm_rate, threshold_rule=_threshold_rule(args))

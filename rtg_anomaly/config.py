@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InputError
+from .roi import ROI_MODES
 from .ranges import LAYER_INDEX, MODEL_KWARGS, SETTING_RANGES
 
 DEFAULT_BACKBONE = "vit_small_patch14_dinov2"
@@ -87,6 +88,9 @@ class DetectorConfig:
         per-scan coreset (bounded memory at fit time).
     seed: the one seed for every random choice.
     batch_size: tiles per backbone batch.
+    roi: region of interest (``roi.py``): ``"off"`` (every patch counts), ``"auto"`` (each scan's object
+        against open air) or ``"file"`` (one fixed mask, held by the bundle as ``roi_mask``). Patches
+        outside it are left out of what the method learns and out of the score.
     """
 
     method: str = "patchcore"
@@ -121,6 +125,7 @@ class DetectorConfig:
     max_patches_per_scan: int = 100_000
     seed: int = 0
     batch_size: int = 8
+    roi: str = "off"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
@@ -174,6 +179,7 @@ class DetectorConfig:
             (self.max_bank_size >= 1, "max_bank_size must be >= 1"),
             (self.max_patches_per_scan >= 1, "max_patches_per_scan must be >= 1"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.roi in ROI_MODES, f"roi must be one of {ROI_MODES}"),
             # Per-scan seeds are seed + a scan index; numpy wants them >= 0, torch within 64 bits.
             (isinstance(self.seed, numbers.Integral) and 0 <= self.seed < MAX_SEED,
              f"seed must be an integer in [0, {MAX_SEED})"),

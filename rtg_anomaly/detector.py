@@ -34,6 +34,7 @@ from .io import image_shape, load_image
 from .memory_bank import random_rows
 from .methods import FitPlan, GlobalDescriptor, PatchMethod, TileFeatures, create_method, method_class
 from .overlay import percentile_mask, percentile_mask_torch, render_overlay, render_overlay_torch
+from .roi import PATCH_INSIDE_FRACTION, auto_roi, fixed_roi, patch_inside_fraction
 from .results import (AnomalyResult, ImageTooSmallError, NonFiniteScanError, NotFittedError, RawScores,
                       UnusableScanError)
 from .scale import fit_scale_to_scans
@@ -103,6 +104,7 @@ class Detector:
         self._device_copies: _DeviceCopies | None = None  # the last scored scan's, GPU path only
         self._pixel_work_on_host = False  # set while a scan too large for the GPU is retried on the host
         self.selection_: dict | None = None
+        self.roi_mask: np.ndarray | None = None  # bool (H, W): the fixed ROI when config.roi == "file"
 
     # ------------------------------------------------------------------ backbone
     @property
@@ -196,18 +198,62 @@ class Detector:
         centres_x = origins[:, 1, None] + (np.arange(w) + 0.5) * step_x  # (B, w)
         return (centres_y[:, :, None] < image_shape[0]) & (centres_x[:, None, :] < image_shape[1])
 
+    def roi_patches(self, origins: np.ndarray, roi: np.ndarray) -> np.ndarray:
+        """bool (B, h, w): patches of tiles at ``origins`` of which at least ``PATCH_INSIDE_FRACTION`` of the
+        footprint lies inside ``roi`` (bool (H, W), the scan's region of interest)."""
+        return patch_inside_fraction(roi, origins, self.config.tile_size, self.extractor.grid) >= PATCH_INSIDE_FRACTION
+
+    def scan_roi(self, image: np.ndarray, source=None) -> np.ndarray | None:
+        """The region of interest of a scan under ``config.roi``: bool (H, W), or None when every pixel counts.
+
+        ``"auto"``: ``roi.auto_roi`` (None when the scan shows no clear open air, or when its ROI would keep
+        no patch); ``"file"``: ``roi_mask``, which must be the scan's size (else InputError naming ``source``)
+        and keep at least one patch.
+        """
+        mode = self.config.roi
+        if mode == "off":
+            return None
+        if mode == "auto":
+            roi = auto_roi(image)
+        else:
+            if self.roi_mask is None:
+                raise InputError("the ROI mode is 'file' but no ROI mask was given (--roi FILE)")
+            roi = fixed_roi(self.roi_mask, image.shape[:2], "the ROI mask" if source is None
+                            else f"the ROI mask for {_name(source)}")
+        if roi is None or roi.all():
+            return None
+        tile = self.config.tile_size
+        padded = pad_to_tile(np.empty(image.shape[:2], np.uint8), tile).shape
+        origins = tile_grid(padded[0], padded[1], tile, self.config.stride)
+        if not (self.roi_patches(origins, roi) & self.valid_patches(origins, image.shape[:2])).any():
+            if mode == "auto":
+                return None
+            raise InputError(f"the ROI mask leaves no patch of {_name(source)} inside: at least "
+                             f"{PATCH_INSIDE_FRACTION:.0%} of a patch's footprint must be inside the mask")
+        return roi
+
     def scan_features(self, image: np.ndarray) -> torch.Tensor:
         """All patch features of a scan (array) whose centre lies inside it: float32 (n, D) on the device."""
         tiles = self.tile_features(image)
         return tiles.features[tiles.valid]
 
-    def tile_features(self, image: np.ndarray) -> TileFeatures:
-        """Every tile's patch features of a scan (array), with the mask of patches inside it (on the device)."""
+    def tile_features(self, image: np.ndarray, roi: np.ndarray | None = None) -> TileFeatures:
+        """Every tile's patch features of a scan (array), with the mask of patches inside it (on the device);
+        with ``roi`` (bool (H, W)), only patches inside the region of interest count as inside."""
         features, valid = [], []
         for origins, batch in self.patch_features(image):
             features.append(batch)
-            valid.append(torch.from_numpy(self.valid_patches(origins, image.shape[:2])).to(batch.device))
+            inside = self.valid_patches(origins, image.shape[:2])
+            if roi is not None:
+                inside &= self.roi_patches(origins, roi)
+            valid.append(torch.from_numpy(inside).to(batch.device))
         return TileFeatures(torch.cat(features), torch.cat(valid))
+
+    def _view_rois(self, image: np.ndarray, roi: np.ndarray | None, names) -> list[np.ndarray | None]:
+        """The ROI of each augmented view ``names`` of ``image``: the scan's ROI transformed like the view."""
+        if roi is None:
+            return [None] * len(names)
+        return [view.astype(bool) for view in augmented_views(roi.astype(np.uint8), names)]
 
     # ------------------------------------------------------------------ fit
     def fit(self, images: Sequence, progress: bool = False,
@@ -262,14 +308,18 @@ class Detector:
             if image is None:
                 continue
             kinds[scan_kind(image)] += 1
+            roi = self.scan_roi(image, item)
+            view_rois = [roi, *self._view_rois(image, roi, config.augment)]
             # One view in memory at a time: a copy of a large scan per augmentation would add up.
             for view_index, view in enumerate(itertools.chain([image], augmented_views(image, config.augment))):
-                tiles, _ = self._with_host_fallback(lambda: self.tile_features(view))
+                tiles, _ = self._with_host_fallback(lambda: self.tile_features(view, view_rois[view_index]))
                 self._learn(method, global_score, tiles, counts)
                 if view_index == 0 and method.auxiliary_views:
                     method.learn_auxiliary("upright", *tiles)
-                    for name, extra in zip(method.auxiliary_views, augmented_views(image, method.auxiliary_views)):
-                        extra_tiles, _ = self._with_host_fallback(lambda: self.tile_features(extra))
+                    extra_rois = self._view_rois(image, roi, method.auxiliary_views)
+                    for name, extra, extra_roi in zip(method.auxiliary_views,
+                                                      augmented_views(image, method.auxiliary_views), extra_rois):
+                        extra_tiles, _ = self._with_host_fallback(lambda: self.tile_features(extra, extra_roi))
                         method.learn_auxiliary(name, *extra_tiles)
             n_train += 1
             bar.set_postfix(method.progress_postfix() or {"patches": counts["patches"]})
@@ -354,18 +404,22 @@ class Detector:
                 continue
             if kinds is not None:
                 kinds[scan_kind(image)] += 1
-            raw, _ = self._with_host_fallback(lambda: self._raw_scores(image, keep_features=learn))
+            roi = self.scan_roi(image, item)
+            raw, _ = self._with_host_fallback(lambda: self._raw_scores(image, keep_features=learn, roi=roi))
             if learn:
                 self._learn(self.method_, self.global_, raw.features, learn_counts, raw.descriptor)
-                for view in augmented_views(image, self.config.augment):
-                    tiles, _ = self._with_host_fallback(lambda: self.tile_features(view))
+                views = augmented_views(image, self.config.augment)
+                for view, view_roi in zip(views, self._view_rois(image, roi, self.config.augment)):
+                    tiles, _ = self._with_host_fallback(lambda: self.tile_features(view, view_roi))
                     self._learn(self.method_, self.global_, tiles, learn_counts)
             scores.append(self._image_score(raw))
             if self._uses_descriptors:
                 map_scores.append(self._image_score(raw, MAP_SCORE_RULE))
             maxima.append(float(raw.anomaly_map.max()))
-            rows = random_rows(raw.anomaly_map.size, CALIBRATION_PIXELS_PER_SCAN, self.config.seed + len(samples))
-            samples.append(raw.anomaly_map.reshape(-1)[rows])
+            # Pixels outside the ROI hold the floor 0, not a clean score: they would pull the pixel threshold down.
+            values = raw.anomaly_map.reshape(-1) if roi is None else raw.anomaly_map[roi]
+            rows = random_rows(values.size, CALIBRATION_PIXELS_PER_SCAN, self.config.seed + len(samples))
+            samples.append(values[rows])
         pixel_samples = np.concatenate(samples) if samples else np.zeros(0, np.float32)
         return _CleanStatistics(np.array(scores), np.array(map_scores) if self._uses_descriptors else None,
                                 np.array(maxima), pixel_samples)
@@ -414,11 +468,14 @@ class Detector:
         return window_limits(image, self.config.intensity_window, self.config.window_percentiles)
 
     def _raw_scores(self, image: np.ndarray, keep_features: bool = False, timings: dict | None = None,
-                    window: tuple[float, float] | None = None, host_map: bool = True) -> RawScores:
+                    window: tuple[float, float] | None = None, host_map: bool = True,
+                    roi: np.ndarray | None = None) -> RawScores:
         """Smoothed anomaly map and patch scores of a scan, in raw (uncalibrated) units.
 
         With keep_features, the scan's valid raw patch features are kept too. Without host_map, a GPU
         run leaves the map on the device only (``anomaly_map`` is None, ``device_map`` holds it).
+        roi: bool (H, W) region of interest (``scan_roi``): patches outside it are not scored (their map
+        value is 0, the floor of every method's raw score) and the map is 0 outside it.
         """
         config = self.config
         padded_shape = (max(image.shape[0], config.tile_size), max(image.shape[1], config.tile_size))
@@ -432,6 +489,11 @@ class Detector:
         accumulator = DescriptorAccumulator() if self._uses_descriptors else None
         for origins, features in self.patch_features(image, timings, window, device_scan):
             valid = self.valid_patches(origins, image.shape[:2])
+            masked = None
+            if roi is not None:
+                inside = valid & self.roi_patches(origins, roi)
+                masked = torch.from_numpy(valid & ~inside).to(device)  # in the scan, outside the ROI
+                valid = inside
             valid_on_device = torch.from_numpy(valid).to(device)
             if keep_features:
                 kept.append(features)
@@ -440,6 +502,8 @@ class Detector:
                 accumulator.add(features[valid_on_device])
             t0 = time.perf_counter()
             scores = self.method_.score(features, valid_on_device)
+            if masked is not None:
+                scores = scores.masked_fill(masked, 0.0)
             if on_gpu:  # scores stay on the device until the map is finished
                 if timings is not None:
                     _synchronise(scores)
@@ -459,15 +523,19 @@ class Detector:
         device_map = None
         if on_gpu:
             device_map = gaussian_smooth_torch(anomaly_map, self.smoothing_pixels)
+            if roi is not None:
+                device_map = device_map.masked_fill(~torch.from_numpy(roi).to(device), 0.0)
             anomaly_map = to_host(device_map) if host_map else None
             patch_scores = [torch.cat(patch_scores).cpu().numpy()]
         else:
             anomaly_map = gaussian_smooth(np.ascontiguousarray(anomaly_map), self.smoothing_pixels)
+            if roi is not None:
+                anomaly_map[~roi] = 0.0
         if timings is not None:
             timings["smooth"] = time.perf_counter() - t0
         kept = TileFeatures(torch.cat(kept), torch.cat(kept_valid)) if keep_features else None
         return RawScores(anomaly_map, np.concatenate(patch_scores), kept,
-                          accumulator.descriptor() if accumulator is not None else None, device_map, device_scan)
+                          accumulator.descriptor() if accumulator is not None else None, device_map, device_scan, roi)
 
     @property
     def smoothing_pixels(self) -> float:
@@ -517,14 +585,15 @@ class Detector:
         """
         self._check_fitted()
         self._device_copies = None  # free the previous scan's device copies first
-        image = self.load_scan(image, source)
+        item, image = image, self.load_scan(image, source)
         stage_times = {} if timings is None else timings
         window = self.window_limits(image)
+        roi = self.scan_roi(image, item if source is None else source)
         # The default rules need only the patch scores (or the descriptor): on a GPU the raw map then stays
         # there, and only the calibrated heatmap comes back (one download of the map, not two).
         host_map = self.config.image_score not in ("patch_top_mean", "global")
         raw, fallback = self._with_host_fallback(
-            lambda: self._raw_scores(image, timings=stage_times, window=window, host_map=host_map))
+            lambda: self._raw_scores(image, timings=stage_times, window=window, host_map=host_map, roi=roi))
         anomaly_map, raw_score = raw.anomaly_map, self._image_score(raw)
         calibration = self.calibration_
         clean_level = np.float32(calibration.clean_level)
@@ -543,6 +612,7 @@ class Detector:
             heatmap=anomaly_map, score=float(score), anomalous=bool(score > calibration.image_threshold),
             image_threshold=calibration.image_threshold, pixel_threshold=calibration.pixel_threshold,
             window=window, timings=stage_times, fallback=fallback, warnings=[mismatch] if mismatch else [],
+            roi_mask=roi, roi_mode=self.config.roi,
         )
         if raw.device_map is not None:
             self._device_copies = _DeviceCopies(weakref.ref(image), weakref.ref(result), device_heatmap,
@@ -554,8 +624,9 @@ class Detector:
         calibration (for model selection and studies). image: path or array; host arrays only (no device
         copies or features are kept)."""
         self._check_fitted()
-        image = self.load_scan(image, source)
-        raw, _ = self._with_host_fallback(lambda: self._raw_scores(image))
+        item, image = image, self.load_scan(image, source)
+        roi = self.scan_roi(image, item if source is None else source)
+        raw, _ = self._with_host_fallback(lambda: self._raw_scores(image, roi=roi))
         return raw._replace(device_map=None, device_scan=None)
 
     def _kind_mismatch(self, kind: str) -> str | None:
@@ -580,13 +651,14 @@ class Detector:
         if np.shape(image)[:2] != result.heatmap.shape:
             raise InputError(f"the image ({'x'.join(map(str, np.shape(image)[:2]))}) is not the scan this result "
                              f"was scored on ({'x'.join(map(str, result.heatmap.shape))}, height x width)")
-        if self._on_gpu and result.fallback is None:
+        if self._on_gpu and result.fallback is None and result.roi_mask is None:
             try:
                 return self._overlay_on_device(image, result, threshold, percentile, color_range, alpha)
             except torch.cuda.OutOfMemoryError:
                 pass  # rendered on the host below, as on the CPU
             self._release_device_memory()
-        mask = (percentile_mask(result.heatmap, percentile) if threshold == "percentile"
+        # With a region of interest (host path only), the percentile is the ROI's and nothing outside is coloured.
+        mask = (percentile_mask(result.heatmap, percentile, within=result.roi_mask) if threshold == "percentile"
                 else result.heatmap > result.pixel_threshold)
         return render_overlay(image, result.heatmap, mask, color_range=color_range, alpha=alpha, window=result.window)
 
@@ -660,6 +732,11 @@ class Detector:
             global_arrays = self.global_.to_arrays()
             assert not set(global_arrays) & set(arrays), "array names of the method and the global score collide"
             arrays.update(global_arrays)
+        if self.config.roi == "file":
+            if self.roi_mask is None:
+                raise InputError("the ROI mode is 'file' but no ROI mask was given to save with the model")
+            assert "roi_mask" not in arrays, "a method's array is named roi_mask"
+            arrays["roi_mask"] = np.ascontiguousarray(self.roi_mask, dtype=np.uint8)  # 1 = inside
         return save_bundle(folder, manifest, arrays)
 
     @classmethod
@@ -694,6 +771,12 @@ class Detector:
             raise BundleError(f"model bundle {folder} lacks array {exc}") from None
         except ValueError as exc:
             raise BundleError(f"model bundle {folder} does not fit {config.backbone!r}: {exc}") from None
+        if config.roi == "file":
+            mask = arrays.get("roi_mask")
+            if mask is None or mask.ndim != 2 or mask.dtype.kind not in "biu" or not mask.any():
+                raise BundleError(f"model bundle {folder}: its ROI mode is 'file' but it holds no usable roi_mask "
+                                  "(a 2-D array of 0/1 with some 1)")
+            detector.roi_mask = mask.astype(bool)
         detector.calibration_ = calibration
         detector.backbone_digest_ = backbone["state_dict_sha256"]
         detector.fit_info_ = dict(manifest.get("fit", {}))

@@ -212,6 +212,7 @@ def _score_items(detector, eval_set: EvalSet, items: list[EvalItem], pixel_metri
             continue
         record = {"path": _relative(item.path, eval_set.root), "type": item.defect_type, "label": item.label,
                   "score": float(result.score), "anomalous": bool(result.anomalous),
+                  "masked_fraction": round(result.masked_fraction, 4),
                   "ms": 1000.0 * (time.perf_counter() - started)}
         scored.records.append(record)
         scored.warnings.update(result.warnings)
@@ -381,6 +382,9 @@ def evaluate(detector, eval_set: EvalSet, output_dir: str | os.PathLike | None =
         "per_type": _per_type(records),
         "detect_ms_per_image": float(np.mean(milliseconds)),
         "detect_ms_median": float(np.median(milliseconds)),
+        "roi": {"mode": detector.config.roi,
+                "mean_masked_fraction": float(np.mean([r["masked_fraction"] for r in records])),
+                "scans_masked": sum(1 for r in records if r["masked_fraction"] > 0)},
         "seconds": seconds,
         "detector": _detector_info(detector),
         "notes": notes,
@@ -441,6 +445,10 @@ def markdown_report(metrics: dict) -> str:
         ("Detect time (ms/image, mean / median)",
          f"{metrics['detect_ms_per_image']:.1f} / {metrics['detect_ms_median']:.1f}"),
     ]
+    roi = metrics.get("roi")
+    if roi and roi["mode"] != "off":
+        rows.append((f"ROI ({roi['mode']}): mean share masked, scans masked",
+                     f"{roi['mean_masked_fraction']:.3f}, {roi['scans_masked']} of {metrics['n_test_images']}"))
     lines = [f"# Evaluation of `{metrics['dataset']}`", "", "| Metric | Value |", "|---|---|"]
     lines += [f"| {name} | {value} |" for name, value in rows]
     lines += ["", "## Per type", "", "| Type | Images | Mean score | Flagged | Image AUROC vs good |",
@@ -561,7 +569,8 @@ def _write_worst(detector, scored: _Scored, folder: Path, eval_set: EvalSet) -> 
     for kind, entries in (("anomalous", scored.worst_anomalous), ("good", scored.worst_good)):
         for rank, (record, result) in enumerate(entries, start=1):
             source = eval_set.root / record["path"]
-            image = _draw_outline(detector.overlay(detector.load_scan(source), result), masks.get(record["path"]))
+            image = _draw_outline(operator_overlay(detector, detector.load_scan(source), result),
+                                  masks.get(record["path"]))
             stem = Path(record["path"]).stem if kind == GOOD else f"{record['type']}_{Path(record['path']).stem}"
             stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem)
             name = f"{kind}_{rank:02d}_{stem}.png"
@@ -570,6 +579,17 @@ def _write_worst(detector, scored: _Scored, folder: Path, eval_set: EvalSet) -> 
             written.append({"file": f"worst/{name}", "path": record["path"], "score": record["score"],
                             "label": record["label"], "miss": bool(miss)})
     return written
+
+
+def operator_overlay(detector, image: np.ndarray, result) -> np.ndarray:
+    """The overlay ``detect`` writes with its default flags (``display.render_display``: percentile mode at
+    90, the default style, nothing coloured outside the region of interest): uint8 (H, W, 3)."""
+    from .display import DisplayStyle, render_display
+    from .overlay import percentile_mask
+
+    return render_display(image, result.heatmap, result.pixel_threshold, DisplayStyle(),
+                          display_mask=percentile_mask(result.heatmap, 90.0, within=result.roi_mask),
+                          color_range=detector.calibration_.color_range, window=result.window)
 
 
 def _draw_outline(overlay: np.ndarray, mask_path: Path | None) -> np.ndarray:

@@ -22,16 +22,20 @@ _ROWS_PER_CHUNK = 512
 _PERCENTILE_SAMPLE = 2_000_000
 
 
-def percentile_mask(anomaly_map: np.ndarray, percentile: float) -> np.ndarray:
+def percentile_mask(anomaly_map: np.ndarray, percentile: float, within: np.ndarray | None = None) -> np.ndarray:
     """Pixels at or above the ``percentile``-th percentile of this map: bool (H, W).
 
-    The level is taken over a regular subsample of at most ~2 million pixels.
+    The level is taken over a regular subsample of at most ~2 million pixels. within: bool (H, W) region of
+    interest: the level is taken over its pixels only, and no pixel outside it is in the mask.
     """
     _check_percentile(percentile)
-    flat = anomaly_map.reshape(-1)
+    flat = anomaly_map.reshape(-1) if within is None else anomaly_map[within]
+    if flat.size == 0:
+        return np.zeros(anomaly_map.shape, dtype=bool)
     step = max(1, flat.size // _PERCENTILE_SAMPLE)
     level = np.percentile(flat[::step], percentile)
-    return anomaly_map >= level
+    mask = anomaly_map >= level
+    return mask if within is None else mask & within
 
 
 def percentile_mask_torch(anomaly_map: torch.Tensor, percentile: float) -> torch.Tensor:

@@ -26,6 +26,8 @@ class RawScores(NamedTuple):
         score does not use one.
     device_map, device_scan: on the GPU path, ``anomaly_map`` as it was on the device and the
         windowed scan (float32 in [0, 1], padded to a tile) the tiles were cut from; else None.
+    roi: bool (H, W), the scan's region of interest (the map is 0 outside it and ``patch_scores`` hold
+        only patches inside it), or None when every pixel counts.
     """
 
     anomaly_map: np.ndarray | None
@@ -34,6 +36,7 @@ class RawScores(NamedTuple):
     descriptor: np.ndarray | None = None
     device_map: torch.Tensor | None = None
     device_scan: torch.Tensor | None = None
+    roi: np.ndarray | None = None
 
 
 class NotFittedError(RuntimeError):
@@ -68,6 +71,10 @@ class AnomalyResult:
         CPU path's, which the GPU path matches to float32 rounding.
     warnings: one-line caveats about this score, e.g. a scan of another kind (dtype, grey/RGB) than
         the clean scans the model was fitted on (see ``scan_kinds``).
+    roi_mask: bool (H, W), True inside the region of interest; None when nothing was masked. Outside it the
+        heatmap is 0.0 (the floor of every method's raw score, divided by the clean level) and no patch
+        there counts towards the score.
+    roi_mode: the ROI mode the scan was scored with (``"off"``, ``"auto"``, ``"file"``).
     """
 
     heatmap: np.ndarray
@@ -79,3 +86,10 @@ class AnomalyResult:
     timings: dict[str, float] = field(default_factory=dict)
     fallback: str | None = None
     warnings: list[str] = field(default_factory=list)
+    roi_mask: np.ndarray | None = None
+    roi_mode: str = "off"
+
+    @property
+    def masked_fraction(self) -> float:
+        """Share of the scan's pixels outside the region of interest."""
+        return 0.0 if self.roi_mask is None else float(1.0 - np.count_nonzero(self.roi_mask) / self.roi_mask.size)

@@ -433,7 +433,8 @@ def render_markdown(cache: dict) -> str:
              "set gets. Every later table (*tuned*) uses flags picked on each dataset's own test set "
              "(`DATASET_FLAGS`), for comparison only. How the defaults were chosen (every candidate, the ones "
              "that lost too): [defaults.md](defaults.md); `--select auto`, which chooses from clean scans alone: "
-             "[selection.md](selection.md).", ""]
+             "[selection.md](selection.md). Region-of-interest masking (`--roi auto`) against none, on every "
+             "dataset without per-dataset flags: [roi.md](roi.md).", ""]
     lines += _headline_markdown(sections.get("headline"), bench)
     lines += _methods_markdown(sections.get("methods"))
     if subsampled:

@@ -9,6 +9,10 @@ before and after issue #25 (the old cold-end colours against the warm-end scale 
 display flags on the flagged region, and a screenshot of the HTML triage page of the test scans (needs
 Chromium; skipped with a note without it).
 
+ROI (always; ``--only-roi`` makes this picture alone): the same demo fitted twice, ``--roi off`` and
+``--roi auto``, and the anomalous scan's overlay in detect's default (percentile) mode from each, one above the
+other, the auto ROI's border drawn in cyan on the second.
+
 Real data (when DATA/gdxray_welds and the EfficientNet-Lite0 weights are found): fits on the welds' clean
 tiles with the settings of docs/benchmarks.md, scores every 10th defect tile and every clean test tile, and
 writes the overlay of the highest-scoring clean tile (the hardest clean one), the overlay and the triptych of
@@ -142,6 +146,32 @@ def demo_figures(out: Path, work: Path, device: str) -> None:
     triage_page(out, work, model, paths)
 
 
+def roi_figure(out: Path, work: Path, device: str) -> None:
+    """``roi_before_after.png``: the anomalous demo scan's default (percentile) overlay without and with
+    ``--roi auto``, each model fitted on the same clean scans with that mode."""
+    data = work / "demo_roi"
+    paths = write_demo_dataset(data, n_clean_train=16, n_clean_test=2, n_anomalous=3, seed=0)
+    image = load_image(paths["test_anomalous"][0])
+    panels = []
+    for roi in ("off", "auto"):
+        detector = Detector(DetectorConfig(tile_size=256, roi=roi), device=device).fit(
+            paths["train_good"], false_alarm_rate=0.05)
+        result = detector.score(image)
+        mask = percentile_mask(result.heatmap, 90.0, within=result.roi_mask)
+        picture = render_display(image, result.heatmap, result.pixel_threshold, DisplayStyle(), display_mask=mask,
+                                 color_range=detector.calibration_.color_range, window=result.window)
+        if result.roi_mask is not None:
+            contours, _ = cv2.findContours(result.roi_mask.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+            cv2.drawContours(picture, contours, -1, (0, 255, 255), 1)
+        label = (f"--roi {roi}: score {result.score:.2f} (threshold {result.image_threshold:.2f}), "
+                 f"{100 * result.masked_fraction:.0f} % of the scan masked")
+        print(f"roi {roi}: score {result.score:.2f}, threshold {result.image_threshold:.2f}, "
+              f"masked {result.masked_fraction:.3f}")
+        panels.append(np.vstack([text_strip([label], picture.shape[1], 18), picture]))
+    _save_png(out / "roi_before_after.png", _shrink(np.vstack(panels)))
+    print(f"wrote {out / 'roi_before_after.png'}")
+
+
 def triage_page(out: Path, work: Path, model: Path, paths: dict) -> None:
     """Run ``detect`` on the demo test scans with --html and screenshot the page in Chromium."""
     folder = work / "lane"
@@ -204,10 +234,14 @@ def main(argv=None) -> int:
     parser.add_argument("--weights-dir", default=str(REPO.parent / "shared" / "weights"),
                         help=f"folder holding {WELD_WEIGHTS}")
     parser.add_argument("--skip-real", action="store_true", help="only the demo pictures")
+    parser.add_argument("--only-roi", action="store_true", help="only the ROI before/after picture")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
+        roi_figure(out, Path(tmp), args.device)
+        if args.only_roi:
+            return 0
         demo_figures(out, Path(tmp), args.device)
     if not args.skip_real:
         weld_figures(out, Path(args.data), Path(args.weights_dir), args.device)

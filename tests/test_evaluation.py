@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 from rtg_anomaly import Detector, DetectorConfig, NotFittedError
+from rtg_anomaly.display import DisplayStyle, render_display
 from rtg_anomaly.errors import InputError
 from rtg_anomaly.evaluation import (NO_GROUND_TRUTH_NOTE, EvalItem, evaluate, load_mask, load_mvtec_folder,
                                     subsample_items)
+from rtg_anomaly.overlay import percentile_mask
 from rtg_anomaly.synthetic import write_demo_dataset
 
 TINY = DetectorConfig(backbone="vit_small_patch14_dinov2", weights="random",
@@ -75,6 +77,14 @@ def test_evaluate_writes_every_output(detector, dataset, tmp_path):
     overlay = cv2.imread(str(out / "worst" / worst[0]))
     scan = cv2.imread(str(dataset / metrics["worst_overlays"][0]["path"]))
     assert overlay.shape == scan.shape
+    # The good one (no ground-truth outline drawn on it) is the overlay detect writes by default.
+    good_path = dataset / metrics["worst_overlays"][1]["path"]
+    good = cv2.cvtColor(cv2.imread(str(out / "worst" / worst[1])), cv2.COLOR_BGR2RGB)
+    result = detector.score(good_path)
+    expected = render_display(detector.load_scan(good_path), result.heatmap, result.pixel_threshold, DisplayStyle(),
+                              display_mask=percentile_mask(result.heatmap, 90.0),
+                              color_range=detector.calibration_.color_range, window=result.window)
+    assert np.array_equal(good, expected)
     report = (out / "metrics.md").read_text()
     assert "| Metric | Value |" in report and "| Image AUROC |" in report and "| anomalous | 3 |" in report
 

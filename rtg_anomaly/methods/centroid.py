@@ -39,9 +39,10 @@ class Centroid(PatchMethod):
         self._sum, self._count = None, 0
 
     def learn(self, features: torch.Tensor, valid: torch.Tensor) -> None:
-        total = tile_embeddings(features, valid).to(torch.float64).sum(0).cpu()
+        seen = valid.flatten(1).any(1)  # tiles with a patch that counts (a ROI may leave a tile none)
+        total = tile_embeddings(features[seen], valid[seen]).to(torch.float64).sum(0).cpu()
         self._sum = total if self._sum is None else self._sum + total
-        self._count += int(features.shape[0])
+        self._count += int(seen.sum())
 
     def finish(self, device: torch.device) -> None:
         mean = self._sum / max(self._count, 1)

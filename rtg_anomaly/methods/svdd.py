@@ -95,7 +95,8 @@ class DeepSVDD(PatchMethod):
         mean of its patches inside the scan, labelled by the rotation (at most 4 x tiles rows)."""
         if self._trained:
             return
-        tiles = tile_means(features, valid)
+        seen = valid.flatten(1).any(1)  # tiles with a patch that counts (a ROI may leave a tile none)
+        tiles = tile_means(features[seen], valid[seen])
         self._rotation_cache.append((tiles.to(torch.float16).cpu(), ROTATION_LABELS.index(view)))
 
     def finish(self, device: torch.device) -> None:
