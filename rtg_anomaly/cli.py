@@ -476,7 +476,16 @@ def _run_fit(args: argparse.Namespace) -> int:
     from .features import resolve_device
     from .io import list_images
 
-    _config_from_args(args)  # bad settings are refused before anything is read
+    config = _config_from_args(args)  # bad settings are refused before anything is read
+    _check_engine(args)
+    if args.engine == "ray":
+        from .ray_engine.fit import RAY_METHODS
+
+        if config.method not in RAY_METHODS:
+            raise InputError(f"--engine ray fits {', '.join(RAY_METHODS)} only: the {config.method} fit does not "
+                             "split into independent per-scan parts; fit it with --engine inprocess")
+        if args.select == "auto":
+            raise InputError("--select auto runs in-process only; drop --engine ray or pass --select off")
     _check_rate(args.false_alarm_rate)
     _threshold_rule(args)  # a bad rule value fails before any work
     model_dir = Path(args.model or _default_model())
@@ -490,8 +499,16 @@ def _run_fit(args: argparse.Namespace) -> int:
     detector = Detector(config, device=device, runtime=args.runtime)
     detector.selection_ = selection
     _note_runtime(detector)
-    detector.fit(paths, progress=not args.quiet, on_bad_image=_warn_skipped, false_alarm_rate=args.false_alarm_rate,
-                 threshold_rule=_threshold_rule(args))
+    with _engine_session(args) as ray:
+        if ray is None:
+            detector.fit(paths, progress=not args.quiet, on_bad_image=_warn_skipped,
+                         false_alarm_rate=args.false_alarm_rate, threshold_rule=_threshold_rule(args))
+        else:
+            from .ray_engine.fit import fit_on_ray
+
+            fit_on_ray(ray, detector, paths, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
+                       progress=not args.quiet, on_bad_image=_warn_skipped, false_alarm_rate=args.false_alarm_rate,
+                       threshold_rule=_threshold_rule(args))
     detector.save(model_dir)
     curve = _write_loss_curve(detector, model_dir)
     info, calibration = detector.fit_info_, detector.calibration_

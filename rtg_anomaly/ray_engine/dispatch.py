@@ -83,6 +83,12 @@ class OrderedMap:
             if actor in self.load:
                 self.load[actor] -= 1
 
+    def any_actor(self):
+        """A live actor, for a call outside the map (Ray restarts it if it dies meanwhile)."""
+        if not self.load:
+            raise WorkersLost("all Ray workers died")
+        return min(self.load, key=self.load.get)
+
     def finished(self) -> list[tuple[int, object]]:
         """After an interruption: the results that arrived (or arrive within a moment) but were not yet
         yielded, in input order; the calls still running are cancelled."""
