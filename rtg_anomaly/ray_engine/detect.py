@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from .dispatch import OrderedMap
-from .workers import exit_hook, maybe_exit, start_actors, unwrap, worker_count
+from .workers import driver_folder, enter_driver_folder, exit_hook, maybe_exit, start_actors, unwrap, worker_count
 
 # The detect flags a worker needs to score and write a scan exactly as the in-process run does.
 WORKER_OPTIONS = ("style", "threshold", "threshold_percentile", "draw_regions", "colorbar", "min_region_area",
@@ -30,13 +30,14 @@ class DetectWorker:
     """
 
     def __init__(self, model_dir: str, device: str, runtime: str, options: argparse.Namespace,
-                 hook: str | None = None):
+                 folder: tuple[str, bool] | None = None, hook: str | None = None):
         from .. import cli
         from ..detector import Detector
 
         self.options, self.hook, self.scans_done = options, hook, 0
         self.error: InputError | None = None
         try:
+            enter_driver_folder(folder)
             self.detector = Detector.load(model_dir, device=device, runtime=runtime)
             extractor = self.detector.extractor
             self.runtime, self.fallback = extractor.runtime, extractor.runtime_fallback
@@ -73,7 +74,8 @@ class RayFolderDetect:
 
     ray: the connected ``ray`` module; jobs: (scan, overlay, heatmap or None, triptych or None) paths, as
     ``cli._plan_detect`` lists them (on a cluster they must name the same files on every node: shared
-    storage). InputError when the bundle cannot be loaded.
+    storage; relative paths are taken from the driver's working folder, which the workers then need).
+    InputError when the bundle cannot be loaded.
     """
 
     def __init__(self, ray, model_dir: str, args: argparse.Namespace, jobs: list[tuple[Path, ...]],
@@ -82,7 +84,8 @@ class RayFolderDetect:
         options = argparse.Namespace(**{name: getattr(args, name) for name in WORKER_OPTIONS})
         count = worker_count(ray, args.workers, args.gpus_per_worker, len(jobs))
         self.actors = start_actors(ray, DetectWorker, count, args.gpus_per_worker, str(model_dir), args.device,
-                                   args.runtime, options, exit_hook())
+                                   args.runtime, options,
+                                   driver_folder([model_dir, *(path for job in jobs for path in job)]), exit_hook())
         infos = [unwrap_value(info) for info in ray.get([actor.info.remote() for actor in self.actors])]
         self.info = infos[0]
 

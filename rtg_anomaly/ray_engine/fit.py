@@ -19,6 +19,7 @@ The driver's memory is the in-process fit's (docs/performance.md, section 4): th
 from __future__ import annotations
 
 import collections
+import os
 import time
 from typing import NamedTuple
 
@@ -26,7 +27,7 @@ import numpy as np
 
 from ..errors import InputError
 from .dispatch import OrderedMap
-from .workers import exit_hook, maybe_exit, start_actors, worker_count
+from .workers import driver_folder, enter_driver_folder, exit_hook, maybe_exit, start_actors, worker_count
 
 # Methods whose fit splits into independent per-scan parts merged in order (``pool_part`` / ``absorb``).
 RAY_METHODS = ("patchcore",)
@@ -53,7 +54,8 @@ class FitWorker:
     """One Ray actor of a fit: a backbone, a PatchCore with the fit's plan (for ``pool_part``), and for the
     held-out scans the first round's fitted state, fetched once per round."""
 
-    def __init__(self, config: dict, device: str, runtime: str, plan: tuple[int, int], hook: str | None = None):
+    def __init__(self, config: dict, device: str, runtime: str, plan: tuple[int, int], folder: tuple[str, bool] | None = None,
+                 hook: str | None = None):
         from ..config import DetectorConfig
         from ..detector import Detector
         from ..methods import FitPlan, create_method
@@ -63,6 +65,11 @@ class FitWorker:
         self.learner = create_method(config)
         self.learner.begin(FitPlan(*plan))
         self.hook, self.scans_done, self.model_token = hook, 0, None
+        self.error: InputError | None = None
+        try:
+            enter_driver_folder(folder)
+        except InputError as exc:
+            self.error = exc
 
     def train(self, item, view_index: int) -> ScanParts | InputError:
         """A training scan: the PoolPart (with PCA rows) and descriptor of each of its views."""
@@ -103,6 +110,8 @@ class FitWorker:
                          detector._clean_scan_statistics(raw, scan_index))
 
     def _start_scan(self):
+        if self.error is not None:
+            raise self.error
         maybe_exit(self.hook, self.scans_done)
         self.scans_done += 1
         return self.detector
@@ -167,7 +176,9 @@ def fit_on_ray(ray, detector, images, workers: int | None = None, gpus_per_worke
     global_score = GlobalDescriptor() if detector._uses_descriptors else None
     count = worker_count(ray, workers, gpus_per_worker, len(images))
     actors = start_actors(ray, FitWorker, count, gpus_per_worker, config.to_dict(), str(detector.device),
-                          detector.runtime, (plan.training_views, plan.all_views), exit_hook())
+                          detector.runtime, (plan.training_views, plan.all_views),
+                          driver_folder([item for item in images if isinstance(item, (str, os.PathLike))]),
+                          exit_hook())
     kinds, counts = collections.Counter(), {"patches": 0}
     bar = tqdm(total=len(images), unit="scan", desc="fit", disable=not progress, leave=False)
 

@@ -30,6 +30,27 @@ def maybe_exit(hook: str | None, scans_done: int) -> None:
     os._exit(1)
 
 
+def driver_folder(paths) -> tuple[str, bool]:
+    """(the driver's working folder, whether any of ``paths`` is relative to it): workers work from that
+    folder where their node has it (relative weights in a config, too), and must have it for relative paths."""
+    return os.getcwd(), any(not os.path.isabs(path) for path in paths if path is not None)
+
+
+def enter_driver_folder(folder: tuple[str, bool] | None) -> None:
+    """In a worker: resolve relative paths as the driver does, from its working folder (``driver_folder``);
+    InputError when a relative path needs it and this node does not have it."""
+    from ..errors import InputError
+
+    if folder is None:
+        return
+    path, needed = folder
+    if os.path.isdir(path):
+        os.chdir(path)
+    elif needed:
+        raise InputError(f"the Ray worker on {os.uname().nodename} cannot see the driver's working folder {path}: "
+                         "give absolute paths on storage every node sees")
+
+
 def worker_count(ray, workers: int | None, gpus_per_worker: float, n_items: int) -> int:
     """``workers`` or, by default, as many as the cluster has GPUs (with ``gpus_per_worker`` > 0) or CPUs
     for, at least 1 and at most ``n_items``."""
