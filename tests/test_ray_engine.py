@@ -200,3 +200,32 @@ def test_detect_on_ray_needs_a_folder(demo_data, tiny_bundle, tmp_path, capsys):
     assert main(["detect", "--input", str(scan), "--output", str(tmp_path / "o.png"), "--model", str(tiny_bundle),
                  "--engine", "ray"]) == 2
     assert "--engine ray needs a folder as --input" in _one_line(capsys)
+
+
+@pytest.mark.ray
+def test_score_dataset_gives_the_scores_and_files_of_detect(local_ray, demo_data, tiny_bundle, tmp_path):
+    """The Ray Data API: a Dataset of paths in, one result row per scan out, as ``detect`` scores and writes them."""
+    from rtg_anomaly import Detector
+    from rtg_anomaly.ray_engine import score_dataset
+
+    lane = _lane(demo_data, tmp_path / "lane")
+    paths = sorted(str(p) for p in lane.iterdir())
+    rows = score_dataset(local_ray.data.from_items([{"path": p} for p in paths]), tiny_bundle, device="cpu",
+                         output_dir=str(tmp_path / "out"), heatmap_dir=str(tmp_path / "maps"),
+                         detect_flags=["--draw-regions"]).take_all()
+    rows = {row["path"]: row for row in rows}
+    assert sorted(rows) == paths and "not a recognised image" in rows[str(lane / "03_junk.bmp")]["error"]
+    detector = Detector.load(tiny_bundle, device="cpu")
+    for path in paths:
+        if "junk" in path:
+            continue
+        result = detector.score(path)
+        assert rows[path]["error"] is None and rows[path]["score"] == result.score
+        assert rows[path]["anomalous"] == result.anomalous
+        assert np.array_equal(np.load(rows[path]["heatmap"]), result.heatmap)
+    assert main(["detect", "--input", str(lane), "--output", str(tmp_path / "cli"), "--model", str(tiny_bundle),
+                 "--device", "cpu", "--draw-regions", "--quiet"]) == 0
+    for path in paths:
+        if "junk" not in path:
+            name = Path(path).name
+            assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "cli" / name).read_bytes()
