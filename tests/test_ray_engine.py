@@ -94,15 +94,15 @@ def test_an_interrupted_ray_run_keeps_the_report_of_what_finished(local_ray, dem
     from rtg_anomaly.ray_engine.dispatch import OrderedMap
 
     lane = _lane(demo_data, tmp_path / "lane", junk=None)
-    real = OrderedMap._collect
+    real = OrderedMap._submit
 
-    def collect(self, ready):
+    def submit(self):  # runs once per step of the loop, whether a result is waited for or already there
         if self.next_out == 2 and not getattr(self, "interrupted", False):
             self.interrupted = True
             raise KeyboardInterrupt()
-        return real(self, ready)
+        return real(self)
 
-    monkeypatch.setattr(OrderedMap, "_collect", collect)
+    monkeypatch.setattr(OrderedMap, "_submit", submit)
     assert _detect(tmp_path / "ray", lane, tiny_bundle, monkeypatch, "--engine", "ray", "--workers", "2") == 130
     report = json.loads((tmp_path / "ray" / "out" / "report.json").read_text())
     inputs = [e["input"] for e in report["images"]]
