@@ -84,6 +84,8 @@ REGION_AREA = Range(0, 10**12, integer=True)
 SUBSAMPLE = Range(1, 10**6, integer=True)
 WORST_OVERLAYS = Range(0, 1000, integer=True)
 SEED = Range(0, 2**32 - 1, integer=True)
+WORKERS = Range(1, 100_000, integer=True)
+GPUS_PER_WORKER = Range(0.0, 64.0)
 
 
 def _in(accepted: Range):
@@ -132,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--model", default=None, help="bundle folder to write (default: $RTG_ANOMALY_MODEL or model_artifacts/default)")
     _add_device(fit)
     _add_config_flags(fit)
+    _add_engine(fit)
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
     fit.set_defaults(handler=_run_fit)
 
@@ -169,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="region of interest (see fit --roi); default: the mode the model was fitted with. "
                              "Outside it nothing is scored or coloured and the heatmap is 0; the report gives the "
                              "share of each scan masked. Overriding the fit's mode keeps the fit's calibration")
+    _add_engine(detect)
     detect.add_argument("--quiet", action="store_true", help="no progress bar")
     detect.set_defaults(handler=_run_detect)
 
@@ -435,6 +439,43 @@ def _add_device(parser: argparse.ArgumentParser) -> None:
                              "package on most platforms, else pip install 'rtg-anomaly[openvino]')")
 
 
+def _add_engine(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--engine", choices=("inprocess", "ray"), default="inprocess",
+                        help="inprocess: this process does all the work (default); ray: Ray actors read and "
+                             "process the scans (detect: folder input only), same outputs "
+                             "(pip install 'rtg-anomaly[ray]')")
+    parser.add_argument("--ray-address", help="with --engine ray: the Ray cluster to join (default: $RAY_ADDRESS, "
+                                              "else a local Ray started for this run)")
+    parser.add_argument("--workers", type=_in(WORKERS),
+                        help=_ranged("with --engine ray: number of actors (default: one per CPU of the cluster, or "
+                                     "per --gpus-per-worker GPUs)", WORKERS))
+    parser.add_argument("--gpus-per-worker", type=_in(GPUS_PER_WORKER), default=0.0,
+                        help=_ranged("with --engine ray: GPUs each actor reserves, fractions allowed (default 0: "
+                                     "CPU actors)", GPUS_PER_WORKER))
+
+
+def _check_engine(args: argparse.Namespace) -> None:
+    """Ray flags without --engine ray are refused; with it, Ray must be importable."""
+    if args.engine != "ray":
+        given = [flag for flag, value in (("--ray-address", args.ray_address), ("--workers", args.workers),
+                                          ("--gpus-per-worker", args.gpus_per_worker or None)) if value is not None]
+        if given:
+            raise InputError(f"{', '.join(given)} need{'s' if len(given) == 1 else ''} --engine ray")
+        return
+    from .ray_engine import import_ray
+
+    import_ray()
+
+
+def _engine_session(args: argparse.Namespace):
+    """The connected ``ray`` module for the run with --engine ray, else a context giving None."""
+    if args.engine != "ray":
+        return contextlib.nullcontext()
+    from .ray_engine import ray_session
+
+    return ray_session(args.ray_address)
+
+
 def _version() -> str:
     from . import __version__
 
@@ -475,7 +516,14 @@ def _run_fit(args: argparse.Namespace) -> int:
     from .features import resolve_device
     from .io import list_images
 
-    _config_from_args(args)  # bad settings are refused before anything is read
+    config = _config_from_args(args)  # bad settings are refused before anything is read
+    _check_engine(args)
+    if args.engine == "ray":
+        from .ray_engine.fit import check_ray_fit
+
+        check_ray_fit(config)
+        if args.select == "auto":
+            raise InputError("--select auto runs in-process only; drop --engine ray or pass --select off")
     _check_rate(args.false_alarm_rate)
     _threshold_rule(args)  # a bad rule value fails before any work
     model_dir = Path(args.model or _default_model())
@@ -491,8 +539,16 @@ def _run_fit(args: argparse.Namespace) -> int:
     detector.selection_ = selection
     detector.roi_mask = roi_mask
     _note_runtime(detector)
-    detector.fit(paths, progress=not args.quiet, on_bad_image=_warn_skipped, false_alarm_rate=args.false_alarm_rate,
-                 threshold_rule=_threshold_rule(args))
+    with _engine_session(args) as ray:
+        if ray is None:
+            detector.fit(paths, progress=not args.quiet, on_bad_image=_warn_skipped,
+                         false_alarm_rate=args.false_alarm_rate, threshold_rule=_threshold_rule(args))
+        else:
+            from .ray_engine.fit import fit_on_ray
+
+            fit_on_ray(ray, detector, paths, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
+                       progress=not args.quiet, on_bad_image=_warn_skipped, false_alarm_rate=args.false_alarm_rate,
+                       threshold_rule=_threshold_rule(args))
     detector.save(model_dir)
     curve = _write_loss_curve(detector, model_dir)
     info, calibration = detector.fit_info_, detector.calibration_
@@ -682,41 +738,65 @@ def _same_path(a: Path | str, b: Path | str) -> bool:
 
 
 def _run_detect(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from .detector import Detector
-    from .io import load_image, prefetch
-    from .triage import triage_row, write_triage_csv
-
-    jobs, folder_mode, output, report, csv_path, html, new_folders = _plan_detect(args)
-    roi_mask = _roi_mask(args.roi)
+    _check_engine(args)
+    plan = _plan_detect(args)
+    args.roi_mask = _roi_mask(args.roi)
+    if args.engine == "ray" and not plan[1]:
+        raise InputError("--engine ray needs a folder as --input (one scan runs in-process)")
     model_dir = args.model or _default_model()
-    outputs = [path for job in jobs for path in job[1:]] + [report, csv_path, html]
+    outputs = [path for job in plan[0] for path in job[1:]] + list(plan[3:6])
     for path in (p for p in outputs if p is not None):
         if _same_path(path.parent, model_dir):  # even a new file there makes it "not a bundle" (bundle.py)
             raise InputError(f"cannot write {path}: it is inside the model bundle {model_dir}")
-    # The first scans decode in background threads while the model loads (a 16-bit PNG vehicle scan
-    # takes a few tenths of a second); a decoding error surfaces only when that scan's turn comes.
-    decoding = prefetch(load_image, [job[0] for job in jobs])
-    scans = itertools.chain([next(decoding)], decoding)
-    detector = Detector.load(model_dir, device=args.device, runtime=args.runtime)
-    if args.roi is not None:
-        _override_roi(detector, args.roi, roi_mask)
+    with _engine_session(args) as ray:
+        return _detect_jobs(args, plan, model_dir, ray)
+
+
+def _detect_jobs(args: argparse.Namespace, plan: tuple, model_dir, ray) -> int:
+    """Score the planned scans, in this process (``ray`` None) or on Ray actors, and write the report,
+    CSV and page; the per-scan work and the bookkeeping are the same code either way."""
+    from tqdm import tqdm
+
+    from .triage import triage_row, write_triage_csv
+
+    jobs, folder_mode, output, report, csv_path, html, new_folders = plan
+    if ray is None:
+        from .detector import Detector
+        from .io import load_image, prefetch
+
+        # The first scans decode in background threads while the model loads (a 16-bit PNG vehicle scan
+        # takes a few tenths of a second); a decoding error surfaces only when that scan's turn comes.
+        decoding = prefetch(load_image, [job[0] for job in jobs])
+        scans = itertools.chain([next(decoding)], decoding)
+        detector = Detector.load(model_dir, device=args.device, runtime=args.runtime)
+        if args.roi is not None:
+            _override_roi(detector, args.roi, args.roi_mask)
+        runtime = _note_runtime(detector)
+        calibration = detector.calibration_
+        model_facts = {"runtime": runtime, "method": detector.method_.name, "roi_mode": detector.config.roi,
+                       "threshold_rule": {**calibration.rule.to_dict(),
+                                          "false_alarm_rate": calibration.false_alarm_rate}}
+    else:
+        from .ray_engine.detect import RayFolderDetect
+
+        engine = RayFolderDetect(ray, model_dir, args, jobs, thumbnails=html is not None)  # loads the bundle
+        model_facts = {key: engine.info[key] for key in ("runtime", "method", "roi_mode", "threshold_rule")}
+        if engine.info["runtime_fallback"]:
+            print(f"rtg-anomaly: note: the workers run the backbone with torch: {engine.info['runtime_fallback']}",
+                  file=sys.stderr)
     for folder in new_folders:
         folder.mkdir(exist_ok=True)
-    runtime = _note_runtime(detector)
-    gpu = _gpu_of(args.device)
     entries, errors, rows = [], [], []
     thumbnails: dict[str, dict] = {}  # scan path -> its pictures for the HTML page, small and encoded
     warned = collections.Counter()  # warning -> number of scans; each is printed for its first scan only
 
     def write_results(complete: bool) -> None:
         if report is not None:
-            _write_json(report, {"model": str(model_dir), "runtime": runtime, "threshold_mode": args.threshold,
+            _write_json(report, {"model": str(model_dir), "runtime": model_facts["runtime"],
+                                 "engine": args.engine, "threshold_mode": args.threshold,
                                  "threshold_percentile": args.threshold_percentile,
-                                 "method": detector.method_.name, "roi_mode": detector.config.roi,
-                                 "threshold_rule": {**detector.calibration_.rule.to_dict(),
-                                                    "false_alarm_rate": detector.calibration_.false_alarm_rate},
+                                 "method": model_facts["method"], "roi_mode": model_facts["roi_mode"],
+                                 "threshold_rule": model_facts["threshold_rule"],
                                  "complete": complete, "images": entries, "errors": errors})
         if csv_path is not None:
             write_triage_csv(csv_path, rows)
@@ -733,13 +813,13 @@ def _run_detect(args: argparse.Namespace) -> int:
         errors.append({"input": str(path), "error": str(exc)})
         rows.append(triage_row(path, decision="error", error=exc))
 
-    def record(path: Path, written: Future) -> None:
-        """Take the entry of a scan whose outputs were being written (in input order)."""
-        try:
-            entry, pictures = written.result()
-        except InputError as exc:
-            skip(path, exc)
+    def take(path: Path, outcome) -> None:
+        """Take a scan's outcome, in input order: (entry, pictures) as ``_write_scan`` returns them, or the
+        InputError that made it a skipped scan."""
+        if isinstance(outcome, InputError):
+            skip(path, outcome)
             return
+        entry, pictures = outcome
         entries.append(entry)
         if pictures:
             thumbnails[entry["input"]] = pictures
@@ -751,6 +831,41 @@ def _run_detect(args: argparse.Namespace) -> int:
         rows.append(triage_row(path, score=entry["score"], decision="suspect" if entry["anomalous"] else "clean",
                                regions=[r["bbox"] for r in entry["regions"]]))
 
+    def record(path: Path, written: Future) -> None:
+        """Take the entry of a scan whose outputs were being written (in input order)."""
+        try:
+            outcome = written.result()
+        except InputError as exc:
+            outcome = exc
+        take(path, outcome)
+
+    def keep_what_finished() -> None:
+        if folder_mode and rows:
+            try:
+                write_results(complete=False)
+                print(f"rtg-anomaly: stopped after {len(rows)} of {len(jobs)} scans; {report} and {csv_path} "
+                      "list those (\"complete\": false)", file=sys.stderr)
+            except OSError:
+                pass  # the original error is the one to report
+
+    progress = tqdm(total=len(jobs), unit="scan", desc="detect", leave=False, disable=args.quiet or len(jobs) < 2)
+    if ray is not None:
+        results = engine.results()
+        try:
+            for index, outcome in results:
+                take(jobs[index][0], outcome)
+                progress.update(1)
+        except BaseException:  # Ctrl-C, a lost cluster: keep the triage of the scans that finished
+            for index, outcome in results.finished():  # in input order, past any scan that did not
+                take(jobs[index][0], outcome)
+            keep_what_finished()
+            raise
+        finally:
+            progress.close()
+            engine.close()
+        return _detect_summary(args, folder_mode, entries, errors, warned, output, csv_path, html, write_results)
+
+    gpu = _gpu_of(args.device)
     # A scan's regions, overlay file, heatmap file and sorted copy are written in a background thread while the
     # next scan is scored: on a GPU, finding the regions and writing the overlay take a third of the scoring time
     # or more (README, "It writes behind"). One write at a time, in input order.
@@ -758,9 +873,8 @@ def _run_detect(args: argparse.Namespace) -> int:
     writing: collections.deque[tuple[Path, Future]] = collections.deque()
     writes_behind = 1 if folder_mode else 0  # one scan: its entry is needed at once
     try:
-        progress = tqdm(zip(jobs, scans), total=len(jobs), unit="scan", desc="detect", leave=False,
-                        disable=args.quiet or len(jobs) < 2)
-        for (path, overlay_path, heatmap_path, triptych_path), loaded in progress:
+        for (path, overlay_path, heatmap_path, triptych_path), loaded in zip(jobs, scans):
+            progress.update(1)
             try:
                 scored = _score_scan(detector, path, loaded.result(), args, gpu)
             except InputError as exc:
@@ -779,15 +893,17 @@ def _run_detect(args: argparse.Namespace) -> int:
         for path, future in writing:  # writes that finished, or failed on a bad scan, are in the report
             if future.done() and not future.cancelled() and isinstance(future.exception(), (InputError, type(None))):
                 record(path, future)
-        if folder_mode and rows:
-            try:
-                write_results(complete=False)
-                print(f"rtg-anomaly: stopped after {len(rows)} of {len(jobs)} scans; {report} and {csv_path} "
-                      "list those (\"complete\": false)", file=sys.stderr)
-            except OSError:
-                pass  # the original error is the one to report
+        keep_what_finished()
         raise
+    finally:
+        progress.close()
     writer.shutdown()
+    return _detect_summary(args, folder_mode, entries, errors, warned, output, csv_path, html, write_results)
+
+
+def _detect_summary(args, folder_mode: bool, entries: list, errors: list, warned, output, csv_path, html,
+                    write_results) -> int:
+    """Write the complete report, CSV and page, print the summary line; the exit code."""
     write_results(complete=True)
     flagged = sum(e["anomalous"] for e in entries)
     if folder_mode:

@@ -281,18 +281,7 @@ class Detector:
             raise InputError("no clean images to fit on")
         scale = self._fit_scale(images)
         config = self.config
-        order = np.random.default_rng(config.seed).permutation(len(images))
-        n_holdout = 0
-        if config.holdout_fraction > 0 and len(images) >= 2:
-            # At least two held-out scans when there are three or more: one scan alone sets no spread.
-            wanted = max(2, int(round(config.holdout_fraction * len(images))))
-            n_holdout = min(len(images) - 1, wanted, max(1, len(images) // 2))
-        if self._uses_descriptors and n_holdout == 0:
-            # A training scan's descriptor is in the bank (distance 0): it cannot calibrate this score.
-            raise InputError("the global image score calibrates on held-out clean scans: "
-                             "give at least 2 clean scans and a holdout fraction above 0")
-        train_items = [images[i] for i in sorted(order[n_holdout:])]
-        holdout_items = [images[i] for i in sorted(order[:n_holdout])]
+        train_items, holdout_items = self._holdout_split(images)
 
         started = time.perf_counter()
         n_views = 1 + len(config.augment)
@@ -335,7 +324,38 @@ class Detector:
 
         stats = self._clean_statistics(holdout_items, on_bad_image, bar=bar, learn_counts=counts, kinds=kinds)
         bar.close()
-        n_calibration = len(stats.image_scores)
+        if not len(stats.image_scores) and not self._uses_descriptors:
+            # Too few clean scans to hold any out: calibrate on training scans (optimistic).
+            stats = None
+        return self._conclude_fit(stats, lambda: self._clean_statistics(train_items[:10], lambda *_: None),
+                                  n_train, n_views, kinds, counts, false_alarm_rate, threshold_rule, started, scale)
+
+    def _holdout_split(self, images: list) -> tuple[list, list]:
+        """(training items, held-out items) of a fit on ``images``, each in input order: a seeded share
+        ``holdout_fraction`` is held out to calibrate."""
+        config = self.config
+        order = np.random.default_rng(config.seed).permutation(len(images))
+        n_holdout = 0
+        if config.holdout_fraction > 0 and len(images) >= 2:
+            # At least two held-out scans when there are three or more: one scan alone sets no spread.
+            wanted = max(2, int(round(config.holdout_fraction * len(images))))
+            n_holdout = min(len(images) - 1, wanted, max(1, len(images) // 2))
+        if self._uses_descriptors and n_holdout == 0:
+            # A training scan's descriptor is in the bank (distance 0): it cannot calibrate this score.
+            raise InputError("the global image score calibrates on held-out clean scans: "
+                             "give at least 2 clean scans and a holdout fraction above 0")
+        return [images[i] for i in sorted(order[n_holdout:])], [images[i] for i in sorted(order[:n_holdout])]
+
+    def _conclude_fit(self, stats: _CleanStatistics | None, training_statistics: Callable[[], _CleanStatistics],
+                      n_train: int, n_views: int, kinds: collections.Counter, counts: dict,
+                      false_alarm_rate: float, threshold_rule: ThresholdRule | None, started: float,
+                      scale: dict) -> "Detector":
+        """After the held-out scans were scored and learned (``stats``; None when no scan was held out):
+        rebuild the fitted state with them, calibrate and record the fit. ``training_statistics``: the
+        (optimistic) statistics of training scans, for a fit without held-out scans; ``scale``: what
+        ``_fit_scale`` decided."""
+        method, global_score, config = self.method_, self.global_, self.config
+        n_calibration = 0 if stats is None else len(stats.image_scores)
         if n_calibration:  # the held-out scans, scored, now join the model
             method.finish(self.extractor.device)
             if global_score is not None:
@@ -343,8 +363,7 @@ class Detector:
         elif self._uses_descriptors:
             raise InputError("none of the held-out clean scans could be read to calibrate the global image score")
         else:
-            # Too few clean scans to hold any out: calibrate on training scans (optimistic).
-            stats = self._clean_statistics(train_items[:10], lambda *_: None)
+            stats = training_statistics()
         calibration = calibrate(stats.image_scores, stats.map_maxima, stats.pixel_samples, false_alarm_rate,
                                 map_scores=stats.map_scores, rule=threshold_rule)
         if not n_calibration:
@@ -412,17 +431,25 @@ class Detector:
                 for view, view_roi in zip(views, self._view_rois(image, roi, self.config.augment)):
                     tiles, _ = self._with_host_fallback(lambda: self.tile_features(view, view_roi))
                     self._learn(self.method_, self.global_, tiles, learn_counts)
-            scores.append(self._image_score(raw))
-            if self._uses_descriptors:
-                map_scores.append(self._image_score(raw, MAP_SCORE_RULE))
-            maxima.append(float(raw.anomaly_map.max()))
-            # Pixels outside the ROI hold the floor 0, not a clean score: they would pull the pixel threshold down.
-            values = raw.anomaly_map.reshape(-1) if roi is None else raw.anomaly_map[roi]
-            rows = random_rows(values.size, CALIBRATION_PIXELS_PER_SCAN, self.config.seed + len(samples))
-            samples.append(values[rows])
+            score, map_score, maximum, sample = self._clean_scan_statistics(raw, len(samples), roi)
+            scores.append(score)
+            map_scores.append(map_score)
+            maxima.append(maximum)
+            samples.append(sample)
         pixel_samples = np.concatenate(samples) if samples else np.zeros(0, np.float32)
         return _CleanStatistics(np.array(scores), np.array(map_scores) if self._uses_descriptors else None,
                                 np.array(maxima), pixel_samples)
+
+    def _clean_scan_statistics(self, raw: RawScores, scan_index: int, roi: np.ndarray | None = None
+                               ) -> tuple[float, float | None, float, np.ndarray]:
+        """One clean scan's part of ``_CleanStatistics``: (image score, map score or None, map maximum, pixel
+        sample), ``scan_index`` the scan's place among the readable ones (it seeds the pixel sample), ``roi``
+        the scan's (H, W) bool region of interest or None."""
+        map_score = self._image_score(raw, MAP_SCORE_RULE) if self._uses_descriptors else None
+        # Pixels outside the ROI hold the floor 0, not a clean score: they would pull the pixel threshold down.
+        values = raw.anomaly_map.reshape(-1) if roi is None else raw.anomaly_map[roi]
+        rows = random_rows(values.size, CALIBRATION_PIXELS_PER_SCAN, self.config.seed + scan_index)
+        return self._image_score(raw), map_score, float(raw.anomaly_map.max()), values[rows]
 
     def _read(self, item, on_bad_image) -> np.ndarray | None:
         try:

@@ -171,9 +171,13 @@ class StreamingCoreset:
 
     def add(self, features: torch.Tensor) -> None:
         """features: (n, D) patch features of one scan (any device)."""
-        self.patches_seen += features.shape[0]
-        seed = self.seed + self._scans
-        self._scans += 1
+        self.add_selected(self.select(features, self._scans), features.shape[0])
+
+    def select(self, features: torch.Tensor, scan_index: int) -> torch.Tensor:
+        """The rows of one scan's (n, D) features that ``add`` would pool as the scan number ``scan_index``
+        (0 for the first scan added), float32 (k, D) on the CPU. It reads no state but the settings, so
+        another process (a Ray worker) can compute it and hand it to ``add_selected``."""
+        seed = self.seed + scan_index
         if features.shape[0] > self.max_patches_per_scan:
             generator = torch.Generator().manual_seed(seed)
             keep = torch.randperm(features.shape[0], generator=generator)[: self.max_patches_per_scan]
@@ -182,7 +186,13 @@ class StreamingCoreset:
         if self.max_kept_per_scan is not None:
             n_keep = min(n_keep, self.max_kept_per_scan)
         chosen = chunked_greedy_coreset(features, n_keep, seed=seed, part_rows=self.part_rows)
-        self._pool.append(features[chosen.to(features.device)].float().cpu())
+        return features[chosen.to(features.device)].float().cpu()
+
+    def add_selected(self, rows: torch.Tensor, patches_seen: int) -> None:
+        """Pool the next scan's ``select`` rows (float32 (k, D), CPU); ``patches_seen``: its patch count."""
+        self.patches_seen += patches_seen
+        self._scans += 1
+        self._pool.append(rows)
 
     @property
     def pool_size(self) -> int:

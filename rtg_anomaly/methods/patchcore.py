@@ -6,6 +6,8 @@ bank (our addition: 128 dims keep the kNN cheap on large scans).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 
@@ -16,6 +18,19 @@ from .base import FitPlan, PatchMethod
 
 # Rows of clean patch features the PCA is fitted on, shared out over the training views.
 PCA_SAMPLE_TOTAL = 200_000
+
+
+class PoolPart(NamedTuple):
+    """What one clean view adds to a PatchCore fit, computable apart from the fit (on a Ray worker).
+
+    rows: float32 (k, D) CPU tensor, the view's coreset rows for the pool (raw features).
+    pca_sample: float32 (s, D) rows for the PCA (first round only), else None.
+    n_patches: the view's patches inside the scan.
+    """
+
+    rows: torch.Tensor
+    pca_sample: np.ndarray | None
+    n_patches: int
 
 
 class PatchCore(PatchMethod):
@@ -50,12 +65,26 @@ class PatchCore(PatchMethod):
         self.pca_ = None
 
     def learn(self, features: torch.Tensor, valid: torch.Tensor) -> None:
+        self.absorb(self.pool_part(features, valid, self._views_learned, sample_for_pca=self.pca_ is None))
+
+    def pool_part(self, features: torch.Tensor, valid: torch.Tensor, view_index: int,
+                  sample_for_pca: bool) -> PoolPart:
+        """What ``learn`` takes from the view number ``view_index`` of the fit (0 for the first one learned);
+        ``sample_for_pca``: in the first round (no PCA yet), also its PCA rows. Reads only what ``begin`` set,
+        so any process that ran ``begin`` with the same plan computes the same part."""
         features = features[valid]  # (n, D): PatchCore pools patches, wherever they sit
-        if self.pca_ is None:  # the first round also samples rows for the PCA
-            rows = random_rows(features.shape[0], self._per_view_sample, self.config.seed + self._views_learned)
-            self._pca_samples.append(features[torch.from_numpy(rows).to(features.device)].cpu().numpy())
+        sample = None
+        if sample_for_pca:
+            rows = random_rows(features.shape[0], self._per_view_sample, self.config.seed + view_index)
+            sample = features[torch.from_numpy(rows).to(features.device)].cpu().numpy()
+        return PoolPart(self._builder.select(features, view_index), sample, int(features.shape[0]))
+
+    def absorb(self, part: PoolPart) -> None:
+        """Add the next view's part (from ``pool_part`` with the next view index) to the fit."""
+        if part.pca_sample is not None:
+            self._pca_samples.append(part.pca_sample)
         self._views_learned += 1
-        self._builder.add(features)
+        self._builder.add_selected(part.rows, part.n_patches)
 
     def finish(self, device: torch.device) -> None:
         config = self.config
