@@ -1,4 +1,4 @@
-"""Command line: ``rtg-anomaly fit | detect | calibrate``, a thin layer over the library API.
+"""Command line: ``rtg-anomaly fit | detect | calibrate | evaluate | export``, a thin layer over the library API.
 
 Exit codes: 0 success, 2 bad usage or bad input (one-line message on stderr),
 1 unexpected failure.
@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .config import GRAPH_FORMATS as FORMATS
+from .config import GRAPH_PRECISIONS as PRECISIONS
 from .config import IMAGE_SCORE_RULES, RUNTIMES
 from .errors import InputError, first_line
 from .ranges import FALSE_ALARM_RATE, FRACTION_OPEN_LOW, LAYER_INDEX, SETTING_RANGES, Range
@@ -84,6 +86,7 @@ REGION_AREA = Range(0, 10**12, integer=True)
 SUBSAMPLE = Range(1, 10**6, integer=True)
 WORST_OVERLAYS = Range(0, 1000, integer=True)
 SEED = Range(0, 2**32 - 1, integer=True)
+CALIBRATION_TILES = Range(1, 4096, integer=True)
 
 
 def _in(accepted: Range):
@@ -190,6 +193,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(ev)
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(handler=_run_evaluate)
+
+    ex = commands.add_parser("export", help="write the backbone's feature graph (ONNX or OpenVINO IR) into a bundle")
+    ex.add_argument("--model", default=None, help="bundle folder to update (default: $RTG_ANOMALY_MODEL or model_artifacts/default)")
+    ex.add_argument("--format", required=True, choices=FORMATS,
+                    help="onnx (ONNX Runtime, OpenVINO, TensorRT...) or openvino (OpenVINO IR)")
+    ex.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                    help="fp32 (default), fp16 (float16 weights) or int8 (static quantisation calibrated on "
+                         "--clean-dir's tiles; see README for its measured accuracy)")
+    ex.add_argument("--clean-dir", help="int8 only: clean scans to calibrate on (the ones the model was fitted on)")
+    ex.add_argument("--calibration-tiles", type=_in(CALIBRATION_TILES), default=64,
+                    help=_ranged("int8 only: tiles drawn (seeded) from --clean-dir to calibrate on (default 64)",
+                                 CALIBRATION_TILES))
+    ex.set_defaults(handler=_run_export)
     return parser
 
 
@@ -390,9 +406,11 @@ def _config_from_args(args: argparse.Namespace):
 def _add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     parser.add_argument("--runtime", default="auto", choices=RUNTIMES,
-                        help="what runs the backbone: auto (default: openvino on the CPU when installed, else "
-                             "torch), torch, or openvino (CPU only, same features, faster; installed with the "
-                             "package on most platforms, else pip install 'rtg-anomaly[openvino]')")
+                        help="what runs the backbone: auto (default: on the CPU the fastest installed runtime "
+                             "that runs the bundle's exported graph, else openvino, onnxruntime, torch; on CUDA "
+                             "torch), torch, openvino (CPU only; installed with the package on most platforms, "
+                             "else pip install 'rtg-anomaly[openvino]') or onnxruntime (pip install "
+                             "'rtg-anomaly[onnx]'); a bundle's exported graph is used by a runtime that runs it")
 
 
 def _version() -> str:
@@ -659,7 +677,8 @@ def _run_detect(args: argparse.Namespace) -> int:
 
     def write_results(complete: bool) -> None:
         if report is not None:
-            _write_json(report, {"model": str(model_dir), "runtime": runtime, "threshold_mode": args.threshold,
+            _write_json(report, {"model": str(model_dir), "runtime": runtime,
+                                 "backbone_graph": detector.extractor.graph_info, "threshold_mode": args.threshold,
                                  "threshold_percentile": args.threshold_percentile,
                                  "method": detector.method_.name,
                                  "threshold_rule": {**detector.calibration_.rule.to_dict(),
@@ -742,11 +761,12 @@ def _run_detect(args: argparse.Namespace) -> int:
             print(f"rtg-anomaly: warning: {count} of {len(entries)} scans: {warning}", file=sys.stderr)
         print(f"scored {len(entries)} scans: {flagged} suspect, {len(entries) - flagged} clean, "
               f"{len(errors)} skipped (unreadable or unusable); overlays in {output}, triage in {csv_path}"
-              f"{f', page {html}' if html else ''}")
+              f"{f', page {html}' if html else ''}; backbone on {detector.extractor.runtime_label}")
         return EXIT_OK if entries else EXIT_BAD_INPUT
     entry = entries[0]
     print(f"{entry['input']}: score {entry['score']:.3f} (threshold {entry['threshold']:.3f}) -> "
-          f"{'SUSPECT' if entry['anomalous'] else 'clean'}, {len(entry['regions'])} region(s); overlay {entry['output']}")
+          f"{'SUSPECT' if entry['anomalous'] else 'clean'}, {len(entry['regions'])} region(s); overlay {entry['output']}; "
+          f"backbone on {detector.extractor.runtime_label}")
     return EXIT_OK
 
 
@@ -903,6 +923,32 @@ def _write_scan(scored: _ScoredScan, overlay_path: Path, heatmap_path: Path | No
         flagged = result.heatmap >= result.pixel_threshold
         pictures = {"overlay": thumbnail_uri(picture, 480, flagged), "triptych": thumbnail_uri(triptych, 960)}
     return entry, pictures
+
+
+# ---------------------------------------------------------------------------- export
+def _run_export(args: argparse.Namespace) -> int:
+    from .detector import Detector
+    from .io import list_images
+
+    model_dir = Path(args.model or _default_model())
+    if args.precision == "int8" and not args.clean_dir:
+        raise InputError("--precision int8 needs --clean-dir: clean scans to calibrate the quantisation on")
+    if args.precision != "int8" and args.clean_dir:
+        raise InputError("--clean-dir is only used by --precision int8")
+    paths = list_images(args.clean_dir) if args.clean_dir else []
+    if model_dir.is_dir():  # else Detector.load says there is no bundle
+        _check_writable_folder(model_dir)
+    detector = Detector.load(model_dir, device="cpu", runtime="torch")
+    started = time.perf_counter()
+    graph = detector.export_graph(args.format, args.precision, paths, args.calibration_tiles)
+    detector.save(model_dir)
+    check = graph.entry["check"]
+    size = sum(array.nbytes for array in graph.arrays.values())
+    print(f"exported {detector.config.backbone} (layers {','.join(map(str, detector.config.layers))}, "
+          f"input {detector.extractor.input_size} px) as {args.format} {args.precision}, {size / 1e6:.1f} MB, "
+          f"in {time.perf_counter() - started:.1f} s: features within {check['max_abs_diff']:.2g} of torch float32 "
+          f"(largest feature {check['feature_scale']:.3g}) with {check['runtime']}; saved to {model_dir}")
+    return EXIT_OK
 
 
 def _check_rate(rate: float) -> None:
