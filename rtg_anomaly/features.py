@@ -276,7 +276,7 @@ class FeatureExtractor:
         if graph is not None and runtime in RUNNERS[graph.entry["format"]]:
             problem = graph_mismatch(graph, self.config, self.digest, self.input_size)
             run = None if problem else graph_runner(graph, runtime, self.device, threads)
-            problem = problem or check_against(run, self, graph.entry)
+            problem = problem or check_against(run, self, graph.entry, runtime)
             if problem:
                 raise RuntimeUnavailable(f"the bundle's exported graph cannot be used: {problem}")
             return run, True, {"format": graph.entry["format"], "precision": graph.entry["precision"],

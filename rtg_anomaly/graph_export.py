@@ -22,6 +22,7 @@ offline with features within 2e-6 and 5e-5 of torch (on feature scales of 0.94 a
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import logging
 import tempfile
@@ -288,10 +289,12 @@ def max_difference(runner: Runner, extractor, count: int = 1) -> tuple[float, fl
     return float((got - expected).abs().max()), float(expected.abs().max())
 
 
-def check_against(runner: Runner, extractor, entry: dict) -> str | None:
-    """Why a bundle graph must not be used (its features stray from torch's on the check tile), else None."""
+def check_against(runner: Runner, extractor, entry: dict, runtime: str) -> str | None:
+    """Why a bundle graph must not be used (its features stray from torch's on the check tile further than
+    at export, with the same runtime when it was checked then), else None."""
     difference, scale = max_difference(runner, extractor)
-    recorded = entry.get("check", {}).get("max_abs_diff", 0.0)
+    check = entry.get("check", {})
+    recorded = check.get("max_abs_diff_by_runtime", {}).get(runtime, check.get("max_abs_diff", 0.0))
     allowed = max(CHECK_FACTOR * float(recorded), CHECK_FLOOR * scale)
     if not difference <= allowed:
         return (f"the bundle's {entry['format']} {entry['precision']} graph gives features {difference:.3g} away "
@@ -327,10 +330,15 @@ def export_graph(extractor, fmt: str, precision: str, calibration_tiles: np.ndar
                   "graph_openvino_bin": np.frombuffer(weights, np.uint8).copy()}
         runtime = "openvino"
     graph = StoredGraph(_entry(extractor, fmt, precision, quantisation), arrays)
-    threads = torch.get_num_threads()
-    difference, scale = max_difference(graph_runner(graph, runtime, torch.device("cpu"), threads), extractor, 2)
-    graph.entry["check"] = {"runtime": runtime, "tiles": 2, "seed": 0, "max_abs_diff": difference,
-                            "feature_scale": scale}
+    threads, differences, scale = torch.get_num_threads(), {}, None
+    # Each installed runtime that runs the graph is checked: their int8 kernels differ (OpenVINO and ONNX
+    # Runtime fuse the quantised nodes differently), and a load is compared with its own runtime's figure.
+    for name in RUNNERS[fmt]:
+        if name == runtime or importlib.util.find_spec(name) is not None:
+            run = graph_runner(graph, name, torch.device("cpu"), threads)
+            differences[name], scale = max_difference(run, extractor, 2)
+    graph.entry["check"] = {"runtime": runtime, "tiles": 2, "seed": 0, "max_abs_diff": differences[runtime],
+                            "max_abs_diff_by_runtime": differences, "feature_scale": scale}
     return graph
 
 
@@ -384,11 +392,17 @@ def graph_from_bundle(folder, manifest: dict, arrays: dict[str, np.ndarray]) -> 
     elif not all(name in arrays and arrays[name].dtype == np.uint8 and arrays[name].ndim == 1
                  and arrays[name].size > 0 for name in entry["arrays"]):
         problem = "lacks its graph arrays (non-empty uint8 vectors)"
-    elif not isinstance(entry.get("check"), dict) or not isinstance(entry["check"].get("max_abs_diff"), (int, float)):
+    elif not isinstance(entry.get("check"), dict) or not _number(entry["check"].get("max_abs_diff")) \
+            or not isinstance(entry["check"].get("max_abs_diff_by_runtime", {}), dict) \
+            or not all(_number(value) for value in entry["check"].get("max_abs_diff_by_runtime", {}).values()):
         problem = "has no export check"
     if problem:
         raise BundleError(f"model bundle {folder}: '{GRAPH_KEY}' in the manifest {problem}")
     return StoredGraph(entry, {name: arrays[name] for name in entry["arrays"]})
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) < 1e300
 
 
 def graph_mismatch(graph: StoredGraph, config, digest: str, input_size: int) -> str | None:
