@@ -181,11 +181,13 @@ def runtime_installed(name: str) -> bool:
         return False
 
 
-def resolve_runtime(runtime: str, device: torch.device, graph_format: str | None = None) -> str:
+def resolve_runtime(runtime: str, device: torch.device, graph_format: str | None = None,
+                    graph_precision: str | None = None) -> str:
     """``"auto"`` -> on the CPU, the fastest installed runtime (``CPU_RUNTIME_PREFERENCE``) that can run
     the bundle's exported graph of ``graph_format`` (``"onnx"``, ``"openvino"``) or, without one, any;
     on CUDA, torch (float16 autocast; ONNX Runtime's CUDA provider is unmeasured, so only on request).
-    Any other name is returned as it is.
+    An int8 ONNX graph goes to ONNX Runtime: OpenVINO's execution of it lost up to 0.55 image AUROC
+    (docs/precision.md). Any other name is returned as it is.
     """
     if runtime != "auto":
         return runtime
@@ -195,6 +197,8 @@ def resolve_runtime(runtime: str, device: torch.device, graph_format: str | None
 
     for name in CPU_RUNTIME_PREFERENCE:
         if graph_format is not None and name not in RUNNERS[graph_format]:
+            continue
+        if graph_precision == "int8" and name == "openvino":
             continue
         if runtime_installed(name):
             return name
@@ -232,7 +236,8 @@ class FeatureExtractor:
         if runtime == "openvino" and self.device.type != "cpu":
             raise RuntimeUnavailable(f"the openvino runtime runs on the CPU only, not on {self.device}: "
                                      "use --device cpu or --runtime torch")
-        requested, runtime = runtime, resolve_runtime(runtime, self.device, graph.entry["format"] if graph else None)
+        requested, runtime = runtime, resolve_runtime(runtime, self.device, *((graph.entry["format"], graph.entry["precision"])
+                                                                        if graph else ()))
         if runtime == "onnxruntime":
             import_onnxruntime()  # a missing package is refused before the backbone is built
         self.runtime, self.runtime_fallback, self.graph_info = runtime, None, None

@@ -313,6 +313,9 @@ def export_graph(extractor, fmt: str, precision: str, calibration_tiles: np.ndar
     if fmt not in FORMATS or precision not in PRECISIONS:
         raise InputError(f"unknown export {fmt}/{precision} (formats {', '.join(FORMATS)}; "
                          f"precisions {', '.join(PRECISIONS)})")
+    if fmt == "openvino" and precision == "int8":
+        raise InputError("--format openvino --precision int8 is not offered: OpenVINO's execution of the int8 "
+                         "graph lost up to 0.55 image AUROC on the benchmark sets (docs/precision.md)")
     if precision == "int8" and (calibration_tiles is None or not len(calibration_tiles)):
         raise InputError("int8 needs clean tiles to calibrate on (--clean-dir)")
     model = onnx_graph(extractor)

@@ -1742,7 +1742,7 @@ def _run(args, argv: list[str]) -> int:
         runtimes_text = None
         if device.type == "cpu":
             log("runtime x precision table ...")
-            runtimes_text = runtime_table_text(runtime_table(bundle, crops, scan_path, workdir, device),
+            runtimes_text = runtime_table_text(runtime_table(bundle, crops, scan_path, workdir, device, 32),
                                                sizes["scan"], env.get("command", "python scripts/benchmark_speed.py"),
                                                {"device": str(device)})
         if args.runtime_table:

@@ -97,9 +97,10 @@ def test_int8_export_is_calibrated_on_clean_tiles_and_runs_on_both_runtimes(bund
     model = onnx.load_from_string(np.load(bundle / "graph_onnx.npy").tobytes())
     assert any(node.op_type == "QuantizeLinear" for node in model.graph.node)
     _, expected, _ = _detect(bundle, scan, tmp_path, "torch")
-    for runtime in ("onnxruntime", "openvino"):
+    for runtime in ("onnxruntime", "openvino", "auto"):
         code, heatmap, report = _detect(bundle, scan, tmp_path, runtime)
         assert code == 0 and report["backbone_graph"]["precision"] == "int8"
+        assert report["runtime"] == (runtime if runtime != "auto" else "onnxruntime")
         # The random tiny backbone's features are noise-like, the hardest case for 8 bits: a loose bound.
         assert np.abs(heatmap - expected).max() < 0.2 * np.abs(expected).max()
 
@@ -110,6 +111,8 @@ def test_export_refusals_are_one_line(bundle, demo_data, capsys):
                                                "to calibrate the quantisation on")
     assert _export(bundle, "onnx", "fp32", "--clean-dir", str(demo_data / "train" / "good")) == 2
     assert capsys.readouterr().err.count("\n") == 1
+    assert _export(bundle, "openvino", "int8", "--clean-dir", str(demo_data / "train" / "good")) == 2
+    assert "is not offered" in capsys.readouterr().err
     assert _export(bundle, "tflite") == 2
     assert "invalid choice" in capsys.readouterr().err
     assert _export(bundle, "onnx", "int8", "--clean-dir", str(demo_data), "--calibration-tiles", "0") == 2
@@ -191,6 +194,7 @@ def test_auto_without_openvino_picks_onnxruntime(monkeypatch):
     cpu = torch.device("cpu")
     assert resolve_runtime("auto", cpu) == "openvino"
     assert resolve_runtime("auto", cpu, "onnx") == "openvino"  # OpenVINO runs ONNX graphs, and faster here
+    assert resolve_runtime("auto", cpu, "onnx", "int8") == "onnxruntime"  # OpenVINO's int8 lost AUROC
     monkeypatch.setitem(sys.modules, "openvino", None)
     assert resolve_runtime("auto", cpu) == "onnxruntime"
     assert resolve_runtime("auto", cpu, "onnx") == "onnxruntime"
