@@ -236,8 +236,8 @@ class FeatureExtractor:
         if runtime == "openvino" and self.device.type != "cpu":
             raise RuntimeUnavailable(f"the openvino runtime runs on the CPU only, not on {self.device}: "
                                      "use --device cpu or --runtime torch")
-        requested, runtime = runtime, resolve_runtime(runtime, self.device, *((graph.entry["format"], graph.entry["precision"])
-                                                                        if graph else ()))
+        stored = (graph.entry["format"], graph.entry["precision"]) if graph else ()
+        requested, runtime = runtime, resolve_runtime(runtime, self.device, *stored)
         if runtime == "onnxruntime":
             import_onnxruntime()  # a missing package is refused before the backbone is built
         self.runtime, self.runtime_fallback, self.graph_info = runtime, None, None

@@ -101,20 +101,20 @@ class _FeatureGraph(torch.nn.Module):
 def reference_features(extractor, tiles: torch.Tensor) -> torch.Tensor:
     """Torch float32 features (B, h, w, D) of un-normalised tiles (B, 3, S, S) in [0, 1], on the CPU."""
     with torch.inference_mode():
-        return _FeatureGraph(extractor)(tiles.to(extractor.device)).float().cpu()
+        return _FeatureGraph(extractor).to(extractor.device)(tiles.to(extractor.device)).float().cpu()
 
 
 def onnx_graph(extractor) -> bytes:
-    """The extractor's feature graph (normalisation included) as ONNX bytes, batch axis dynamic, checked by
-    ``onnx.checker``. The extractor must run on the CPU with torch."""
+    """The extractor's float32 feature graph (normalisation included) as ONNX bytes, batch axis dynamic,
+    checked by ``onnx.checker``."""
     onnx = _import_onnx()
-    if extractor.device.type != "cpu":
-        raise InputError("exporting runs on the CPU: use --device cpu")
     buffer = io.BytesIO()
+    device = extractor.device  # traced where the backbone lives (CUDA too); the graph is the same
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer and deprecation warnings of the TorchScript exporter
-            torch.onnx.export(_FeatureGraph(extractor).eval(), (check_tiles(extractor.input_size, 2),), buffer,
+            torch.onnx.export(_FeatureGraph(extractor).to(device).eval(),
+                              (check_tiles(extractor.input_size, 2).to(device),), buffer,
                               dynamo=False, opset_version=ONNX_OPSET, input_names=[INPUT_NAME],
                               output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: {0: "batch"},
                                                                         OUTPUT_NAME: {0: "batch"}})

@@ -962,16 +962,17 @@ def runtime_table_text(rows: list[dict], scan_shape: tuple[int, int], command: s
              "calibrated units (1.0 = the clean level).", "",
              f"Tolerance: {HEATMAP_TOLERANCE:g} for float32 rows, {INT8_HEATMAP_TOLERANCE:g} for int8 rows.", "",
              "| runtime / precision | what ran | score s | speed-up vs torch fp32 | speed-up vs plain | peak RSS MiB "
-             "| max heatmap diff | within tolerance |", "|---|---|---|---|---|---|---|---|"]
+             "| max heatmap diff | within tolerance | load avg start / end |", "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if "score_s" not in row:
-            lines.append(f"| {row['name']} | {row['missing']} | | | | | | |")
+            lines.append(f"| {row['name']} | {row['missing']} | | | | | | | |")
             continue
+        load = " / ".join("n/a" if v is None else f"{v:.1f}" for v in row.get("load_avg", [None, None]))
         row["within"] = row["max_abs_diff"] <= (INT8_HEATMAP_TOLERANCE if row.get("precision") == "int8"
                                                 else HEATMAP_TOLERANCE)
         lines.append(f"| {row['name']} | {row['label']} | {row['score_s']:.2f} | {row['vs_torch']:.2f}x | "
                      f"{row['vs_plain']:.2f}x | {row['peak_rss_mib']:,.0f} | {row['max_abs_diff']:.2g} | "
-                     f"{'yes' if row['within'] else 'NO'} |")
+                     f"{'yes' if row['within'] else 'NO'} | {load} |")
     best = min((row for row in rows if row.get("within")), key=lambda row: row["score_s"])
     lines += ["", f"Fastest within tolerance: {best['name']} at {best['vs_plain']:.2f}x the plain reference "
                   f"({best['vs_torch']:.2f}x torch fp32). **Moonshot (6x the plain reference with heatmaps within "
