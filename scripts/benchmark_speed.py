@@ -17,7 +17,10 @@ What it measures (every number in the report comes from the run that wrote it):
    a fresh process), plus a real ``Detector.fit`` with a one-block backbone of the real width;
 5. greedy coreset time against bank size;
 6. kNN: our chunked torch matmul against faiss ``IndexFlatL2`` (when faiss is importable);
-7. measured candidate speed-ups.
+7. measured candidate speed-ups;
+8. on the CPU, the runtime x precision table (plain reference, torch fp32, OpenVINO fp32 / int8, ONNX Runtime
+   fp32 / int8; each row a fresh process: score seconds, peak RSS, heatmap difference). ``--runtime-table``
+   runs this section alone (~8 min on 2 cores).
 
 Heavy stages run in fresh subprocesses (this script with ``--worker SPEC``) so that ``ru_maxrss`` is the
 peak of that stage alone. Nothing here changes the library.
