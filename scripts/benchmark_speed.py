@@ -1744,7 +1744,7 @@ def _run(args, argv: list[str]) -> int:
 
         base = dict(device=str(device), bundle=str(bundle), scan=str(scan_path))
         runtimes_text = None
-        if device.type == "cpu":
+        if device.type == "cpu" and (args.runtime_table or not args.quick):  # quick runs: too slow for the tests
             log("runtime x precision table ...")
             runtimes_text = runtime_table_text(runtime_table(bundle, crops, scan_path, workdir, device, 32),
                                                sizes["scan"], env.get("command", "python scripts/benchmark_speed.py"),
