@@ -16,8 +16,12 @@ IMAGE_SCORE_RULES = ("max", "top_mean", "patch_top_mean", "global")
 INTENSITY_WINDOWS = ("auto", "dtype", "percentile")
 AUGMENTATION_NAMES = ("hflip", "vflip", "rot90", "rot180", "rot270")
 # What executes the backbone (not a hyper-parameter: the features are the same either way, see openvino_runtime.py).
-# "auto": OpenVINO on the CPU when the openvino package is installed and converts the backbone, else torch.
-RUNTIMES = ("auto", "torch", "openvino")
+# "auto": on the CPU the fastest installed runtime that runs the bundle's exported graph (or converts the
+# backbone), else torch; see features.resolve_runtime. "onnxruntime" needs the optional extra [onnx].
+RUNTIMES = ("auto", "torch", "openvino", "onnxruntime")
+# What ``rtg-anomaly export`` writes into a bundle (graph_export.py).
+GRAPH_FORMATS = ("onnx", "openvino")
+GRAPH_PRECISIONS = ("fp32", "fp16", "int8")
 MAX_SEED = 2**32
 
 

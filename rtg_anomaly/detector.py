@@ -29,6 +29,7 @@ from .config import DetectorConfig
 from .descriptor import DescriptorAccumulator, scan_descriptor
 from .errors import InputError, first_line
 from .features import FeatureExtractor, resolve_device
+from .graph_export import GRAPH_KEY, StoredGraph, graph_from_bundle
 from .intensity import apply_window, apply_window_torch, to_device_float, window_limits
 from .io import image_shape, load_image
 from .memory_bank import random_rows
@@ -105,13 +106,14 @@ class Detector:
         self._pixel_work_on_host = False  # set while a scan too large for the GPU is retried on the host
         self.selection_: dict | None = None
         self.roi_mask: np.ndarray | None = None  # bool (H, W): the fixed ROI when config.roi == "file"
+        self.graph_: StoredGraph | None = None  # the bundle's exported backbone graph (graph_export.py)
 
     # ------------------------------------------------------------------ backbone
     @property
     def extractor(self) -> FeatureExtractor:
         """The frozen backbone, created on first use."""
         if self._extractor is None:
-            self._extractor = FeatureExtractor(self.config, resolve_device(str(self.device)), self.runtime)
+            self._extractor = FeatureExtractor(self.config, resolve_device(str(self.device)), self.runtime, self.graph_)
         return self._extractor
 
     def device_scan(self, image: np.ndarray, window: tuple[float, float]) -> torch.Tensor | None:
@@ -727,6 +729,43 @@ class Detector:
         self.calibration_ = calibration
         return self.calibration_
 
+    # ------------------------------------------------------------------ export
+    def clean_tiles(self, images: Sequence, limit: int, seed: int = 0) -> np.ndarray:
+        """Tiles of clean scans as an exported graph takes them: float32 (N, 3, S, S) in [0, 1], cut and
+        windowed as scoring does, N <= ``limit`` drawn at random (``seed``) from every scan's tiles.
+        Scans that cannot be read are skipped; InputError when none gives a tile."""
+        rng = np.random.default_rng(seed)
+        config, per_scan = self.config, max(1, math.ceil(2 * limit / max(1, len(images))))
+        chosen = []
+        for item in images:
+            try:
+                image = load_image(item) if isinstance(item, (str, os.PathLike)) else np.asarray(item)
+            except InputError:
+                continue
+            padded = pad_to_tile(image, config.tile_size)
+            origins = tile_grid(padded.shape[0], padded.shape[1], config.tile_size, config.stride)
+            origins = origins[np.sort(rng.permutation(len(origins))[:per_scan])]
+            tiles = apply_window(extract_tiles(padded, origins, config.tile_size), *self.window_limits(image))
+            chosen.append(self.extractor.graph_input(tiles).cpu().numpy())
+        if not chosen:
+            raise InputError("no clean scan could be read to calibrate the int8 graph on")
+        tiles = np.concatenate(chosen)
+        return np.ascontiguousarray(tiles[np.sort(rng.permutation(len(tiles))[:limit])], np.float32)
+
+    def export_graph(self, fmt: str, precision: str, clean_images: Sequence = (), calibration_tiles: int = 64):
+        """Export the backbone's feature graph into ``graph_`` (saved with the bundle by ``save``).
+
+        fmt: ``"onnx"`` or ``"openvino"``; precision ``"fp32"``, ``"fp16"`` or ``"int8"`` (int8 is
+        calibrated on at most ``calibration_tiles`` tiles of ``clean_images``). The backbone must run on the
+        CPU with torch. Returns the StoredGraph.
+        """
+        from .graph_export import export_graph
+
+        self._check_fitted()
+        tiles = self.clean_tiles(list(clean_images), calibration_tiles) if precision == "int8" else None
+        self.graph_ = export_graph(self.extractor, fmt, precision, tiles)
+        return self.graph_
+
     # ------------------------------------------------------------------ persistence
     def save(self, folder: str | os.PathLike) -> Path:
         """Write the fitted model as a bundle folder (atomic; see bundle.py)."""
@@ -755,6 +794,9 @@ class Detector:
         if self.selection_ is not None:
             manifest["selection"] = self.selection_
         arrays = dict(self.method_.to_arrays())
+        if self.graph_ is not None and self.graph_.entry.get("backbone_state_dict_sha256") == self.backbone_digest_:
+            manifest[GRAPH_KEY] = self.graph_.entry  # kept through calibrate; a refit drops it
+            arrays.update(self.graph_.arrays)
         if self.global_ is not None:
             global_arrays = self.global_.to_arrays()
             assert not set(global_arrays) & set(arrays), "array names of the method and the global score collide"
@@ -784,6 +826,7 @@ class Detector:
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"model bundle {folder} has an invalid manifest: {first_line(exc)}") from None
         detector = cls(config, device=device, runtime=runtime)
+        detector.graph_ = graph_from_bundle(folder, manifest, arrays)
         extractor = detector.extractor
         if extractor.digest != backbone.get("state_dict_sha256"):
             raise BundleError(

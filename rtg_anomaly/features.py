@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from .config import DEFAULT_BACKBONE, RUNTIMES, DetectorConfig
 from .errors import InputError, first_line
+from .graph_export import import_onnxruntime
 from .openvino_runtime import RuntimeUnavailable, compile_for_cpu
 
 # The backbone's autocast dtype on CUDA. On an H100, bfloat16 and float16 ran equally fast (80 DINOv2 tiles:
@@ -165,20 +166,44 @@ def create_backbone(config: DetectorConfig) -> tuple[torch.nn.Module, dict]:
     return model, info
 
 
-def resolve_runtime(runtime: str, device: torch.device) -> str:
-    """``"auto"`` -> ``"openvino"`` on the CPU when the openvino package is installed, else ``"torch"``;
-    any other name is returned as it is.
+# Runtimes ``auto`` tries on the CPU, fastest first (measured on the benchmark CPU, docs/performance.md,
+# "Runtimes and precisions"): the first one installed that can run the bundle's graph, if it has one.
+CPU_RUNTIME_PREFERENCE = ("openvino", "onnxruntime", "torch")
 
-    OpenVINO is preferred there because it ran the same float32 feature graph 2.3x faster than torch on the
-    benchmark CPU (docs/performance.md, section 2), with features equal to about 1e-6.
-    """
-    if runtime != "auto" or device.type != "cpu":
-        return "torch" if runtime == "auto" else runtime
+
+def runtime_installed(name: str) -> bool:
+    """Whether the package of runtime ``name`` can be imported here (torch always)."""
+    if name == "torch":
+        return True
     try:
-        installed = importlib.util.find_spec("openvino") is not None
-    except ValueError:  # sys.modules["openvino"] is None: imports of it are blocked
-        installed = False
-    return "openvino" if installed else "torch"
+        return importlib.util.find_spec(name) is not None
+    except ValueError:  # sys.modules[name] is None: imports of it are blocked
+        return False
+
+
+def resolve_runtime(runtime: str, device: torch.device, graph_format: str | None = None,
+                    graph_precision: str | None = None) -> str:
+    """``"auto"`` -> on the CPU, the fastest installed runtime (``CPU_RUNTIME_PREFERENCE``) that can run
+    the bundle's exported graph of ``graph_format`` (``"onnx"``, ``"openvino"``) or, without one, any;
+    on CUDA, torch (float16 autocast; ONNX Runtime's CUDA provider is unmeasured, so only on request).
+    An int8 ONNX graph goes to ONNX Runtime: OpenVINO's execution of it lost up to 0.55 image AUROC
+    (docs/precision.md). Any other name is returned as it is.
+    """
+    if runtime != "auto":
+        return runtime
+    if device.type != "cpu":
+        return "torch"
+    from .graph_export import RUNNERS
+
+    for name in CPU_RUNTIME_PREFERENCE:
+        if graph_format is not None and name not in RUNNERS[graph_format]:
+            continue
+        if graph_precision == "int8" and name == "openvino":
+            continue
+        if runtime_installed(name):
+            return name
+    # A graph no installed runtime runs: the fastest runtime that converts the backbone itself.
+    return next(name for name in CPU_RUNTIME_PREFERENCE if runtime_installed(name))
 
 
 class FeatureExtractor:
@@ -190,14 +215,20 @@ class FeatureExtractor:
       grid: (h, w) patch grid per tile.
       feature_dim: D, channels per patch feature.
       digest: sha256 of the backbone weights as loaded (see ``state_dict_digest``).
-      runtime: ``"torch"`` or ``"openvino"`` (CPU only, see openvino_runtime.py):
-        what executes the feature path; the features are the same either way.
-        Asked for ``"auto"``, this is the runtime it resolved to.
-      runtime_fallback: why ``"auto"`` fell back to torch although openvino is
-        installed (it could not convert this backbone), else None.
+      runtime: ``"torch"``, ``"openvino"`` (CPU only, see openvino_runtime.py) or ``"onnxruntime"``:
+        what executes the feature path. Asked for ``"auto"``, this is the runtime it resolved to.
+      graph_info: what the non-torch runtime runs: ``{"format", "precision", "source"}`` with source
+        ``"bundle"`` (the bundle's exported graph, see graph_export.py) or ``"converted"`` (float32,
+        made from torch in this process); None with torch.
+      runtime_fallback: why ``"auto"`` fell back to torch although another runtime is
+        installed (it could not convert this backbone or run the bundle's graph), else None.
+
+    ``graph``: the bundle's exported graph; used when the runtime can run it, after it reproduced the torch
+    features on a seeded tile (``graph_export.check_against``).
     """
 
-    def __init__(self, config: DetectorConfig, device: torch.device | str = "cpu", runtime: str = "torch"):
+    def __init__(self, config: DetectorConfig, device: torch.device | str = "cpu", runtime: str = "torch",
+                 graph=None):
         self.config = config
         self.device = resolve_device(str(device)) if not isinstance(device, torch.device) else device
         if runtime not in RUNTIMES:
@@ -205,9 +236,12 @@ class FeatureExtractor:
         if runtime == "openvino" and self.device.type != "cpu":
             raise RuntimeUnavailable(f"the openvino runtime runs on the CPU only, not on {self.device}: "
                                      "use --device cpu or --runtime torch")
-        requested, runtime = runtime, resolve_runtime(runtime, self.device)
-        self.runtime, self.runtime_fallback = runtime, None
-        self._compiled = None
+        stored = (graph.entry["format"], graph.entry["precision"]) if graph else ()
+        requested, runtime = runtime, resolve_runtime(runtime, self.device, *stored)
+        if runtime == "onnxruntime":
+            import_onnxruntime()  # a missing package is refused before the backbone is built
+        self.runtime, self.runtime_fallback, self.graph_info = runtime, None, None
+        self._compiled, self._compiled_normalises = None, False
         model, self.weights_info = create_backbone(config)
         self.digest = state_dict_digest(model)
         data_cfg = model.pretrained_cfg
@@ -230,16 +264,46 @@ class FeatureExtractor:
                                 f"{first_line(exc)}") from None
         self.grid = (int(probe.shape[1]), int(probe.shape[2]))
         self.feature_dim = int(probe.shape[3])
-        if runtime == "openvino":
-            # Seeded noise, not zeros: a cached graph is checked against torch on it.
-            example = torch.rand(2, 3, self.input_size, self.input_size, generator=torch.Generator().manual_seed(0))
+        if runtime != "torch":
             try:
-                self._compiled = compile_for_cpu(lambda batch: self._forward_in(batch, autocast=False), example,
-                                                 torch.get_num_threads(), cache_key=self._graph_key())
+                self._compiled, self._compiled_normalises, self.graph_info = self._runner(runtime, graph)
             except RuntimeUnavailable as exc:
                 if requested != "auto":
                     raise
                 self.runtime, self.runtime_fallback = "torch", str(exc)
+
+    def _runner(self, runtime: str, graph) -> tuple:
+        """(run, whether run normalises its input itself, graph_info) for a non-torch runtime: the bundle's
+        graph when the runtime can run it, else a float32 graph converted from torch here."""
+        from .graph_export import RUNNERS, check_against, graph_mismatch, graph_runner, onnx_graph, onnxruntime_runner
+
+        threads = torch.get_num_threads()
+        if graph is not None and runtime in RUNNERS[graph.entry["format"]]:
+            problem = graph_mismatch(graph, self.config, self.digest, self.input_size)
+            run = None if problem else graph_runner(graph, runtime, self.device, threads)
+            problem = problem or check_against(run, self, graph.entry, runtime)
+            if problem:
+                raise RuntimeUnavailable(f"the bundle's exported graph cannot be used: {problem}")
+            return run, True, {"format": graph.entry["format"], "precision": graph.entry["precision"],
+                               "source": "bundle"}
+        if runtime == "onnxruntime":
+            run = onnxruntime_runner(onnx_graph(self), self.device, threads)
+            return run, True, {"format": "onnx", "precision": "fp32", "source": "converted"}
+        # Seeded noise, not zeros: a cached graph is checked against torch on it.
+        example = torch.rand(2, 3, self.input_size, self.input_size, generator=torch.Generator().manual_seed(0))
+        run = compile_for_cpu(lambda batch: self._forward_in(batch, autocast=False), example, threads,
+                              cache_key=self._graph_key())
+        return run, False, {"format": "openvino", "precision": "fp32", "source": "converted"}
+
+    @property
+    def runtime_label(self) -> str:
+        """The runtime and what it runs, for summary lines: ``torch``, ``openvino fp32``,
+        ``onnxruntime int8 (bundle onnx graph)``."""
+        info = self.graph_info
+        if info is None:
+            return self.runtime
+        return f"{self.runtime} {info['precision']}" + (f" (bundle {info['format']} graph)"
+                                                         if info["source"] == "bundle" else "")
 
     def _graph_key(self) -> str:
         """sha256 of everything that shapes the feature graph: weights, architecture, layers, sizes, versions."""
@@ -290,16 +354,24 @@ class FeatureExtractor:
                 features = F.avg_pool2d(features, n, stride=1, padding=n // 2, count_include_pad=False)
         return features.permute(0, 2, 3, 1).contiguous()
 
-    def to_input(self, tiles: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """(T, S, S) or (T, S, S, 3) float32 tiles in [0, 1] (numpy, or a tensor already on the device)
-        -> normalised (T, 3, s, s) on the device."""
+    def graph_input(self, tiles: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(T, S, S) or (T, S, S, 3) float32 tiles in [0, 1] -> (T, 3, s, s) at the input size on the device,
+        not normalised: what an exported graph takes (graph_export.py)."""
         batch = (tiles if isinstance(tiles, torch.Tensor)
                  else torch.from_numpy(np.ascontiguousarray(tiles))).to(self.device, non_blocking=True)
         batch = batch.unsqueeze(1).expand(-1, 3, -1, -1) if batch.ndim == 3 else batch.permute(0, 3, 1, 2)
         if batch.shape[-1] != self.input_size or batch.shape[-2] != self.input_size:
             batch = F.interpolate(batch, size=(self.input_size, self.input_size), mode="bilinear",
                                   align_corners=False, antialias=True)
-        batch = (batch - self.mean) / self.std
+        return batch
+
+    def to_input(self, tiles: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(T, S, S) or (T, S, S, 3) float32 tiles in [0, 1] (numpy, or a tensor already on the device)
+        -> normalised (T, 3, s, s) on the device (not normalised when an exported graph runs: it does
+        that itself)."""
+        batch = self.graph_input(tiles)
+        if not (self._compiled is not None and self._compiled_normalises):  # exported graphs normalise inside
+            batch = (batch - self.mean) / self.std
         if self.device.type == "cuda":
             batch = batch.contiguous(memory_format=torch.channels_last)
         return batch

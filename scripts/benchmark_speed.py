@@ -17,7 +17,10 @@ What it measures (every number in the report comes from the run that wrote it):
    a fresh process), plus a real ``Detector.fit`` with a one-block backbone of the real width;
 5. greedy coreset time against bank size;
 6. kNN: our chunked torch matmul against faiss ``IndexFlatL2`` (when faiss is importable);
-7. measured candidate speed-ups.
+7. measured candidate speed-ups;
+8. on the CPU, the runtime x precision table (plain reference, torch fp32, OpenVINO fp32 / int8, ONNX Runtime
+   fp32 / int8; each row a fresh process: score seconds, peak RSS, heatmap difference). ``--runtime-table``
+   runs this section alone (~8 min on 2 cores).
 
 Heavy stages run in fresh subprocesses (this script with ``--worker SPEC``) so that ``ru_maxrss`` is the
 peak of that stage alone. Nothing here changes the library.
@@ -60,6 +63,8 @@ TINY_BACKBONE = dict(weights="random", model_kwargs=dict(depth=2, embed_dim=32, 
 # Largest temporary distance matrix a plain reference may allocate (bytes); beyond it queries are subsampled.
 PLAIN_CDIST_LIMIT = 2 << 30
 HEATMAP_TOLERANCE = 1e-3
+# Heatmap tolerance of an int8 graph against torch fp32, calibrated units (scripts/benchmark_precision.py).
+INT8_HEATMAP_TOLERANCE = 0.05
 
 
 # ---------------------------------------------------------------------------------------------- sizes
@@ -876,8 +881,106 @@ def worker_cli_folder(spec: dict) -> dict:
                 one_scan_run=seconds[1])
 
 
+def worker_runtime_row(spec: dict) -> dict:
+    """One row of the runtime x precision table: load the bundle with ``spec["runtime"]`` (its exported graph
+    when it has one), warm up, then time ``score`` on the synthetic scan (decoded before the clock starts)."""
+    if spec["runtime"] == "plain":
+        detector, load_s = load_detector(spec, "torch")
+        image = detector.load_scan(spec["scan"])
+        plain_detect(detector, np.ascontiguousarray(image[: detector.config.tile_size, : detector.config.tile_size]))
+        t0 = time.perf_counter()
+        heatmap = plain_detect(detector, image)[0]
+        score_s, label = time.perf_counter() - t0, "torch (plain reference)"
+    else:
+        detector, load_s = load_detector(spec, spec["runtime"])
+        warm_up_backbone(detector)
+        image = detector.load_scan(spec["scan"])
+        detector.score(np.ascontiguousarray(image[: detector.config.tile_size, : detector.config.tile_size]))
+        t0 = time.perf_counter()
+        heatmap = detector.score(image).heatmap
+        score_s, label = time.perf_counter() - t0, detector.extractor.runtime_label
+    np.save(spec["heatmap"], heatmap)
+    return dict(score_s=score_s, model_load_s=load_s, peak_rss_mib=peak_rss_mib(), label=label)
+
+
 WORKERS = {"detect": worker_detect, "detect_openvino": worker_detect_openvino, "plain": worker_plain,
-           "fitscale": worker_fitscale, "tinyfit": worker_tinyfit, "cli_folder": worker_cli_folder}
+           "fitscale": worker_fitscale, "tinyfit": worker_tinyfit, "cli_folder": worker_cli_folder,
+           "runtime_row": worker_runtime_row}
+
+# The runtime x precision table (section 8): (row name, runtime, exported ONNX graph precision or None).
+# None: the runtime's own float32 graph (torch itself, or converted from torch at load).
+RUNTIME_ROWS = (("plain reference", "plain", None), ("torch fp32", "torch", None),
+                ("OpenVINO fp32", "openvino", None), ("OpenVINO int8", "openvino", "int8"),
+                ("ONNX Runtime fp32", "onnxruntime", "fp32"), ("ONNX Runtime int8", "onnxruntime", "int8"))
+
+
+def runtime_table(bundle: Path, clean: list, scan: Path, workdir: Path, device: torch.device,
+                  calibration_tiles: int = 64) -> list[dict]:
+    """Every row of ``RUNTIME_ROWS`` that is installed here, each in a fresh process: score seconds, peak RSS,
+    largest heatmap difference from torch fp32 (calibrated units). The int8 graphs are calibrated on
+    ``clean`` (the scans the bundle was fitted on)."""
+    from rtg_anomaly.features import runtime_installed
+
+    graphs = {}
+    for precision in sorted({p for _, _, p in RUNTIME_ROWS if p}):
+        log(f"exporting the ONNX {precision} graph ...")
+        exporter = Detector.load(bundle, device="cpu", runtime="torch")
+        t0 = time.perf_counter()
+        exporter.export_graph("onnx", precision, clean, calibration_tiles)
+        graphs[precision] = exporter.save(workdir / f"bundle-{precision}")
+        graphs[f"{precision}_export_s"] = time.perf_counter() - t0
+        del exporter
+    rows = []
+    for name, runtime, precision in RUNTIME_ROWS:
+        if runtime not in ("plain", "torch") and not runtime_installed(runtime):
+            rows.append(dict(name=name, missing=f"{runtime} not installed"))
+            continue
+        heatmap = workdir / f"runtime_{len(rows)}.npy"
+        result = run_worker(dict(kind="runtime_row", device=str(device), runtime=runtime, scan=str(scan),
+                                 bundle=str(graphs[precision] if precision else bundle), heatmap=str(heatmap)),
+                            workdir, f"runtime_{len(rows)}")
+        rows.append(dict(result, name=name, precision=precision, heatmap=str(heatmap),
+                         export_s=graphs.get(f"{precision}_export_s")))
+    reference = next(row for row in rows if row["name"] == "torch fp32")
+    plain = next(row for row in rows if row["name"] == "plain reference")
+    torch_map = np.load(reference["heatmap"])
+    for row in rows:
+        if "score_s" in row:
+            row["vs_torch"] = reference["score_s"] / row["score_s"]
+            row["vs_plain"] = plain["score_s"] / row["score_s"]
+            row["max_abs_diff"] = float(np.abs(np.load(row["heatmap"]) - torch_map).max())
+    return rows
+
+
+def runtime_table_text(rows: list[dict], scan_shape: tuple[int, int], command: str, env: dict) -> str:
+    """Section 8 of the report: the runtime x precision table and the moonshot line."""
+    lines = ["## 8. Runtimes and precisions", "",
+             f"`{command}`: the {scan_shape[0]}x{scan_shape[1]} synthetic scan, `score` only (decoded before the "
+             "clock; one warm-up tile first), each row in a fresh process on the same bundle, one after the "
+             f"other ({env.get('device', 'cpu')}, {torch.get_num_threads()} thread(s)). int8 rows run the bundle's "
+             "ONNX int8 graph (`rtg-anomaly export --format onnx --precision int8`, calibrated on the bundle's "
+             "clean scans); fp32 ONNX Runtime runs the exported fp32 graph; OpenVINO fp32 converts from torch at "
+             "load (as `--runtime openvino` does without an exported graph). Speed-up: torch fp32 (or the plain "
+             "reference, section 2) seconds / the row's. Heatmap difference: max |row - torch fp32| in "
+             "calibrated units (1.0 = the clean level).", "",
+             f"Tolerance: {HEATMAP_TOLERANCE:g} for float32 rows, {INT8_HEATMAP_TOLERANCE:g} for int8 rows.", "",
+             "| runtime / precision | what ran | score s | speed-up vs torch fp32 | speed-up vs plain | peak RSS MiB "
+             "| max heatmap diff | within tolerance | load avg start / end |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        if "score_s" not in row:
+            lines.append(f"| {row['name']} | {row['missing']} | | | | | | | |")
+            continue
+        load = " / ".join("n/a" if v is None else f"{v:.1f}" for v in row.get("load_avg", [None, None]))
+        row["within"] = row["max_abs_diff"] <= (INT8_HEATMAP_TOLERANCE if row.get("precision") == "int8"
+                                                else HEATMAP_TOLERANCE)
+        lines.append(f"| {row['name']} | {row['label']} | {row['score_s']:.2f} | {row['vs_torch']:.2f}x | "
+                     f"{row['vs_plain']:.2f}x | {row['peak_rss_mib']:,.0f} | {row['max_abs_diff']:.2g} | "
+                     f"{'yes' if row['within'] else 'NO'} | {load} |")
+    best = min((row for row in rows if row.get("within")), key=lambda row: row["score_s"])
+    lines += ["", f"Fastest within tolerance: {best['name']} at {best['vs_plain']:.2f}x the plain reference "
+                  f"({best['vs_torch']:.2f}x torch fp32). **Moonshot (6x the plain reference with heatmaps within "
+                  f"tolerance): {'REACHED' if best['vs_plain'] >= 6 else 'not reached'}.**", ""]
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------- in-process sections
@@ -1557,6 +1660,8 @@ def parse_args(argv):
     parser.add_argument("--data-root", default=None, help="shared data root ($RTG_ANOMALY_DATA or ../shared/data)")
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed detect runs of the synthetic scan, median reported (default 5 on CUDA, 1 on CPU)")
+    parser.add_argument("--runtime-table", action="store_true",
+                        help="only section 8: the runtime x precision table (CPU), written to --output")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -1635,9 +1740,21 @@ def _run(args, argv: list[str]) -> int:
             fit_holdout=detector.fit_info_["n_calibration_scans"], bank=int(detector.method_.memory_bank_.shape[0]),
             fit_s=fit_s, real_note=real_note)
         real_bank = detector.method_.memory_bank_.copy()
-        del detector, extractor, crops
+        del detector, extractor
 
         base = dict(device=str(device), bundle=str(bundle), scan=str(scan_path))
+        runtimes_text = None
+        if device.type == "cpu" and (args.runtime_table or not args.quick):  # quick runs: too slow for the tests
+            log("runtime x precision table ...")
+            runtimes_text = runtime_table_text(runtime_table(bundle, crops, scan_path, workdir, device, 32),
+                                               sizes["scan"], env.get("command", "python scripts/benchmark_speed.py"),
+                                               {"device": str(device)})
+        if args.runtime_table:
+            output = Path(args.output)
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.write_text(runtimes_text or "no runtime table: it is measured on the CPU only\n")
+            print(runtimes_text)
+            return 0
         repeats = args.repeats or (5 if device.type == "cuda" else 1)
         detect = run_worker(dict(base, kind="detect", real=[str(p) for p in real_paths], repeats=repeats,
                                  scan_bmp=str(scan_bmp),
@@ -1687,6 +1804,8 @@ def _run(args, argv: list[str]) -> int:
     setup["run_s"] = time.perf_counter() - run_started
     report = build_report(env, setup, detect, openvino, plain, agreement, fit_rows, tinyfit, coreset_rows,
                           reduction_rows, knn, sizes, args.tiny_backbone)
+    if runtimes_text:
+        report = report.rstrip("\n") + "\n\n" + runtimes_text
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(report)

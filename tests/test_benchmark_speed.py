@@ -98,3 +98,25 @@ def test_gpu_target_is_judged_on_the_untimed_bmp_run():
     for bmp, backbone in ((0.12, 0.06), (0.6, 0.5)):  # share 50 %; share 83 % but 0.6 s
         line = gpu_target_line(syn, dict(BMP=bmp, PNG=1.0, backbone_alone=backbone, repeats=5), env)
         assert "NOT MET**" in line, line
+
+
+def test_runtime_table_marks_tolerance_and_says_whether_the_moonshot_was_reached():
+    module = load_script()
+    rows = [dict(name="plain reference", label="torch (plain reference)", score_s=60.0, precision=None),
+            dict(name="torch fp32", label="torch", score_s=20.0, precision=None),
+            dict(name="OpenVINO fp32", label="openvino fp32", score_s=9.0, precision=None),
+            dict(name="ONNX Runtime int8", label="onnxruntime int8", score_s=5.0, precision="int8"),
+            dict(name="ONNX Runtime fp32", missing="onnxruntime not installed")]
+    diffs = {"plain reference": 1e-7, "torch fp32": 0.0, "OpenVINO fp32": 2e-6, "ONNX Runtime int8": 0.11}
+    for row in rows:
+        if "score_s" in row:
+            row.update(vs_torch=20.0 / row["score_s"], vs_plain=60.0 / row["score_s"], max_abs_diff=diffs[row["name"]],
+                       peak_rss_mib=1000.0, load_avg=[1.0, 1.5])
+    text = module.runtime_table_text(rows, (2000, 6000), "python scripts/benchmark_speed.py --runtime-table",
+                                     {"device": "cpu"})
+    int8 = next(line for line in text.splitlines() if line.startswith("| ONNX Runtime int8"))
+    assert "| NO |" in int8 and "12.00x" in int8  # 12x the plain reference, but outside tolerance
+    assert "onnxruntime not installed" in text
+    assert "Fastest within tolerance: OpenVINO fp32 at 6.67x" in text and "REACHED" in text
+    rows[2]["score_s"], rows[2]["vs_plain"] = 12.0, 5.0
+    assert "not reached" in module.runtime_table_text(rows, (2000, 6000), "cmd", {"device": "cpu"})

@@ -196,10 +196,11 @@ def test_auto_runtime_picks_openvino_on_the_cpu_when_installed():
     assert Detector(config, device="cpu").extractor.runtime == "openvino"  # the library's default is auto
 
 
-def test_auto_runtime_is_torch_on_an_accelerator_or_without_openvino(monkeypatch):
+def test_auto_runtime_is_torch_on_an_accelerator_or_without_openvino_and_onnxruntime(monkeypatch):
     assert resolve_runtime("auto", torch.device("cuda")) == "torch"
     assert resolve_runtime("openvino", torch.device("cpu")) == "openvino"
     monkeypatch.setitem(sys.modules, "openvino", None)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
     assert resolve_runtime("auto", torch.device("cpu")) == "torch"
     extractor = FeatureExtractor(tiny_config(), "cpu", runtime="auto")
     assert extractor.runtime == "torch" and extractor._compiled is None and extractor.runtime_fallback is None

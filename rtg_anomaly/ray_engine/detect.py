@@ -52,7 +52,9 @@ class DetectWorker:
         if self.error is not None:
             return self.error
         calibration = self.detector.calibration_
-        return {"runtime": self.runtime, "runtime_fallback": self.fallback, "method": self.detector.method_.name,
+        return {"runtime": self.runtime, "runtime_fallback": self.fallback,
+                "runtime_label": self.detector.extractor.runtime_label,
+                "backbone_graph": self.detector.extractor.graph_info, "method": self.detector.method_.name,
                 "roi_mode": self.detector.config.roi,
                 "threshold_rule": {**calibration.rule.to_dict(), "false_alarm_rate": calibration.false_alarm_rate}}
 
