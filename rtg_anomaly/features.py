@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
 import json
-import logging
 import os
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import DEFAULT_BACKBONE, RUNTIMES, DetectorConfig
-from .errors import InputError, first_line
+from .errors import InputError, first_line, quiet_logger
 from .graph_export import import_onnxruntime
 from .openvino_runtime import RuntimeUnavailable, compile_for_cpu
 
@@ -116,19 +114,6 @@ def _create_model(timm, name: str, kwargs: dict) -> torch.nn.Module:
         return timm.create_model(name, **{key: value for key, value in kwargs.items() if key != "img_size"})
 
 
-@contextlib.contextmanager
-def _hub_warnings_silenced():
-    """Raise the huggingface_hub loggers to ERROR for the duration: offline, the hub client logs a
-    warning per failed request to stderr before it raises, and the error we raise says it in one line."""
-    logger = logging.getLogger("huggingface_hub")
-    previous = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(previous)
-
-
 def create_backbone(config: DetectorConfig) -> tuple[torch.nn.Module, dict]:
     """Build the frozen timm model in eval mode on the CPU.
 
@@ -150,7 +135,7 @@ def create_backbone(config: DetectorConfig) -> tuple[torch.nn.Module, dict]:
     if config.input_size is not None:
         kwargs.setdefault("img_size", config.input_size)
     try:
-        with _hub_warnings_silenced():
+        with quiet_logger("huggingface_hub"):
             model = _create_model(timm, config.backbone, kwargs)
     except RuntimeError as exc:
         if "Unknown model" in str(exc):

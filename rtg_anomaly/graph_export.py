@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
-import logging
 import tempfile
 import warnings
 from pathlib import Path
@@ -34,7 +33,7 @@ import numpy as np
 import torch
 
 from .config import GRAPH_FORMATS, GRAPH_PRECISIONS
-from .errors import InputError, first_line
+from .errors import InputError, first_line, quiet_logger
 from .openvino_runtime import RuntimeUnavailable, cpu_compile_properties, import_openvino
 
 GRAPH_KEY = "exported_graph"  # manifest section of a bundle's exported graph
@@ -176,7 +175,7 @@ def onnx_to_int8(model: bytes, tiles: np.ndarray, batch: int = 8) -> tuple[bytes
         source, target = Path(folder) / "fp32.onnx", Path(folder) / "int8.onnx"
         source.write_bytes(model)
         try:
-            with warnings.catch_warnings(), _root_logging_quiet():
+            with warnings.catch_warnings(), quiet_logger():
                 warnings.simplefilter("ignore")
                 quantize_static(str(source), str(target), _TileReader(np.ascontiguousarray(tiles, np.float32), batch),
                                 quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
@@ -185,18 +184,6 @@ def onnx_to_int8(model: bytes, tiles: np.ndarray, batch: int = 8) -> tuple[bytes
         except Exception as exc:
             raise RuntimeUnavailable(f"int8 quantisation failed: {first_line(exc)}") from None
         return target.read_bytes(), settings
-
-
-@contextlib.contextmanager
-def _root_logging_quiet():
-    """ONNX Runtime's quantiser logs advice on the root logger; raised to ERROR for the duration."""
-    logger = logging.getLogger()
-    previous = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(previous)
 
 
 def openvino_ir(onnx_model: bytes, precision: str) -> tuple[bytes, bytes]:
