@@ -419,6 +419,8 @@ def render_markdown(cache: dict) -> str:
     order = [name for name in DATASET_FLAGS if name in bench] + sorted(set(bench) - set(DATASET_FLAGS))
     runs = [entry["run"] for entry in bench.values()]
     runs += [run for entry in ablation.values() for run in _ablation_runs(entry)]
+    for other in ("headline", "methods"):
+        runs += [entry["run"] for entry in sections.get(other, {}).get("datasets", {}).values() if "run" in entry]
     subsampled = {name: _subsample_text(entry) for name, entry in bench.items() if entry["subsample"]["subsampled"]}
     for name, entry in ablation.items():
         first = _first_ok(entry)
