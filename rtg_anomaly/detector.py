@@ -27,6 +27,8 @@ from .bundle_checks import check_detector_bundle
 from .calibration import DEFAULT_FALSE_ALARM_RATE, Calibration, ThresholdRule, calibrate, check_false_alarm_rate
 from .config import DetectorConfig
 from .descriptor import DescriptorAccumulator, scan_descriptor
+from .display import DisplayStyle, render_display
+from .display_torch import render_display_torch
 from .errors import InputError, first_line
 from .features import FeatureExtractor, resolve_device
 from .graph_export import GRAPH_KEY, StoredGraph, graph_from_bundle
@@ -664,14 +666,19 @@ class Detector:
 
     def overlay(self, image: np.ndarray, result: AnomalyResult, threshold: str = "percentile",
                 percentile: float = 90.0, color_range: tuple[float, float] | None = None,
-                alpha: float = 0.6) -> np.ndarray:
-        """uint8 (H, W, 3) colour overlay of ``result`` on ``image``.
+                alpha: float = 0.6, style: DisplayStyle | str | None = None) -> np.ndarray:
+        """uint8 (H, W, 3) colour overlay of ``result`` on ``image``: by default the operator display that
+        ``detect`` writes (``display.render_display``).
 
         threshold: ``"percentile"`` colours pixels at or above the ``percentile``-th
-        percentile of this scan's map; ``"calibrated"`` colours only pixels above
-        the calibrated pixel threshold (a clean scan stays uncoloured). Either
-        way the colours follow the fixed calibrated scale ``color_range``
-        (default: the calibration's, see ``Calibration.color_range``).
+        percentile of this scan's map (inside its region of interest); ``"calibrated"`` colours only
+        pixels at or above the calibrated pixel threshold (a clean scan stays uncoloured).
+        color_range: calibrated (low, high) of the colour scale (default: the calibration's,
+        ``Calibration.color_range``); never the scan's own maximum.
+        style: a ``display.DisplayStyle`` (None: ``DisplayStyle()``, detect's defaults): pixels at or above
+        the pixel threshold in the colour map's warm end and outlined, opacity growing with the score. The
+        string ``"legacy"`` draws the look of versions before 0.2 (one cold-to-hot scale over the coloured
+        pixels, constant opacity ``alpha``, which only that look uses).
         """
         self._check_fitted()
         color_range = color_range or self.calibration_.color_range
@@ -680,6 +687,30 @@ class Detector:
         if np.shape(image)[:2] != result.heatmap.shape:
             raise InputError(f"the image ({'x'.join(map(str, np.shape(image)[:2]))}) is not the scan this result "
                              f"was scored on ({'x'.join(map(str, result.heatmap.shape))}, height x width)")
+        if style == "legacy":
+            return self._legacy_overlay(image, result, threshold, percentile, color_range, alpha)
+        if style is None:
+            style = DisplayStyle()
+        if not isinstance(style, DisplayStyle):
+            raise InputError(f"style must be a DisplayStyle, None or 'legacy', got {style!r}")
+        style.check()
+        # Percentile mode colours the top of the map inside the ROI; calibrated mode (None) what is at or above
+        # the pixel threshold, which the heatmap's 0 outside the ROI never reaches.
+        display_mask = (percentile_mask(result.heatmap, percentile, within=result.roi_mask)
+                        if threshold == "percentile" else None)
+        if self._on_gpu and result.fallback is None:
+            try:
+                return render_display_torch(image, result.heatmap, result.pixel_threshold, style,
+                                            self._compute_device, display_mask=display_mask,
+                                            color_range=color_range, window=result.window)
+            except torch.cuda.OutOfMemoryError:
+                self._release_device_memory()  # rendered on the host below, as on the CPU
+        return render_display(image, result.heatmap, result.pixel_threshold, style, display_mask=display_mask,
+                              color_range=color_range, window=result.window)
+
+    def _legacy_overlay(self, image: np.ndarray, result: AnomalyResult, threshold: str, percentile: float,
+                        color_range: tuple[float, float], alpha: float) -> np.ndarray:
+        """``overlay(style="legacy")``: one colour scale over the coloured pixels, constant opacity."""
         if self._on_gpu and result.fallback is None and result.roi_mask is None:
             try:
                 return self._overlay_on_device(image, result, threshold, percentile, color_range, alpha)

@@ -133,7 +133,7 @@ def demo_figures(out: Path, work: Path, device: str) -> None:
             cv2.drawContours(truth, contours, -1, (0, 255, 0), 2)
             pictures["anomalous_truth"] = truth
             # Before issue #25: Detector.overlay's cold-to-hot scale from 1.0, regions boxed (the old headline).
-            before = detector.overlay(image, result, threshold="calibrated")
+            before = detector.overlay(image, result, threshold="calibrated", style="legacy")
             pictures["overlay_before"] = draw_regions(before, find_regions(result.heatmap, result.pixel_threshold))
             after = pictures["anomalous_calibrated"]
             scale = display_scale(result.pixel_threshold, detector.calibration_.color_range)

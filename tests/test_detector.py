@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import tracemalloc
 
 import numpy as np
@@ -13,6 +14,8 @@ from rtg_anomaly import Detector, NotFittedError
 from rtg_anomaly.detector import ImageTooSmallError, NonFiniteScanError, UnusableScanError
 from rtg_anomaly.errors import InputError
 from rtg_anomaly.features import FeatureExtractor
+from rtg_anomaly.display import ALERT_COLOUR, DisplayStyle, render_display
+from rtg_anomaly.intensity import apply_window
 from rtg_anomaly.overlay import percentile_mask, render_overlay
 from rtg_anomaly.synthetic import make_vehicle_scan
 from tests.conftest import tiny_config
@@ -158,7 +161,7 @@ def test_device_pixel_path_matches_numpy_path(tiny_bundle, demo_data, monkeypatc
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_device_overlay_reuses_the_scored_copies(tiny_bundle, monkeypatch, device):
-    """On the device path, the overlay of the scan just scored uploads neither the heatmap nor the scan
+    """On the device path, the legacy overlay of the scan just scored uploads neither the heatmap nor the scan
     again (score left them on the device), and draws the same pixels as an overlay that uploads them."""
     import rtg_anomaly.overlay as overlay_module
 
@@ -169,12 +172,12 @@ def test_device_overlay_reuses_the_scored_copies(tiny_bundle, monkeypatch, devic
     result = detector.score(first)
     copies = detector._device_copies
     assert torch.equal(copies.heatmap.cpu(), torch.from_numpy(result.heatmap))  # bit for bit, not just close
-    uploaded = detector.overlay(first.copy(), result)  # another array: uploaded as before
+    uploaded = detector.overlay(first.copy(), result, style="legacy")  # another array: uploaded as before
     heatmap = torch.from_numpy(result.heatmap).to(copies.heatmap.device)
     for mode in ("percentile", "calibrated"):
         mask = (overlay_module.percentile_mask_torch(heatmap, 90.0) if mode == "percentile"
                 else heatmap > result.pixel_threshold)
-        assert np.array_equal(detector.overlay(first.copy(), result, threshold=mode),
+        assert np.array_equal(detector.overlay(first.copy(), result, threshold=mode, style="legacy"),
                               overlay_module.render_overlay_torch(first, heatmap, mask, window=result.window,
                                                                   color_range=detector.calibration_.color_range))
 
@@ -187,13 +190,13 @@ def test_device_overlay_reuses_the_scored_copies(tiny_bundle, monkeypatch, devic
 
     monkeypatch.setattr(overlay_module, "to_device_float", no_upload)
     monkeypatch.setattr(torch, "from_numpy", no_map_upload)
-    assert np.array_equal(detector.overlay(first, result), uploaded)
+    assert np.array_equal(detector.overlay(first, result, style="legacy"), uploaded)
     monkeypatch.undo()
     monkeypatch.setattr(Detector, "_on_gpu", property(lambda self: True))
 
     later = detector.score(second)  # the next score replaces the copies: one scan's worth at most
     assert detector._device_copies.result() is later and detector._device_copies.image() is second
-    assert np.array_equal(detector.overlay(first, result), uploaded)  # an older result still renders right
+    assert np.array_equal(detector.overlay(first, result, style="legacy"), uploaded)  # an older result still renders right
 
 
 def _out_of_memory(*args, **kwargs):
@@ -229,10 +232,17 @@ def test_overlay_too_large_for_the_gpu_is_rendered_on_the_host(tiny_bundle, monk
     result = detector.score(scan)
     assert result.fallback is None
     monkeypatch.setattr(detector_module, "render_overlay_torch", _out_of_memory)
+    monkeypatch.setattr(detector_module, "render_display_torch", _out_of_memory)
     expected = render_overlay(scan, result.heatmap, percentile_mask(result.heatmap, 90.0), window=result.window,
                               color_range=detector.calibration_.color_range)
-    assert np.array_equal(detector.overlay(scan, result), expected)
+    assert np.array_equal(detector.overlay(scan, result, style="legacy"), expected)
     assert detector._device_copies is None  # freed for the host render
+    result = detector.score(scan)
+    expected = render_display(scan, result.heatmap, result.pixel_threshold, DisplayStyle(),
+                              display_mask=percentile_mask(result.heatmap, 90.0), window=result.window,
+                              color_range=detector.calibration_.color_range)
+    assert np.array_equal(detector.overlay(scan, result), expected)
+    assert detector._device_copies is None
 
 
 def test_fit_redoes_a_scan_too_large_for_the_gpu_on_the_host(demo_data, monkeypatch):
@@ -455,3 +465,33 @@ def test_calibrating_or_fitting_on_other_kinds_warns(tiny_bundle, demo_data):
     assert mixed.fit_info_["scan_kinds"] == {"uint16 grey": 2, "uint8 grey": len(clean) - 2}
     assert any(w.endswith(f"{len(clean) - 2} uint8 grey, 2 uint16 grey; fit one model per kind")
                for w in mixed.calibration_.warnings)
+
+
+def test_library_overlay_is_the_operator_display_detect_draws(tiny_detector):
+    """Detector.overlay gives what detect writes: pixels at or above the calibrated pixel threshold warm and
+    outlined, the rest the scan's own grey in calibrated mode; the scale is the calibration's, not the
+    scan's maximum; "legacy" keeps the old look; a bad style is a one-line InputError."""
+    scan, _ = make_vehicle_scan(seed=5, height=96, length=300)
+    result = tiny_detector.score(scan)
+    style = DisplayStyle(cmap="turbo", outline=False)
+    picture = tiny_detector.overlay(scan, result, threshold="calibrated", style=style)
+    expected = render_display(scan, result.heatmap, result.pixel_threshold, style,
+                              color_range=tiny_detector.calibration_.color_range, window=result.window)
+    assert np.array_equal(picture, expected)
+    hot = result.heatmap >= result.pixel_threshold
+    grey = np.clip(apply_window(scan, *result.window) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    assert np.array_equal(picture[~hot], np.repeat(grey[..., None], 3, axis=2)[~hot])
+    default = tiny_detector.overlay(scan, result, threshold="calibrated")
+    assert hot.any()  # the synthetic vehicle carries planted objects
+    assert (default == np.array(ALERT_COLOUR, np.uint8)).all(axis=2).any()  # outlined in the alert colour
+    # Doubling the map's maximum elsewhere does not change the colour of the pixels that stayed put.
+    peak = result.heatmap == result.heatmap.max()
+    louder = dataclasses.replace(result, heatmap=np.where(peak, result.heatmap * 2, result.heatmap))
+    again = tiny_detector.overlay(scan, louder, threshold="calibrated", style=style)
+    assert np.array_equal(again[~peak], picture[~peak])
+    legacy = tiny_detector.overlay(scan, result, threshold="calibrated", style="legacy")
+    assert legacy.shape == picture.shape and not np.array_equal(legacy, default)
+    with pytest.raises(InputError, match="style must be a DisplayStyle"):
+        tiny_detector.overlay(scan, result, style="warm")
+    with pytest.raises(InputError, match="--alpha-min"):
+        tiny_detector.overlay(scan, result, style=DisplayStyle(alpha_min=2.0))
