@@ -882,12 +882,42 @@ def _methods_markdown(section: dict | None) -> list[str]:
     if best:
         lines += ["Best image AUROC per dataset in this table: "
                   + "; ".join(f"{name}: {key} ({value:.3f})" for name, (key, value) in sorted(best.items())) + ".", ""]
+    lines += _methods_summary(datasets, best)
     commands = sorted({e["command"] for d in datasets.values() for e in d.values() if "command" in e})
     lines += ["Commands:", "", "```bash", *commands, "```", ""]
     return lines
 
 
 METHOD_ORDER = ("patchcore", "padim", "centroid", "svdd")
+
+
+def _methods_summary(datasets: dict, best: dict) -> list[str]:
+    """Image AUROC per backbone/method and dataset, its mean over the datasets every row has, the datasets
+    each row wins, and the recommendation those numbers give (derived here, not written by hand)."""
+    names = sorted(datasets)
+    keys = sorted({key for d in datasets.values() for key in d},
+                  key=lambda k: (k.split("/")[0], METHOD_ORDER.index(k.split("/")[1])
+                                 if k.split("/")[1] in METHOD_ORDER else 99))
+    values = {key: {name: datasets[name].get(key, {}).get("image_auroc") for name in names} for key in keys}
+    common = [name for name in names if all(values[key][name] is not None for key in keys)]
+    if not common:
+        return []
+    means = {key: float(np.mean([values[key][name] for name in common])) for key in keys}
+    wins = {key: [name for name in names if best.get(name, ("",))[0] == key] for key in keys}
+    lines = [f"Image AUROC at a glance (mean over the {len(common)} datasets every row has: {', '.join(common)}):", "",
+             "| backbone/method | " + " | ".join(names) + " | mean | best on |",
+             "|---|" + "---|" * (len(names) + 2)]
+    for key in sorted(keys, key=lambda k: -means[k]):
+        cells = " | ".join(_num(values[key][name]) for name in names)
+        lines.append(f"| {key} | {cells} | {means[key]:.3f} | {', '.join(wins[key]) or '–'} |")
+    top = max(keys, key=lambda k: means[k])
+    lines += ["", f"**Recommendation from this table:** `{top}` has the highest mean image AUROC ({means[top]:.3f})."]
+    for method in METHOD_ORDER:
+        rows = [key for key in keys if key.endswith("/" + method)]
+        if rows and not any(wins[key] for key in rows):
+            lines.append(f"`{method}` is the best row on no dataset here, with any backbone (best mean: "
+                         f"{max(means[key] for key in rows):.3f}); it is kept because users ask for it.")
+    return lines + [""]
 
 
 def _short_subsample(entry: dict) -> str:

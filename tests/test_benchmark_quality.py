@@ -204,3 +204,21 @@ def test_headline_runs_without_the_dataset_flags_and_leads_the_page(tmp_path, on
     (row,) = [line for line in page.splitlines() if line.startswith("| gdxray_welds |") and "PaDiM" in line]
     assert "0.969 / 0.921 (PaDiM, EfficientNet-Lite0)" in row and f"{entry['operator']['false_alarms']}/2" in row
     assert bq.main([*common, "--headline", "--ablation"]) == 2
+
+
+def test_methods_summary_derives_the_recommendation_from_the_numbers():
+    """Means over the datasets every row has, the rows that win each dataset, the top row named, and a
+    method that wins nowhere said plainly."""
+    def entry(value):
+        return {"image_auroc": value}
+
+    datasets = {"a": {"dinov2/patchcore": entry(0.9), "dinov2/centroid": entry(0.5), "efficientnet/padim": entry(0.7)},
+                "b": {"dinov2/patchcore": entry(0.6), "dinov2/centroid": entry(0.4), "efficientnet/padim": entry(0.95)},
+                "c": {"dinov2/patchcore": entry(0.8)}}  # not every row has c: left out of the means
+    best = {"a": ("dinov2/patchcore", 0.9), "b": ("efficientnet/padim", 0.95), "c": ("dinov2/patchcore", 0.8)}
+    text = "\n".join(bq._methods_summary(datasets, best))
+    assert "mean over the 2 datasets every row has: a, b" in text
+    assert "| efficientnet/padim | 0.700 | 0.950 | n/a | 0.825 | b |" in text
+    assert "| dinov2/patchcore | 0.900 | 0.600 | 0.800 | 0.750 | a, c |" in text
+    assert "`efficientnet/padim` has the highest mean image AUROC (0.825)" in text
+    assert "`centroid` is the best row on no dataset here" in text and "`patchcore` is the best row" not in text
