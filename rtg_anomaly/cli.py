@@ -266,14 +266,18 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     """The detector's hyper-parameters, shared by fit and evaluate (None = the DetectorConfig default)."""
     parser.add_argument("--method", help="detection method: patchcore (default: memory bank of clean patches, "
                                          "kNN), padim (a Gaussian per patch cell of a tile), centroid (cosine "
-                                         "distance of each tile to the clean tiles' mean), svdd (Deep SVDD head); "
-                                         "stored in the bundle")
+                                         "distance of each tile to the clean tiles' mean), svdd (Deep SVDD head), "
+                                         "reconstruction (a small transformer rebuilds each tile's clean patch "
+                                         "features; what it cannot rebuild scores); stored in the bundle")
     parser.add_argument("--padim-features", type=_setting("padim_features"),
                         help=_ranged("with --method padim: random feature channels kept (default 100)",
                                      "padim_features"))
     parser.add_argument("--epochs", type=_setting("svdd_epochs"),
-                        help=_ranged("with --method svdd: training epochs over the cached clean patch features "
-                                     "(default 10)", "svdd_epochs"))
+                        help=_ranged("with --method svdd or reconstruction: training epochs over the cached clean "
+                                     "patch features (default 10 for svdd, 20 for reconstruction)", "svdd_epochs"))
+    parser.add_argument("--target", choices=("features",),
+                        help="with --method reconstruction: what is rebuilt: features (the backbone's patch "
+                             "features, default; a pixel target is not available yet)")
     parser.add_argument("--pretrain", choices=("none", "rotation"),
                         help="with --method svdd: rotation: first train the head to tell how a clean tile was "
                              "rotated (4 backbone passes per training scan); none: off (default)")
@@ -407,7 +411,9 @@ def _config_from_args(args: argparse.Namespace):
     from .config import DetectorConfig
 
     overrides = {
-        "method": args.method, "padim_features": args.padim_features, "svdd_epochs": args.epochs,
+        "method": args.method, "padim_features": args.padim_features,
+        "svdd_epochs": None if args.method == "reconstruction" else args.epochs,
+        "recon_epochs": args.epochs if args.method == "reconstruction" else None, "recon_target": args.target,
         "svdd_pretrain": args.pretrain,
         "backbone": args.backbone, "weights": args.weights, "tile_size": args.tile_size, "overlap": args.overlap,
         "input_size": args.input_size, "scale_to_scans": args.scale_to_scans, "pca_dim": args.pca_dim, "pca_whiten": args.pca_whiten,

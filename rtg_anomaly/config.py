@@ -44,6 +44,10 @@ class DetectorConfig:
     svdd_dim, svdd_epochs, svdd_pretrain, svdd_cache_rows: Deep SVDD's output size, training epochs,
         ``"none"`` or ``"rotation"`` (self-supervised rotation pretraining of its head first), and the
         bound on the clean patch features cached for training (float16 rows).
+    recon_target, recon_dim, recon_layers, recon_dropout, recon_epochs, recon_cache_rows: the
+        reconstruction method's target (``"features"``: the backbone's patch features), its width (a
+        multiple of 4, the attention heads), transformer blocks, bottleneck dropout, training epochs and
+        the bound on the cached clean patch rows (whole tiles, float16).
     backbone: timm model name.
     weights: local weights file; ``None`` picks the bundled file for the default
         backbone (else the hub weights the normal timm way); ``"random"`` means
@@ -117,6 +121,12 @@ class DetectorConfig:
     svdd_epochs: int = 10
     svdd_pretrain: str = "none"
     svdd_cache_rows: int = 100_000
+    recon_target: str = "features"
+    recon_dim: int = 192
+    recon_layers: int = 2
+    recon_dropout: float = 0.2
+    recon_epochs: int = 20
+    recon_cache_rows: int = 200_000
     smoothing_sigma: float = 0.5
     image_score: str = "patch_top_mean"
     top_fraction: float = 0.001
@@ -168,6 +178,8 @@ class DetectorConfig:
             (self.memory_bank_size is None or self.memory_bank_size >= 1, "memory_bank_size must be >= 1"),
             (self.k >= 1, "k must be >= 1"),
             (self.svdd_pretrain in ("none", "rotation"), "svdd_pretrain must be 'none' or 'rotation'"),
+            (self.recon_target == "features", "recon_target must be 'features'"),
+            (self.recon_dim % 4 == 0, "recon_dim must be a multiple of 4 (the attention heads)"),
             (self.smoothing_sigma >= 0.0, "smoothing_sigma must be >= 0"),
             (self.image_score in IMAGE_SCORE_RULES, f"image_score must be one of {IMAGE_SCORE_RULES}"),
             (0.0 < self.top_fraction <= 1.0, "top_fraction must be in (0, 1]"),

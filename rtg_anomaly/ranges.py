@@ -67,6 +67,11 @@ SETTING_RANGES: dict[str, Range] = {
     "svdd_dim": Range(1, 4096, integer=True),
     "svdd_epochs": Range(1, 10_000, integer=True),
     "svdd_cache_rows": Range(1_000, 50_000_000, integer=True),
+    "recon_dim": Range(4, 4096, integer=True),
+    "recon_layers": Range(1, 32, integer=True),
+    "recon_dropout": Range(0.0, 0.9),
+    "recon_epochs": Range(1, 10_000, integer=True),
+    "recon_cache_rows": Range(1_000, 50_000_000, integer=True),
 }
 LAYER_INDEX = Range(-64, 64, integer=True)
 # The only timm.create_model arguments a config (and so a bundle from a stranger) may set: architecture

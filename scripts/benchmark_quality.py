@@ -615,7 +615,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
                         help="more rtg-anomaly fit flags for every dataset, one string, after the dataset's "
                              "flags (write --extra-flags='--k 3')")
     parser.add_argument("--methods",
-                        help="comma-separated detection methods (patchcore,padim,centroid,svdd): fill the methods "
+                        help="comma-separated detection methods (patchcore,padim,centroid,svdd,reconstruction): fill the methods "
                              "table, every method with its defaults and NO per-dataset flags")
     parser.add_argument("--backbones", default="dinov2",
                         help=f"with --methods: comma-separated from {', '.join(METHOD_BACKBONES)} (default dinov2)")
@@ -854,7 +854,7 @@ def _methods_markdown(section: dict | None) -> list[str]:
     if not datasets:
         return []
     lines = ["## Which method? Every method with its defaults, no per-dataset flags", "",
-             "`python scripts/benchmark_quality.py --methods patchcore,padim,centroid,svdd --datasets ...` "
+             "`python scripts/benchmark_quality.py --methods patchcore,padim,centroid,svdd,reconstruction --datasets ...` "
              "(commands per row below). Thresholds are calibrated at a 5 % false-alarm rate on held-out clean "
              "training scans; *false alarms* and *recall* are counted at that threshold on the test set. "
              "*Bundle* is the saved model's size.", "",
@@ -888,7 +888,7 @@ def _methods_markdown(section: dict | None) -> list[str]:
     return lines
 
 
-METHOD_ORDER = ("patchcore", "padim", "centroid", "svdd")
+METHOD_ORDER = ("patchcore", "padim", "centroid", "svdd", "reconstruction")
 
 
 def _methods_summary(datasets: dict, best: dict) -> list[str]:

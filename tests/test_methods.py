@@ -17,14 +17,14 @@ from rtg_anomaly.methods.centroid import tile_embeddings
 from rtg_anomaly.methods.padim import oas_shrink
 from tests.conftest import TINY_CLI_FLAGS, tiny_config
 
-NEW_METHODS = ["padim", "centroid", "svdd"]
+NEW_METHODS = ["padim", "centroid", "svdd", "reconstruction"]
 
 
 def test_table_names_every_method_and_unknown_names_are_refused():
-    assert list(METHODS) == ["patchcore", "padim", "centroid", "svdd"]
+    assert list(METHODS) == ["patchcore", "padim", "centroid", "svdd", "reconstruction"]
     for name, cls in METHODS.items():
         assert cls.name == name
-    with pytest.raises(ConfigError, match="unknown method 'nope'; choose one of: patchcore, padim, centroid, svdd"):
+    with pytest.raises(ConfigError, match="unknown method 'nope'; choose one of: patchcore, padim, centroid, svdd, reconstruction"):
         DetectorConfig(method="nope")
 
 
@@ -105,7 +105,8 @@ def test_tile_embedding_ignores_patches_outside_the_scan():
 @pytest.fixture(scope="module", params=NEW_METHODS)
 def method_detector(request, demo_data):
     paths = sorted((demo_data / "train" / "good").iterdir())
-    return Detector(tiny_config(method=request.param, padim_features=8, svdd_epochs=3), device="cpu").fit(paths)
+    return Detector(tiny_config(method=request.param, padim_features=8, svdd_epochs=3,
+                                recon_epochs=3, recon_dim=32), device="cpu").fit(paths)
 
 
 def test_fit_save_load_detect_round_trip(method_detector, demo_data, tmp_path):
@@ -185,7 +186,7 @@ def test_cli_unknown_method_is_one_line_listing_the_known_ones(demo_data, tmp_pa
                  "--method", "nope", *TINY_CLI_FLAGS])
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 2 and len(err) == 1
-    assert "patchcore, padim, centroid, svdd" in err[0] and not (tmp_path / "m").exists()
+    assert "patchcore, padim, centroid, svdd, reconstruction" in err[0] and not (tmp_path / "m").exists()
 
 
 def test_cli_threshold_rule_is_recorded_in_the_bundle_and_the_report(demo_data, tmp_path, capsys):
@@ -264,3 +265,98 @@ def test_svdd_rotation_cache_labels_every_view():
     for view in ("upright", "rot90", "rot180", "rot270"):
         method.learn_auxiliary(view, torch.randn(3, 2, 2, 8), torch.ones(3, 2, 2, dtype=torch.bool))
     assert [label for _, label in method._rotation_cache] == [0, 1, 2, 3]
+
+
+# ---------------------------------------------------------------- feature reconstruction
+def _tiles(rng, n_tiles, size=4, dim=8):
+    """(T, size, size, dim) features: a smooth pattern shared by every clean tile, plus a little noise."""
+    grid = np.stack(np.meshgrid(np.linspace(0, 1, size), np.linspace(0, 1, size), indexing="ij"), -1)
+    pattern = np.concatenate([np.sin(grid * (k + 1)) for k in range(dim // 2)], -1).astype(np.float32)
+    return torch.from_numpy(pattern + rng.normal(scale=0.05, size=(n_tiles, size, size, dim)).astype(np.float32))
+
+
+def _fitted_reconstruction(rng, **changes):
+    method = create_method(tiny_config(**{"method": "reconstruction", "recon_dim": 16, "recon_epochs": 30, **changes}))
+    method.begin(FitPlan(training_views=4, all_views=4))
+    for _ in range(4):
+        method.learn(_tiles(rng, 8), torch.ones(8, 4, 4, dtype=torch.bool))
+    method.finish(torch.device("cpu"))
+    return method
+
+
+def test_reconstruction_learns_clean_tiles_and_flags_a_foreign_patch():
+    method = _fitted_reconstruction(np.random.default_rng(3))
+    losses = method.loss_history_["reconstruction"]
+    assert len(losses) == 30 and losses[-1] < 0.5 * losses[0]
+    probe = _tiles(np.random.default_rng(4), 2)
+    probe[0, 1, 2] = -probe[0, 1, 2] * 3  # a patch unlike any clean one at any place
+    scores = method.score(probe, torch.ones(2, 4, 4, dtype=torch.bool))
+    assert scores.shape == (2, 4, 4) and scores.dtype == torch.float32
+    others = torch.ones(2, 4, 4, dtype=torch.bool)
+    others[0, 1, 2] = False
+    assert scores[0, 1, 2] > 3 * scores[others].max()
+
+
+def test_reconstruction_never_looks_at_patches_outside_the_scan():
+    """Padding neither enters the cache's statistics nor the attention: changing it changes no valid score."""
+    rng = np.random.default_rng(5)
+    method = _fitted_reconstruction(rng)
+    probe = _tiles(rng, 1)
+    valid = torch.ones(1, 4, 4, dtype=torch.bool)
+    valid[0, :, 3] = False
+    before = method.score(probe, valid)
+    probe[0, :, 3] = 1e4
+    after = method.score(probe, valid)
+    torch.testing.assert_close(after[valid], before[valid], rtol=1e-5, atol=1e-6)
+
+
+def test_reconstruction_feature_cache_is_bounded_by_whole_tiles():
+    method = create_method(tiny_config(method="reconstruction", recon_cache_rows=1000, recon_epochs=1))
+    method.begin(FitPlan(training_views=10, all_views=10))  # 100 rows per view: 6 tiles of 16 patches
+    for view in range(10):
+        method.learn(torch.randn(30, 4, 4, 8), torch.ones(30, 4, 4, dtype=torch.bool))
+    assert sum(t.shape[0] for t, _ in method._cache) == 60
+    assert all(t.dtype == torch.float16 and t.shape[1:] == (4, 4, 8) for t, _ in method._cache)
+
+
+def test_reconstruction_is_seeded_and_leaves_the_global_generator_alone():
+    state = torch.random.get_rng_state()
+    first = _fitted_reconstruction(np.random.default_rng(6), recon_epochs=3)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    second = _fitted_reconstruction(np.random.default_rng(6), recon_epochs=3)
+    for name, value in first.weights_.items():
+        np.testing.assert_array_equal(value, second.weights_[name], err_msg=name)
+    other = _fitted_reconstruction(np.random.default_rng(6), recon_epochs=3, seed=1)
+    assert any(not np.array_equal(value, other.weights_[name]) for name, value in first.weights_.items())
+
+
+def test_reconstruction_arrays_that_do_not_fit_the_architecture_are_refused():
+    method = _fitted_reconstruction(np.random.default_rng(7), recon_epochs=1)
+    arrays = method.to_arrays()
+    assert all(name.startswith("recon_") for name in arrays) and "recon_head_weight" in arrays
+    again = type(method).from_arrays(method.config, arrays, 8)
+    probe = _tiles(np.random.default_rng(8), 2)
+    valid = torch.ones(2, 4, 4, dtype=torch.bool)
+    torch.testing.assert_close(again.score(probe, valid), method.score(probe, valid))
+    with pytest.raises(ValueError, match="do not fit"):
+        type(method).from_arrays(method.config.replace(recon_dim=32), arrays, 8)  # another width
+    with pytest.raises(KeyError):
+        type(method).from_arrays(method.config.replace(recon_layers=3), arrays, 8)  # a block it never stored
+    broken = dict(arrays, recon_head_weight=np.full_like(arrays["recon_head_weight"], np.nan))
+    with pytest.raises(ValueError):
+        type(method).from_arrays(method.config, broken, 8)
+
+
+def test_cli_reconstruction_writes_its_loss_curve_and_records_its_architecture(demo_data, tmp_path, capsys):
+    model = tmp_path / "model"
+    assert main(["fit", "--clean-dir", str(demo_data / "train" / "good"), "--model", str(model),
+                 "--method", "reconstruction", "--target", "features", "--epochs", "2", *TINY_CLI_FLAGS]) == 0
+    assert "reconstruction, feature rebuilder" in capsys.readouterr().out
+    assert (tmp_path / "model.loss.png").is_file()
+    manifest = json.loads((model / "manifest.json").read_text())
+    params = manifest["method"]["params"]
+    assert params["recon_target"] == "features" and params["recon_epochs"] == 2 and params["recon_layers"] == 2
+    assert manifest["config"]["svdd_epochs"] == DetectorConfig().svdd_epochs  # --epochs went to the method fitted
+    assert main(["fit", "--clean-dir", str(demo_data / "train" / "good"), "--model", str(tmp_path / "m2"),
+                 "--method", "reconstruction", "--target", "pixels", *TINY_CLI_FLAGS]) == 2
+    assert not (tmp_path / "m2").exists()

@@ -166,8 +166,9 @@ def test_casting_crops_judged_whole_with_the_global_score():
 
 
 # Measured with these exact subsets on the 2-core CPU (2026-12-04): patchcore 0.862, padim 0.827,
-# svdd 0.804, centroid 0.676; the floors leave room for other CPUs' float rounding, not for regressions.
-METHOD_FLOORS = {"padim": 0.75, "svdd": 0.72, "centroid": 0.6}
+# svdd 0.804, centroid 0.676; reconstruction 0.831 (2026-12-05, 44 s fit); the floors leave room for other
+# CPUs' float rounding, not for regressions.
+METHOD_FLOORS = {"padim": 0.75, "svdd": 0.72, "centroid": 0.6, "reconstruction": 0.75}
 
 
 @pytest.mark.parametrize("method", sorted(METHOD_FLOORS))

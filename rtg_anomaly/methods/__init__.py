@@ -13,6 +13,7 @@ from .centroid import Centroid
 from .global_descriptor import GlobalDescriptor
 from .padim import PaDiM
 from .patchcore import PatchCore
+from .reconstruction import FeatureReconstruction
 from .svdd import DeepSVDD
 
 METHODS: dict[str, type[PatchMethod]] = {
@@ -20,6 +21,7 @@ METHODS: dict[str, type[PatchMethod]] = {
     PaDiM.name: PaDiM,
     Centroid.name: Centroid,
     DeepSVDD.name: DeepSVDD,
+    FeatureReconstruction.name: FeatureReconstruction,
 }
 
 
@@ -36,5 +38,5 @@ def create_method(config: DetectorConfig) -> PatchMethod:
     return method_class(config.method)(config)
 
 
-__all__ = ["METHODS", "Centroid", "DeepSVDD", "FitPlan", "GlobalDescriptor", "PaDiM", "PatchCore", "PatchMethod", "TileFeatures", "create_method",
+__all__ = ["METHODS", "Centroid", "DeepSVDD", "FeatureReconstruction", "FitPlan", "GlobalDescriptor", "PaDiM", "PatchCore", "PatchMethod", "TileFeatures", "create_method",
            "method_class"]
