@@ -439,6 +439,7 @@ def render_markdown(cache: dict) -> str:
              "dataset without per-dataset flags: [roi.md](roi.md).", ""]
     lines += _headline_markdown(sections.get("headline"), bench)
     lines += _methods_markdown(sections.get("methods"))
+    lines += _roi_markdown(REPO_ROOT / "docs" / "roi.md")
     if subsampled:
         lines += ["> **Subsampled run: these numbers are a quick check, not the benchmark.**", ">"]
         lines += [f"> - {name}: {text}" for name, text in subsampled.items()]
@@ -886,6 +887,19 @@ def _methods_markdown(section: dict | None) -> list[str]:
     commands = sorted({e["command"] for d in datasets.values() for e in d.values() if "command" in e})
     lines += ["Commands:", "", "```bash", *commands, "```", ""]
     return lines
+
+
+def _roi_markdown(roi_page: Path) -> list[str]:
+    """The ROI table of ``docs/roi.md`` (``--roi auto`` against off on every dataset), copied under a heading
+    of this page; the commands and notes stay on that page."""
+    if not roi_page.is_file():
+        return []
+    table = [line for line in roi_page.read_text().splitlines() if line.startswith("|")]
+    if not table:
+        return []
+    return ["## Region-of-interest masking: `--roi auto` against off, no per-dataset flags", "",
+            "Copied from [roi.md](roi.md), which gives the commands, the subsample and why the default stays off.",
+            "", *table, ""]
 
 
 METHOD_ORDER = ("patchcore", "padim", "centroid", "svdd", "reconstruction")
