@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from .config import GRAPH_FORMATS as FORMATS
 from .config import GRAPH_PRECISIONS as PRECISIONS
-from .config import IMAGE_SCORE_RULES, RUNTIMES
+from .config import IMAGE_SCORE_RULES, PIXEL_BACKBONE, PIXEL_INPUT_SIZE, PIXEL_TILE_SIZE, RUNTIMES
 from .errors import InputError, first_line
 from .ranges import FALSE_ALARM_RATE, FRACTION_OPEN_LOW, LAYER_INDEX, SETTING_RANGES, Range
 from .regions import DEFAULT_MIN_AREA
@@ -275,9 +275,19 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=_setting("svdd_epochs"),
                         help=_ranged("with --method svdd or reconstruction: training epochs over the cached clean "
                                      "patch features (default 10 for svdd, 20 for reconstruction)", "svdd_epochs"))
-    parser.add_argument("--target", choices=("features",),
+    parser.add_argument("--target", choices=("features", "pixels"),
                         help="with --method reconstruction: what is rebuilt: features (the backbone's patch "
-                             "features, default; a pixel target is not available yet)")
+                             "features, default) or pixels (a transformer GAN with an f-AnoGAN encoder draws "
+                             f"clean {PIXEL_INPUT_SIZE} px tiles; sets --backbone {PIXEL_BACKBONE}, tiles of "
+                             f"{PIXEL_TILE_SIZE} px seen at {PIXEL_INPUT_SIZE} px unless given)")
+    parser.add_argument("--latent", type=_setting("recon_latent"),
+                        help=_ranged("with --target pixels: the GAN's latent size (default 64)", "recon_latent"))
+    parser.add_argument("--min-steps", type=_setting("recon_min_steps"),
+                        help=_ranged("with --target pixels: the least number of training batches of the GAN and "
+                                     "of its encoder; epochs are added until reached (default 1000)", "recon_min_steps"))
+    parser.add_argument("--refine-steps", type=_setting("recon_refine_steps"),
+                        help=_ranged("with --target pixels: AnoGAN latent refinement steps per tile at detect "
+                                     "time, for small images (default 0: the encoder's latent)", "recon_refine_steps"))
     parser.add_argument("--pretrain", choices=("none", "rotation"),
                         help="with --method svdd: rotation: first train the head to tell how a clean tile was "
                              "rotated (4 backbone passes per training scan); none: off (default)")
@@ -317,7 +327,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-score", choices=IMAGE_SCORE_RULES,
                         help="image score rule: max of the map, top_mean of the map, patch_top_mean of the "
                              "raw patch scores (default), or global: distance of the whole scan's feature "
-                             "statistics to the nearest clean scan's (for small crops judged as a whole)")
+                             "statistics to the nearest clean scan's (for small crops judged as a whole), or "
+                             "scan_centroid: cosine distance of the scan's mean feature from the clean scans' "
+                             "centroid (the good-only baseline)")
     parser.add_argument("--top-fraction", type=_setting("top_fraction"),
                         help=_ranged("with --image-score top_mean: share of map pixels averaged (default 0.001)", "top_fraction"))
     parser.add_argument("--top-patches", type=_setting("top_patches"),
@@ -414,6 +426,7 @@ def _config_from_args(args: argparse.Namespace):
         "method": args.method, "padim_features": args.padim_features,
         "svdd_epochs": None if args.method == "reconstruction" else args.epochs,
         "recon_epochs": args.epochs if args.method == "reconstruction" else None, "recon_target": args.target,
+        "recon_latent": args.latent, "recon_refine_steps": args.refine_steps, "recon_min_steps": args.min_steps,
         "svdd_pretrain": args.pretrain,
         "backbone": args.backbone, "weights": args.weights, "tile_size": args.tile_size, "overlap": args.overlap,
         "input_size": args.input_size, "scale_to_scans": args.scale_to_scans, "pca_dim": args.pca_dim, "pca_whiten": args.pca_whiten,
@@ -425,6 +438,10 @@ def _config_from_args(args: argparse.Namespace):
         "holdout_fraction": args.holdout_fraction, "augment": args.augment,
         "roi": _roi_mode(args.roi),
     }
+    if args.target == "pixels" and args.method == "reconstruction":  # the pixel target's own defaults
+        for key, value in (("backbone", PIXEL_BACKBONE), ("input_size", PIXEL_INPUT_SIZE),
+                           ("tile_size", PIXEL_TILE_SIZE)):
+            overrides[key] = value if overrides[key] is None else overrides[key]
     try:
         return DetectorConfig(**{k: v for k, v in overrides.items() if v is not None})
     except TypeError as exc:
@@ -1002,6 +1019,7 @@ class _ScoredScan:
     color_range: tuple[float, float]  # the calibration's colour scale (calibrated units)
     started: float  # time.perf_counter() when scoring began
     picture: np.ndarray | None = None  # the overlay when it was drawn on the GPU, else None (the writer draws it)
+    reconstruction: np.ndarray | None = None  # what a clean scan looks like here (pixel reconstruction, for the triptych)
 
 
 def _score_scan(detector, path: Path, image, args, gpu=None) -> _ScoredScan:
@@ -1013,6 +1031,8 @@ def _score_scan(detector, path: Path, image, args, gpu=None) -> _ScoredScan:
     if result.fallback:
         print(f"rtg-anomaly: note: {path}: {result.fallback}", file=sys.stderr)
     scored = _ScoredScan(path, image, result, detector.calibration_.color_range, started)
+    if detector.can_reconstruct and (getattr(args, "triptych", None) or getattr(args, "html", None)):
+        scored.reconstruction = detector.reconstruct(image, source=path)
     if gpu is not None and result.fallback is None:
         import torch
 
@@ -1081,7 +1101,8 @@ def _write_scan(scored: _ScoredScan, overlay_path: Path, heatmap_path: Path | No
     if triptych_path is not None or thumbnails:
         overlay = picture[:scored.image.shape[0]]  # without the colour bar
         triptych = render_triptych(scored.image, overlay, result.heatmap, path.name, result.score, result.anomalous,
-                                   result.image_threshold, result.pixel_threshold, len(regions), result.window)
+                                   result.image_threshold, result.pixel_threshold, len(regions), result.window,
+                                   reconstruction=scored.reconstruction)
     if triptych_path is not None:
         save_image(triptych_path, triptych)
     decision = "suspect" if result.anomalous else "clean"

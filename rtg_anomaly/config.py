@@ -12,7 +12,12 @@ from .roi import ROI_MODES
 from .ranges import LAYER_INDEX, MODEL_KWARGS, SETTING_RANGES
 
 DEFAULT_BACKBONE = "vit_small_patch14_dinov2"
-IMAGE_SCORE_RULES = ("max", "top_mean", "patch_top_mean", "global")
+IMAGE_SCORE_RULES = ("max", "top_mean", "patch_top_mean", "global", "scan_centroid")
+PIXEL_BACKBONE = "pixels"  # no network: grey pixel cells as features (pixel_backbone.py)
+PIXEL_CELL = 8  # pixels per cell side of the pixels backbone: a patch score covers PIXEL_CELL^2 input pixels
+PIXEL_INPUT_SIZE = 64  # the tile side the pixel methods see by default (the TransGAN seed's 64 px tiles)
+PIXEL_TILE_SIZE = 128  # scan pixels per tile for the pixel target by default: 2 scan px per input px
+DESCRIPTOR_RULES = ("global", "scan_centroid")  # image scores computed from whole-scan descriptors
 INTENSITY_WINDOWS = ("auto", "dtype", "percentile")
 AUGMENTATION_NAMES = ("hflip", "vflip", "rot90", "rot180", "rot270")
 # What executes the backbone (not a hyper-parameter: the features are the same either way, see openvino_runtime.py).
@@ -47,7 +52,14 @@ class DetectorConfig:
     recon_target, recon_dim, recon_layers, recon_dropout, recon_epochs, recon_cache_rows: the
         reconstruction method's target (``"features"``: the backbone's patch features), its width (a
         multiple of 4, the attention heads), transformer blocks, bottleneck dropout, training epochs and
-        the bound on the cached clean patch rows (whole tiles, float16).
+        the bound on the cached clean patch rows (whole tiles, float16); ``"pixels"``: a transformer GAN
+        rebuilds the grey pixels of small tiles, with backbone ``"pixels"``, see
+        ``methods/pixel_reconstruction.py``).
+    recon_latent, recon_min_steps, recon_feature_weight, recon_refine_steps: the pixel target's latent
+        size, the least number of training batches of its GAN and of its encoder (epochs are added until
+        they are reached), the weight of
+        the discriminator-feature term in its encoder loss and image score (f-AnoGAN's kappa), and the
+        AnoGAN latent refinement steps per tile at detect time (0: the encoder's latent as it is).
     backbone: timm model name.
     weights: local weights file; ``None`` picks the bundled file for the default
         backbone (else the hub weights the normal timm way); ``"random"`` means
@@ -81,8 +93,11 @@ class DetectorConfig:
         smoothing, which would dilute a defect one or two patches wide) or
         ``"global"`` (centred cosine distance from the whole scan's descriptor,
         the mean and spread of its patch features, to the nearest clean scan's;
-        for image-level data such as small crops, see descriptor.py). The
-        heatmap is the patch map whatever the rule.
+        for image-level data such as small crops, see descriptor.py) or
+        ``"scan_centroid"`` (cosine distance ``1 - f . c`` of the scan's
+        unit-length mean patch feature from the unit-length centroid of the
+        clean scans' ones: the good-only per-scan baseline). The heatmap is the
+        patch map whatever the rule.
     intensity_window: ``"auto"`` (8-bit: full range; deeper: percentile window),
         ``"dtype"`` (divide by the dtype maximum) or ``"percentile"``.
     window_percentiles: low/high percentiles of the percentile window.
@@ -127,6 +142,10 @@ class DetectorConfig:
     recon_dropout: float = 0.2
     recon_epochs: int = 20
     recon_cache_rows: int = 200_000
+    recon_latent: int = 64
+    recon_min_steps: int = 1000
+    recon_feature_weight: float = 1.0
+    recon_refine_steps: int = 0
     smoothing_sigma: float = 0.5
     image_score: str = "patch_top_mean"
     top_fraction: float = 0.001
@@ -178,7 +197,11 @@ class DetectorConfig:
             (self.memory_bank_size is None or self.memory_bank_size >= 1, "memory_bank_size must be >= 1"),
             (self.k >= 1, "k must be >= 1"),
             (self.svdd_pretrain in ("none", "rotation"), "svdd_pretrain must be 'none' or 'rotation'"),
-            (self.recon_target == "features", "recon_target must be 'features'"),
+            (self.recon_target in ("features", "pixels"), "recon_target must be 'features' or 'pixels'"),
+            (self.recon_target != "pixels" or self.method != "reconstruction" or self.backbone == PIXEL_BACKBONE,
+             f"recon_target 'pixels' needs backbone {PIXEL_BACKBONE!r} (the CLI's --target pixels sets it)"),
+            (self.backbone != PIXEL_BACKBONE or (self.input_size or PIXEL_INPUT_SIZE) % PIXEL_CELL == 0,
+             f"the {PIXEL_BACKBONE} backbone needs an input_size that is a multiple of {PIXEL_CELL}"),
             (self.recon_dim % 4 == 0, "recon_dim must be a multiple of 4 (the attention heads)"),
             (self.smoothing_sigma >= 0.0, "smoothing_sigma must be >= 0"),
             (self.image_score in IMAGE_SCORE_RULES, f"image_score must be one of {IMAGE_SCORE_RULES}"),

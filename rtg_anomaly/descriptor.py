@@ -94,6 +94,19 @@ class DescriptorBank:
         query = _centred_unit(np.asarray(descriptor, dtype=np.float32).reshape(1, -1), self.centre)[0]
         return float(max(0.0, 1.0 - float((self.rows @ query).max())))
 
+    def centroid_distance(self, descriptor: np.ndarray) -> float:
+        """Cosine distance ``1 - f . c`` in [0, 2] of the scan's unit-length mean patch feature ``f`` (the
+        first half of its (E,) descriptor) from ``c``, the unit-length mean of the clean scans' ones.
+
+        ``c`` comes from the centre, the mean of the clean descriptors the bank was built from (for a
+        one-scan bank, whose centre is zero, from its one row), so it needs no state of its own.
+        """
+        half = self.centre.size // 2
+        source = self.centre if np.any(self.centre) else self.rows.mean(0)
+        centroid = _unit(source[:half].astype(np.float64))
+        scan = _unit(np.asarray(descriptor, dtype=np.float64).reshape(-1)[:half])
+        return float(min(2.0, max(0.0, 1.0 - float(scan @ centroid))))
+
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {"descriptor_centre": self.centre, "descriptor_bank": self.rows}
 

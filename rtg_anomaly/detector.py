@@ -25,7 +25,7 @@ from .augment import augmented_views
 from .bundle import BundleError, load_bundle, save_bundle
 from .bundle_checks import check_detector_bundle
 from .calibration import DEFAULT_FALSE_ALARM_RATE, Calibration, ThresholdRule, calibrate, check_false_alarm_rate
-from .config import DetectorConfig
+from .config import DESCRIPTOR_RULES, DetectorConfig
 from .descriptor import DescriptorAccumulator, scan_descriptor
 from .display import DisplayStyle, render_display
 from .display_torch import render_display_torch
@@ -91,7 +91,7 @@ class Detector:
     ``extractor.runtime`` for what ``"auto"`` chose); learned
     state ends in ``_`` and is set by ``fit`` or ``load``:
       method_: the fitted PatchMethod (PatchCore: ``method_.pca_``, ``method_.memory_bank_``);
-      global_: the fitted GlobalDescriptor (``image_score="global"`` only, else None);
+      global_: the fitted GlobalDescriptor (``image_score`` "global" or "scan_centroid", else None);
       calibration_: Calibration;
       backbone_digest_: sha256 of the backbone weights the method was fitted with;
       selection_: the record of ``selection.select_config`` (candidates and their validation scores) when
@@ -346,7 +346,7 @@ class Detector:
             n_holdout = min(len(images) - 1, wanted, max(1, len(images) // 2))
         if self._uses_descriptors and n_holdout == 0:
             # A training scan's descriptor is in the bank (distance 0): it cannot calibrate this score.
-            raise InputError("the global image score calibrates on held-out clean scans: "
+            raise InputError(f"the {config.image_score} image score calibrates on held-out clean scans: "
                              "give at least 2 clean scans and a holdout fraction above 0")
         return [images[i] for i in sorted(order[n_holdout:])], [images[i] for i in sorted(order[:n_holdout])]
 
@@ -575,13 +575,15 @@ class Detector:
 
     @property
     def _uses_descriptors(self) -> bool:
-        return self.config.image_score == "global"
+        return self.config.image_score in DESCRIPTOR_RULES
 
     def _image_score(self, raw: RawScores, rule: str | None = None) -> float:
         """The scan's raw image score under ``rule`` (default ``config.image_score``)."""
         rule = rule or self.config.image_score
         if rule == "global":
             return self.global_.distance(raw.descriptor)
+        if rule == "scan_centroid":
+            return self.global_.centroid_distance(raw.descriptor)
         if rule == "max":
             return float(raw.anomaly_map.max())
         if rule == "patch_top_mean":
@@ -622,7 +624,7 @@ class Detector:
         roi = self.scan_roi(image, item if source is None else source)
         # The default rules need only the patch scores (or the descriptor): on a GPU the raw map then stays
         # there, and only the calibrated heatmap comes back (one download of the map, not two).
-        host_map = self.config.image_score not in ("patch_top_mean", "global")
+        host_map = self.config.image_score not in ("patch_top_mean", *DESCRIPTOR_RULES)
         raw, fallback = self._with_host_fallback(
             lambda: self._raw_scores(image, timings=stage_times, window=window, host_map=host_map, roi=roi))
         anomaly_map, raw_score = raw.anomaly_map, self._image_score(raw)
@@ -649,6 +651,30 @@ class Detector:
             self._device_copies = _DeviceCopies(weakref.ref(image), weakref.ref(result), device_heatmap,
                                                 raw.device_scan)
         return result
+
+    @property
+    def can_reconstruct(self) -> bool:
+        """Whether the fitted method draws what a clean scan looks like (``reconstruct``)."""
+        return hasattr(self.method_, "reconstruct")
+
+    def reconstruct(self, image, source=None) -> np.ndarray:
+        """What a clean scan would look like here, as the method draws it: float32 (H, W) in [0, 1] on the
+        detector's intensity window of the scan (``AnomalyResult.window``), tiles blended where they
+        overlap. Only for a method that reconstructs pixels (``can_reconstruct``); InputError otherwise."""
+        self._check_fitted()
+        if not self.can_reconstruct:
+            raise InputError(f"the {self.config.method} method (target {self.config.recon_target}) does not "
+                             "draw scans: only reconstruction --target pixels does")
+        image = self.load_scan(image, source)
+        config = self.config
+        padded_shape = (max(image.shape[0], config.tile_size), max(image.shape[1], config.tile_size))
+        stitcher = MapStitcher(*padded_shape, config.tile_size, config.stride)
+        device = self.extractor.device
+        for origins, features in self.patch_features(image):
+            valid = torch.from_numpy(self.valid_patches(origins, image.shape[:2])).to(device)
+            drawn = self.method_.reconstruct(features, valid)[:, 0]  # (B, S, S) at the input size
+            stitcher.add_batch(origins, drawn.float().cpu().numpy())  # resized to the tile, blended
+        return np.clip(stitcher.result()[: image.shape[0], : image.shape[1]], 0.0, 1.0)
 
     def raw_scores(self, image, source=None) -> RawScores:
         """A scan's smoothed map and patch scores in raw (uncalibrated) units, as ``score`` has them before
@@ -851,7 +877,7 @@ class Detector:
             backbone = manifest["backbone"]
             # Bundles from before methods had a name hold PatchCore's arrays (and no "method" entry).
             method_name = manifest.get("method", {"name": "patchcore"})["name"]
-            method_cls = method_class(method_name)
+            method_cls = method_class(method_name, config)
             if method_name != config.method:
                 raise ValueError(f"the method {method_name!r} is not the config's {config.method!r}")
         except (KeyError, TypeError, ValueError) as exc:

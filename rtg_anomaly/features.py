@@ -16,6 +16,7 @@ from .config import DEFAULT_BACKBONE, RUNTIMES, DetectorConfig
 from .errors import InputError, first_line, quiet_logger
 from .graph_export import import_onnxruntime
 from .openvino_runtime import RuntimeUnavailable, compile_for_cpu
+from .pixel_backbone import PIXEL_BACKBONE, PIXEL_INPUT_SIZE, PixelCells
 
 # The backbone's autocast dtype on CUDA. On an H100, bfloat16 and float16 ran equally fast (80 DINOv2 tiles:
 # 0.059 s vs 0.062 s; float32 0.102 s), but bfloat16's 8-bit mantissa cost gdxray_welds 0.013 image AUROC
@@ -120,6 +121,10 @@ def create_backbone(config: DetectorConfig) -> tuple[torch.nn.Module, dict]:
     Returns ``(model, info)`` where info holds ``weights`` (source) and
     ``weights_sha256`` (of the file, when there is one).
     """
+    if config.backbone == PIXEL_BACKBONE:
+        if config.weights not in (None, "random"):
+            raise BackboneError("the pixels backbone has no weights: leave out --weights")
+        return PixelCells(config.input_size or PIXEL_INPUT_SIZE).eval(), {"weights": "none", "weights_sha256": None}
     import timm  # imported here: timm is slow to import and not needed to load arrays
 
     weights = resolve_weights(config)
@@ -221,6 +226,8 @@ class FeatureExtractor:
         if runtime == "openvino" and self.device.type != "cpu":
             raise RuntimeUnavailable(f"the openvino runtime runs on the CPU only, not on {self.device}: "
                                      "use --device cpu or --runtime torch")
+        if runtime == "auto" and config.backbone == PIXEL_BACKBONE:
+            runtime = "torch"  # no network to accelerate
         stored = (graph.entry["format"], graph.entry["precision"]) if graph else ()
         requested, runtime = runtime, resolve_runtime(runtime, self.device, *stored)
         if runtime == "onnxruntime":

@@ -72,6 +72,10 @@ SETTING_RANGES: dict[str, Range] = {
     "recon_dropout": Range(0.0, 0.9),
     "recon_epochs": Range(1, 10_000, integer=True),
     "recon_cache_rows": Range(1_000, 50_000_000, integer=True),
+    "recon_latent": Range(2, 4096, integer=True),
+    "recon_min_steps": Range(0, 10_000_000, integer=True),
+    "recon_feature_weight": Range(0.0, 1000.0),
+    "recon_refine_steps": Range(0, 10_000, integer=True),
 }
 LAYER_INDEX = Range(-64, 64, integer=True)
 # The only timm.create_model arguments a config (and so a bundle from a stranger) may set: architecture

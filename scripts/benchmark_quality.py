@@ -616,7 +616,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
                         help="more rtg-anomaly fit flags for every dataset, one string, after the dataset's "
                              "flags (write --extra-flags='--k 3')")
     parser.add_argument("--methods",
-                        help="comma-separated detection methods (patchcore,padim,centroid,svdd,reconstruction): fill the methods "
+                        help="comma-separated detection methods (patchcore,padim,centroid,svdd,reconstruction; "
+                             "METHOD:RULE for another --image-score, e.g. centroid:scan_centroid): fill the methods "
                              "table, every method with its defaults and NO per-dataset flags")
     parser.add_argument("--backbones", default="dinov2",
                         help=f"with --methods: comma-separated from {', '.join(METHOD_BACKBONES)} (default dinov2)")
@@ -765,6 +766,8 @@ METHOD_BACKBONES: dict[str, list[str]] = {
                      "{weights}/tf_efficientnet_lite0.in1k_fp16.safetensors", "--layers", "2,3"],
     "mobilenetv2": ["--backbone", "mobilenetv2_100", "--weights",
                     "{weights}/mobilenetv2_100.in1k_nohead_fp16.safetensors", "--layers", "2,3"],
+    # No network: grey pixel cells (rtg_anomaly/pixel_backbone.py); with reconstruction, the pixel GAN.
+    "pixels": ["--backbone", "pixels", "--input-size", "64", "--tile-size", "128", "--target", "pixels"],
 }
 
 
@@ -773,9 +776,14 @@ def run_methods(args, argv, root: Path, shown_root: str, names: list[str], extra
     """Every dataset x backbone x method with the method's defaults (no DATASET_FLAGS); section "methods"."""
     from rtg_anomaly.methods import METHODS
 
+    from rtg_anomaly.config import IMAGE_SCORE_RULES
+
+    # METHOD or METHOD:IMAGE_SCORE (a method with another image-score rule, e.g. centroid:scan_centroid)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
-    unknown = [m for m in methods if m not in METHODS] + [b for b in backbones if b not in METHOD_BACKBONES]
+    unknown = ([m for m in methods if m.partition(":")[0] not in METHODS
+                or m.partition(":")[2] not in ("", *IMAGE_SCORE_RULES)]
+               + [b for b in backbones if b not in METHOD_BACKBONES])
     if unknown:
         print(f"benchmark_quality: unknown method or backbone {unknown[0]!r} (methods: {', '.join(METHODS)}; "
               f"backbones: {', '.join(METHOD_BACKBONES)})", file=sys.stderr)
@@ -789,7 +797,9 @@ def run_methods(args, argv, root: Path, shown_root: str, names: list[str], extra
         for backbone in backbones:
             for method in methods:
                 flags = [part.replace("{weights}", weights) for part in METHOD_BACKBONES[backbone]]
-                jobs.append((name, backbone, method, [*flags, "--method", method, *extra]))
+                name_only, _, image_score = method.partition(":")
+                rule = ["--image-score", image_score] if image_score else []
+                jobs.append((name, backbone, method, [*flags, "--method", name_only, *rule, *extra]))
     machine = machine_info(args.device)
     section = cache["sections"].setdefault("methods", {"datasets": {}})
     run = {"date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine,
@@ -927,7 +937,7 @@ def _methods_summary(datasets: dict, best: dict) -> list[str]:
     top = max(keys, key=lambda k: means[k])
     lines += ["", f"**Recommendation from this table:** `{top}` has the highest mean image AUROC ({means[top]:.3f})."]
     for method in METHOD_ORDER:
-        rows = [key for key in keys if key.endswith("/" + method)]
+        rows = [key for key in keys if key.split("/")[1].partition(":")[0] == method]
         if rows and not any(wins[key] for key in rows):
             lines.append(f"`{method}` is the best row on no dataset here, with any backbone (best mean: "
                          f"{max(means[key] for key in rows):.3f}); it is kept because users ask for it.")

@@ -166,6 +166,8 @@ def test_bad_inputs_exit_2_with_one_line(demo_data, tiny_bundle, tmp_path, capsy
          "argument --tile-size: expected an integer in [8, 8192], got 'abc'"),
         (["fit", "--clean-dir", str(single), "--model", str(tmp_path / "o8"), "--image-score", "global",
           *TINY_CLI_FLAGS], "held-out"),
+        (["fit", "--clean-dir", str(single), "--model", str(tmp_path / "o9"), "--image-score", "scan_centroid",
+          *TINY_CLI_FLAGS], "the scan_centroid image score calibrates on held-out clean scans"),
     ]
     for argv, expected in cases:
         assert main(argv) == 2, argv
@@ -649,6 +651,22 @@ def test_fit_and_detect_with_the_global_image_score(demo_data, tmp_path):
                  "--report", str(report), "--device", "cpu", "--quiet"]) == 0
     entry = json.loads(report.read_text())["images"][0]
     assert entry["score"] == pytest.approx(Detector.load(model, device="cpu").score(scan).score, rel=1e-6)
+
+
+def test_fit_and_detect_with_the_centroid_method_and_its_per_scan_rule(demo_data, tmp_path):
+    model, report = tmp_path / "model", tmp_path / "report.json"
+    assert main(["fit", "--clean-dir", str(demo_data / "train" / "good"), "--model", str(model),
+                 "--method", "centroid", "--image-score", "scan_centroid", *TINY_CLI_FLAGS]) == 0
+    manifest = json.loads((model / "manifest.json").read_text())
+    assert manifest["method"]["name"] == "centroid" and manifest["config"]["image_score"] == "scan_centroid"
+    assert manifest["calibration"]["image_level"] > 0
+    scans = sorted((demo_data / "test" / "anomalous").iterdir())[:2]
+    assert main(["detect", "--input", str(scans[0].parent), "--output", str(tmp_path / "out"), "--model",
+                 str(model), "--report", str(report), "--device", "cpu", "--quiet"]) in (0, 1)
+    entries = {Path(entry["input"]).name: entry for entry in json.loads(report.read_text())["images"]}
+    detector = Detector.load(model, device="cpu")
+    for scan in scans:
+        assert entries[scan.name]["score"] == pytest.approx(detector.score(scan).score, rel=1e-6)
 
 
 def test_fit_and_detect_with_a_whitened_pca(demo_data, tmp_path):

@@ -86,3 +86,24 @@ def test_arrays_round_trip_and_shape_check():
     np.testing.assert_array_equal(again.centre, bank.centre)
     with pytest.raises(ValueError, match="do not match"):
         DescriptorBank(np.zeros(3, np.float32), np.zeros((2, 4), np.float32))
+
+
+def test_centroid_distance_is_one_minus_cosine_to_the_clean_mean_direction():
+    # descriptors are (unit mean | unit spread); only the mean half counts
+    clean = np.array([[1.0, 0.0, 0.3, 0.7], [0.0, 1.0, 0.9, 0.1], [0.6, 0.8, 0.5, 0.5]], np.float32)
+    bank = DescriptorBank.fit(clean)
+    centroid = clean[:, :2].mean(0)
+    centroid /= np.linalg.norm(centroid)
+    query = np.array([0.8, -0.6, 0.0, 1.0], np.float32)
+    assert bank.centroid_distance(query) == pytest.approx(1.0 - query[:2] @ centroid, abs=1e-6)
+    assert bank.centroid_distance(np.concatenate([centroid, [1.0, 0.0]])) == pytest.approx(0.0, abs=1e-6)
+    assert bank.centroid_distance(np.concatenate([-centroid, [1.0, 0.0]])) == pytest.approx(2.0, abs=1e-6)
+    # the spread half does not move it, and neither does extending the bank (the centre is kept)
+    assert bank.extended(query[None]).centroid_distance(query) == bank.centroid_distance(query)
+    assert bank.centroid_distance(np.array([0.8, -0.6, 1.0, 0.0], np.float32)) == bank.centroid_distance(query)
+
+
+def test_centroid_distance_of_a_one_scan_bank_uses_its_row():
+    bank = DescriptorBank.fit(np.array([[0.6, 0.8, 1.0, 0.0]], np.float32))  # centre zero
+    assert bank.centroid_distance(np.array([0.6, 0.8, 0.0, 1.0], np.float32)) == pytest.approx(0.0, abs=1e-6)
+    assert bank.centroid_distance(np.array([0.8, -0.6, 0.0, 1.0], np.float32)) == pytest.approx(1.0, abs=1e-6)

@@ -409,6 +409,35 @@ def test_global_detector_round_trip_and_recalibration(global_detector, demo_data
     assert recalibrated.image_level == global_detector.calibration_.image_level
 
 
+def test_scan_centroid_score_is_the_cosine_to_the_clean_scans_centroid(demo_data, tmp_path):
+    """The good-only per-scan rule beside the centroid method's tile map: image score 1 - f . c in its
+    own unit, f the scan's unit mean patch feature, c the unit mean of the clean fit scans' f."""
+    from rtg_anomaly.descriptor import scan_descriptor
+
+    train = sorted((demo_data / "train" / "good").iterdir())
+    detector = Detector(tiny_config(method="centroid", image_score="scan_centroid"), device="cpu").fit(train)
+    calibration = detector.calibration_
+    assert calibration.image_level is not None and np.median(calibration.image_scores) == pytest.approx(1.0)
+
+    def unit_mean(path):
+        descriptor = scan_descriptor(detector.scan_features(detector.load_scan(path)))
+        mean = descriptor[: descriptor.size // 2].astype(np.float64)
+        return mean / np.linalg.norm(mean)
+
+    # the fit holds out a share of the scans chosen by a permutation seeded with config.seed
+    n_holdout = len(calibration.image_scores)
+    fitted = sorted(np.random.default_rng(detector.config.seed).permutation(len(train))[n_holdout:])
+    centroid = np.mean([unit_mean(train[i]) for i in fitted], axis=0)
+    centroid /= np.linalg.norm(centroid)
+    for scan in [*sorted((demo_data / "test" / "anomalous").iterdir())[:2], train[0]]:
+        expected = (1.0 - unit_mean(scan) @ centroid) / calibration.image_level
+        assert detector.score(scan).score == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    loaded = Detector.load(detector.save(tmp_path / "model"), device="cpu")
+    scan = sorted((demo_data / "test" / "anomalous").iterdir())[0]
+    assert loaded.config.image_score == "scan_centroid"
+    assert loaded.score(scan).score == detector.score(scan).score
+
+
 def test_global_bundle_without_descriptor_bank_is_refused(global_detector, tmp_path):
     import json
 

@@ -38,6 +38,20 @@ def test_triptych_layout_and_caption():
     assert (caption == np.array(SUSPECT_COLOUR, np.uint8)).all(axis=-1).any()  # the decision line is red
 
 
+def test_a_reconstruction_becomes_the_second_of_four_panels():
+    raw = np.full((60, 80), 2000, np.uint16)
+    heatmap = np.zeros((60, 80), np.float32)
+    overlay = np.full((60, 80, 3), 7, np.uint8)
+    drawn = np.full((60, 80), 0.25, np.float32)  # on the scan's window already: [0, 1]
+    picture = render_triptych(raw, overlay, heatmap, "scan.png", 0.5, False, 1.2, 1.5, 0, (0.0, 4000.0),
+                              reconstruction=drawn)
+    gap = 4
+    assert picture.shape[1] == 4 * 80 + 3 * gap
+    assert (picture[:60, :80] == 128).all() and (picture[:60, 80 + gap:2 * 80 + gap] == 64).all()
+    assert (picture[:60, 3 * (80 + gap):] == 7).all()
+    assert "reconstruction" in caption_lines("a.png", 0.5, False, 1.2, 1.5, 0, reconstruction=True)[1]
+
+
 def test_caption_states_file_score_decision_and_thresholds():
     first, second = caption_lines("a.png", 2.5, True, 1.2, 1.5, 2)
     assert "a.png" in first and "2.500" in first and "1.200" in first and "SUSPECT" in first

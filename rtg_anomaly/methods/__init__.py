@@ -13,6 +13,7 @@ from .centroid import Centroid
 from .global_descriptor import GlobalDescriptor
 from .padim import PaDiM
 from .patchcore import PatchCore
+from .pixel_reconstruction import PixelReconstruction
 from .reconstruction import FeatureReconstruction
 from .svdd import DeepSVDD
 
@@ -25,18 +26,22 @@ METHODS: dict[str, type[PatchMethod]] = {
 }
 
 
-def method_class(name: str) -> type[PatchMethod]:
-    """The method class called ``name``; ValueError listing the known names otherwise."""
+def method_class(name: str, config: DetectorConfig | None = None) -> type[PatchMethod]:
+    """The method class called ``name`` (for ``reconstruction``, the one of ``config.recon_target``);
+    ValueError listing the known names otherwise."""
     try:
-        return METHODS[name]
+        cls = METHODS[name]
     except KeyError:
         raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}") from None
+    if cls is FeatureReconstruction and config is not None and config.recon_target == "pixels":
+        return PixelReconstruction
+    return cls
 
 
 def create_method(config: DetectorConfig) -> PatchMethod:
     """An unfitted instance of ``config.method`` with ``config``'s parameters."""
-    return method_class(config.method)(config)
+    return method_class(config.method, config)(config)
 
 
-__all__ = ["METHODS", "Centroid", "DeepSVDD", "FeatureReconstruction", "FitPlan", "GlobalDescriptor", "PaDiM", "PatchCore", "PatchMethod", "TileFeatures", "create_method",
+__all__ = ["METHODS", "Centroid", "DeepSVDD", "FeatureReconstruction", "FitPlan", "GlobalDescriptor", "PaDiM", "PatchCore", "PatchMethod", "PixelReconstruction", "TileFeatures", "create_method",
            "method_class"]

@@ -1,5 +1,7 @@
-"""The ``global`` image score as a method of its own: a scan's whole-scan descriptor against the
-nearest clean scan's (see ``descriptor.py`` for the descriptor and why it suits image-level data).
+"""The whole-scan image scores as a method of their own: ``global``, a scan's descriptor against the
+nearest clean scan's (see ``descriptor.py`` for the descriptor and why it suits image-level data), and
+``scan_centroid``, the good-only rule: the scan's unit-length mean patch feature against the unit-length
+centroid of the clean scans' ones, ``1 - f . c``.
 
 It scores whole scans, not patches, so it is composed with a patch method (which still draws the map)
 rather than listed beside them; it has its own calibration unit (``Calibration.image_level``).
@@ -39,6 +41,10 @@ class GlobalDescriptor:
     def distance(self, descriptor: np.ndarray) -> float:
         """Raw image score of a scan's (E,) descriptor: centred cosine distance in [0, 2]."""
         return self.bank_.distance(descriptor)
+
+    def centroid_distance(self, descriptor: np.ndarray) -> float:
+        """Raw ``scan_centroid`` image score of a scan's (E,) descriptor: cosine distance in [0, 2]."""
+        return self.bank_.centroid_distance(descriptor)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return self.bank_.to_arrays()

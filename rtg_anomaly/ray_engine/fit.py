@@ -137,7 +137,7 @@ class FitWorker:
         # Writable copies: the object store's arrays are read-only views, which torch warns about.
         arrays, detector = {name: np.array(array) for name, array in ray.get(ref).items()}, self.detector
         feature_dim = detector.extractor.feature_dim
-        detector.method_ = method_class(detector.config.method).from_arrays(detector.config, arrays, feature_dim)
+        detector.method_ = method_class(detector.config.method, detector.config).from_arrays(detector.config, arrays, feature_dim)
         detector.global_ = GlobalDescriptor.from_arrays(arrays, feature_dim) if detector._uses_descriptors else None
         self.model_token = token
 
