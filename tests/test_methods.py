@@ -315,8 +315,8 @@ def test_reconstruction_feature_cache_is_bounded_by_whole_tiles():
     method.begin(FitPlan(training_views=10, all_views=10))  # 100 rows per view: 6 tiles of 16 patches
     for view in range(10):
         method.learn(torch.randn(30, 4, 4, 8), torch.ones(30, 4, 4, dtype=torch.bool))
-    assert sum(t.shape[0] for t, _ in method._cache) == 60
-    assert all(t.dtype == torch.float16 and t.shape[1:] == (4, 4, 8) for t, _ in method._cache)
+    assert sum(t.shape[0] for t, _ in method._cache.parts) == 60
+    assert all(t.dtype == torch.float16 and t.shape[1:] == (4, 4, 8) for t, _ in method._cache.parts)
 
 
 def test_reconstruction_is_seeded_and_leaves_the_global_generator_alone():

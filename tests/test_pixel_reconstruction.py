@@ -109,9 +109,9 @@ def test_cache_keeps_tiles_that_reach_into_the_scan_within_its_bound():
     valid[20:, :, 3] = False  # the others reach past its edge: cached
     for _ in range(10):
         method.learn(torch.rand(30, 4, 4, 64), valid)
-    assert sum(t.shape[0] for t, _ in method._cache) == 60
-    assert all(bool(v.flatten(1).any(1).all()) for _, v in method._cache)
-    assert all(t.dtype == torch.float16 for t, _ in method._cache)
+    assert sum(t.shape[0] for t, _ in method._cache.parts) == 60
+    assert all(bool(v.flatten(1).any(1).all()) for _, v in method._cache.parts)
+    assert all(t.dtype == torch.float16 for t, _ in method._cache.parts)
 
 
 def test_arrays_round_trip_and_misfits_are_refused():

@@ -45,6 +45,38 @@ def tile_means(features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return (features * weights).sum((1, 2)) / weights.sum((1, 2)).clamp_min(1.0)
 
 
+class TileCache:
+    """A bound on the clean tiles a training method keeps: each training view may add an equal share of
+    ``max_rows`` patch rows, as whole tiles with a patch inside the scan (a seeded subset beyond the
+    share), stored float16 on the host.
+
+    add: float (T, h, w, D) features and bool (T, h, w) valid of one view. take: (float32 (N, h, w, D),
+    bool (N, h, w)) of every tile added, in order, emptying the cache.
+    """
+
+    def __init__(self, max_rows: int, training_views: int, seed: int):
+        self.rows_per_view = max(1, max_rows // max(1, training_views))
+        self.seed = seed
+        self.views = 0
+        self.parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def add(self, features: torch.Tensor, valid: torch.Tensor) -> None:
+        seen = torch.nonzero(valid.flatten(1).any(1)).flatten().cpu()
+        wanted = max(1, self.rows_per_view // (features.shape[1] * features.shape[2]))
+        if seen.numel() > wanted:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.views)
+            seen = seen[torch.randperm(seen.numel(), generator=generator)[:wanted]].sort().values
+        index = seen.to(features.device)
+        self.parts.append((features[index].to(torch.float16).cpu(), valid[index].cpu()))
+        self.views += 1
+
+    def take(self) -> tuple[torch.Tensor, torch.Tensor]:
+        tiles = torch.cat([t for t, _ in self.parts]).float()
+        valid = torch.cat([v for _, v in self.parts])
+        self.parts = []
+        return tiles, valid
+
+
 @dataclass(frozen=True)
 class FitPlan:
     """What the pipeline knows before the first clean view arrives.

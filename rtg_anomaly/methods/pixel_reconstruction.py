@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..pixel_backbone import PIXEL_CELL, cells_to_images
-from .base import FitPlan, PatchMethod
+from .base import FitPlan, PatchMethod, TileCache
 from .reconstruction import _init
 
 HEADS = 4
@@ -166,16 +166,13 @@ class PixelReconstruction(PatchMethod):
 
     def __init__(self, config):
         super().__init__(config)
-        self._cache: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._cells_per_view = 0
-        self._views = 0
+        self._cache: TileCache | None = None
         self._trained = False
         self._networks_on: dict[str, Networks] = {}
 
     # ------------------------------------------------------------------ fit
     def begin(self, plan: FitPlan) -> None:
-        self._cache, self._views, self._trained = [], 0, False
-        self._cells_per_view = max(1, self.config.recon_cache_rows // max(1, plan.training_views))
+        self._cache, self._trained = TileCache(self.config.recon_cache_rows, plan.training_views, self.config.seed), False
         self.loss_history_ = {"discriminator": [], "generator": [], "encoder": []}
 
     def learn(self, features: torch.Tensor, valid: torch.Tensor) -> None:
@@ -184,22 +181,13 @@ class PixelReconstruction(PatchMethod):
         mirror image (``tiling.pad_to_tile``), which is clean content to learn from."""
         if self._trained:  # held-out scans after calibration: scored, not learned
             return
-        seen = torch.nonzero(valid.flatten(1).any(1)).flatten().cpu()
-        per_tile = features.shape[1] * features.shape[2]
-        wanted = max(1, self._cells_per_view // per_tile)
-        if seen.numel() > wanted:
-            generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + self._views)
-            seen = seen[torch.randperm(seen.numel(), generator=generator)[:wanted]].sort().values
-        index = seen.to(features.device)
-        self._cache.append((features[index].to(torch.float16).cpu(), valid[index].cpu()))
-        self._views += 1
+        self._cache.add(features, valid)
 
     def finish(self, device: torch.device) -> None:
         if self._trained:
             return
         config = self.config
-        cells = torch.cat([c for c, _ in self._cache]).float()
-        self._cache = []
+        cells, _ = self._cache.take()
         if cells.shape[0] == 0:
             raise ValueError("no clean tile has a cell inside its scan")
         grid = (int(cells.shape[1]), int(cells.shape[2]))

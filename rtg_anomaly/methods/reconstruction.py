@@ -31,7 +31,7 @@ import math
 import numpy as np
 import torch
 
-from .base import FitPlan, PatchMethod
+from .base import FitPlan, PatchMethod, TileCache
 
 HEADS = 4
 MLP_RATIO = 2
@@ -110,39 +110,26 @@ class FeatureReconstruction(PatchMethod):
 
     def __init__(self, config):
         super().__init__(config)
-        self._cache: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._rows_per_view = 0
-        self._views = 0
+        self._cache: TileCache | None = None
         self._trained = False
         self._network_on: dict[str, tuple[FeatureRebuilder, torch.Tensor, torch.Tensor]] = {}
 
     # ------------------------------------------------------------------ fit
     def begin(self, plan: FitPlan) -> None:
-        self._cache, self._views, self._trained = [], 0, False
-        self._rows_per_view = max(1, self.config.recon_cache_rows // max(1, plan.training_views))
+        self._cache, self._trained = TileCache(self.config.recon_cache_rows, plan.training_views, self.config.seed), False
         self.loss_history_ = {"reconstruction": []}
 
     def learn(self, features: torch.Tensor, valid: torch.Tensor) -> None:
         """Cache whole tiles of this view (a seeded subset when they exceed its share of the bound)."""
         if self._trained:  # held-out scans after calibration: scored, not learned (see module docstring)
             return
-        seen = torch.nonzero(valid.flatten(1).any(1)).flatten().cpu()
-        per_tile = features.shape[1] * features.shape[2]
-        wanted = max(1, self._rows_per_view // per_tile)
-        if seen.numel() > wanted:
-            generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + self._views)
-            seen = seen[torch.randperm(seen.numel(), generator=generator)[:wanted]].sort().values
-        index = seen.to(features.device)
-        self._cache.append((features[index].to(torch.float16).cpu(), valid[index].cpu()))
-        self._views += 1
+        self._cache.add(features, valid)
 
     def finish(self, device: torch.device) -> None:
         if self._trained:
             return
         config = self.config
-        tiles = torch.cat([t for t, _ in self._cache]).float()
-        valid = torch.cat([v for _, v in self._cache])
-        self._cache = []
+        tiles, valid = self._cache.take()
         b, h, w, d = tiles.shape
         tiles, valid = tiles.reshape(b, h * w, d), valid.reshape(b, h * w)
         rows = tiles[valid]
