@@ -205,3 +205,16 @@ def test_cli_pixel_target_sets_its_backbone_and_draws_the_reconstruction_in_the_
                  "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "needs backbone 'pixels'" in err[0] and not (tmp_path / "bad").exists()
+
+
+def test_refinement_runs_through_the_pipeline_at_detect_time_only(pixel_detector, demo_data):
+    """Scores come from features made under inference mode: the latent search must still get gradients."""
+    train = sorted((demo_data / "train" / "good").iterdir())
+    refined = Detector(pixel_detector.config.replace(recon_refine_steps=10), device="cpu").fit(train)
+    for name, value in pixel_detector.method_.weights_.items():  # the networks are trained the same way
+        np.testing.assert_array_equal(refined.method_.weights_[name], value, err_msg=name)
+    scan = sorted((demo_data / "test" / "good").iterdir())[0]
+    result = refined.score(scan)
+    assert np.isfinite(result.heatmap).all() and np.isfinite(result.score)
+    image = pixel_detector.load_scan(scan).astype(np.float32) / 255.0  # 8-bit scans: the full-range window
+    assert np.abs(refined.reconstruct(scan) - image).mean() < np.abs(pixel_detector.reconstruct(scan) - image).mean()
