@@ -300,9 +300,10 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-size", type=_setting("input_size"),
                         help=_ranged("backbone input side each tile is resized to (default 448)", "input_size"))
     parser.add_argument("--scale-to-scans", action=argparse.BooleanOptionalAction, default=None,
-                        help="when the clean scans are smaller than a tile (median shorter side), shrink the tile "
+                        help="when the clean scans are under half a tile (median shorter side), shrink the tile "
                              "to them and the input with it, at least 224 px, so that a small scan is seen whole "
-                             "instead of mirror-padded (default off; the bundle keeps the sizes chosen)")
+                             "instead of mirror-padded (default on; --no-scale-to-scans keeps the configured "
+                             "tile; the bundle keeps the sizes chosen)")
     parser.add_argument("--pca-dim", type=_setting("pca_dim"),
                         help=_ranged("feature dimension kept by PCA (default 128)", "pca_dim"))
     parser.add_argument("--pca-whiten", type=_setting("pca_whiten"), metavar="POWER",

@@ -71,7 +71,7 @@ class DetectorConfig:
         ``overlap * tile_size`` pixels.
     input_size: side of the square backbone input each tile is resized to
         (``None``: the backbone's default).
-    scale_to_scans: at fit time, when the clean scans' median shorter side is below ``tile_size``, the tile
+    scale_to_scans: at fit time, when the clean scans' median shorter side is below half ``tile_size``, the tile
         shrinks to it and the input with it (same scan pixels per feature cell, at least 224 px): small
         scans are seen whole instead of mirror-padded (``scale.fit_scale_to_scans``). The bundle stores
         the sizes it chose.
@@ -124,7 +124,7 @@ class DetectorConfig:
     tile_size: int = 512
     overlap: float = 0.25
     input_size: int | None = 448
-    scale_to_scans: bool = False
+    scale_to_scans: bool = True
     neighbourhood: int = 1
     pca_dim: int | None = 128
     pca_whiten: float = 0.0

@@ -48,4 +48,4 @@ def test_page_lists_every_candidate_run_with_its_verdict_and_flags(script, monke
     assert set(rows) == {"`current`", "`nb3`"}
     assert "0.950 (0.895)" in rows["`nb3`"] and "accepted" in rows["`nb3`"] and "-0.005" in rows["`nb3`"]
     assert "reference" in rows["`current`"] and "0.850" in rows["`current`"]
-    assert "`--neighbourhood 3`" in page and "--max-train 160" in page
+    assert "`--no-scale-to-scans --neighbourhood 3`" in page and "--max-train 160" in page

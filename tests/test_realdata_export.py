@@ -23,7 +23,9 @@ pytest.importorskip("onnxruntime")
 
 # Largest heatmap difference from torch float32 allowed, calibrated units (the pixel threshold is ~1.2-2).
 FP32_TOLERANCE = 1e-3
-INT8_TOLERANCE = 0.25  # int8 is not within the tolerance (docs/precision.md): this bounds its error
+# int8 is not within the tolerance (docs/precision.md): this bounds its error. Measured 0.31 here since
+# the default fits the tile to these 100 px crops (scale_to_scans, 2026-12-05); 0.25 held at the 512 px tile.
+INT8_TOLERANCE = 0.35
 
 
 def evenly(paths, n):

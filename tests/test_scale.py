@@ -13,34 +13,44 @@ from rtg_anomaly.scale import MIN_INPUT, fit_scale_to_scans, input_multiple
 from tests.conftest import tiny_config
 
 
-def test_scans_at_least_a_tile_keep_the_configured_scale():
+def test_scans_of_at_least_half_a_tile_keep_the_configured_scale():
     config = DetectorConfig()
     assert fit_scale_to_scans(config, [572, 572, 600]) is config
     assert fit_scale_to_scans(config, [512]) is config
+    assert fit_scale_to_scans(config, [378]) is config  # the shared welds: 0.74 of a tile, mirror-padded
+    assert fit_scale_to_scans(config, [256]) is config  # exactly half a tile
     assert fit_scale_to_scans(config, []) is config
     assert fit_scale_to_scans(config.replace(input_size=None), [100]).tile_size == 512
 
 
 def test_small_scans_are_one_tile_at_the_same_zoom_never_below_the_minimum_input():
     config = DetectorConfig()  # 512 px tiles at 448 px: 16 scan px per 14 px cell
-    welds = fit_scale_to_scans(config, [378])
+    assert fit_scale_to_scans(config, [255]).tile_size == 255  # under half a tile
+    # With the share at a whole tile (the study's "+fit-scans" rule) any scan under a tile is refitted.
+    welds = fit_scale_to_scans(config, [378], small_scan_share=1.0)
     assert (welds.tile_size, welds.input_size) == (378, 336)  # 378 * 448 / 512 = 330.75, up to a multiple of 14
     assert welds.tile_size / (welds.input_size / 14) == pytest.approx(16, abs=0.5)
     fish = fit_scale_to_scans(config, [100])
     assert (fish.tile_size, fish.input_size) == (100, MIN_INPUT)  # magnified: 16 x 16 cells at least
     assert fit_scale_to_scans(config, [32]).input_size == MIN_INPUT
     # The median scan decides, not the smallest or the largest.
-    assert fit_scale_to_scans(config, [100, 300, 900]).tile_size == 300
+    assert fit_scale_to_scans(config, [100, 200, 900]).tile_size == 200
+    assert fit_scale_to_scans(config, [100, 300, 900]) is config
     # Never a larger input than configured, and other settings are kept.
     coarse = fit_scale_to_scans(config.replace(input_size=160, pca_whiten=0.5), [100])
     assert (coarse.tile_size, coarse.input_size, coarse.pca_whiten) == (100, 160, 0.5)
+
+
+def test_scale_to_scans_is_on_by_default():
+    assert DetectorConfig().scale_to_scans is True
 
 
 def test_input_multiple_follows_the_backbone_name():
     assert input_multiple("vit_small_patch14_dinov2") == 14
     assert input_multiple("vit_base_patch16_224") == 16
     assert input_multiple("tf_efficientnet_lite0") == 32
-    cnn = fit_scale_to_scans(DetectorConfig(backbone="tf_efficientnet_lite0", input_size=448), [300])
+    cnn = fit_scale_to_scans(DetectorConfig(backbone="tf_efficientnet_lite0", input_size=448), [300],
+                             small_scan_share=1.0)
     assert cnn.input_size % 32 == 0 and cnn.input_size >= 300 * 448 / 512
 
 
@@ -59,19 +69,19 @@ def _scans(n: int, size: int, seed: int = 0) -> list[np.ndarray]:
 
 
 def test_fit_shrinks_the_tile_to_small_scans_and_the_bundle_keeps_it(tmp_path):
-    detector = Detector(tiny_config(tile_size=64, input_size=56, scale_to_scans=True), device="cpu").fit(_scans(5, 40))
-    assert (detector.config.tile_size, detector.config.input_size) == (40, 56)
+    detector = Detector(tiny_config(tile_size=64, input_size=56, scale_to_scans=True), device="cpu").fit(_scans(5, 24))
+    assert (detector.config.tile_size, detector.config.input_size) == (24, 56)
     assert detector.extractor.input_size == 56
-    assert detector.fit_info_["scale"] == {"tile_size": 40, "input_size": 56, "fitted_to_scans": True,
-                                           "configured": [64, 56], "median_shorter_side": 40}
+    assert detector.fit_info_["scale"] == {"tile_size": 24, "input_size": 56, "fitted_to_scans": True,
+                                           "configured": [64, 56], "median_shorter_side": 24}
     loaded = Detector.load(detector.save(tmp_path / "model"), device="cpu")
-    assert loaded.config.tile_size == 40
-    scan = _scans(1, 40, seed=9)[0]
+    assert loaded.config.tile_size == 24
+    scan = _scans(1, 24, seed=9)[0]
     assert np.array_equal(loaded.score(scan).heatmap, detector.score(scan).heatmap)
 
 
 def test_fit_without_scale_to_scans_pads_small_scans_to_the_configured_tile():
-    detector = Detector(tiny_config(tile_size=64, input_size=56, scale_to_scans=False), device="cpu").fit(_scans(5, 40))
+    detector = Detector(tiny_config(tile_size=64, input_size=56, scale_to_scans=False), device="cpu").fit(_scans(5, 24))
     assert detector.config.tile_size == 64
     assert detector.fit_info_["scale"] == {"tile_size": 64, "input_size": 56, "fitted_to_scans": False}
 
