@@ -340,8 +340,16 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--augment", type=_augment_names, metavar="NAMES",
                         help="flips/rotations of each clean scan added to the memory bank, comma-separated from "
                              "hflip, vflip, rot90, rot180, rot270 ('none': off, the default)")
+    parser.add_argument("--calibration", choices=("leave-one-out", "holdout"), default=None,
+                        help="how clean scans are scored for the thresholds. leave-one-out (default): every "
+                             "clean scan trains, then up to 100 are scored again each against the model without "
+                             "its own patches (one more backbone pass over them); methods that cannot leave a "
+                             "scan out, and --image-score global, use holdout. holdout: a share of the scans "
+                             "(--holdout-fraction) is scored against a model of the rest, then learned; "
+                             "conservative thresholds")
     parser.add_argument("--holdout-fraction", type=_setting("holdout_fraction"),
-                        help=_ranged("share of clean scans held out to calibrate (default 0.2)", "holdout_fraction"))
+                        help=_ranged("with --calibration holdout: share of clean scans held out to calibrate "
+                                     "(default 0.2)", "holdout_fraction"))
     parser.add_argument("--false-alarm-rate", type=_in(FALSE_ALARM_RATE), default=0.01,
                         help=_ranged("share of clean scans the calibrated thresholds may flag (default 0.01)",
                                      FALSE_ALARM_RATE))
@@ -436,6 +444,9 @@ def _config_from_args(args: argparse.Namespace):
         "layers": args.layers, "neighbourhood": args.neighbourhood, "smoothing_sigma": args.smoothing_sigma,
         "image_score": args.image_score, "top_fraction": args.top_fraction, "top_patches": args.top_patches,
         "intensity_window": args.intensity_window,
+        # --holdout-fraction alone keeps asking for what it always meant: held-out calibration.
+        "calibration": (args.calibration.replace("-", "_") if args.calibration is not None
+                        else "holdout" if args.holdout_fraction is not None else None),
         "holdout_fraction": args.holdout_fraction, "augment": args.augment,
         "roi": _roi_mode(args.roi),
     }
@@ -597,12 +608,22 @@ def _run_fit(args: argparse.Namespace) -> int:
     info, calibration = detector.fit_info_, detector.calibration_
     for warning in calibration.warnings:
         print(f"rtg-anomaly: warning: {warning}", file=sys.stderr)
-    print(f"fitted on {info['n_train_scans']} clean scans (+{info['n_calibration_scans']} held out to calibrate): "
+    print(f"fitted on {info['n_train_scans']} clean scans ({_calibration_note(info)}): "
           f"{detector.method_.name}, {detector.method_.describe()} from {info['patches_seen']} patches, "
           f"image threshold {calibration.image_threshold:.3f}, {time.perf_counter() - started:.1f} s on {device} "
           f"({detector.extractor.runtime}){_scale_note(info)}; "
           f"saved to {model_dir}" + (f"; loss curve {curve}" if curve else ""))
     return EXIT_OK
+
+
+def _calibration_note(fit_info: dict) -> str:
+    """How the fit calibrated, for its summary line."""
+    n = fit_info["n_calibration_scans"]
+    if fit_info.get("calibration") == "leave_one_out":
+        return f"{n} of them scored leave-one-scan-out to calibrate"
+    if fit_info.get("calibration") == "training":
+        return "calibrated on training scans"
+    return f"+{n} held out to calibrate"
 
 
 def _scale_note(fit_info: dict) -> str:

@@ -25,7 +25,7 @@ from .augment import augmented_views
 from .bundle import BundleError, load_bundle, save_bundle
 from .bundle_checks import check_detector_bundle
 from .calibration import DEFAULT_FALSE_ALARM_RATE, Calibration, ThresholdRule, calibrate, check_false_alarm_rate
-from .config import DESCRIPTOR_RULES, DetectorConfig
+from .config import DESCRIPTOR_RULES, LEAVE_ONE_OUT_MAX_SCANS, DetectorConfig
 from .descriptor import DescriptorAccumulator, scan_descriptor
 from .display import DisplayStyle, render_display
 from .display_torch import render_display_torch
@@ -267,8 +267,10 @@ class Detector:
         """Learn normality from clean scans.
 
         images: paths or arrays ((H, W) or (H, W, 3), any dtype) of clean scans.
-        A seeded share (``holdout_fraction``) is held out: it is scored against
-        the bank built from the others to calibrate, then joins the bank.
+        Calibration (``config.calibration``): by default every scan trains and up to
+        ``LEAVE_ONE_OUT_MAX_SCANS`` of them are scored again, each against the model without its own
+        rows (``_leave_one_out_statistics``); for methods that cannot leave a scan out, a seeded share
+        (``holdout_fraction``) is held out, scored against the model built from the others, then joins it.
         on_bad_image: called with (item, error) for an unreadable image, which is
             then skipped; without it the error propagates.
         false_alarm_rate: share of clean scans the calibrated thresholds may flag.
@@ -294,12 +296,14 @@ class Detector:
         method.begin(FitPlan(training_views=len(train_items) * n_views, all_views=len(images) * n_views))
         global_score = GlobalDescriptor() if self._uses_descriptors else None
         n_train, kinds, counts = 0, collections.Counter(), {"patches": 0}
+        learned = []  # the training scans read, in learning order (scan j learned views j*n_views ...)
         bar = tqdm(total=len(images), unit="scan", desc="fit", disable=not progress, leave=False)
         for item in train_items:
             image = self._read(item, on_bad_image)
             bar.update(1)
             if image is None:
                 continue
+            learned.append(item)
             kinds[scan_kind(image)] += 1
             roi = self.scan_roi(image, item)
             view_rois = [roi, *self._view_rois(image, roi, config.augment)]
@@ -326,13 +330,42 @@ class Detector:
         self.method_, self.global_ = method, global_score
         self.backbone_digest_ = self.extractor.digest
 
-        stats = self._clean_statistics(holdout_items, on_bad_image, bar=bar, learn_counts=counts, kinds=kinds)
-        bar.close()
+        if self._leaves_scans_out:
+            bar.close()
+            stats = self._leave_one_out_statistics(learned, n_views, progress)
+        else:
+            stats = self._clean_statistics(holdout_items, on_bad_image, bar=bar, learn_counts=counts, kinds=kinds)
+            bar.close()
         if not len(stats.image_scores) and not self._uses_descriptors:
             # Too few clean scans to hold any out: calibrate on training scans (optimistic).
             stats = None
         return self._conclude_fit(stats, lambda: self._clean_statistics(train_items[:10], lambda *_: None),
                                   n_train, n_views, kinds, counts, false_alarm_rate, threshold_rule, started, scale)
+
+    @property
+    def _leaves_scans_out(self) -> bool:
+        """Whether this fit calibrates leave-one-scan-out (else on held-out scans): asked for, and the method
+        can leave a scan out; the whole-scan descriptor scores keep a held-out set (their bank is per scan)."""
+        config = self.config
+        return (config.calibration == "leave_one_out" and method_class(config.method, config).can_leave_out
+                and not self._uses_descriptors)
+
+    def _leave_one_out_statistics(self, learned: Sequence, n_views: int, progress: bool = False) -> _CleanStatistics:
+        """Clean statistics of the training scans ``learned`` (in learning order, ``n_views`` views each), each
+        scored against the fitted method without its own views: a seeded sample of at most
+        ``LEAVE_ONE_OUT_MAX_SCANS``, none when fewer than two scans were learned (nothing would be left)."""
+        from tqdm import tqdm
+
+        if len(learned) < 2:
+            return _CleanStatistics(np.zeros(0), None, np.zeros(0), np.zeros(0, np.float32))
+        order = np.random.default_rng(self.config.seed).permutation(len(learned))
+        chosen = sorted(int(j) for j in order[:LEAVE_ONE_OUT_MAX_SCANS])
+        bar = tqdm(total=len(chosen), unit="scan", desc="calibrate", disable=not progress, leave=False)
+        try:
+            return self._clean_statistics([learned[j] for j in chosen], None, bar=bar,
+                                          leave_out=[range(j * n_views, (j + 1) * n_views) for j in chosen])
+        finally:
+            bar.close()
 
     def _holdout_split(self, images: list) -> tuple[list, list]:
         """(training items, held-out items) of a fit on ``images``, each in input order: a seeded share
@@ -340,7 +373,7 @@ class Detector:
         config = self.config
         order = np.random.default_rng(config.seed).permutation(len(images))
         n_holdout = 0
-        if config.holdout_fraction > 0 and len(images) >= 2:
+        if config.holdout_fraction > 0 and len(images) >= 2 and not self._leaves_scans_out:
             # At least two held-out scans when there are three or more: one scan alone sets no spread.
             wanted = max(2, int(round(config.holdout_fraction * len(images))))
             n_holdout = min(len(images) - 1, wanted, max(1, len(images) // 2))
@@ -360,10 +393,12 @@ class Detector:
         ``_fit_scale`` decided."""
         method, global_score, config = self.method_, self.global_, self.config
         n_calibration = 0 if stats is None else len(stats.image_scores)
-        if n_calibration:  # the held-out scans, scored, now join the model
-            method.finish(self.extractor.device)
-            if global_score is not None:
-                global_score.finish()
+        leave_one_out = self._leaves_scans_out
+        if n_calibration:
+            if not leave_one_out:  # the held-out scans, scored, now join the model
+                method.finish(self.extractor.device)
+                if global_score is not None:
+                    global_score.finish()
         elif self._uses_descriptors:
             raise InputError("none of the held-out clean scans could be read to calibrate the global image score")
         else:
@@ -371,12 +406,16 @@ class Detector:
         calibration = calibrate(stats.image_scores, stats.map_maxima, stats.pixel_samples, false_alarm_rate,
                                 map_scores=stats.map_scores, rule=threshold_rule)
         if not n_calibration:
-            calibration.warnings.append("no clean scan was held out: calibrated on training scans (optimistic)")
+            calibration.warnings.append("fewer than two clean scans: calibrated on training scans (optimistic)"
+                                        if leave_one_out else
+                                        "no clean scan was held out: calibrated on training scans (optimistic)")
         mixed = mixed_kinds(kinds, config.intensity_window)
         if mixed:
             calibration.warnings.append(mixed)
         self.calibration_ = calibration
-        self.fit_info_ = {"n_train_scans": n_train, "n_calibration_scans": n_calibration,
+        mode = ("leave_one_out" if leave_one_out else "holdout") if n_calibration else "training"
+        # Held out scans are learned after calibration, left-out ones before: both count once in n_train_scans.
+        self.fit_info_ = {"n_train_scans": n_train, "n_calibration_scans": n_calibration, "calibration": mode,
                           "n_views_per_scan": n_views, "patches_seen": counts["patches"], "scale": scale,
                           **method.fit_info(),
                           "scan_kinds": dict(sorted(kinds.items())),
@@ -410,8 +449,12 @@ class Detector:
             global_score.learn(scan_descriptor(tiles.features[tiles.valid]) if descriptor is None else descriptor)
 
     def _clean_statistics(self, items: Sequence, on_bad_image, bar=None, learn_counts: dict | None = None,
-                          kinds: collections.Counter | None = None) -> _CleanStatistics:
+                          kinds: collections.Counter | None = None,
+                          leave_out: Sequence[range] | None = None) -> _CleanStatistics:
         """Raw clean-scan statistics for calibration, over the readable scans.
+
+        With ``leave_out`` (one range of learned view indices per item), each scan is scored inside
+        ``method_.leave_out`` of its range: against the model without its own views.
 
         With ``learn_counts`` (a fit's counters), each scan and its augmented views are also learned by the
         method (and the global score), after being scored: held-out scans join the model once ``finish``
@@ -419,7 +462,7 @@ class Detector:
         """
         scores, map_scores, maxima, samples = [], [], [], []
         learn = learn_counts is not None
-        for item in items:
+        for position, item in enumerate(items):
             image = self._read(item, on_bad_image)
             if bar is not None:
                 bar.update(1)
@@ -428,7 +471,11 @@ class Detector:
             if kinds is not None:
                 kinds[scan_kind(image)] += 1
             roi = self.scan_roi(image, item)
-            raw, _ = self._with_host_fallback(lambda: self._raw_scores(image, keep_features=learn, roi=roi))
+            if leave_out is None:
+                raw, _ = self._with_host_fallback(lambda: self._raw_scores(image, keep_features=learn, roi=roi))
+            else:
+                with self.method_.leave_out(leave_out[position]):
+                    raw, _ = self._with_host_fallback(lambda: self._raw_scores(image, roi=roi))
             if learn:
                 self._learn(self.method_, self.global_, raw.features, learn_counts, raw.descriptor)
                 views = augmented_views(image, self.config.augment)

@@ -168,6 +168,7 @@ class StreamingCoreset:
         self.patches_seen = 0
         self._pool: list[torch.Tensor] = []
         self._scans = 0
+        self.bank_sources_: np.ndarray | None = None
 
     def add(self, features: torch.Tensor) -> None:
         """features: (n, D) patch features of one scan (any device)."""
@@ -199,13 +200,19 @@ class StreamingCoreset:
         return sum(p.shape[0] for p in self._pool)
 
     def finish(self, max_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
-        """The pooled bank (M, D) float32 on the CPU, reduced to at most ``max_size`` rows."""
+        """The pooled bank (M, D) float32 on the CPU, reduced to at most ``max_size`` rows.
+
+        Also sets ``bank_sources_``: int64 (M,), for each bank row the index of the scan (view) it came from,
+        in the order scans were added (leave-one-scan-out calibration drops a scan's own rows with it).
+        """
         if not self._pool:
             raise ValueError("no features were added to the memory bank")
         pool = torch.cat(self._pool)
+        sources = np.repeat(np.arange(len(self._pool)), [part.shape[0] for part in self._pool])
         if pool.shape[0] > max_size:
             chosen = greedy_coreset(pool.to(device), max_size, seed=self.seed)
-            pool = pool[chosen]
+            pool, sources = pool[chosen], sources[chosen.numpy()]
+        self.bank_sources_ = sources
         return pool
 
 

@@ -213,7 +213,8 @@ def evaluate_candidate(candidate: Candidate, base: DetectorConfig, train: Sequen
 
     started = time.perf_counter()
     try:
-        config = candidate.config(base).replace(holdout_fraction=0.0, augment=())
+        # No calibration pass: a candidate is judged on uncalibrated scores (the training-scan statistics).
+        config = candidate.config(base).replace(calibration="holdout", holdout_fraction=0.0, augment=())
         detector = Detector(config, device=device, runtime=runtime).fit(list(train))
         clean_raw = [detector.raw_scores(scan) for scan in clean]
         synthetic_raw = [detector.raw_scores(scan) for scan, _ in synthetic]

@@ -114,6 +114,11 @@ def test_welds_evaluation_with_pixel_metrics(tmp_path):
     root = shared_data_dir() / "gdxray_welds"
     eval_set = load_mvtec_folder(root)
     detector = Detector(DetectorConfig(), device="cpu").fit(eval_set.train_paths)
+    # every clean weld trains and is then scored leave-one-scan-out: were a weld scored against its own bank
+    # rows it would score near 0, far below the median that defines 1.0
+    assert detector.fit_info_["calibration"] == "leave_one_out"
+    assert detector.fit_info_["n_calibration_scans"] == 16
+    assert min(detector.calibration_.image_scores) > 0.5
     metrics = evaluate(detector, eval_set, output_dir=tmp_path, max_per_class=10)
     print(f"\ngdxray_welds (16 train, {metrics['n_good']} good + {metrics['n_anomalous']} defect): "
           f"image AUROC {metrics['image_auroc']:.3f}, pixel AUROC {metrics['pixel_auroc']:.3f}, "

@@ -100,6 +100,8 @@ class PatchMethod:
     # Extra views of each training scan (augmentation names) that ``learn_auxiliary`` wants, e.g. rotations
     # for a self-supervised pretext task; the pipeline then also passes the upright view as "upright".
     auxiliary_views: tuple[str, ...] = ()
+    # Whether ``leave_out`` can score as if one scan had not been learned (config.calibration "leave_one_out").
+    can_leave_out: ClassVar[bool] = False
 
     def __init__(self, config: DetectorConfig):
         self.config = config
@@ -127,6 +129,12 @@ class PatchMethod:
         """Build (first call) or rebuild (after more ``learn`` calls) the fitted state; ``device`` is where
         heavy work may run."""
         raise NotImplementedError
+
+    def leave_out(self, views: range):
+        """A context manager inside which scores are those of the method fitted without the learned views
+        ``views`` (indices in learning order), after ``finish`` in the same process. Only when
+        ``can_leave_out`` (leave-one-scan-out calibration; other methods calibrate on held-out scans)."""
+        raise NotImplementedError(f"{self.name} cannot leave a scan out of its fitted state")
 
     # ------------------------------------------------------------------ score
     def prepare(self, device: torch.device, runtime: str) -> None:

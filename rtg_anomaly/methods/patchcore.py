@@ -6,6 +6,7 @@ bank (our addition: 128 dims keep the kNN cheap on large scans).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import numpy as np
@@ -42,6 +43,7 @@ class PatchCore(PatchMethod):
     """
 
     name = "patchcore"
+    can_leave_out = True  # the bank knows which view each row came from (StreamingCoreset.bank_sources_)
 
     def __init__(self, config):
         super().__init__(config)
@@ -52,6 +54,7 @@ class PatchCore(PatchMethod):
         self._on_device: tuple[torch.Tensor, torch.Tensor] | None = None
         self._openvino_nearest = None
         self._use_openvino = False
+        self._bank_sources: np.ndarray | None = None  # (M,) source view of each bank row, fit time only
 
     # ------------------------------------------------------------------ fit
     def begin(self, plan: FitPlan) -> None:
@@ -94,6 +97,7 @@ class PatchCore(PatchMethod):
             self._pca_samples = []
         bank_cap = config.memory_bank_size or config.max_bank_size
         self._set_bank(self.pca_.transform_numpy(self._builder.finish(bank_cap, device).numpy()))
+        self._bank_sources = self._builder.bank_sources_
 
     def progress_postfix(self) -> dict:
         """Patches seen and the pool's current size, for a progress bar."""
@@ -103,6 +107,22 @@ class PatchCore(PatchMethod):
     def _set_bank(self, bank: np.ndarray) -> None:
         self.memory_bank_ = np.ascontiguousarray(bank, dtype=np.float32)
         self._on_device = None
+
+    @contextmanager
+    def leave_out(self, views: range):
+        """Score, inside the block, against the bank without the rows of the learned views ``views``
+        (indices in the order ``learn``/``absorb`` saw them): what a bank built without that scan gives."""
+        if self._bank_sources is None:
+            raise RuntimeError("leave_out needs a bank fitted in this process (its rows' sources)")
+        full = self.memory_bank_
+        keep = (self._bank_sources < views.start) | (self._bank_sources >= views.stop)
+        if not keep.any():
+            raise RuntimeError("leaving these views out would empty the memory bank")
+        self._set_bank(full[keep])
+        try:
+            yield
+        finally:
+            self._set_bank(full)
 
     # ------------------------------------------------------------------ score
     def prepare(self, device: torch.device, runtime: str) -> None:

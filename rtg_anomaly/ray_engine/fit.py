@@ -200,12 +200,18 @@ def fit_on_ray(ray, detector, images, workers: int | None = None, gpus_per_worke
                 global_score.learn(descriptor)
 
     try:
-        n_train = 0
+        n_train, unreadable = 0, set()
+
+        def skip(item, error) -> None:
+            unreadable.add(id(item))
+            on_bad_image(item, error)
+
         for scan in _in_order(ray, actors, "train", train_items, lambda item, k: (item, k * n_views),
-                              on_bad_image, bar):
+                              None if on_bad_image is None else skip, bar):
             learn(scan)
             n_train += 1
             bar.set_postfix(method.progress_postfix())
+        learned = [item for item in train_items if id(item) not in unreadable]  # readable ones, in learning order
         if n_train == 0:
             raise InputError("none of the clean images could be read")
         method.finish(detector.extractor.device)
@@ -232,7 +238,13 @@ def fit_on_ray(ray, detector, images, workers: int | None = None, gpus_per_worke
             return _CleanStatistics(np.array(scores), np.array(map_scores) if global_score is not None else None,
                                     np.array(maxima), np.concatenate(samples) if samples else np.zeros(0, np.float32))
 
-        stats = statistics(holdout_items, True, on_bad_image)
+        if detector._leaves_scans_out:
+            # In the driver, as in-process: each scan needs the bank without its own rows, which only the
+            # driver holds with the rows' sources.
+            bar.close()
+            stats = detector._leave_one_out_statistics(learned, n_views, progress)
+        else:
+            stats = statistics(holdout_items, True, on_bad_image)
         if not len(stats.image_scores) and global_score is None:
             stats = None  # too few clean scans to hold any out: calibrate on training scans (optimistic)
         return detector._conclude_fit(stats, lambda: statistics(train_items[:10], False, lambda *_: None), n_train,
