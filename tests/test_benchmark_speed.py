@@ -77,7 +77,10 @@ def test_quick_benchmark_writes_report_with_ratios_and_agreement(tmp_path, capsy
                       text)
     assert timed, "uninstrumented end-to-end paragraph missing"
     bmp_s, png_s, backbone_s, share = map(float, timed.groups())
-    assert 0 < backbone_s < bmp_s and 0 < share < 100 and png_s > 0
+    # Separate timings of a tiny backbone on a busy machine can put the backbone alone above the whole run,
+    # so the share is checked for what the page says it is, not for an ordering of two timings.
+    assert backbone_s > 0 and bmp_s > 0 and png_s > 0
+    assert abs(share - 100 * backbone_s / bmp_s) <= 1 + 0.01 * share  # printed to 3 digits, share to 1 %
     # One scan's coreset, whole vs in parts: both kept counts, 3 parts of 6,000 rows, numeric times and radii.
     section = text.split("## 5.")[1].split("## 6.")[0]
     assert "3 seeded random parts of at most 2,500 rows" in section
