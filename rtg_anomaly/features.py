@@ -177,7 +177,7 @@ def resolve_runtime(runtime: str, device: torch.device, graph_format: str | None
     the bundle's exported graph of ``graph_format`` (``"onnx"``, ``"openvino"``) or, without one, any;
     on CUDA, torch (float16 autocast; ONNX Runtime's CUDA provider is unmeasured, so only on request).
     An int8 ONNX graph goes to ONNX Runtime: OpenVINO's execution of it lost up to 0.55 image AUROC
-    (docs/precision.md). Any other name is returned as it is.
+    (docs/precision.md); an int8 OpenVINO IR graph (NNCF's) is OpenVINO's. Any other name is returned as it is.
     """
     if runtime != "auto":
         return runtime
@@ -188,7 +188,7 @@ def resolve_runtime(runtime: str, device: torch.device, graph_format: str | None
     for name in CPU_RUNTIME_PREFERENCE:
         if graph_format is not None and name not in RUNNERS[graph_format]:
             continue
-        if graph_precision == "int8" and name == "openvino":
+        if graph_format == "onnx" and graph_precision == "int8" and name == "openvino":
             continue
         if runtime_installed(name):
             return name

@@ -17,6 +17,7 @@ and only compiles it.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import shutil
 import sys
@@ -48,6 +49,26 @@ def cpu_compile_properties(threads: int) -> dict:
 _TELEMETRY_MODULE = "openvino_telemetry"
 
 
+def import_without_telemetry(module: str) -> None:
+    """Import ``module`` (when no one has yet) with the ``openvino_telemetry`` package unimportable, so that
+    the Intel libraries that report usage (OpenVINO's converter, NNCF) bind their own no-op stubs, their
+    fallback for when that package is missing. Afterwards it imports normally again for any other code.
+    An ImportError of ``module`` itself is left to the caller's plain import to report."""
+    if module.split(".")[0] in sys.modules:
+        return
+    previous = sys.modules.get(_TELEMETRY_MODULE)
+    sys.modules[_TELEMETRY_MODULE] = None  # `import openvino_telemetry` raises ImportError
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        pass
+    finally:
+        if previous is None:
+            sys.modules.pop(_TELEMETRY_MODULE, None)
+        else:
+            sys.modules[_TELEMETRY_MODULE] = previous
+
+
 def import_openvino():
     """The openvino module, imported with its usage telemetry off; RuntimeUnavailable (one line) saying how
     to install it when it is missing.
@@ -55,22 +76,10 @@ def import_openvino():
     OpenVINO's model converter sends usage events to Google Analytics, and writes a client id under
     ``~/intel``, unless the user has opted out with ``opt_in_out --opt_out``. A screening tool must not
     phone home, so the first import of openvino here runs with the ``openvino_telemetry`` package
-    unimportable: the converter then binds its own no-op stub (its fallback, in its code, for when that
-    package is missing). Afterwards ``openvino_telemetry`` imports normally again for any other code. If the
-    calling process imported openvino itself before, OpenVINO's own setting applies.
+    unimportable (``import_without_telemetry``). If the calling process imported openvino itself before,
+    OpenVINO's own setting applies.
     """
-    if "openvino" not in sys.modules:
-        previous = sys.modules.get(_TELEMETRY_MODULE)
-        sys.modules[_TELEMETRY_MODULE] = None  # `import openvino_telemetry` raises ImportError
-        try:
-            import openvino.tools.ovc  # noqa: F401  (binds the telemetry stub in the converter's modules)
-        except ImportError:
-            pass  # reported below, from a plain import
-        finally:
-            if previous is None:
-                sys.modules.pop(_TELEMETRY_MODULE, None)
-            else:
-                sys.modules[_TELEMETRY_MODULE] = previous
+    import_without_telemetry("openvino.tools.ovc")  # binds the telemetry stub in the converter's modules
     try:
         import openvino
     except ImportError:

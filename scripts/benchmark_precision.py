@@ -1,7 +1,8 @@
 """Does an exported graph score like torch float32? Heatmap difference and image AUROC per runtime and precision.
 
 For each dataset: fit the default detector (DINOv2 ViT-S/14) on an evenly spaced subsample of train/good,
-export the backbone as ONNX (fp32 and int8, int8 calibrated on tiles of those same clean scans), score an
+export the backbone (ONNX fp32 and int8 by ONNX Runtime's quantiser, OpenVINO IR int8 by NNCF; int8 calibrated
+on tiles of those same clean scans), score an
 evenly spaced subsample of the test images with torch float32 and with every runtime x precision, and
 report the largest heatmap difference (calibrated units: 1.0 = the clean level) and the image AUROC of each.
 
@@ -28,8 +29,10 @@ from rtg_anomaly import Detector, DetectorConfig  # noqa: E402
 from rtg_anomaly.evaluation import load_mvtec_folder  # noqa: E402
 from rtg_anomaly.metrics import image_auroc  # noqa: E402
 
-# (runtime, exported precision or None for the runtime's own float32 graph)
-VARIANTS = (("openvino", None), ("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "int8"))
+# (runtime, exported format and precision, or None for the runtime's own float32 graph). "openvino int8" runs
+# ONNX Runtime's int8 ONNX graph with OpenVINO; "openvino int8 (NNCF)" runs the OpenVINO IR NNCF made.
+VARIANTS = (("openvino", None), ("onnxruntime", ("onnx", "fp32")), ("onnxruntime", ("onnx", "int8")),
+            ("openvino", ("onnx", "int8")), ("openvino", ("openvino", "int8")))
 # Kept only within these of torch float32 (issue 26): AUROC change, and the heatmap's largest difference.
 AUROC_TOLERANCE = 0.005
 HEATMAP_TOLERANCE = 0.05  # calibrated units; the pixel threshold is typically 1.2-2
@@ -40,6 +43,14 @@ def evenly(items: list, count: int | None) -> list:
     if count is None or len(items) <= count:
         return list(items)
     return [items[int(i)] for i in np.linspace(0, len(items) - 1, count).round()]
+
+
+def variant_name(runtime: str, graph: tuple[str, str] | None) -> str:
+    """Row name: ``openvino fp32``, ``onnxruntime int8 (exported)``, ``openvino int8 (exported, NNCF)``."""
+    if graph is None:
+        return f"{runtime} fp32"
+    fmt, precision = graph
+    return f"{runtime} {precision} (exported{', NNCF' if fmt == 'openvino' and precision == 'int8' else ''})"
 
 
 def score(detector: Detector, items) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -63,16 +74,16 @@ def run_dataset(root: Path, max_train: int, max_per_class: int, calibration_tile
         rows = {"torch fp32": {"auroc": image_auroc(labels, ref_scores), "max_abs_heatmap_diff": 0.0,
                                "auroc_change": 0.0, "same_ranking": True}}
         graphs = {}
-        for precision in sorted({p for _, p in VARIANTS if p}):
+        for fmt, precision in sorted({graph for _, graph in VARIANTS if graph}):
             exporter = Detector.load(bundle, device="cpu", runtime="torch")
-            exporter.export_graph("onnx", precision, train, calibration_tiles)
-            graphs[precision] = Path(folder) / f"model-{precision}"
-            exporter.save(graphs[precision])
-        for runtime, precision in VARIANTS:
-            detector = Detector.load(graphs[precision] if precision else bundle, device="cpu", runtime=runtime)
+            exporter.export_graph(fmt, precision, train, calibration_tiles)
+            graphs[fmt, precision] = Path(folder) / f"model-{fmt}-{precision}"
+            exporter.save(graphs[fmt, precision])
+        for runtime, graph in VARIANTS:
+            detector = Detector.load(graphs[graph] if graph else bundle, device="cpu", runtime=runtime)
             scores, maps = score(detector, items)
             auroc = image_auroc(labels, scores)
-            rows[f"{runtime} {precision or 'fp32'}{' (exported)' if precision else ''}"] = {
+            rows[variant_name(runtime, graph)] = {
                 "auroc": auroc, "auroc_change": auroc - rows["torch fp32"]["auroc"],
                 "max_abs_heatmap_diff": float(max(np.abs(m - r).max() for m, r in zip(maps, ref_maps))),
                 "max_abs_score_diff": float(np.abs(scores - ref_scores).max()),

@@ -18,8 +18,8 @@ What it measures (every number in the report comes from the run that wrote it):
 5. greedy coreset time against bank size;
 6. kNN: our chunked torch matmul against faiss ``IndexFlatL2`` (when faiss is importable);
 7. measured candidate speed-ups;
-8. on the CPU, the runtime x precision table (plain reference, torch fp32, OpenVINO fp32 / int8, ONNX Runtime
-   fp32 / int8; each row a fresh process: score seconds, peak RSS, heatmap difference). ``--runtime-table``
+8. on the CPU, the runtime x precision table (plain reference, torch fp32, OpenVINO fp32 / int8 (NNCF's, and
+   ONNX Runtime's graph), ONNX Runtime fp32 / int8; each row a fresh process: score seconds, peak RSS, heatmap difference). ``--runtime-table``
    runs this section alone (~8 min on 2 cores).
 
 Heavy stages run in fresh subprocesses (this script with ``--worker SPEC``) so that ``ru_maxrss`` is the
@@ -907,11 +907,13 @@ WORKERS = {"detect": worker_detect, "detect_openvino": worker_detect_openvino, "
            "fitscale": worker_fitscale, "tinyfit": worker_tinyfit, "cli_folder": worker_cli_folder,
            "runtime_row": worker_runtime_row}
 
-# The runtime x precision table (section 8): (row name, runtime, exported ONNX graph precision or None).
+# The runtime x precision table (section 8): (row name, runtime, exported graph (format, precision) or None).
 # None: the runtime's own float32 graph (torch itself, or converted from torch at load).
 RUNTIME_ROWS = (("plain reference", "plain", None), ("torch fp32", "torch", None),
-                ("OpenVINO fp32", "openvino", None), ("OpenVINO int8", "openvino", "int8"),
-                ("ONNX Runtime fp32", "onnxruntime", "fp32"), ("ONNX Runtime int8", "onnxruntime", "int8"))
+                ("OpenVINO fp32", "openvino", None), ("OpenVINO int8 (NNCF)", "openvino", ("openvino", "int8")),
+                ("OpenVINO int8 (ONNX Runtime's QDQ graph)", "openvino", ("onnx", "int8")),
+                ("ONNX Runtime fp32", "onnxruntime", ("onnx", "fp32")),
+                ("ONNX Runtime int8", "onnxruntime", ("onnx", "int8")))
 
 
 def runtime_table(bundle: Path, clean: list, scan: Path, workdir: Path, device: torch.device,
@@ -921,26 +923,36 @@ def runtime_table(bundle: Path, clean: list, scan: Path, workdir: Path, device: 
     ``clean`` (the scans the bundle was fitted on)."""
     from rtg_anomaly.features import runtime_installed
 
-    graphs = {}
-    for precision in sorted({p for _, _, p in RUNTIME_ROWS if p}):
-        log(f"exporting the ONNX {precision} graph ...")
+    from rtg_anomaly.openvino_runtime import RuntimeUnavailable
+
+    graphs, unavailable = {}, {}
+    for graph in sorted({g for _, _, g in RUNTIME_ROWS if g}):
+        log(f"exporting the {graph[0]} {graph[1]} graph ...")
         exporter = Detector.load(bundle, device="cpu", runtime="torch")
         t0 = time.perf_counter()
-        exporter.export_graph("onnx", precision, clean, calibration_tiles)
-        graphs[precision] = exporter.save(workdir / f"bundle-{precision}")
-        graphs[f"{precision}_export_s"] = time.perf_counter() - t0
+        try:
+            exporter.export_graph(graph[0], graph[1], clean, calibration_tiles)
+        except RuntimeUnavailable as exc:  # e.g. NNCF not installed: the row says so
+            unavailable[graph] = str(exc)
+            continue
+        graphs[graph] = exporter.save(workdir / f"bundle-{graph[0]}-{graph[1]}")
+        graphs[graph, "export_s"] = time.perf_counter() - t0
         del exporter
     rows = []
-    for name, runtime, precision in RUNTIME_ROWS:
+    for name, runtime, graph in RUNTIME_ROWS:
+        precision = graph[1] if graph else None
         if runtime not in ("plain", "torch") and not runtime_installed(runtime):
             rows.append(dict(name=name, missing=f"{runtime} not installed"))
             continue
+        if graph in unavailable:
+            rows.append(dict(name=name, missing=unavailable[graph]))
+            continue
         heatmap = workdir / f"runtime_{len(rows)}.npy"
         result = run_worker(dict(kind="runtime_row", device=str(device), runtime=runtime, scan=str(scan),
-                                 bundle=str(graphs[precision] if precision else bundle), heatmap=str(heatmap)),
+                                 bundle=str(graphs[graph] if graph else bundle), heatmap=str(heatmap)),
                             workdir, f"runtime_{len(rows)}")
         rows.append(dict(result, name=name, precision=precision, heatmap=str(heatmap),
-                         export_s=graphs.get(f"{precision}_export_s")))
+                         export_s=graphs.get((graph, "export_s"))))
     reference = next(row for row in rows if row["name"] == "torch fp32")
     plain = next(row for row in rows if row["name"] == "plain reference")
     torch_map = np.load(reference["heatmap"])
@@ -958,8 +970,8 @@ def runtime_table_text(rows: list[dict], scan_shape: tuple[int, int], command: s
              f"`{command}`: the {scan_shape[0]}x{scan_shape[1]} synthetic scan, `score` only (decoded before the "
              "clock; one warm-up tile first), each row in a fresh process on the same bundle, one after the "
              f"other ({env.get('device', 'cpu')}, {torch.get_num_threads()} thread(s)). int8 rows run the bundle's "
-             "ONNX int8 graph (`rtg-anomaly export --format onnx --precision int8`, calibrated on the bundle's "
-             "clean scans); fp32 ONNX Runtime runs the exported fp32 graph; OpenVINO fp32 converts from torch at "
+             "int8 graph, calibrated on the bundle's clean scans: NNCF's OpenVINO IR (`rtg-anomaly export "
+             "--format openvino --precision int8`) or ONNX Runtime's QDQ ONNX graph (`--format onnx`); fp32 ONNX Runtime runs the exported fp32 graph; OpenVINO fp32 converts from torch at "
              "load (as `--runtime openvino` does without an exported graph). Speed-up: torch fp32 (or the plain "
              "reference, section 2) seconds / the row's. Heatmap difference: max |row - torch fp32| in "
              "calibrated units (1.0 = the clean level).", "",

@@ -105,14 +105,40 @@ def test_int8_export_is_calibrated_on_clean_tiles_and_runs_on_both_runtimes(bund
         assert np.abs(heatmap - expected).max() < 0.2 * np.abs(expected).max()
 
 
+def test_openvino_int8_is_quantised_by_nncf_on_clean_tiles_and_runs_on_openvino(bundle, scan, demo_data, tmp_path):
+    clean = demo_data / "train" / "good"
+    assert _export(bundle, "openvino", "int8", "--clean-dir", str(clean), "--calibration-tiles", "8") == 0
+    manifest = load_bundle(bundle)[0]
+    entry = manifest[GRAPH_KEY]
+    assert entry["quantisation"]["quantiser"].startswith("nncf ") and entry["quantisation"]["calibration_tiles"] == 8
+    assert entry["exporter"].endswith("quantised by NNCF")
+    assert b'type="FakeQuantize"' in np.load(bundle / "graph_openvino_xml.npy").tobytes()
+    first = hashlib.sha256(np.load(bundle / "graph_openvino_bin.npy").tobytes()).hexdigest()
+    _, expected, _ = _detect(bundle, scan, tmp_path, "torch")
+    for runtime in ("openvino", "auto"):
+        code, heatmap, report = _detect(bundle, scan, tmp_path, runtime)
+        assert code == 0 and report["backbone_graph"] == {"format": "openvino", "precision": "int8", "source": "bundle"}
+        assert report["runtime"] == "openvino"
+        assert np.abs(heatmap - expected).max() < 0.2 * np.abs(expected).max()  # noise-like tiny backbone
+    # the same clean tiles give the same quantised graph
+    assert _export(bundle, "openvino", "int8", "--clean-dir", str(clean), "--calibration-tiles", "8") == 0
+    assert hashlib.sha256(np.load(bundle / "graph_openvino_bin.npy").tobytes()).hexdigest() == first
+
+
+def test_missing_nncf_is_one_line_exit_2(bundle, demo_data, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "nncf", None)
+    assert _export(bundle, "openvino", "int8", "--clean-dir", str(demo_data / "train" / "good")) == 2
+    assert capsys.readouterr().err.strip() == ("rtg-anomaly: error: --format openvino --precision int8 quantises "
+                                               "with NNCF: pip install 'rtg-anomaly[int8]'")
+    assert load_bundle(bundle)[0].get(GRAPH_KEY) is None  # the bundle is left as it was
+
+
 def test_export_refusals_are_one_line(bundle, demo_data, capsys):
     assert _export(bundle, "onnx", "int8") == 2
     assert capsys.readouterr().err.strip() == ("rtg-anomaly: error: --precision int8 needs --clean-dir: clean scans "
                                                "to calibrate the quantisation on")
     assert _export(bundle, "onnx", "fp32", "--clean-dir", str(demo_data / "train" / "good")) == 2
     assert capsys.readouterr().err.count("\n") == 1
-    assert _export(bundle, "openvino", "int8", "--clean-dir", str(demo_data / "train" / "good")) == 2
-    assert "is not offered" in capsys.readouterr().err
     assert _export(bundle, "tflite") == 2
     assert "invalid choice" in capsys.readouterr().err
     assert _export(bundle, "onnx", "int8", "--clean-dir", str(demo_data), "--calibration-tiles", "0") == 2
@@ -195,6 +221,7 @@ def test_auto_without_openvino_picks_onnxruntime(monkeypatch):
     assert resolve_runtime("auto", cpu) == "openvino"
     assert resolve_runtime("auto", cpu, "onnx") == "openvino"  # OpenVINO runs ONNX graphs, and faster here
     assert resolve_runtime("auto", cpu, "onnx", "int8") == "onnxruntime"  # OpenVINO's int8 lost AUROC
+    assert resolve_runtime("auto", cpu, "openvino", "int8") == "openvino"  # NNCF's int8 IR is OpenVINO's
     monkeypatch.setitem(sys.modules, "openvino", None)
     assert resolve_runtime("auto", cpu) == "onnxruntime"
     assert resolve_runtime("auto", cpu, "onnx") == "onnxruntime"

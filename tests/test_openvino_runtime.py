@@ -333,3 +333,33 @@ def test_a_plain_install_brings_openvino_where_wheels_exist():
                                       ("x86_64", "3.15", False), ("riscv64", "3.12", False)]:
         environment = {"platform_machine": machine, "python_version": python}
         assert any(requirement.marker.evaluate(environment) for requirement in plain) is expected, environment
+
+
+_QUANTISER_IN_A_FRESH_PROCESS = """
+import json
+from rtg_anomaly.graph_export import import_nncf
+nncf = import_nncf()
+import nncf.telemetry.wrapper as wrapper
+import openvino_telemetry  # imports normally again for other code
+print(json.dumps({"telemetry": type(wrapper.telemetry).__name__}))
+"""
+
+
+def test_the_int8_quantiser_is_imported_with_its_telemetry_stub(tmp_path):
+    """NNCF (``export --format openvino --precision int8``) reports usage through the same package as
+    OpenVINO's converter unless it cannot import it; it binds its stub instead. Run in a fresh process
+    without pytest (NNCF turns its telemetry off by itself under pytest) and without NNCF's CI switches."""
+    import json
+    import os
+    import subprocess
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("CI", "TF_BUILD", "JENKINS_URL") and not key.startswith("NNCF_")}
+    env.update(HOME=str(home))
+    finished = subprocess.run([sys.executable, "-c", _QUANTISER_IN_A_FRESH_PROCESS], env=env, capture_output=True,
+                              text=True, timeout=300, cwd=tmp_path)
+    assert finished.returncode == 0, finished.stderr
+    assert json.loads(finished.stdout.strip().splitlines()[-1])["telemetry"] != "NNCFTelemetry"
+    assert list(home.rglob("*")) == []

@@ -26,6 +26,8 @@ FP32_TOLERANCE = 1e-3
 # int8 is not within the issue's tolerance (docs/precision.md): this bounds its error. Measured 0.31 here since
 # the default fits the tile to these 100 px crops (scale_to_scans, 2026-12-05); 0.25 held at the 512 px tile.
 INT8_TOLERANCE = 0.35
+# NNCF's int8 OpenVINO IR (transformer scheme), on the same crops: measured 0.313 (ONNX Runtime's: 0.309).
+NNCF_TOLERANCE = 0.35
 
 
 def evenly(paths, n):
@@ -44,28 +46,29 @@ def fishbones():
 @pytest.fixture(scope="module")
 def exported(fishbones, tmp_path_factory):
     """(folder, {name: bundle}, test scans, torch heatmaps, torch scores): the fitted bundle and copies of it
-    with an ONNX fp32 and an ONNX int8 graph."""
+    with an ONNX fp32 graph, ONNX Runtime's int8 ONNX graph and NNCF's int8 OpenVINO IR."""
     folder = tmp_path_factory.mktemp("export")
     train = evenly((fishbones / "train" / "good").iterdir(), 6)
     Detector(DetectorConfig(), device="cpu", runtime="openvino").fit(train).save(folder / "plain")
     bundles = {"plain": folder / "plain"}
-    for precision in ("fp32", "int8"):
+    for name, fmt, precision in (("fp32", "onnx", "fp32"), ("int8", "onnx", "int8"), ("nncf", "openvino", "int8")):
         detector = Detector.load(folder / "plain", device="cpu", runtime="torch")
-        detector.export_graph("onnx", precision, train, calibration_tiles=6)
-        bundles[precision] = detector.save(folder / precision)
+        detector.export_graph(fmt, precision, train, calibration_tiles=6)
+        bundles[name] = detector.save(folder / name)
     scans = evenly((fishbones / "test" / "good").iterdir(), 2) + evenly((fishbones / "test" / "fishbone").iterdir(), 2)
     reference = Detector.load(bundles["plain"], device="cpu", runtime="torch")
     results = [reference.score(scan) for scan in scans]
     return folder, bundles, scans, [r.heatmap for r in results], np.array([r.score for r in results])
 
 
-# OpenVINO running the int8 graph is left out: it is not usable (image AUROC 0.39 instead of 0.94 on castings,
-# docs/precision.md), so auto never picks it and `export --format openvino --precision int8` is refused.
+# OpenVINO running ONNX Runtime's int8 graph is left out: it is not usable (image AUROC 0.35 instead of 0.92 on
+# castings, docs/precision.md), so auto never picks it; OpenVINO runs NNCF's int8 IR instead.
 @pytest.mark.parametrize("bundle, runtime, tolerance, same_ranking", [
     ("plain", "openvino", FP32_TOLERANCE, True),  # converted from torch at load
     ("fp32", "onnxruntime", FP32_TOLERANCE, True),
     ("fp32", "openvino", FP32_TOLERANCE, True),
     ("int8", "onnxruntime", INT8_TOLERANCE, False),  # int8 reordered castings scans (docs/precision.md)
+    ("nncf", "openvino", NNCF_TOLERANCE, False),
 ])
 def test_every_runtime_and_precision_scores_like_torch_fp32(exported, bundle, runtime, tolerance, same_ranking):
     _, bundles, scans, expected_maps, expected_scores = exported
