@@ -356,16 +356,23 @@ class Detector:
         ``LEAVE_ONE_OUT_MAX_SCANS``, none when fewer than two scans were learned (nothing would be left)."""
         from tqdm import tqdm
 
-        if len(learned) < 2:
+        chosen = self._leave_one_out_choice(len(learned))
+        if not chosen:
             return _CleanStatistics(np.zeros(0), None, np.zeros(0), np.zeros(0, np.float32))
-        order = np.random.default_rng(self.config.seed).permutation(len(learned))
-        chosen = sorted(int(j) for j in order[:LEAVE_ONE_OUT_MAX_SCANS])
         bar = tqdm(total=len(chosen), unit="scan", desc="calibrate", disable=not progress, leave=False)
         try:
             return self._clean_statistics([learned[j] for j in chosen], None, bar=bar,
                                           leave_out=[range(j * n_views, (j + 1) * n_views) for j in chosen])
         finally:
             bar.close()
+
+    def _leave_one_out_choice(self, n_learned: int) -> list[int]:
+        """Learning-order places of the training scans the leave-one-out pass scores: a seeded sample of at most
+        ``LEAVE_ONE_OUT_MAX_SCANS``, ascending; none when fewer than two scans were learned."""
+        if n_learned < 2:
+            return []
+        order = np.random.default_rng(self.config.seed).permutation(n_learned)
+        return sorted(int(j) for j in order[:LEAVE_ONE_OUT_MAX_SCANS])
 
     def _holdout_split(self, images: list) -> tuple[list, list]:
         """(training items, held-out items) of a fit on ``images``, each in input order: a seeded share

@@ -78,6 +78,26 @@ def test_patchcore_leave_out_refuses_an_empty_bank_and_a_loaded_bank():
             pass
 
 
+def test_a_bank_rebuilt_from_arrays_leaves_out_like_the_fitted_one_once_given_its_sources():
+    """What a Ray worker does: the driver's arrays plus the rows' sources give the same left-out scores."""
+    method, scans = _fitted_patchcore()
+    rebuilt = type(method).from_arrays(method.config, method.to_arrays(), 6)
+    assert rebuilt.bank_sources is None
+    with pytest.raises(ValueError, match="integers"):
+        rebuilt.use_bank_sources(method.bank_sources[:-1])
+    with pytest.raises(ValueError, match="integers"):
+        rebuilt.use_bank_sources(method.bank_sources.astype(np.float32))
+    rebuilt.use_bank_sources(method.bank_sources)
+    query = scans[2][:5][None, :, None, :]
+    valid = torch.ones(1, 5, 1, dtype=torch.bool)
+    with method.leave_out(range(2, 3)):
+        expected = method.score(query, valid)
+    with rebuilt.leave_out(range(2, 3)):
+        got = rebuilt.score(query, valid)
+    np.testing.assert_array_equal(got.numpy(), expected.numpy())
+    assert float(got.min()) > 0.5
+
+
 def test_calibration_mode_is_checked():
     assert DetectorConfig().calibration == "leave_one_out" and "holdout" in CALIBRATION_MODES
     with pytest.raises(ConfigError, match="calibration"):

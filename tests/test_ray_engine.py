@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rtg_anomaly.bundle import load_bundle
 from rtg_anomaly.cli import main
 from tests.conftest import TINY_CLI_FLAGS, shared_data_dir
 
@@ -145,6 +146,10 @@ def test_fit_on_ray_writes_the_in_process_bundle_byte_for_byte(local_ray, demo_d
     assert files == sorted(p.name for p in (tmp_path / "ray").iterdir()) and "memory_bank.npy" in files
     for name in files:
         assert (tmp_path / "inprocess" / name).read_bytes() == (tmp_path / "ray" / name).read_bytes(), name
+    # calibrated leave-one-scan-out (the default), on the workers: a scan scored with its own bank rows left in
+    # would score near 0 and change the stored statistics
+    fit_info = load_bundle(tmp_path / "ray")[0]["fit"]
+    assert fit_info["calibration"] == "leave_one_out" and fit_info["n_calibration_scans"] >= 2
 
 
 @pytest.mark.ray

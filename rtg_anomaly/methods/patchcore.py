@@ -108,6 +108,19 @@ class PatchCore(PatchMethod):
         self.memory_bank_ = np.ascontiguousarray(bank, dtype=np.float32)
         self._on_device = None
 
+    @property
+    def bank_sources(self) -> np.ndarray | None:
+        """int64 (M,): the learned view each bank row came from, for a bank fitted in this process, else None."""
+        return self._bank_sources
+
+    def use_bank_sources(self, sources: np.ndarray) -> None:
+        """Give a bank rebuilt from arrays (another process's fit) its rows' sources: int (M,), one per row."""
+        sources = np.asarray(sources)
+        if sources.shape != (self.memory_bank_.shape[0],) or sources.dtype.kind not in "iu":
+            raise ValueError(f"bank sources must be {self.memory_bank_.shape[0]} integers, got {sources.dtype} "
+                             f"{sources.shape}")
+        self._bank_sources = sources.astype(np.int64)
+
     @contextmanager
     def leave_out(self, views: range):
         """Score, inside the block, against the bank without the rows of the learned views ``views``

@@ -50,6 +50,10 @@ class ScanParts(NamedTuple):
     statistics: tuple | None
 
 
+# The leave-one-out round's model carries the bank rows' sources under this name, beside the method's arrays.
+BANK_SOURCES = "_bank_sources"
+
+
 class FitWorker:
     """One Ray actor of a fit: a backbone, a PatchCore with the fit's plan (for ``pool_part``), and for the
     held-out scans the first round's fitted state, fetched once per round."""
@@ -87,9 +91,12 @@ class FitWorker:
             self._add(parts, descriptors, tiles, view_index + offset, True)
         return ScanParts(view_index, scan_kind(image), parts, descriptors, None)
 
-    def calibrate(self, item, view_index: int, scan_index: int, model: tuple, learn: bool) -> ScanParts | InputError:
+    def calibrate(self, item, view_index: int, scan_index: int, model: tuple, learn: bool,
+                  leave_out: tuple[int, int] | None = None) -> ScanParts | InputError:
         """A held-out scan scored with the first round's ``model`` ((token, [object ref of its arrays])):
-        its calibration statistics and, with ``learn``, its views' PoolParts (no PCA rows)."""
+        its calibration statistics and, with ``learn``, its views' PoolParts (no PCA rows). With
+        ``leave_out`` (start, stop): a training scan scored without the bank rows of those learned views
+        (the model then carries its rows' sources)."""
         from ..augment import augmented_views
         from ..scan_kinds import scan_kind
 
@@ -99,7 +106,11 @@ class FitWorker:
             image = detector.load_scan(item)
         except InputError as exc:
             return exc
-        raw, _ = detector._with_host_fallback(lambda: detector._raw_scores(image, keep_features=learn))
+        if leave_out is None:
+            raw, _ = detector._with_host_fallback(lambda: detector._raw_scores(image, keep_features=learn))
+        else:
+            with detector.method_.leave_out(range(*leave_out)):
+                raw, _ = detector._with_host_fallback(lambda: detector._raw_scores(image))
         parts, descriptors = [], []
         if learn:  # as Detector._clean_statistics learns: the scored view's features, then the augmented views
             self._add(parts, descriptors, raw.features, view_index, False, raw.descriptor)
@@ -136,8 +147,11 @@ class FitWorker:
             return
         # Writable copies: the object store's arrays are read-only views, which torch warns about.
         arrays, detector = {name: np.array(array) for name, array in ray.get(ref).items()}, self.detector
+        sources = arrays.pop(BANK_SOURCES, None)
         feature_dim = detector.extractor.feature_dim
         detector.method_ = method_class(detector.config.method, detector.config).from_arrays(detector.config, arrays, feature_dim)
+        if sources is not None:
+            detector.method_.use_bank_sources(sources)
         detector.global_ = GlobalDescriptor.from_arrays(arrays, feature_dim) if detector._uses_descriptors else None
         self.model_token = token
 
@@ -239,10 +253,25 @@ def fit_on_ray(ray, detector, images, workers: int | None = None, gpus_per_worke
                                     np.array(maxima), np.concatenate(samples) if samples else np.zeros(0, np.float32))
 
         if detector._leaves_scans_out:
-            # In the driver, as in-process: each scan needs the bank without its own rows, which only the
-            # driver holds with the rows' sources.
+            # The workers score the chosen training scans, each without its own bank rows: the model they
+            # fetch carries the rows' sources.
+            chosen = detector._leave_one_out_choice(len(learned))
+            loo_model = ("leave-one-out", [ray.put({**arrays, BANK_SOURCES: method.bank_sources})])
             bar.close()
-            stats = detector._leave_one_out_statistics(learned, n_views, progress)
+            loo_bar = tqdm(total=len(chosen), unit="scan", desc="calibrate", disable=not progress, leave=False)
+            columns = ([], [], [], [])
+            try:
+                for scan in _in_order(ray, actors, "calibrate", [learned[j] for j in chosen],
+                                      lambda item, k: (item, chosen[k] * n_views, k, loo_model, False,
+                                                       (chosen[k] * n_views, (chosen[k] + 1) * n_views)),
+                                      None, loo_bar):
+                    for column, value in zip(columns, scan.statistics):
+                        column.append(value)
+            finally:
+                loo_bar.close()
+            scores, _, maxima, samples = columns
+            stats = _CleanStatistics(np.array(scores), None, np.array(maxima),
+                                     np.concatenate(samples) if samples else np.zeros(0, np.float32))
         else:
             stats = statistics(holdout_items, True, on_bad_image)
         if not len(stats.image_scores) and global_score is None:
