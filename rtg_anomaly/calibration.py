@@ -165,10 +165,14 @@ def threshold_at_rate(clean_scores: np.ndarray, false_alarm_rate: float) -> tupl
     empirical = float(np.quantile(scores, 1.0 - false_alarm_rate, method="higher"))
     if scores.size * false_alarm_rate >= 1.0 or scores.size < 2:
         return empirical, "empirical"
-    logs = np.log(np.maximum(scores, 1e-12))
+    return max(empirical, log_normal_tail(scores, false_alarm_rate)), "normal-tail"
+
+
+def log_normal_tail(clean_scores: np.ndarray, false_alarm_rate: float) -> float:
+    """The (1 - rate) quantile of a normal fit (mean, sample std) to the log of ``clean_scores`` (n >= 2,)."""
+    logs = np.log(np.maximum(np.asarray(clean_scores, dtype=np.float64), 1e-12))
     z = NormalDist().inv_cdf(1.0 - false_alarm_rate)
-    tail = float(math.exp(logs.mean() + z * logs.std(ddof=1)))
-    return max(empirical, tail), "normal-tail"
+    return float(math.exp(logs.mean() + z * logs.std(ddof=1)))
 
 
 def calibrate(image_scores: np.ndarray, pixel_maxima: np.ndarray, pixel_samples: np.ndarray,

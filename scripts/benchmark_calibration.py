@@ -24,11 +24,13 @@ from pathlib import Path
 from statistics import NormalDist
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
 sys.path.insert(0, str(REPO_ROOT))
 
 import numpy as np  # noqa: E402
 
-from rtg_anomaly.calibration import threshold_at_rate  # noqa: E402
+import benchmark_quality as bq  # noqa: E402
+from rtg_anomaly.calibration import log_normal_tail, threshold_at_rate  # noqa: E402
 from rtg_anomaly.config import DetectorConfig  # noqa: E402
 from rtg_anomaly.detector import Detector  # noqa: E402
 from rtg_anomaly.evaluation import load_mvtec_folder  # noqa: E402
@@ -40,11 +42,6 @@ DRAWS = 2000
 DEFAULT_OUTPUT = REPO_ROOT / "docs" / "calibration.json"
 
 
-def data_root() -> Path:
-    import os
-    return Path(os.environ.get("RTG_ANOMALY_DATA", REPO_ROOT.parent / "shared" / "data"))
-
-
 def estimators(clean: np.ndarray, rate: float) -> dict[str, float]:
     """Thresholds from calibrated clean image scores ``clean`` (n,) float64 by each candidate tail estimator."""
     logs = np.log(np.maximum(clean, 1e-12))
@@ -52,7 +49,7 @@ def estimators(clean: np.ndarray, rate: float) -> dict[str, float]:
     mad = float(np.median(np.abs(logs - np.median(logs))))
     return {
         "shipped": threshold_at_rate(clean, rate)[0],
-        "log-normal fit alone": float(math.exp(logs.mean() + z * logs.std(ddof=1))),
+        "log-normal fit alone": log_normal_tail(clean, rate),
         "interpolated quantile": float(np.quantile(clean, 1.0 - rate)),
         "robust log-normal (median, MAD)": float(math.exp(np.median(logs) + z * 1.4826 * mad)),
     }
@@ -78,7 +75,7 @@ def subsample_study(clean: np.ndarray, rate: float, seed: int = 0) -> dict:
 
 
 def run_dataset(name: str, device: str) -> dict:
-    eval_set = load_mvtec_folder(data_root() / name)
+    eval_set = load_mvtec_folder(bq._data_root(None)[0] / name)
     train = [str(p) for p in eval_set.train_paths]
     entry: dict = {"n_train": len(train), "n_test": len(eval_set.test_items), "modes": {}}
     for mode in ("leave_one_out", "holdout"):

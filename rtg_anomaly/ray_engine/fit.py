@@ -238,12 +238,14 @@ def fit_on_ray(ray, detector, images, workers: int | None = None, gpus_per_worke
             arrays.update(global_score.to_arrays())
         model = ("first-round", [ray.put(arrays)])
 
-        def statistics(items, learn_them: bool, on_bad) -> _CleanStatistics:
+        def statistics(items, learn_them: bool, on_bad, call_args=None, progress_bar=None) -> _CleanStatistics:
+            """Calibration statistics of ``items`` scored by the workers: by default the first round's model
+            scores them as scans after the training ones (held-out scans, learned with ``learn_them``)."""
             first_view = n_train * n_views
             columns = ([], [], [], [])
-            for scan in _in_order(ray, actors, "calibrate", items,
-                                  lambda item, k: (item, first_view + k * n_views, k, model, learn_them), on_bad,
-                                  bar if learn_them else None):
+            call_args = call_args or (lambda item, k: (item, first_view + k * n_views, k, model, learn_them))
+            for scan in _in_order(ray, actors, "calibrate", items, call_args, on_bad,
+                                  bar if learn_them else progress_bar):
                 if learn_them:
                     learn(scan)
                 for column, value in zip(columns, scan.statistics):
@@ -259,19 +261,12 @@ def fit_on_ray(ray, detector, images, workers: int | None = None, gpus_per_worke
             loo_model = ("leave-one-out", [ray.put({**arrays, BANK_SOURCES: method.bank_sources})])
             bar.close()
             loo_bar = tqdm(total=len(chosen), unit="scan", desc="calibrate", disable=not progress, leave=False)
-            columns = ([], [], [], [])
             try:
-                for scan in _in_order(ray, actors, "calibrate", [learned[j] for j in chosen],
-                                      lambda item, k: (item, chosen[k] * n_views, k, loo_model, False,
-                                                       (chosen[k] * n_views, (chosen[k] + 1) * n_views)),
-                                      None, loo_bar):
-                    for column, value in zip(columns, scan.statistics):
-                        column.append(value)
+                stats = statistics([learned[j] for j in chosen], False, None, progress_bar=loo_bar,
+                                   call_args=lambda item, k: (item, chosen[k] * n_views, k, loo_model, False,
+                                                              (chosen[k] * n_views, (chosen[k] + 1) * n_views)))
             finally:
                 loo_bar.close()
-            scores, _, maxima, samples = columns
-            stats = _CleanStatistics(np.array(scores), None, np.array(maxima),
-                                     np.concatenate(samples) if samples else np.zeros(0, np.float32))
         else:
             stats = statistics(holdout_items, True, on_bad_image)
         if not len(stats.image_scores) and global_score is None:
