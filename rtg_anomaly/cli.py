@@ -341,12 +341,11 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                         help="flips/rotations of each clean scan added to the memory bank, comma-separated from "
                              "hflip, vflip, rot90, rot180, rot270 ('none': off, the default)")
     parser.add_argument("--calibration", choices=("leave-one-out", "holdout"), default=None,
-                        help="how clean scans are scored for the thresholds. leave-one-out (default): every "
-                             "clean scan trains, then up to 100 are scored again each against the model without "
-                             "its own patches (one more backbone pass over them); methods that cannot leave a "
-                             "scan out, and --image-score global, use holdout. holdout: a share of the scans "
-                             "(--holdout-fraction) is scored against a model of the rest, then learned; "
-                             "conservative thresholds")
+                        help="how clean scans are scored for the thresholds. holdout (default): a share of the "
+                             "scans (--holdout-fraction) is scored against a model of the rest, then learned; "
+                             "conservative thresholds. leave-one-out (patchcore): every clean scan trains, then "
+                             "up to 100 are scored again each against the model without its own patches (one "
+                             "more backbone pass over them); see docs/calibration.md")
     parser.add_argument("--holdout-fraction", type=_setting("holdout_fraction"),
                         help=_ranged("with --calibration holdout: share of clean scans held out to calibrate "
                                      "(default 0.2)", "holdout_fraction"))
@@ -444,9 +443,7 @@ def _config_from_args(args: argparse.Namespace):
         "layers": args.layers, "neighbourhood": args.neighbourhood, "smoothing_sigma": args.smoothing_sigma,
         "image_score": args.image_score, "top_fraction": args.top_fraction, "top_patches": args.top_patches,
         "intensity_window": args.intensity_window,
-        # --holdout-fraction alone keeps asking for what it always meant: held-out calibration.
-        "calibration": (args.calibration.replace("-", "_") if args.calibration is not None
-                        else "holdout" if args.holdout_fraction is not None else None),
+        "calibration": args.calibration.replace("-", "_") if args.calibration is not None else None,
         "holdout_fraction": args.holdout_fraction, "augment": args.augment,
         "roi": _roi_mode(args.roi),
     }

@@ -267,10 +267,10 @@ class Detector:
         """Learn normality from clean scans.
 
         images: paths or arrays ((H, W) or (H, W, 3), any dtype) of clean scans.
-        Calibration (``config.calibration``): by default every scan trains and up to
-        ``LEAVE_ONE_OUT_MAX_SCANS`` of them are scored again, each against the model without its own
-        rows (``_leave_one_out_statistics``); for methods that cannot leave a scan out, a seeded share
-        (``holdout_fraction``) is held out, scored against the model built from the others, then joins it.
+        Calibration (``config.calibration``): by default a seeded share (``holdout_fraction``) is held out,
+        scored against the model built from the others, then joins it; with ``"leave_one_out"`` (methods
+        that can leave a scan out) every scan trains and up to ``LEAVE_ONE_OUT_MAX_SCANS`` of them are scored
+        again, each against the model without its own rows (``_leave_one_out_statistics``).
         on_bad_image: called with (item, error) for an unreadable image, which is
             then skipped; without it the error propagates.
         false_alarm_rate: share of clean scans the calibrated thresholds may flag.

@@ -841,7 +841,7 @@ def _headline_markdown(section: dict | None, tuned: dict) -> list[str]:
     lines = ["## Headline: no per-dataset flags", "",
              f"`python {SCRIPT} --headline`: plain `rtg-anomaly evaluate --data DIR` on each dataset (full sets "
              "unless marked), thresholds calibrated at a requested 5 % false-alarm rate on the clean training "
-             "scans (*calibration*: leave-one-scan-out, the default since 2026-12-05, or held-out scans); *false "
+             "scans (*calibration*: held-out scans, the default); *false "
              "alarms* and *recall* are counted at that threshold on the test set, the false alarms with the exact "
              "(Clopper-Pearson) 95 % interval of their rate and whether it holds the 5 % asked. Targets are marked "
              "in the cells (met / **missed**). The best peer is anomalib 2.7, untuned, where it was measured (the "
@@ -890,7 +890,7 @@ def _methods_markdown(section: dict | None) -> list[str]:
         return []
     lines = ["## Which method? Every method with its defaults, no per-dataset flags", "",
              "`python scripts/benchmark_quality.py --methods patchcore,padim,centroid,svdd,reconstruction --datasets ...` "
-             "(commands per row below; measured before leave-one-scan-out calibration became the default on 2026-12-05). "
+             "(commands per row below). "
              "Thresholds are calibrated at a 5 % false-alarm rate on held-out clean "
              "training scans; *false alarms* and *recall* are counted at that threshold on the test set. "
              "*Bundle* is the saved model's size.", "",

@@ -1,6 +1,6 @@
 """Leave-one-scan-out calibration: bank rows know their source scan, PatchCore scores without a scan's own
-rows, and the fit calibrates on every clean scan that way (config.calibration, default) without changing
-the model it saves."""
+rows, and a fit asked to (config.calibration "leave_one_out"; the default holds scans out) calibrates on
+every clean scan that way without changing the model it saves."""
 
 from __future__ import annotations
 
@@ -99,9 +99,12 @@ def test_a_bank_rebuilt_from_arrays_leaves_out_like_the_fitted_one_once_given_it
 
 
 def test_calibration_mode_is_checked():
-    assert DetectorConfig().calibration == "leave_one_out" and "holdout" in CALIBRATION_MODES
+    assert DetectorConfig().calibration == "holdout" and "leave_one_out" in CALIBRATION_MODES
     with pytest.raises(ConfigError, match="calibration"):
         DetectorConfig(calibration="bootstrap")
+
+
+LOO = {"calibration": "leave_one_out"}  # opt-in: the default calibration holds scans out
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +113,7 @@ def clean_paths(demo_data):
 
 
 def test_leave_one_out_fit_scores_every_clean_scan_against_the_others(clean_paths):
-    detector = Detector(tiny_config(), device="cpu").fit(clean_paths)
+    detector = Detector(tiny_config(**LOO), device="cpu").fit(clean_paths)
     info = detector.fit_info_
     assert info["calibration"] == "leave_one_out"
     assert info["n_train_scans"] == info["n_calibration_scans"] == len(clean_paths)
@@ -130,11 +133,11 @@ def test_leave_one_out_fit_scores_every_clean_scan_against_the_others(clean_path
 
 def test_leave_one_out_saves_the_model_a_fit_without_calibration_would(clean_paths, tmp_path):
     """The calibration pass leaves the bank and PCA as learned from all the scans, byte for byte."""
-    loo = Detector(tiny_config(), device="cpu").fit(clean_paths)
+    loo = Detector(tiny_config(**LOO), device="cpu").fit(clean_paths)
     plain = Detector(tiny_config(calibration="holdout", holdout_fraction=0.0), device="cpu").fit(clean_paths)
     for name, array in plain.method_.to_arrays().items():
         np.testing.assert_array_equal(loo.method_.to_arrays()[name], array, err_msg=name)
-    again = Detector(tiny_config(), device="cpu").fit(clean_paths)
+    again = Detector(tiny_config(**LOO), device="cpu").fit(clean_paths)
     assert again.calibration_ == loo.calibration_  # deterministic
 
 
@@ -146,25 +149,25 @@ def test_holdout_calibration_is_still_there_and_sizes_its_set_as_before(clean_pa
 
 
 def test_methods_that_cannot_leave_a_scan_out_hold_scans_out(clean_paths):
-    detector = Detector(tiny_config(method="padim"), device="cpu").fit(clean_paths)
+    detector = Detector(tiny_config(method="padim", **LOO), device="cpu").fit(clean_paths)
     assert detector.fit_info_["calibration"] == "holdout"
 
 
 def test_leave_one_out_scores_a_seeded_sample_of_at_most_the_cap(clean_paths, monkeypatch):
     monkeypatch.setattr(detector_module, "LEAVE_ONE_OUT_MAX_SCANS", 3)
-    first = Detector(tiny_config(), device="cpu").fit(clean_paths)
-    second = Detector(tiny_config(), device="cpu").fit(clean_paths)
+    first = Detector(tiny_config(**LOO), device="cpu").fit(clean_paths)
+    second = Detector(tiny_config(**LOO), device="cpu").fit(clean_paths)
     assert first.fit_info_["n_calibration_scans"] == 3 and first.fit_info_["n_train_scans"] == len(clean_paths)
     assert first.calibration_ == second.calibration_
 
 
 def test_one_clean_scan_calibrates_on_itself_with_a_warning(clean_paths):
-    detector = Detector(tiny_config(), device="cpu").fit(clean_paths[:1])
+    detector = Detector(tiny_config(**LOO), device="cpu").fit(clean_paths[:1])
     assert detector.fit_info_["calibration"] == "training"
     assert any("fewer than two clean scans" in w for w in detector.calibration_.warnings)
 
 
-def test_cli_calibration_flag_and_holdout_fraction_alone_mean_holdout(demo_data, tmp_path, capsys):
+def test_cli_calibration_flag_and_the_holdout_default(demo_data, tmp_path, capsys):
     clean = str(demo_data / "train" / "good")
     for name, flags in (("holdout", ["--calibration", "holdout"]), ("fraction", ["--holdout-fraction", "0.4"]),
                         ("loo", ["--calibration", "leave-one-out"])):
@@ -175,6 +178,7 @@ def test_cli_calibration_flag_and_holdout_fraction_alone_mean_holdout(demo_data,
     assert fit["holdout"]["calibration"] == fit["fraction"]["calibration"] == "holdout"
     assert fit["fraction"]["n_calibration_scans"] == 2  # 0.4 of 5
     assert fit["loo"]["calibration"] == "leave_one_out" and "held out to calibrate" in out
+    assert f"{fit['loo']['n_calibration_scans']} of them scored leave-one-scan-out to calibrate" in out
     assert main(["fit", "--clean-dir", clean, "--model", str(tmp_path / "bad"), *TINY_CLI_FLAGS,
                  "--calibration", "jackknife"]) == 2
     assert not (tmp_path / "bad").exists()

@@ -45,8 +45,7 @@ def test_old_bundle_loads_as_patchcore_and_scores_the_same(case, legacy_scans):
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_fresh_fit_writes_the_old_arrays(case, legacy_scans, tmp_path):
-    # These bundles predate leave-one-scan-out calibration: the old settings are held-out calibration.
-    detector = Detector(tiny_config(calibration="holdout", **CASES[case]), device="cpu").fit(legacy_scans["train_good"])
+    detector = Detector(tiny_config(**CASES[case]), device="cpu").fit(legacy_scans["train_good"])
     detector.save(tmp_path / "model")
     old_manifest, old_arrays = load_bundle(LEGACY / case / "bundle")
     new_manifest, new_arrays = load_bundle(tmp_path / "model")
