@@ -359,32 +359,48 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                              "scan; a scan without one is not masked); FILE: a mask image, nonzero = inside, the "
                              "size of every scan (one lane geometry), saved in the bundle; off: every patch "
                              "(default). Stored in the bundle: detect uses it unless given --roi")
-    parser.add_argument("--select", choices=("off", "auto"), default="off",
-                        help="auto: choose backbone, scale (tile and input size), PCA whitening, intensity window "
-                             "and top-patch count from the clean scans alone, by how well each candidate finds "
-                             "synthetic objects projected into held-out clean scans (a few times the cost of a "
-                             "plain fit; recorded in the bundle); off: use the given settings (default)")
+    parser.add_argument("--select", choices=("off", "scale", "auto"), default=None,
+                        help="scale (default): choose the zoom (tile and input size: 16, 22 or 32 scan px per "
+                             "feature cell) from the clean scans alone, by how well each finds synthetic objects "
+                             "projected into held-out clean scans (pixel level; skipped with --tile-size or "
+                             "--input-size, for scans fitted to their own size and for methods other than "
+                             "patchcore; about 2x a plain fit's time); auto: choose backbone, scale, PCA "
+                             "whitening, intensity window and top-patch count the same way (a few times a plain "
+                             "fit); off: use the given settings. The choice is recorded in the bundle")
 
 
 def _config_and_selection(args: argparse.Namespace, items, device, quiet: bool):
-    """The config of a fit: from the flags, or with ``--select auto`` chosen on ``items`` (clean scans).
+    """The config of a fit: from the flags, or with ``--select scale|auto`` chosen on ``items`` (clean scans).
 
-    Returns (config, selection record or None). With auto, a flag that the selection chooses is refused.
+    Returns (config, selection record or None). A flag that the selection chooses is refused when the mode
+    was asked for; the default ``scale`` mode steps aside for it instead (the user's scale wins).
     """
     config = _config_from_args(args)
-    if args.select != "auto":
+    mode = args.select or "scale"
+    if mode == "off":
         return config, None
-    if config.roi == "file":
-        raise InputError("--select auto does not take a --roi mask file; select first, or use --roi auto")
-    from .selection import SELECTED_FIELDS, select_config
+    from .selection import SELECTED_FIELDS, select_config, select_scale
 
-    given = [f"--{name.replace('_', '-')}" for name in SELECTED_FIELDS if getattr(args, name, None) is not None]
+    chosen_here = SELECTED_FIELDS if mode == "auto" else ("tile_size", "input_size")
+    given = [f"--{name.replace('_', '-')}" for name in chosen_here if getattr(args, name, None) is not None]
+    if config.roi == "file":
+        given.append("--roi FILE")
+    if given and args.select is None:
+        return config, None
     if given:
-        raise InputError(f"--select auto chooses {', '.join(given)} itself; drop {'it' if len(given) == 1 else 'them'} "
+        raise InputError(f"--select {mode} chooses {', '.join(given)} itself; drop {'it' if len(given) == 1 else 'them'} "
                          "or pass --select off")
     report = None if quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-    selection = select_config(items, config, device=device, runtime=args.runtime, progress=report,
-                              on_bad_image=_warn_skipped)
+    if mode == "scale":
+        selection = select_scale(items, config, device=device, runtime=args.runtime, progress=report,
+                                 on_bad_image=_warn_skipped)
+        if not selection.candidates:
+            if not quiet:
+                print(f"select scale: {selection.notes[0]}", file=sys.stderr)
+            return config, selection.to_dict()
+    else:
+        selection = select_config(items, config, device=device, runtime=args.runtime, progress=report,
+                                  on_bad_image=_warn_skipped)
     print(f"selected {selection.chosen} from {len(selection.candidates)} candidates in {selection.seconds:.0f} s "
           f"({selection.n_train_scans} training, {selection.n_validation_scans} validation scans, "
           f"{selection.n_synthetic_scans} with synthetic objects):\n{selection.summary()}")

@@ -42,7 +42,7 @@ except ImportError:  # run from a checkout without installing
 import torch  # noqa: E402
 from scipy.stats import beta  # noqa: E402
 
-from rtg_anomaly.cli import _config_from_args, _warn_skipped, build_parser  # noqa: E402
+from rtg_anomaly.cli import _config_and_selection, _config_from_args, _warn_skipped, build_parser  # noqa: E402
 from rtg_anomaly.config import DetectorConfig  # noqa: E402
 from rtg_anomaly.errors import InputError  # noqa: E402
 from rtg_anomaly.evaluation import evaluate, load_mvtec_folder  # noqa: E402
@@ -243,7 +243,11 @@ def run_dataset(name: str, data_dir: Path, display_dir: str, flags: list[str], d
         f"({shlex.join(flags) or 'default settings'})")
     seed_everything(config.seed)
     started = time.perf_counter()
+    # The fit's own configuration step (`--select`, by default the zoom chosen on the clean scans), timed
+    # with the fit as a user waits for both.
+    config, selection = _config_and_selection(args, train, args.device, quiet=True)
     detector = Detector(config, device=args.device, runtime=args.runtime)
+    detector.selection_ = selection
     detector.fit(train, progress=False, on_bad_image=_warn_skipped, false_alarm_rate=args.false_alarm_rate)
     fit_seconds = time.perf_counter() - started
     info, calibration = detector.fit_info_, detector.calibration_
@@ -275,6 +279,7 @@ def run_dataset(name: str, data_dir: Path, display_dir: str, flags: list[str], d
         f"{false_alarms}/{n_good}, detect {metrics['detect_ms_per_image']:.0f} ms/image")
     return {
         "dataset": name, "flags": list(flags), "command": command, "config": config.to_dict(),
+        "selection": _selection_summary(selection),
         "subsample": {"max_train": max_train, "n_train_used": len(train), "n_train_total": len(eval_set.train_paths),
                       "max_per_class": max_per_class, "n_test_total": len(eval_set.test_items),
                       "subsampled": len(train) < len(eval_set.train_paths)
@@ -293,6 +298,15 @@ def run_dataset(name: str, data_dir: Path, display_dir: str, flags: list[str], d
         "image_threshold": calibration.image_threshold,
         "operator": operator, "targets": targets, "notes": list(metrics["notes"]),
     }
+
+
+def _selection_summary(selection: dict | None) -> dict | None:
+    """What a run's `--select` chose, with each candidate's synthetic scores (None: no selection ran)."""
+    if selection is None:
+        return None
+    return {"mode": selection["mode"], "chosen": selection["chosen"], "notes": selection["notes"],
+            "candidates": [{key: c[key] for key in ("name", "image_auroc", "pixel_auroc", "score", "seconds", "error")}
+                           for c in selection["candidates"]]}
 
 
 # ---------------------------------------------------------------------------- cache

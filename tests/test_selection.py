@@ -10,8 +10,9 @@ import pytest
 from rtg_anomaly import Detector
 from rtg_anomaly.cli import main
 from rtg_anomaly.errors import InputError
-from rtg_anomaly.selection import (MARGIN, Candidate, CandidateResult, _best, refinement_candidates, scale_candidates,
-                                   select_config, synthetic_validation_set)
+from rtg_anomaly.selection import (MARGIN, SCALE_MARGIN, Candidate, CandidateResult, _best, refinement_candidates,
+                                   scale_candidates, select_config, select_scale, synthetic_validation_set,
+                                   zoom_candidates)
 from rtg_anomaly.synthetic import write_demo_dataset
 from rtg_anomaly.threat_projection import ProjectionSettings
 
@@ -152,6 +153,109 @@ def test_select_auto_refuses_flags_it_would_choose(clean_paths, tmp_path, capsys
     assert code == 2 and len(err.splitlines()) == 1
     assert "--select auto chooses --tile-size" in err
     assert not (tmp_path / "m").exists()
+
+
+def test_zoom_candidates_step_out_from_the_configured_scale():
+    from rtg_anomaly.config import DetectorConfig
+
+    config = DetectorConfig()
+    names = [c.name for c in zoom_candidates(config, [572] * 9)]  # castings frames: 768 x 572
+    assert names == ["t512-i448 (16 px/cell)", "t512-i322 (22 px/cell)", "t768-i336 (32 px/cell)"]
+    # A 768 px tile on 378 px scans would be refitted by the fit: it is left out, not validated in vain.
+    assert [c.overrides for c in zoom_candidates(config, [378] * 9)] == [
+        {"tile_size": 512, "input_size": 448}, {"tile_size": 512, "input_size": 322}]
+    # Scans under half a tile are fitted to their own size: nothing to choose.
+    assert zoom_candidates(config, [100] * 9) == [] and zoom_candidates(config.replace(input_size=None), [572]) == []
+    # A CNN's input stays a multiple of its stride 32.
+    cnn = config.replace(backbone="tf_efficientnet_lite0", tile_size=256, input_size=256)
+    assert all(c.overrides["input_size"] % 32 == 0 for c in zoom_candidates(cnn, [600]))
+
+
+def test_best_keeps_the_finer_zoom_unless_a_coarser_one_gains_the_scale_margin():
+    def result(name, score):
+        return CandidateResult(name, {}, 0.5, score, score, 5, 1.0)
+
+    close = [result("fine", 0.80), result("coarse", 0.80 + SCALE_MARGIN / 2)]
+    assert _best(close, SCALE_MARGIN).name == "fine" and _best(close).name == "coarse"
+
+
+def test_select_scale_judges_zooms_by_synthetic_pixel_auroc_and_is_deterministic(clean_paths):
+    base = tiny_config(pca_dim=8, top_patches=3)
+    first = select_scale(clean_paths, base, device="cpu", runtime="torch")
+    assert first.mode == "scale" and [r.name for r in first.candidates] == [
+        "t64-i56 (16 px/cell)", "t64-i42 (21 px/cell)", "t96-i42 (32 px/cell)"]
+    for result in first.candidates:
+        assert result.error is None and result.score == result.pixel_auroc and 0.0 <= result.pixel_auroc <= 1.0
+        assert result.top_patches == 3  # the image score is the user's, not chosen on synthetic objects
+    chosen = next(r for r in first.candidates if r.name == first.chosen)
+    assert all(r.score <= chosen.score + SCALE_MARGIN for r in first.candidates)
+    # Only the zoom changes.
+    assert first.config == base.replace(**chosen.overrides)
+    record = first.to_dict()
+    json.dumps(record, allow_nan=False)
+    assert record["mode"] == "scale" and record["margin"] == SCALE_MARGIN and record["n_synthetic_scans"] == 4
+    second = select_scale(clean_paths, base, device="cpu", runtime="torch")
+    assert [(r.name, r.image_auroc, r.pixel_auroc) for r in second.candidates] == [
+        (r.name, r.image_auroc, r.pixel_auroc) for r in first.candidates]
+
+
+@pytest.mark.parametrize("case", ["few scans", "other method", "small scans"])
+def test_select_scale_keeps_the_configured_scale_where_there_is_nothing_to_choose(clean_paths, case):
+    base, items = tiny_config(), list(clean_paths)
+    if case == "few scans":
+        items = items[:5]
+    elif case == "other method":
+        base = base.replace(method="padim")
+    else:
+        base = base.replace(tile_size=512)  # 96 px scans are under half of it: fitted to their own size
+    selection = select_scale(items, base, device="cpu", runtime="torch")
+    assert selection.config == base and selection.chosen == "configured" and selection.candidates == []
+    assert selection.notes[0].startswith("scale kept: ")
+
+
+def test_fit_selects_the_scale_by_default_and_a_given_scale_turns_it_off(clean_paths, tmp_path, capsys):
+    clean_dir = str(clean_paths[0].parent)
+    flags = ["--weights", "random", "--layers", "1", "--pca-dim", "16", "--device", "cpu", "--runtime", "torch",
+             "--quiet"]
+    model = tmp_path / "default"
+    # 96 px scans are under half the default 512 px tile: the scale is fitted to them and the record says so.
+    assert main(["fit", "--clean-dir", clean_dir, "--model", str(model), *flags]) == 0
+    record = json.loads((model / "manifest.json").read_text())["selection"]
+    assert record["mode"] == "scale" and record["chosen"] == "configured" and record["candidates"] == []
+    assert "fitted to their own size" in record["notes"][0]
+    # A given tile or input size is the user's choice: no selection, no record.
+    given = tmp_path / "given"
+    assert main(["fit", "--clean-dir", clean_dir, "--model", str(given), "--tile-size", "64", *flags]) == 0
+    assert "selection" not in json.loads((given / "manifest.json").read_text())
+    # Asked for explicitly, the same flag is refused in one line before anything is written.
+    capsys.readouterr()
+    code = main(["fit", "--clean-dir", clean_dir, "--model", str(tmp_path / "refused"), "--select", "scale",
+                 "--input-size", "56", *flags])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.splitlines() == [err] and "--select scale chooses --input-size" in err
+    assert not (tmp_path / "refused").exists()
+
+
+def test_fit_select_scale_records_the_zooms_in_the_bundle(clean_paths, tmp_path, monkeypatch, capsys):
+    import rtg_anomaly.cli as cli
+    from rtg_anomaly import selection
+
+    # The tiny random backbone stands in for DINOv2 (its model kwargs are not a CLI flag).
+    real_config = cli._config_from_args
+    monkeypatch.setattr(cli, "_config_from_args",
+                        lambda args: real_config(args).replace(model_kwargs=TINY_MODEL, tile_size=64, input_size=56))
+    model = tmp_path / "model"
+    assert main(["fit", "--clean-dir", str(clean_paths[0].parent), "--model", str(model), "--device", "cpu",
+                 "--runtime", "torch", "--weights", "random", "--layers", "1", "--pca-dim", "16", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "selected t" in out and "3 candidates" in out
+    manifest = json.loads((model / "manifest.json").read_text())
+    record = manifest["selection"]
+    assert record["mode"] == "scale" and len(record["candidates"]) == 3
+    assert [manifest["config"][k] for k in ("tile_size", "input_size")] == [
+        record["chosen_fields"]["tile_size"], record["chosen_fields"]["input_size"]]
+    assert Detector.load(model, device="cpu", runtime="torch").selection_ == record
+    assert selection.SCALE_MIN_SCANS <= len(clean_paths)
 
 
 @pytest.mark.realdata
