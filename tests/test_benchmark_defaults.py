@@ -48,4 +48,31 @@ def test_page_lists_every_candidate_run_with_its_verdict_and_flags(script, monke
     assert set(rows) == {"`current`", "`nb3`"}
     assert "0.950 (0.895)" in rows["`nb3`"] and "accepted" in rows["`nb3`"] and "-0.005" in rows["`nb3`"]
     assert "reference" in rows["`current`"] and "0.850" in rows["`current`"]
-    assert "`--no-scale-to-scans --neighbourhood 3`" in page and "--max-train 160" in page
+    assert "`--no-scale-to-scans --select off --neighbourhood 3`" in page and "--max-train 160" in page
+
+
+def test_a_later_candidate_is_judged_against_the_defaults_shipped_before_it(script):
+    cache = _cache({"current/a": (0.80, None), "current+fit-half/a": (0.90, None), "select-scale/a": (0.895, None)})
+    # Above the old reference, but below the shipped one it replaces: rejected.
+    kind, mean, _ = script.verdict(cache, "select-scale", ["a"])
+    assert script.REFERENCE["select-scale"] == "current+fit-half"
+    assert kind == "rejected" and mean == pytest.approx(-0.005)
+
+
+def test_validator_table_sets_synthetic_scores_beside_the_real_runs_at_the_same_zoom(script):
+    cache = _cache({"current/a": (0.92, 0.94), "i322/a": (0.95, 0.95), "t768-i336/a": (0.90, 0.93),
+                    "select-scale/a": (0.95, 0.95), "select-scale/b": (0.8, None)})
+    cache["runs"]["select-scale/a"]["selection"] = {
+        "mode": "scale", "chosen": "t512-i322 (22 px/cell)", "notes": [],
+        "candidates": [{"name": "t512-i448 (16 px/cell)", "pixel_auroc": 0.75, "error": None},
+                       {"name": "t512-i322 (22 px/cell)", "pixel_auroc": 0.78, "error": None},
+                       {"name": "t768-i336 (32 px/cell)", "pixel_auroc": 0.70, "error": None}]}
+    cache["runs"]["select-scale/b"]["selection"] = {"mode": "scale", "chosen": "configured", "candidates": [],
+                                                   "notes": ["scale kept: the scans are fitted to their own size"]}
+    lines = script.validator_lines(cache, ["a", "b"])
+    rows = {line.split("|")[1].strip(): line for line in lines if line.startswith("| a") or line.startswith("| b")}
+    assert "0.780 → 0.950 / 0.950" in rows["a"] and "**(chosen)**" in rows["a"]
+    cells = [c.strip() for c in rows["a"].split("|")]
+    assert cells[4:7] == ["+1.00", "+1.00", "yes"]
+    assert "fitted to their own size" in rows["b"]
+    assert script.validator_lines(_cache({"current/a": (0.9, None)}), ["a"]) == []
