@@ -383,10 +383,10 @@ def _config_and_selection(args: argparse.Namespace, items, device, quiet: bool):
 
     chosen_here = SELECTED_FIELDS if mode == "auto" else ("tile_size", "input_size")
     given = [f"--{name.replace('_', '-')}" for name in chosen_here if getattr(args, name, None) is not None]
-    if config.roi == "file":
-        given.append("--roi FILE")
-    if given and args.select is None:
+    if (given or config.roi == "file") and args.select is None:
         return config, None
+    if config.roi == "file":
+        raise InputError(f"--select {mode} does not take a --roi mask file; select first, or use --roi auto")
     if given:
         raise InputError(f"--select {mode} chooses {', '.join(given)} itself; drop {'it' if len(given) == 1 else 'them'} "
                          "or pass --select off")
