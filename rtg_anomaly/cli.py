@@ -360,8 +360,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                              "size of every scan (one lane geometry), saved in the bundle; off: every patch "
                              "(default). Stored in the bundle: detect uses it unless given --roi")
     parser.add_argument("--select", choices=("off", "scale", "auto"), default=None,
-                        help="scale (default): choose the zoom (tile and input size: 16, 22 or 32 scan px per "
-                             "feature cell) from the clean scans alone, by how well each finds synthetic objects "
+                        help="scale (default): choose the zoom (tile and input size: 12, 16, 22 or 32 scan px "
+                             "per feature cell) from the clean scans alone, by how well each finds synthetic objects "
                              "projected into held-out clean scans (pixel level; skipped with --tile-size or "
                              "--input-size, for scans fitted to their own size and for methods other than "
                              "patchcore; about 2x a plain fit's time); auto: choose backbone, scale, PCA "

@@ -18,7 +18,7 @@ then on the winner the PCA whitening and the intensity window, and, for free fro
 the number of top patches that makes the image score.
 
 ``fit --select scale`` (the default) is the narrow form that won the rule for defaults: the configured
-backbone at three zooms of the configured scale (``ZOOM_STEPS``), judged by the *pixel* AUROC of the
+backbone at four zooms of the configured scale (``ZOOM_STEPS``), judged by the *pixel* AUROC of the
 synthetic objects alone. Over the shared datasets the synthetic pixel AUROC ranked these zooms as the real
 test AUROC did (castings preferred the coarser cells, welds and screws the default), while the synthetic
 image AUROC did not (docs/selection.md). Scans small enough to be refitted to their own size
@@ -53,8 +53,9 @@ SELECTED_FIELDS = ("backbone", "weights", "layers", "neighbourhood", "tile_size"
                    "intensity_window", "top_patches", "image_score")
 MARGIN = 0.002
 # --select scale: (tile, input) multipliers of the configured scale, default first. With 512 px tiles seen at
-# 448 px: 16, 22 and 32 scan px per ViT cell (the last a whole castings frame in one 768 px tile).
-ZOOM_STEPS = ((1.0, 1.0), (1.0, 0.72), (1.5, 0.75))
+# 448 px: 16, 22 and 32 scan px per ViT cell (the last a whole castings frame in one 768 px tile), then 12
+# (384 px tiles: finer cells cost about 1.8x the tiles of the default).
+ZOOM_STEPS = ((1.0, 1.0), (1.0, 0.72), (1.5, 0.75), (0.75, 1.0))
 SCALE_MARGIN = 0.005  # pixel AUROC a coarser zoom must gain over the best finer one
 SCALE_MIN_SCANS = 6  # fewer clean scans: the configured scale is kept (2 validation scans are too few)
 MAX_TRAIN_SCANS = 48

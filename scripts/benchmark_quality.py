@@ -875,6 +875,19 @@ def _headline_markdown(section: dict | None, tuned: dict) -> list[str]:
                      f"| {e.get('calibration_mode', 'holdout').replace('_', '-')}, {e['calibration_scans']} scans "
                      f"| {e['fit_seconds']:.0f} | {_ms(e['detect_ms_mean'])} | {peer_text} | {tuned_text} "
                      f"| {_short_subsample(e)} |")
+    choices = []
+    for name in order:
+        selection = datasets[name].get("selection")
+        if selection and selection.get("candidates"):
+            choices.append(f"{name} {selection['chosen']} of {len(selection['candidates'])} zooms")
+        elif selection:
+            choices.append(f"{name} none ({selection['notes'][0] if selection.get('notes') else 'kept'})")
+    if choices:
+        lines += ["", "What `--select " + next(datasets[n]["selection"]["mode"] for n in order
+                                                if datasets[n].get("selection")) + "` chose: "
+                  + "; ".join(choices) + ". Its time is in *fit s*. Rows without this record ran before it existed; "
+                  "where the scans are fitted to their own size (castingpatches, fishbones) it chooses nothing, and "
+                  "the subsampled study of docs/defaults.md gave the same figures there with and without it."]
     runs = sorted({(e["run"]["date"], _machine_text(e["run"]["machine"], {e.get("runtime", "")})) for e in datasets.values()})
     lines += ["", "Runs: " + "; ".join(f"{date}, {machine}" for date, machine in runs) + ".", ""]
     return lines

@@ -204,6 +204,13 @@ def test_headline_runs_without_the_dataset_flags_and_leads_the_page(tmp_path, on
     (row,) = [line for line in page.splitlines() if line.startswith("| gdxray_welds |") and "PaDiM" in line]
     assert "0.969 / 0.921 (PaDiM, EfficientNet-Lite0)" in row and f"{entry['operator']['false_alarms']}/2" in row
     assert bq.main([*common, "--headline", "--ablation"]) == 2
+    # The tiny flags give a tile size, so the default zoom selection stepped aside; a record of one is shown.
+    assert entry["selection"] is None and "What `--select" not in page
+    entry["selection"] = {"mode": "scale", "chosen": "t512-i322 (22 px/cell)", "notes": [],
+                          "candidates": [{"name": "t512-i448 (16 px/cell)"}, {"name": "t512-i322 (22 px/cell)"}]}
+    lines = bq._headline_markdown({"datasets": {"gdxray_welds": entry}}, {})
+    assert any(line.startswith("What `--select scale` chose: gdxray_welds t512-i322 (22 px/cell) of 2 zooms")
+               for line in lines)
 
 
 def test_methods_summary_derives_the_recommendation_from_the_numbers():

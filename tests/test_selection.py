@@ -160,10 +160,12 @@ def test_zoom_candidates_step_out_from_the_configured_scale():
 
     config = DetectorConfig()
     names = [c.name for c in zoom_candidates(config, [572] * 9)]  # castings frames: 768 x 572
-    assert names == ["t512-i448 (16 px/cell)", "t512-i322 (22 px/cell)", "t768-i336 (32 px/cell)"]
+    assert names == ["t512-i448 (16 px/cell)", "t512-i322 (22 px/cell)", "t768-i336 (32 px/cell)",
+                     "t384-i448 (12 px/cell)"]
     # A 768 px tile on 378 px scans would be refitted by the fit: it is left out, not validated in vain.
     assert [c.overrides for c in zoom_candidates(config, [378] * 9)] == [
-        {"tile_size": 512, "input_size": 448}, {"tile_size": 512, "input_size": 322}]
+        {"tile_size": 512, "input_size": 448}, {"tile_size": 512, "input_size": 322},
+        {"tile_size": 384, "input_size": 448}]
     # Scans under half a tile are fitted to their own size: nothing to choose.
     assert zoom_candidates(config, [100] * 9) == [] and zoom_candidates(config.replace(input_size=None), [572]) == []
     # A CNN's input stays a multiple of its stride 32.
@@ -183,7 +185,7 @@ def test_select_scale_judges_zooms_by_synthetic_pixel_auroc_and_is_deterministic
     base = tiny_config(pca_dim=8, top_patches=3)
     first = select_scale(clean_paths, base, device="cpu", runtime="torch")
     assert first.mode == "scale" and [r.name for r in first.candidates] == [
-        "t64-i56 (16 px/cell)", "t64-i42 (21 px/cell)", "t96-i42 (32 px/cell)"]
+        "t64-i56 (16 px/cell)", "t64-i42 (21 px/cell)", "t96-i42 (32 px/cell)", "t48-i56 (12 px/cell)"]
     for result in first.candidates:
         assert result.error is None and result.score == result.pixel_auroc and 0.0 <= result.pixel_auroc <= 1.0
         assert result.top_patches == 3  # the image score is the user's, not chosen on synthetic objects
@@ -234,6 +236,21 @@ def test_fit_selects_the_scale_by_default_and_a_given_scale_turns_it_off(clean_p
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.splitlines() == [err] and "--select scale chooses --input-size" in err
     assert not (tmp_path / "refused").exists()
+    # A region-of-interest mask file is one lane geometry the user chose: the default steps aside for it too.
+    from PIL import Image
+
+    from rtg_anomaly.io import load_image
+
+    scan = load_image(clean_paths[0])
+    lane = tmp_path / "lane"  # one lane geometry: every scan the mask's size
+    lane.mkdir()
+    for index in range(6):
+        Image.fromarray(np.roll(scan, 3 * index, axis=1)).save(lane / f"{index}.png")
+    mask = tmp_path / "roi.png"
+    Image.fromarray(np.full(scan.shape[:2], 255, np.uint8)).save(mask)
+    masked = tmp_path / "masked"
+    assert main(["fit", "--clean-dir", str(lane), "--model", str(masked), "--roi", str(mask), *flags]) == 0
+    assert "selection" not in json.loads((masked / "manifest.json").read_text())
 
 
 def test_fit_select_scale_records_the_zooms_in_the_bundle(clean_paths, tmp_path, monkeypatch, capsys):
@@ -248,10 +265,10 @@ def test_fit_select_scale_records_the_zooms_in_the_bundle(clean_paths, tmp_path,
     assert main(["fit", "--clean-dir", str(clean_paths[0].parent), "--model", str(model), "--device", "cpu",
                  "--runtime", "torch", "--weights", "random", "--layers", "1", "--pca-dim", "16", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "selected t" in out and "3 candidates" in out
+    assert "selected t" in out and "4 candidates" in out
     manifest = json.loads((model / "manifest.json").read_text())
     record = manifest["selection"]
-    assert record["mode"] == "scale" and len(record["candidates"]) == 3
+    assert record["mode"] == "scale" and len(record["candidates"]) == 4
     assert [manifest["config"][k] for k in ("tile_size", "input_size")] == [
         record["chosen_fields"]["tile_size"], record["chosen_fields"]["input_size"]]
     assert Detector.load(model, device="cpu", runtime="torch").selection_ == record
