@@ -452,8 +452,10 @@ def render_markdown(cache: dict) -> str:
              "> **The headline table and the methods table use no per-dataset flag**: what a user without a test "
              "set gets. Every later table (*tuned*) uses flags picked on each dataset's own test set "
              "(`DATASET_FLAGS`), for comparison only. How the defaults were chosen (every candidate, the ones "
-             "that lost too): [defaults.md](defaults.md); `--select auto`, which chooses from clean scans alone: "
-             "[selection.md](selection.md). Region-of-interest masking (`--roi auto`) against none, on every "
+             "that lost too), and how well the synthetic validation of the default `--select scale` ranks the zooms "
+             "against the real test (Spearman rank correlations per dataset): [defaults.md](defaults.md); "
+             "`--select auto`, which chooses backbone and more from clean scans alone, with its own rank "
+             "correlations: [selection.md](selection.md). Region-of-interest masking (`--roi auto`) against none, on every "
              "dataset without per-dataset flags: [roi.md](roi.md).", ""]
     lines += _headline_markdown(sections.get("headline"), bench)
     lines += _methods_markdown(sections.get("methods"))
