@@ -163,23 +163,27 @@ def _value(cache: dict, name: str, dataset: str, metric: str):
 
 def verdict(cache: dict, name: str, datasets: list[str]) -> tuple[str, float | None, float | None]:
     """(verdict, mean image AUROC change, worst change of image or pixel AUROC) against the candidate's
-    reference: ``REFERENCE[name]``, else "current"."""
+    reference: ``REFERENCE[name]``, else "current". A candidate not run on every dataset is "incomplete",
+    unless a dataset it ran on already lost more than ``MAX_LOSS``: then it is "rejected" (mean None)."""
     if name == "current":
         return "reference", None, None
     reference = REFERENCE.get(name, "current")
-    deltas, worst = [], None
+    deltas, worst, missing = [], None, False
     for dataset in datasets:
         for metric in ("image_auroc", "pixel_auroc"):
             new, old = _value(cache, name, dataset, metric), _value(cache, reference, dataset, metric)
             if old is None:
                 continue
             if new is None:
-                return "incomplete", None, None
+                missing = True
+                continue
             delta = new - old
             worst = delta if worst is None else min(worst, delta)
             if metric == "image_auroc":
                 deltas.append(delta)
-    if len(deltas) < len(datasets):
+    if missing or len(deltas) < len(datasets):
+        if worst is not None and worst < -MAX_LOSS:
+            return "rejected", None, worst
         return "incomplete", None, None
     mean = sum(deltas) / len(deltas)
     accepted = mean > 0 and worst >= -MAX_LOSS

@@ -76,3 +76,12 @@ def test_validator_table_sets_synthetic_scores_beside_the_real_runs_at_the_same_
     assert cells[4:7] == ["+1.00", "+1.00", "yes"]
     assert "fitted to their own size" in rows["b"]
     assert script.validator_lines(_cache({"current/a": (0.9, None)}), ["a"]) == []
+
+
+def test_a_candidate_that_already_lost_too_much_on_one_dataset_is_rejected_before_the_rest_run(script):
+    cache = _cache({"current/a": (0.92, 0.94), "current/b": (0.80, None),
+                    "t384/a": (0.906, 0.933),                          # a loses 0.014: rejected without b
+                    "nb3/a": (0.915, 0.94)})                           # a loses 0.005: b still decides
+    kind, mean, worst = script.verdict(cache, "t384", ["a", "b"])
+    assert kind == "rejected" and mean is None and worst == pytest.approx(-0.014)
+    assert script.verdict(cache, "nb3", ["a", "b"]) == ("incomplete", None, None)
