@@ -102,7 +102,8 @@ class CandidateResult:
 
 @dataclass
 class Selection:
-    """Outcome of ``select_config``: the chosen config and the record stored in the bundle."""
+    """Outcome of ``select_config`` or ``select_scale``: the chosen config and the record stored in the bundle
+    (``to_dict``: everything but the wall-clock times, which ``summary`` prints)."""
 
     config: DetectorConfig
     chosen: str
@@ -119,7 +120,8 @@ class Selection:
     def to_dict(self) -> dict:
         return {"mode": self.mode, "chosen": self.chosen,
                 "chosen_fields": {name: _jsonable(getattr(self.config, name)) for name in SELECTED_FIELDS},
-                "candidates": [c.to_dict() for c in self.candidates],
+                # no wall-clock times: the same clean scans must give the same bundle bytes
+                "candidates": [{k: v for k, v in c.to_dict().items() if k != "seconds"} for c in self.candidates],
                 "n_train_scans": self.n_train_scans, "n_validation_scans": self.n_validation_scans,
                 "n_synthetic_scans": self.n_synthetic_scans, "synthesis": self.settings.to_dict(),
                 "margin": SCALE_MARGIN if self.mode == "scale" else MARGIN, "seed": self.seed, "notes": list(self.notes)}

@@ -305,7 +305,7 @@ def _selection_summary(selection: dict | None) -> dict | None:
     if selection is None:
         return None
     return {"mode": selection["mode"], "chosen": selection["chosen"], "notes": selection["notes"],
-            "candidates": [{key: c[key] for key in ("name", "image_auroc", "pixel_auroc", "score", "seconds", "error")}
+            "candidates": [{key: c[key] for key in ("name", "image_auroc", "pixel_auroc", "score", "error")}
                            for c in selection["candidates"]]}
 
 

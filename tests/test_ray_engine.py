@@ -250,3 +250,32 @@ def test_score_dataset_gives_the_scores_and_files_of_detect(local_ray, demo_data
         if "junk" not in path:
             name = Path(path).name
             assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "cli" / name).read_bytes()
+
+
+@pytest.mark.ray
+def test_fit_on_ray_with_the_default_zoom_selection_writes_the_in_process_bundle(local_ray, demo_data, tmp_path,
+                                                                                 monkeypatch):
+    """`--select scale` (the default) runs on the driver before the workers start; the chosen zoom and its record
+    are the in-process fit's, byte for byte."""
+    import rtg_anomaly.cli as cli
+    from tests.conftest import TINY_MODEL
+
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    for index, scan in enumerate(sorted((demo_data / "train" / "good").iterdir()) +
+                                 sorted((demo_data / "test" / "good").iterdir())):
+        shutil.copy(scan, clean / f"{index:02d}.bmp")
+    # The tiny random backbone at 64 px tiles, given as if it were the default scale (no --tile-size flag).
+    real_config = cli._config_from_args
+    monkeypatch.setattr(cli, "_config_from_args",
+                        lambda args: real_config(args).replace(model_kwargs=TINY_MODEL, tile_size=64, input_size=56))
+    flags = ["--weights", "random", "--layers", "1", "--pca-dim", "16", "--quiet", "--device", "cpu",
+             "--clean-dir", str(clean)]
+    assert main(["fit", "--model", str(tmp_path / "inprocess"), *flags]) == 0
+    assert main(["fit", "--model", str(tmp_path / "ray"), *flags, "--engine", "ray", "--workers", "2"]) == 0
+    manifest = load_bundle(tmp_path / "ray")[0]
+    assert manifest["selection"]["mode"] == "scale" and len(manifest["selection"]["candidates"]) == 4
+    files = sorted(p.name for p in (tmp_path / "inprocess").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "ray").iterdir())
+    for name in files:
+        assert (tmp_path / "inprocess" / name).read_bytes() == (tmp_path / "ray" / name).read_bytes(), name

@@ -273,6 +273,14 @@ def test_fit_select_scale_records_the_zooms_in_the_bundle(clean_paths, tmp_path,
         record["chosen_fields"]["tile_size"], record["chosen_fields"]["input_size"]]
     assert Detector.load(model, device="cpu", runtime="torch").selection_ == record
     assert selection.SCALE_MIN_SCANS <= len(clean_paths)
+    # The same clean scans give the same bundle bytes, selection record included (no wall-clock times in it).
+    again = tmp_path / "again"
+    assert main(["fit", "--clean-dir", str(clean_paths[0].parent), "--model", str(again), "--device", "cpu",
+                 "--runtime", "torch", "--weights", "random", "--layers", "1", "--pca-dim", "16", "--quiet"]) == 0
+    files = sorted(p.name for p in model.iterdir())
+    assert files == sorted(p.name for p in again.iterdir())
+    for name in files:
+        assert (model / name).read_bytes() == (again / name).read_bytes(), name
 
 
 @pytest.mark.realdata
