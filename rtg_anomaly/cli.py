@@ -364,7 +364,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                              "per feature cell) from the clean scans alone, by how well each finds synthetic objects "
                              "projected into held-out clean scans (pixel level; skipped with --tile-size or "
                              "--input-size, for scans fitted to their own size and for methods other than "
-                             "patchcore; about 2x a plain fit's time); auto: choose backbone, scale, PCA "
+                             "patchcore; 3-4x a plain fit's time on 2 CPU cores); auto: choose backbone, scale, PCA "
                              "whitening, intensity window and top-patch count the same way (a few times a plain "
                              "fit); off: use the given settings. The choice is recorded in the bundle")
 

@@ -33,14 +33,14 @@ from .errors import InputError, first_line
 from .features import FeatureExtractor, resolve_device
 from .graph_export import GRAPH_KEY, StoredGraph, graph_from_bundle
 from .intensity import apply_window, apply_window_torch, to_device_float, window_limits
-from .io import image_shape, load_image
+from .io import load_image
 from .memory_bank import random_rows
 from .methods import FitPlan, GlobalDescriptor, PatchMethod, TileFeatures, create_method, method_class
 from .overlay import percentile_mask, percentile_mask_torch, render_overlay, render_overlay_torch
 from .roi import PATCH_INSIDE_FRACTION, auto_roi, fixed_roi, patch_inside_fraction
 from .results import (AnomalyResult, ImageTooSmallError, NonFiniteScanError, NotFittedError, RawScores,
                       UnusableScanError)
-from .scale import fit_scale_to_scans
+from .scale import fit_scale_to_scans, shorter_sides
 from .scan_kinds import kind_mismatch, mixed_kinds, scan_kind
 from .stitching import DeviceMapStitcher, MapStitcher, gaussian_smooth, gaussian_smooth_torch
 from .tiling import extract_tiles, pad_to_tile, tile_grid
@@ -436,9 +436,7 @@ class Detector:
         record = {"tile_size": config.tile_size, "input_size": config.input_size, "fitted_to_scans": False}
         if not config.scale_to_scans:
             return record
-        shapes = [item.shape[:2] if isinstance(item, np.ndarray) else image_shape(item) for item in images]
-        sides = [min(shape) for shape in shapes if shape is not None]
-        fitted = fit_scale_to_scans(config, sides)
+        fitted = fit_scale_to_scans(config, shorter_sides(images))
         if fitted != config:
             self.config, self._extractor = fitted, None
             record.update(tile_size=fitted.tile_size, input_size=fitted.input_size, fitted_to_scans=True,

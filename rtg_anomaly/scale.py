@@ -34,6 +34,17 @@ def input_multiple(backbone: str) -> int:
     return 32
 
 
+def shorter_sides(items: Sequence) -> list[int]:
+    """The shorter side (px) of each clean scan: arrays by their shape, files by their header alone (nothing
+    decoded); a file whose header cannot be read is left out (its full read reports why, later)."""
+    import numpy as np
+
+    from .io import image_shape
+
+    shapes = [item.shape[:2] if isinstance(item, np.ndarray) else image_shape(item) for item in items]
+    return [min(shape) for shape in shapes if shape is not None]
+
+
 def fit_scale_to_scans(config: DetectorConfig, shorter_sides: Sequence[int],
                        small_scan_share: float = SMALL_SCAN_SHARE) -> DetectorConfig:
     """``config`` with its tile and input size fitted to clean scans whose shorter sides are given (px).

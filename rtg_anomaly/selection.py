@@ -20,8 +20,8 @@ the number of top patches that makes the image score.
 ``fit --select scale`` (the default) is the narrow form that won the rule for defaults: the configured
 backbone at four zooms of the configured scale (``ZOOM_STEPS``), judged by the *pixel* AUROC of the
 synthetic objects alone. Over the shared datasets the synthetic pixel AUROC ranked these zooms as the real
-test AUROC did (castings preferred the coarser cells, welds and screws the default), while the synthetic
-image AUROC did not (docs/selection.md). Scans small enough to be refitted to their own size
+test AUROC did on castings and screw (it missed welds' finer zoom), while the synthetic image AUROC did not
+(docs/defaults.md). Scans small enough to be refitted to their own size
 (``scale.fit_scale_to_scans``) keep that fitted scale: there is nothing to choose.
 """
 
@@ -38,7 +38,7 @@ import numpy as np
 from .config import DEFAULT_BACKBONE, DetectorConfig
 from .errors import InputError
 from .metrics import image_auroc, pixel_auroc
-from .scale import fit_scale_to_scans, input_multiple
+from .scale import fit_scale_to_scans, input_multiple, shorter_sides
 from .threat_projection import ProjectionSettings, project_object
 
 CNN_BACKBONE = "tf_efficientnet_lite0"
@@ -56,7 +56,7 @@ MARGIN = 0.002
 # 448 px: 16, 22 and 32 scan px per ViT cell (the last a whole castings frame in one 768 px tile), then 12
 # (384 px tiles: finer cells cost about 1.8x the tiles of the default).
 ZOOM_STEPS = ((1.0, 1.0), (1.0, 0.72), (1.5, 0.75), (0.75, 1.0))
-SCALE_MARGIN = 0.005  # pixel AUROC a coarser zoom must gain over the best finer one
+SCALE_MARGIN = 0.005  # pixel AUROC a zoom tried later must gain over the best one before it
 SCALE_MIN_SCANS = 6  # fewer clean scans: the configured scale is kept (2 validation scans are too few)
 MAX_TRAIN_SCANS = 48
 MAX_VALIDATION_SCANS = 16
@@ -221,6 +221,29 @@ def _split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return train, validation
 
 
+def _validation_scans(items: Sequence, seed: int, on_bad_image) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(training, validation) scans of a selection: the seeded ``_split`` of ``items``, read. Only these are
+    read: a large archive is never held in memory."""
+    train_index, validation_index = _split(len(items), seed)
+    return (_read_all([items[i] for i in train_index], on_bad_image),
+            _read_all([items[i] for i in validation_index], on_bad_image))
+
+
+def _evaluate_all(candidates: Sequence[Candidate], base: DetectorConfig, train, clean, synthetic, device,
+                  runtime: str, score_by: str, progress: Callable[[str], None] | None) -> list[CandidateResult]:
+    """``evaluate_candidate`` for each candidate in order, a progress line after each."""
+    results = []
+    for candidate in candidates:
+        result = evaluate_candidate(candidate, base, train, clean, synthetic, device, runtime, score_by)
+        results.append(result)
+        if progress is not None:
+            scores = (f"synthetic pixel AUROC {result.pixel_auroc:.3f}" if score_by == "pixel" else
+                      f"image {result.image_auroc:.3f}, pixel {result.pixel_auroc:.3f}") if not result.error else ""
+            progress(f"select: {result.name}: " + (f"skipped ({result.error})" if result.error else
+                     f"{scores}, {result.seconds:.0f} s"))
+    return results
+
+
 def evaluate_candidate(candidate: Candidate, base: DetectorConfig, train: Sequence[np.ndarray],
                        clean: Sequence[np.ndarray], synthetic: Sequence[tuple[np.ndarray, np.ndarray]],
                        device, runtime: str, score_by: str = "mean") -> CandidateResult:
@@ -282,10 +305,7 @@ def select_config(items: Sequence, base: DetectorConfig | None = None, device="a
     if len(items) < 4:
         raise InputError(f"--select auto needs at least 4 clean scans (got {len(items)}); "
                          "pass --select off to fit with the given settings")
-    # Only the scans the selection uses are read: a large archive is never held in memory.
-    train_index, validation_index = _split(len(items), base.seed)
-    train = _read_all([items[i] for i in train_index], on_bad_image)
-    clean = _read_all([items[i] for i in validation_index], on_bad_image)
+    train, clean = _validation_scans(items, base.seed, on_bad_image)
     if len(train) < 2 or len(clean) < 2:
         raise InputError("--select auto could not read enough clean scans; pass --select off")
     synthetic = synthetic_validation_set(clean, train, base.seed, settings)
@@ -293,23 +313,16 @@ def select_config(items: Sequence, base: DetectorConfig | None = None, device="a
     shorter = int(np.percentile([min(s.shape[:2]) for s in scans], 10))
     depths = {str(s.dtype) for s in scans}
 
-    results: list[CandidateResult] = []
-
-    def run(candidates: list[Candidate]) -> None:
-        for candidate in candidates:
-            result = evaluate_candidate(candidate, base, train, clean, synthetic, device, runtime)
-            results.append(result)
-            if progress is not None:
-                progress(f"select: {result.name}: " + (f"skipped ({result.error})" if result.error else
-                         f"image {result.image_auroc:.3f}, pixel {result.pixel_auroc:.3f}, {result.seconds:.0f} s"))
+    def run(candidates: list[Candidate]) -> list[CandidateResult]:
+        return _evaluate_all(candidates, base, train, clean, synthetic, device, runtime, "mean", progress)
 
     stage_one = list(candidates) if candidates is not None else scale_candidates(shorter, cnn_weights)
-    run(stage_one)
+    results = run(stage_one)
     best = _best(results)
     if best is None:
         raise InputError("no candidate configuration could be fitted: " + "; ".join(r.error or "" for r in results))
     best_candidate = next(c for c in stage_one if c.name == best.name)
-    run(refinement_candidates(best_candidate, base, depths))
+    results += run(refinement_candidates(best_candidate, base, depths))
     best = _best(results)
     config = best.config(base)
     notes = [f"scans' 10th-percentile shorter side {shorter} px"]
@@ -361,9 +374,10 @@ def select_scale(items: Sequence, base: DetectorConfig | None = None, device="au
 
     items: paths or arrays of clean scans. The seeded split, the synthetic objects and the fits are those of
     ``select_config``; the candidates are ``zoom_candidates`` and the score is the synthetic pixel AUROC
-    (a coarser zoom must gain ``SCALE_MARGIN``). With fewer than ``SCALE_MIN_SCANS`` scans, a method other
+    (a zoom tried later must gain ``SCALE_MARGIN``). With fewer than ``SCALE_MIN_SCANS`` scans, a method other
     than PatchCore, or a single candidate, nothing is fitted and ``base`` is returned, the reason in
-    ``notes``. Only the sampled scans are read. Returns a Selection with ``mode == "scale"``.
+    ``notes``. The scans' sizes come from their headers, the same sizes the fit refits by; only the sampled
+    scans are decoded, and none when there is no choice. Returns a Selection with ``mode == "scale"``.
     """
     base = base or DetectorConfig()
     settings = settings or ProjectionSettings()
@@ -378,24 +392,17 @@ def select_scale(items: Sequence, base: DetectorConfig | None = None, device="au
         return kept(f"scale kept: the zoom is validated for patchcore, not {base.method}")
     if len(items) < SCALE_MIN_SCANS:
         return kept(f"scale kept: {len(items)} clean scans, under the {SCALE_MIN_SCANS} a choice needs")
-    train_index, validation_index = _split(len(items), base.seed)
-    train = _read_all([items[i] for i in train_index], on_bad_image)
-    clean = _read_all([items[i] for i in validation_index], on_bad_image)
-    if len(train) < 2 or len(clean) < 2:
-        return kept("scale kept: too few readable clean scans", len(train), len(clean))
-    sides = [min(scan.shape[:2]) for scan in train + clean]
+    # The sizes the fit itself refits by (every scan's header), known before a single scan is decoded.
+    sides = shorter_sides(items)
     candidates = zoom_candidates(base, sides)
     if len(candidates) < 2:
         return kept("scale kept: the scans are fitted to their own size" if not candidates
-                    else "scale kept: one zoom fits these scans", len(train), len(clean))
+                    else "scale kept: one zoom fits these scans")
+    train, clean = _validation_scans(items, base.seed, on_bad_image)
+    if len(train) < 2 or len(clean) < 2:
+        return kept("scale kept: too few readable clean scans", len(train), len(clean))
     synthetic = synthetic_validation_set(clean, train, base.seed, settings)
-    results = []
-    for candidate in candidates:
-        result = evaluate_candidate(candidate, base, train, clean, synthetic, device, runtime, score_by="pixel")
-        results.append(result)
-        if progress is not None:
-            progress(f"select: {result.name}: " + (f"skipped ({result.error})" if result.error else
-                     f"synthetic pixel AUROC {result.pixel_auroc:.3f}, {result.seconds:.0f} s"))
+    results = _evaluate_all(candidates, base, train, clean, synthetic, device, runtime, "pixel", progress)
     best = _best(results, SCALE_MARGIN)
     if best is None:
         return kept("scale kept: no zoom could be fitted: " + "; ".join(r.error or "" for r in results),

@@ -89,3 +89,12 @@ def test_fit_without_scale_to_scans_pads_small_scans_to_the_configured_tile():
 def test_scale_to_scans_must_be_a_bool():
     with pytest.raises(Exception, match="scale_to_scans"):
         DetectorConfig(scale_to_scans="yes")
+
+
+def test_shorter_sides_reads_arrays_by_shape_and_files_by_header(tmp_path):
+    from rtg_anomaly.scale import shorter_sides
+
+    Image.fromarray(np.zeros((40, 90), np.uint8)).save(tmp_path / "wide.png")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    items = [np.zeros((300, 120), np.uint16), tmp_path / "wide.png", tmp_path / "broken.png"]
+    assert shorter_sides(items) == [120, 40]

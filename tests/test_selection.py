@@ -202,7 +202,9 @@ def test_select_scale_judges_zooms_by_synthetic_pixel_auroc_and_is_deterministic
 
 
 @pytest.mark.parametrize("case", ["few scans", "other method", "small scans"])
-def test_select_scale_keeps_the_configured_scale_where_there_is_nothing_to_choose(clean_paths, case):
+def test_select_scale_keeps_the_configured_scale_where_there_is_nothing_to_choose(clean_paths, case, monkeypatch):
+    import rtg_anomaly.selection as selection_module
+
     base, items = tiny_config(), list(clean_paths)
     if case == "few scans":
         items = items[:5]
@@ -210,6 +212,12 @@ def test_select_scale_keeps_the_configured_scale_where_there_is_nothing_to_choos
         base = base.replace(method="padim")
     else:
         base = base.replace(tile_size=512)  # 96 px scans are under half of it: fitted to their own size
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("a scan was decoded although there was nothing to choose")
+
+    # The sizes come from the files' headers: nothing is decoded when no choice is made.
+    monkeypatch.setattr(selection_module, "_read_all", no_decoding)
     selection = select_scale(items, base, device="cpu", runtime="torch")
     assert selection.config == base and selection.chosen == "configured" and selection.candidates == []
     assert selection.notes[0].startswith("scale kept: ")
