@@ -1068,17 +1068,9 @@ def _score_scan(detector, path: Path, image, args, gpu=None) -> _ScoredScan:
     scored = _ScoredScan(path, image, result, detector.calibration_.color_range, started)
     if detector.can_reconstruct and (getattr(args, "triptych", None) or getattr(args, "html", None)):
         scored.reconstruction = detector.reconstruct(image, source=path)
-    if gpu is not None and result.fallback is None:
-        import torch
-
-        from .display_torch import render_display_torch
-
-        try:
-            scored.picture = render_display_torch(image, result.heatmap, result.pixel_threshold, args.style, gpu,
-                                                  display_mask=_display_mask(result, args),
-                                                  color_range=scored.color_range, window=result.window)
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()  # the writer draws it on the host instead
+    if gpu is not None:  # None back (host pixel work, or the GPU out of memory): the writer draws it on the host
+        scored.picture = detector.display_on_device(image, result, args.threshold, args.threshold_percentile,
+                                                    args.style, scored.color_range)
     return scored
 
 

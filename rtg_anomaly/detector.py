@@ -772,19 +772,45 @@ class Detector:
         if not isinstance(style, DisplayStyle):
             raise InputError(f"style must be a DisplayStyle, None or 'legacy', got {style!r}")
         style.check()
+        picture = self.display_on_device(image, result, threshold, percentile, style, color_range)
+        if picture is not None:
+            return picture
         # Percentile mode colours the top of the map inside the ROI; calibrated mode (None) what is at or above
         # the pixel threshold, which the heatmap's 0 outside the ROI never reaches.
         display_mask = (percentile_mask(result.heatmap, percentile, within=result.roi_mask)
                         if threshold == "percentile" else None)
-        if self._on_gpu and result.fallback is None:
-            try:
-                return render_display_torch(image, result.heatmap, result.pixel_threshold, style,
-                                            self._compute_device, display_mask=display_mask,
-                                            color_range=color_range, window=result.window)
-            except torch.cuda.OutOfMemoryError:
-                self._release_device_memory()  # rendered on the host below, as on the CPU
         return render_display(image, result.heatmap, result.pixel_threshold, style, display_mask=display_mask,
                               color_range=color_range, window=result.window)
+
+    def display_on_device(self, image: np.ndarray, result: AnomalyResult, threshold: str, percentile: float,
+                          style: DisplayStyle, color_range: tuple[float, float]) -> np.ndarray | None:
+        """``overlay``'s operator display blended on the GPU: uint8 (H, W, 3), the same pixels as the host's
+        ``render_display`` (to a float32 rounding step). None where it is not drawn there: pixel work on the
+        host, a result that fell back to the host, or the GPU out of memory (its copies are freed then).
+
+        For the scan and result ``score`` just returned, the windowed scan and the heatmap already on the
+        device are used and the percentile mask is taken there: no upload, no host pass over the map.
+        """
+        if not self._on_gpu or result.fallback is not None:
+            return None
+        copies, device = self._device_copies, self._compute_device
+        try:
+            if copies is not None and copies.image() is image and copies.result() is result:
+                height, width = image.shape[:2]
+                scan, device_map, window = copies.scan[:height, :width], copies.heatmap, None
+                within = None if result.roi_mask is None else torch.from_numpy(result.roi_mask).to(device)
+                display_mask = (percentile_mask_torch(device_map, percentile, within=within)
+                                if threshold == "percentile" else None)
+            else:
+                scan, device_map, window = image, None, result.window
+                display_mask = (percentile_mask(result.heatmap, percentile, within=result.roi_mask)
+                                if threshold == "percentile" else None)
+            return render_display_torch(scan, result.heatmap, result.pixel_threshold, style, device,
+                                        display_mask=display_mask, color_range=color_range, window=window,
+                                        device_map=device_map)
+        except torch.cuda.OutOfMemoryError:
+            self._release_device_memory()
+            return None
 
     def _legacy_overlay(self, image: np.ndarray, result: AnomalyResult, threshold: str, percentile: float,
                         color_range: tuple[float, float], alpha: float) -> np.ndarray:

@@ -40,15 +40,21 @@ def _levels(values: torch.Tensor, hot: torch.Tensor, scale: tuple[float, float, 
     return torch.where(hot, warm_level, cold_level)
 
 
-def render_display_torch(scan: np.ndarray, anomaly_map: np.ndarray, pixel_threshold: float, style: DisplayStyle,
-                         device: torch.device | str, display_mask: np.ndarray | None = None,
+def render_display_torch(scan: np.ndarray | torch.Tensor, anomaly_map: np.ndarray, pixel_threshold: float,
+                         style: DisplayStyle, device: torch.device | str,
+                         display_mask: np.ndarray | torch.Tensor | None = None,
                          color_range: tuple[float, float] = DEFAULT_COLOR_RANGE,
-                         window: tuple[float, float] | None = None, rows_per_chunk: int = 2048) -> np.ndarray:
+                         window: tuple[float, float] | None = None, rows_per_chunk: int = 2048,
+                         device_map: torch.Tensor | None = None) -> np.ndarray:
     """``display.render_display`` with the blending on ``device``: uint8 (H, W, 3) RGB numpy array.
 
-    scan: numpy (H, W) or (H, W, 3), raw with ``window`` or float in [0, 1]; uploaded in row chunks.
+    scan: numpy (H, W) or (H, W, 3), raw with ``window`` or float in [0, 1], uploaded in row chunks; or a
+        float32 tensor on ``device`` already in [0, 1] (``window`` None), which nothing uploads again.
     anomaly_map: numpy float32 (H, W), calibrated units (host copy; the heatmap the report describes).
-    display_mask: numpy bool (H, W) or None (calibrated mode: the pixels at or above the threshold).
+    display_mask: bool (H, W), numpy or a tensor on ``device``, or None (calibrated mode: the pixels at or
+        above the threshold).
+    device_map: ``anomaly_map``'s float32 copy on ``device``, bit for bit, if the caller has it (not uploaded
+        again then).
     """
     style.check()
     device = torch.device(device)
@@ -58,18 +64,27 @@ def render_display_torch(scan: np.ndarray, anomaly_map: np.ndarray, pixel_thresh
     lut = torch.from_numpy(colour_lut(style.cmap)).to(device).to(torch.float32) / 255.0
     out = torch.empty(anomaly_map.shape + (3,), dtype=torch.uint8, device=device)
     alpha_min, alpha_span = float(np.float32(style.alpha_min)), float(np.float32(style.alpha_max - style.alpha_min))
+
+    def rows_of(values, rows: slice) -> torch.Tensor:
+        if isinstance(values, torch.Tensor):
+            return values[rows]
+        return torch.from_numpy(np.ascontiguousarray(values[rows])).to(device)
+
     for r0 in range(0, anomaly_map.shape[0], rows_per_chunk):
         rows = slice(r0, r0 + rows_per_chunk)
-        grey = to_device_float(scan[rows], device)
-        if window is not None:
-            grey = apply_window_torch(grey, *window)
+        if isinstance(scan, torch.Tensor):
+            grey = scan[rows]
+        else:
+            grey = to_device_float(scan[rows], device)
+            if window is not None:
+                grey = apply_window_torch(grey, *window)
         base = grey[..., None] if grey.ndim == 2 else grey
-        raw = torch.from_numpy(np.ascontiguousarray(anomaly_map[rows])).to(device)
+        raw = rows_of(anomaly_map if device_map is None else device_map, rows)
         hot = raw >= float(threshold)
-        values = raw if shown is anomaly_map else torch.from_numpy(np.ascontiguousarray(shown[rows])).to(device)
+        values = raw if shown is anomaly_map else rows_of(shown, rows)
         level = _levels(values, hot, scale, style)
         colour = lut[(level * 255.0 + 0.5).to(torch.uint8).long()]
-        mask = hot if display_mask is None else torch.from_numpy(np.ascontiguousarray(display_mask[rows])).to(device)
+        mask = hot if display_mask is None else rows_of(display_mask, rows)
         weight = ((level * alpha_span + alpha_min) * mask)[..., None]
         out[rows] = ((base * (1.0 - weight) + colour * weight) * 255.0 + 0.5).clamp_(0, 255).to(torch.uint8)
     picture = to_host(out)

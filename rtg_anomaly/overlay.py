@@ -38,11 +38,15 @@ def percentile_mask(anomaly_map: np.ndarray, percentile: float, within: np.ndarr
     return mask if within is None else mask & within
 
 
-def percentile_mask_torch(anomaly_map: torch.Tensor, percentile: float) -> torch.Tensor:
+def percentile_mask_torch(anomaly_map: torch.Tensor, percentile: float,
+                          within: torch.Tensor | None = None) -> torch.Tensor:
     """``percentile_mask`` of a (H, W) float32 tensor, on its device: the same subsample and
-    numpy's linear interpolation in float32, so the same level and the same mask."""
+    numpy's linear interpolation in float32, so the same level and the same mask.
+    within: bool (H, W) tensor on the same device, as ``percentile_mask``'s."""
     _check_percentile(percentile)
-    flat = anomaly_map.reshape(-1)
+    flat = anomaly_map.reshape(-1) if within is None else anomaly_map[within]
+    if flat.numel() == 0:
+        return torch.zeros_like(anomaly_map, dtype=torch.bool)
     ordered = torch.sort(flat[:: max(1, flat.numel() // _PERCENTILE_SAMPLE)]).values
     position = percentile / 100.0 * (ordered.numel() - 1)
     below = int(np.floor(position))
@@ -50,7 +54,8 @@ def percentile_mask_torch(anomaly_map: torch.Tensor, percentile: float) -> torch
     low, high = ordered[below], ordered[min(below + 1, ordered.numel() - 1)]
     gap = high - low
     level = low + gap * float(np.float32(fraction)) if fraction < 0.5 else high - gap * float(np.float32(1.0 - fraction))
-    return anomaly_map >= level
+    mask = anomaly_map >= level
+    return mask if within is None else mask & within
 
 
 def _check_percentile(percentile: float) -> None:

@@ -136,32 +136,38 @@ def test_folder_run_writes_triptychs_and_an_html_page_with_every_scan(demo_data,
     assert {Path(e["triptych"]).resolve() for e in report["images"]} <= targets
 
 
+@pytest.mark.parametrize("threshold", ["percentile", "calibrated"])
 @pytest.mark.parametrize("out_of_memory", [False, True])
 def test_overlay_blended_on_the_device_equals_the_host_one(demo_data, tiny_bundle, tmp_path, monkeypatch,
-                                                           out_of_memory):
+                                                           out_of_memory, threshold):
+    """The GPU path, run on CPU tensors: the overlay is blended from the scan's and heatmap's device copies
+    that ``score`` left (nothing uploaded again, the percentile mask taken there), and it equals the host
+    one; out of GPU memory, the writer draws it on the host."""
     import torch
 
     import rtg_anomaly.cli as cli
-    import rtg_anomaly.display_torch as display_torch
+    import rtg_anomaly.detector as detector_module
+    from rtg_anomaly import Detector
 
     scan = sorted((demo_data / "test" / "anomalous").iterdir())[0]
     common = ["--input", str(scan), "--model", str(tiny_bundle), "--device", "cpu", "--quiet", "--draw-regions",
-              "--colorbar", "--threshold", "percentile"]
+              "--colorbar", "--threshold", threshold]
     assert main(["detect", "--output", str(tmp_path / "host.png"), *common]) == 0
     calls = []
-    real = display_torch.render_display_torch
+    real = detector_module.render_display_torch
 
-    def on_device(*args, **kwargs):
-        calls.append(args[4])
+    def on_device(scan, *args, **kwargs):
+        calls.append((isinstance(scan, torch.Tensor), kwargs["device_map"] is not None,
+                      isinstance(kwargs["display_mask"], torch.Tensor)))
         if out_of_memory:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory")
-        return real(*args, **kwargs)
+        return real(scan, *args, **kwargs)
 
-    # The GPU path, run on CPU tensors: pretend --device names a GPU.
     monkeypatch.setattr(cli, "_gpu_of", lambda device: torch.device("cpu"))
-    monkeypatch.setattr(display_torch, "render_display_torch", on_device)
+    monkeypatch.setattr(Detector, "_on_gpu", property(lambda self: not self._pixel_work_on_host))
+    monkeypatch.setattr(detector_module, "render_display_torch", on_device)
     assert main(["detect", "--output", str(tmp_path / "device.png"), *common]) == 0
-    assert calls == [torch.device("cpu")]
+    assert calls == [(True, True, threshold == "percentile")]
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "device.png")),
                                   np.asarray(Image.open(tmp_path / "host.png")))
 

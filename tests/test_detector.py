@@ -199,6 +199,37 @@ def test_device_overlay_reuses_the_scored_copies(tiny_bundle, monkeypatch, devic
     assert np.array_equal(detector.overlay(first, result, style="legacy"), uploaded)  # an older result still renders right
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_display_reuses_the_scored_copies(tiny_bundle, monkeypatch, device):
+    """The operator display of the scan just scored, on the device path: blended from the windowed scan and
+    the heatmap that score left there, its percentile mask taken there (no upload, no host pass over the
+    map), with the same pixels as the display of another array, which uploads them."""
+    import rtg_anomaly.detector as detector_module
+    import rtg_anomaly.display_torch as display_torch_module
+
+    detector = Detector.load(tiny_bundle, device=device)
+    monkeypatch.setattr(Detector, "_on_gpu", property(lambda self: True))
+    scan, _ = make_vehicle_scan(seed=5, height=96, length=300, bit_depth=16)
+    result = detector.score(scan)
+    uploaded = {mode: detector.overlay(scan.copy(), result, threshold=mode) for mode in ("percentile", "calibrated")}
+
+    def no_upload(*args, **kwargs):
+        raise AssertionError("the display uploaded the scan again")
+
+    def no_map_upload(array, from_numpy=torch.from_numpy):
+        assert array.shape[:2] != result.heatmap.shape, "the display uploaded the heatmap or a mask"
+        return from_numpy(array)
+
+    def no_host_percentile(*args, **kwargs):
+        raise AssertionError("the percentile mask was taken on the host")
+
+    monkeypatch.setattr(display_torch_module, "to_device_float", no_upload)
+    monkeypatch.setattr(torch, "from_numpy", no_map_upload)
+    monkeypatch.setattr(detector_module, "percentile_mask", no_host_percentile)
+    for mode, expected in uploaded.items():
+        assert np.array_equal(detector.overlay(scan, result, threshold=mode), expected)
+
+
 def _out_of_memory(*args, **kwargs):
     raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 

@@ -184,6 +184,21 @@ def test_percentile_mask_torch_subsamples_large_maps_like_numpy(monkeypatch):
                                   percentile_mask(anomaly_map, 90.0))
 
 
+@pytest.mark.parametrize("seed", range(10))
+def test_percentile_mask_torch_within_a_region_equals_numpy(seed, monkeypatch):
+    """The level taken over the region's pixels only (subsampled as numpy subsamples them), nothing outside
+    it in the mask; an empty region gives an empty mask."""
+    monkeypatch.setattr(overlay, "_PERCENTILE_SAMPLE", 500)
+    rng = np.random.default_rng(seed)
+    anomaly_map = (rng.random((int(rng.integers(1, 90)), int(rng.integers(1, 90)))) * 3).astype(np.float32)
+    within = rng.random(anomaly_map.shape) < rng.choice([0.0, 0.3, 1.0])
+    percentile = float(rng.choice([0.0, 100.0, rng.random() * 100]))
+    mask = percentile_mask_torch(torch.from_numpy(anomaly_map), percentile, within=torch.from_numpy(within))
+    expected = percentile_mask(anomaly_map, percentile, within=within)
+    np.testing.assert_array_equal(mask.numpy(), expected)
+    assert not (mask.numpy() & ~within).any()
+
+
 @pytest.mark.parametrize("kind", ["float grey", "raw uint16 with window", "colour"])
 @pytest.mark.parametrize("masked", [False, True])
 def test_render_overlay_torch_equals_numpy(kind, masked):
