@@ -1,0 +1,192 @@
+#!/usr/bin/env python
+"""Does another synthetic score rank the zooms of ``fit --select scale`` as the real test does? (issue 22, point 3)
+
+    python scripts/study_validator.py --datasets gdxray_welds --seeds 0,1,2     # ~3 min on 2 cores
+    python scripts/study_validator.py --datasets gdxray_castings,mvtec_screw    # ~25 min
+    python scripts/study_validator.py --render-only                             # the table from the JSON
+
+For each dataset and seed it does what ``select_scale`` does (the seeded split of the clean training scans,
+at most 160 of them evenly spaced as in ``benchmark_defaults.py``, each zoom fitted on the training part)
+and scores every zoom four ways:
+
+* ``shipped/pixel``: the shipped score, pixel AUROC over the shipped synthetic objects (blob, rectangle,
+  patch); it reproduces the selection records of ``docs/defaults.json``;
+* ``shipped/object``: the mean over objects of each object's AUROC against the clean scans' pixels, so
+  a small object weighs as much as a large one (the reason AUPRO exists);
+* ``cracks/pixel`` and ``cracks/object``: the same with a quarter of the objects drawn as thin meandering
+  cracks (1 px to a twelfth of their box wide; a thin void or wire), defined here and not in the library.
+
+The real test AUROC per zoom is not computed here: it is the study's (``benchmark_defaults.ZOOM_RUNS``).
+Results go to ``docs/validator_variants.json``; the table is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from rtg_anomaly import DetectorConfig  # noqa: E402
+from rtg_anomaly import selection  # noqa: E402
+from rtg_anomaly import threat_projection as projection  # noqa: E402
+from rtg_anomaly.detector import Detector  # noqa: E402
+from rtg_anomaly.metrics import pixel_auroc  # noqa: E402
+from rtg_anomaly.scale import shorter_sides  # noqa: E402
+
+DEFAULT_OUTPUT = REPO_ROOT / "docs" / "validator_variants.json"
+CRACK_SHARE = 0.25
+VARIANTS = ("shipped/pixel", "shipped/object", "cracks/pixel", "cracks/object")
+
+
+def crack_profile(rng: np.random.Generator, box_h: int, box_w: int) -> np.ndarray:
+    """float32 (box_h, box_w) thickness of a thin meandering line across the box (0 off the line)."""
+    n = 6
+    t = np.linspace(0, 1, n)
+    y = t * (box_h - 1) + rng.normal(0, 0.12 * box_h, n)
+    x = np.full(n, box_w / 2) + rng.normal(0, 0.2 * box_w, n)
+    if rng.random() < 0.5:
+        x, y = t * (box_w - 1) + rng.normal(0, 0.12 * box_w, n), np.full(n, box_h / 2) + rng.normal(0, 0.2 * box_h, n)
+    points = np.stack([np.clip(x, 0, box_w - 1), np.clip(y, 0, box_h - 1)], 1).round().astype(np.int32)
+    width = int(rng.integers(1, max(2, min(box_h, box_w) // 12) + 1))
+    layer = np.zeros((box_h, box_w), np.uint8)
+    cv2.polylines(layer, [points], False, 1, thickness=width)
+    return projection._rounded_profile(layer.astype(bool), 1.0)
+
+
+def project_with_cracks(scan, rng, settings=None, donor=None):
+    """``project_object``, except that a quarter of the objects are cracks (sized as the library sizes objects)."""
+    if rng.random() >= CRACK_SHARE:
+        return projection.project_object(scan, rng, settings, donor)
+    settings = settings or projection.ProjectionSettings()
+    height, width = scan.shape[:2]
+    short = min(height, width)
+    extent = float(np.exp(rng.uniform(np.log(settings.min_size), np.log(settings.max_size)))) * short
+    extent = float(np.clip(extent, min(settings.min_pixels, short), short))
+    box_h, box_w = int(min(np.ceil(extent), height)), int(min(np.ceil(extent), width))
+    y0, x0 = int(rng.integers(0, height - box_h + 1)), int(rng.integers(0, width - box_w + 1))
+    thickness = np.zeros((height, width), np.float32)
+    thickness[y0 : y0 + box_h, x0 : x0 + box_w] = crack_profile(rng, box_h, box_w)
+    if not thickness.any():
+        thickness[y0 + box_h // 2, x0 + box_w // 2] = 1.0
+    attenuation = float(rng.uniform(settings.min_attenuation, settings.max_attenuation))
+    if rng.random() < settings.void_share:
+        attenuation = -attenuation
+    return projection.ProjectedObject(projection.apply_attenuation(scan, thickness, attenuation), thickness > 0,
+                                      thickness, attenuation, "crack")
+
+
+def object_auroc(clean_maps: list[np.ndarray], maps: list[np.ndarray], masks: list[np.ndarray], stride: int) -> float:
+    """Mean over objects of P(object pixel > clean pixel) (ties half): clean pixels every ``stride``-th row and
+    column of the clean maps, every pixel of each object's mask."""
+    negatives = np.sort(np.concatenate([m[::stride, ::stride].ravel() for m in clean_maps]))
+    values = []
+    for anomaly_map, mask in zip(maps, masks):
+        positives = anomaly_map[mask]
+        below = np.searchsorted(negatives, positives, side="left")
+        equal = np.searchsorted(negatives, positives, side="right") - below
+        values.append(float(((below + 0.5 * equal) / negatives.size).mean()))
+    return float(np.mean(values))
+
+
+def evenly_spaced(items: list, n: int) -> list:
+    if n >= len(items):
+        return list(items)
+    return [items[i] for i in np.unique(np.linspace(0, len(items) - 1, n).round().astype(int))]
+
+
+def study(dataset: str, data_root: Path, seed: int, max_train: int) -> dict:
+    items = evenly_spaced(sorted((data_root / dataset / "train" / "good").iterdir()), max_train)
+    base = DetectorConfig(seed=seed)
+    train, clean = selection._validation_scans(items, seed, None)
+    synthetic = {"shipped": selection.synthetic_validation_set(clean, train, seed, projection.ProjectionSettings())}
+    shipped_projection = selection.project_object
+    selection.project_object = project_with_cracks
+    try:
+        synthetic["cracks"] = selection.synthetic_validation_set(clean, train, seed, projection.ProjectionSettings())
+    finally:
+        selection.project_object = shipped_projection
+    rows = {}
+    for candidate in selection.zoom_candidates(base, shorter_sides(items)):
+        started = time.perf_counter()
+        config = candidate.config(base).replace(calibration="holdout", holdout_fraction=0.0, augment=())
+        detector = Detector(config, device="cpu").fit(list(train))
+        clean_maps = [detector.raw_scores(scan).anomaly_map for scan in clean]
+        row = {}
+        for name, objects in synthetic.items():
+            maps = [detector.raw_scores(scan).anomaly_map for scan, _ in objects]
+            masks = [mask for _, mask in objects]
+            stride = max(1, int(np.sqrt(max(m.size for m in clean_maps + maps) / selection.PIXEL_BUDGET)))
+            row[f"{name}/pixel"] = pixel_auroc([np.zeros(m.shape, bool) for m in clean_maps] + masks,
+                                               clean_maps + maps, stride=stride)
+            row[f"{name}/object"] = object_auroc(clean_maps, maps, masks, stride)
+        rows[candidate.name] = row
+        print(f"{dataset} seed {seed} ({len(train)} train, {len(clean)} validation scans) {candidate.name}: "
+              + ", ".join(f"{k} {v:.4f}" for k, v in row.items()) + f" ({time.perf_counter() - started:.0f} s)",
+              flush=True)
+    return rows
+
+
+def trial_order(rows: dict) -> list[str]:
+    """The zoom names in the order ``select_scale`` tries them (``ZOOM_STEPS``: 16, 22, 32, then 12 scan px per
+    cell with the default scale); the JSON keeps them sorted by name."""
+    order = [16, 22, 32, 12]
+    return sorted(rows, key=lambda name: order.index(int(re.search(r"\((\d+) px/cell\)", name).group(1))))
+
+
+def chosen(rows: dict, variant: str) -> str:
+    """The zoom ``select_scale``'s rule would keep by ``variant``: tried in order, a later one must gain
+    ``SCALE_MARGIN`` over the best before it."""
+    best_name, best = None, None
+    for name in trial_order(rows):
+        row = rows[name]
+        if best is None or row[variant] > best + selection.SCALE_MARGIN:
+            best_name, best = name, row[variant]
+    return best_name
+
+
+def render(results: dict) -> str:
+    lines = ["| dataset | seed | zoom | " + " | ".join(VARIANTS) + " |", "|---|---|---|" + "---|" * len(VARIANTS)]
+    for key in sorted(results):
+        dataset, seed = key.rsplit("/", 1)
+        rows = results[key]
+        picks = {variant: chosen(rows, variant) for variant in VARIANTS}
+        for name in trial_order(rows):
+            row = rows[name]
+            cells = [f"**{row[v]:.3f}**" if picks[v] == name else f"{row[v]:.3f}" for v in VARIANTS]
+            lines.append(f"| {dataset} | {seed} | {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + ("\n\nRows in the order the zooms are tried. Bold: the zoom the selection rule would "
+                                "keep by that score (a zoom tried later must gain 0.005 over the best before it).\n")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", default="gdxray_welds,gdxray_castings,mvtec_screw")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--data-root", default=str(REPO_ROOT.parent / "shared" / "data"))
+    parser.add_argument("--max-train", type=int, default=160)
+    parser.add_argument("--output", default=str(DEFAULT_OUTPUT))
+    parser.add_argument("--render-only", action="store_true")
+    args = parser.parse_args(argv)
+    output = Path(args.output)
+    results = json.loads(output.read_text()) if output.is_file() else {}
+    if not args.render_only:
+        for dataset in args.datasets.split(","):
+            for seed in (int(s) for s in args.seeds.split(",")):
+                results[f"{dataset}/{seed}"] = study(dataset, Path(args.data_root), seed, args.max_train)
+                output.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    print(render(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
