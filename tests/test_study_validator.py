@@ -1,0 +1,56 @@
+"""scripts/study_validator.py: its per-object AUROC, its crack shape and the rule it replays."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+
+@pytest.fixture(scope="module")
+def study():
+    spec = importlib.util.spec_from_file_location("study_validator", REPO_ROOT / "scripts" / "study_validator.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_object_auroc_weighs_every_object_the_same(study):
+    clean = [np.arange(100, dtype=np.float32).reshape(10, 10) / 100]  # clean pixels 0.00 .. 0.99
+    big, small = np.zeros((10, 10), bool), np.zeros((10, 10), bool)
+    big[:5], small[0, 0] = True, True
+    maps = [np.full((10, 10), 2.0, np.float32), np.full((10, 10), -1.0, np.float32)]
+    # the 50-pixel object is above every clean pixel, the 1-pixel one below all: each counts half
+    assert study.object_auroc(clean, maps, [big, small], stride=1) == pytest.approx(0.5)
+    assert study.object_auroc(clean, [np.full((10, 10), 0.495, np.float32)], [small], stride=1) == pytest.approx(0.5)
+
+
+def test_crack_profile_is_thin_and_inside_its_box(study):
+    for seed in range(20):
+        profile = study.crack_profile(np.random.default_rng(seed), 60, 40)
+        assert profile.shape == (60, 40) and profile.dtype == np.float32
+        assert 0 < (profile > 0).mean() < 0.35 and profile.max() <= 1.0
+
+
+def test_projection_with_cracks_keeps_the_scan_outside_the_mask(study):
+    scan = np.random.default_rng(0).integers(1000, 60000, (80, 120), dtype=np.uint16)
+    shapes = set()
+    for seed in range(30):
+        projected = study.project_with_cracks(scan, np.random.default_rng(seed))
+        shapes.add(projected.shape)
+        assert projected.scan.dtype == np.uint16
+        assert np.array_equal(projected.scan[~projected.mask], scan[~projected.mask]) and projected.mask.any()
+    assert "crack" in shapes and len(shapes) > 1
+
+
+def test_chosen_replays_the_selection_rule_in_trial_order(study):
+    rows = {"t384-i448 (12 px/cell)": {"v": 0.93}, "t512-i322 (22 px/cell)": {"v": 0.904},
+            "t512-i448 (16 px/cell)": {"v": 0.90}}
+    assert study.trial_order(rows) == ["t512-i448 (16 px/cell)", "t512-i322 (22 px/cell)", "t384-i448 (12 px/cell)"]
+    assert study.chosen(rows, "v") == "t384-i448 (12 px/cell)"  # 22 px gains 0.004 (< 0.005), 12 px 0.03
+    rows["t384-i448 (12 px/cell)"]["v"] = 0.904
+    assert study.chosen(rows, "v") == "t512-i448 (16 px/cell)"
+    assert "**0.900**" in study.render({"d/0": {k: {v: r["v"] for v in study.VARIANTS} for k, r in rows.items()}})
