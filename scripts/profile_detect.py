@@ -13,7 +13,9 @@ It fits the benchmark detector of ``benchmark_speed.py`` (2 synthetic clean crop
    the device waiting is named (on a GPU, a host function that waits for the device is charged that wait);
 3. ``torch.profiler`` of one run: the device's busy time (sum of its kernels and copies) over the wall time,
    and the operators with the most host and device time;
-4. folder throughput: seconds per scan through ``io.prefetch`` with 2 decoder threads and with the default.
+4. folder throughput: seconds per scan through ``io.prefetch`` with 2 decoder threads and with the default;
+5. with ``--batch-sizes``: end to end and the backbone alone at each batch size (tiles per backbone call), and
+   the heatmap's largest difference from the fitted batch size's (the launch count falls with larger batches).
 
 Prints a short summary last and writes everything as JSON to ``--output``. ``profile_gpu.py`` beside it times
 the stages one by one, the file formats, the downloads and the CLI's folder runs.
@@ -138,6 +140,26 @@ def folder_rate(detector: Detector, path: Path, n_scans: int, ahead: int | None)
     return (time.perf_counter() - t0) / n_scans
 
 
+def compare_batch_sizes(detector: Detector, path: Path, sizes: list[int], repeats: int) -> list[dict]:
+    """End to end and backbone-alone medians at each batch size, and the heatmap's largest difference (calibrated
+    units) from the one at the fitted batch size."""
+    fitted = detector.config
+    image = detector.load_scan(path)
+    reference = detector.score(image).heatmap.copy()
+    rows = []
+    try:
+        for size in sizes:
+            detector.config = fitted.replace(batch_size=size)
+            end_to_end(detector, path)  # warm-up: kernels for the new shapes
+            rows.append(dict(batch_size=size,
+                             end_to_end_s=float(np.median([end_to_end(detector, path) for _ in range(repeats)])),
+                             backbone_s=float(np.median([backbone_alone(detector, path) for _ in range(repeats)])),
+                             max_heatmap_difference=float(np.abs(detector.score(image).heatmap - reference).max())))
+    finally:
+        detector.config = fitted
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
@@ -145,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a 256x768 scan instead of 2000x6000")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--output", default=None, help="JSON file to write (default: none)")
+    parser.add_argument("--batch-sizes", default="", help="comma-separated batch sizes to compare (default: none)")
     args = parser.parse_args(argv)
 
     from rtg_anomaly.bmp16 import write_grey16_bmp
@@ -186,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         n_folder = max(4, args.repeats)
         out["folder_s_per_scan"] = {"ahead 2": folder_rate(detector, path, n_folder, 2),
                                     "default": folder_rate(detector, path, n_folder, None)}
+        out["batch_sizes"] = compare_batch_sizes(detector, path, [int(b) for b in args.batch_sizes.split(",") if b],
+                                                 args.repeats)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(out, indent=1))
@@ -202,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     for row in dev["by_device"][:10]:
         print(f"  {row['device_s']:.4f} host {row['host_s']:.4f} x{row['calls']} {row['op']}")
     print("folder s/scan:", ", ".join(f"{k} {v:.4f}" for k, v in out["folder_s_per_scan"].items()))
+    for row in out["batch_sizes"]:
+        print(f"batch {row['batch_size']}: end to end {row['end_to_end_s']:.4f} s, backbone {row['backbone_s']:.4f} s, "
+              f"heatmap max difference {row['max_heatmap_difference']:.2e}")
     return 0
 
 

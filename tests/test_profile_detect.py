@@ -14,7 +14,8 @@ def test_quick_profile_writes_the_share_and_the_host_functions(tmp_path, capsys)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     output = tmp_path / "profile.json"
-    assert module.main(["--device", "cpu", "--tiny-backbone", "--quick", "--repeats", "2", "--output", str(output)]) == 0
+    assert module.main(["--device", "cpu", "--tiny-backbone", "--quick", "--repeats", "2", "--output", str(output),
+                        "--batch-sizes", "8,16"]) == 0
     result = json.loads(output.read_text())
     assert result["scan"] == [256, 768] and len(result["end_to_end_runs"]) == 2
     assert 0 < result["backbone_s"] and 0 < result["backbone_share"] == result["backbone_s"] / result["end_to_end_s"]
@@ -26,4 +27,6 @@ def test_quick_profile_writes_the_share_and_the_host_functions(tmp_path, capsys)
     assert cumulative == sorted(cumulative, reverse=True)
     assert result["device_profile"]["device_busy_s"] == 0.0 and result["device_profile"]["by_host"]  # no GPU here
     assert all(v > 0 for v in result["folder_s_per_scan"].values())
+    assert [row["batch_size"] for row in result["batch_sizes"]] == [8, 16]
+    assert all(row["end_to_end_s"] > 0 and row["max_heatmap_difference"] < 1e-4 for row in result["batch_sizes"])
     assert "backbone alone" in capsys.readouterr().out
