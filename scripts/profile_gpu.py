@@ -6,6 +6,7 @@ The detector is fitted as benchmark_speed.py fits it (2 synthetic 2000x2000 crop
 the scan is ``make_vehicle_scan(0, height=2000, length=6000, anomaly=True)``, 16-bit, read back from a
 PNG (zlib decode) and from an uncompressed TIFF. Each stage is timed over 5 repeats after a warm-up (the
 median is printed), then one ``score`` + ``overlay`` runs under ``torch.profiler`` and ``cProfile``.
+``profile_detect.py`` beside it measures the backbone's share of the end-to-end time and the device's busy time.
 """
 
 from __future__ import annotations
