@@ -18,6 +18,16 @@ and scores every zoom four ways:
 
 The real test AUROC per zoom is not computed here: it is the study's (``benchmark_defaults.ZOOM_RUNS``).
 Results go to ``docs/validator_variants.json``; the table is printed.
+
+``--image-score`` asks the same of the image score where there is no zoom to choose (scans fitted to their own
+size): on the seeded split, one fit with the whole-scan descriptor kept, the synthetic image AUROC of the shipped
+rule (mean of the top patches) and of ``global`` (the scan judged whole). Results go to
+``docs/validator_image_score.json``; the real test's figures are the defaults study's (``select-scale`` against
+``select-scale+global``).
+
+    python scripts/study_validator.py --image-score --datasets gdxray_castingpatches,gdxray_fishbones --seeds 0,1,2
+    python scripts/study_validator.py --image-score --datasets gdxray_castingpatches,gdxray_fishbones --seeds 0,1 \
+        --object-sizes 0.15,0.8                                                 # larger objects; ~1 min each
 """
 
 from __future__ import annotations
@@ -40,10 +50,12 @@ from rtg_anomaly import DetectorConfig  # noqa: E402
 from rtg_anomaly import selection  # noqa: E402
 from rtg_anomaly import threat_projection as projection  # noqa: E402
 from rtg_anomaly.detector import Detector  # noqa: E402
-from rtg_anomaly.metrics import pixel_auroc  # noqa: E402
+from rtg_anomaly.metrics import image_auroc, pixel_auroc  # noqa: E402
 from rtg_anomaly.scale import shorter_sides  # noqa: E402
 
 DEFAULT_OUTPUT = REPO_ROOT / "docs" / "validator_variants.json"
+IMAGE_SCORE_OUTPUT = REPO_ROOT / "docs" / "validator_image_score.json"
+IMAGE_SCORES = ("patch_top_mean", "global")
 CRACK_SHARE = 0.25
 VARIANTS = ("shipped/pixel", "shipped/object", "cracks/pixel", "cracks/object")
 
@@ -136,6 +148,47 @@ def study(dataset: str, data_root: Path, seed: int, max_train: int) -> dict:
     return rows
 
 
+def image_score_study(dataset: str, data_root: Path, seed: int, max_train: int,
+                      settings: projection.ProjectionSettings | None = None) -> dict:
+    """Synthetic image AUROC of each of ``IMAGE_SCORES`` on ``select_scale``'s seeded split of the dataset's clean
+    scans (objects drawn with ``settings``, default the shipped ones), from one fit at the scale the fit picks;
+    with the split's sizes, the objects' size range and that scale."""
+    settings = settings or projection.ProjectionSettings()
+    items = evenly_spaced(sorted((data_root / dataset / "train" / "good").iterdir()), max_train)
+    base = DetectorConfig(seed=seed)
+    train, clean = selection._validation_scans(items, seed, None)
+    synthetic = selection.synthetic_validation_set(clean, train, seed, settings)
+    # The global score calibrates on held-out scans, so a fifth is held out; they join the bank after scoring.
+    config = base.replace(image_score="global", calibration="holdout", holdout_fraction=0.2, augment=())
+    detector = Detector(config, device="cpu").fit(list(train))
+    raws = [detector.raw_scores(scan) for scan in clean] + [detector.raw_scores(scan) for scan, _ in synthetic]
+    labels = np.r_[np.zeros(len(clean)), np.ones(len(synthetic))]
+    scores = {"patch_top_mean": [selection._top_mean(raw.patch_scores, base.top_patches) for raw in raws],
+              "global": [detector.global_.distance(raw.descriptor) for raw in raws]}
+    row = {name: image_auroc(labels, scores[name]) for name in IMAGE_SCORES}
+    row.update(n_train=len(train), n_validation=len(clean), n_objects=len(synthetic),
+               object_sizes=[settings.min_size, settings.max_size],
+               tile_size=detector.config.tile_size, input_size=detector.config.input_size)
+    print(f"{dataset} seed {seed}: " + ", ".join(f"{name} {row[name]:.4f}" for name in IMAGE_SCORES), flush=True)
+    return row
+
+
+def render_image_score(results: dict) -> str:
+    """Markdown table of ``image_score_study`` results keyed "dataset/seed/min-max" (object sizes as fractions
+    of the scan's shorter side); bold: the higher score."""
+    lines = ["| dataset | seed | object sizes | fitted scale | validation scans / objects | synthetic image AUROC: "
+             "top patches | whole scan (`global`) |", "|---|---|---|---|---|---|---|"]
+    for key in sorted(results):
+        dataset, seed, _ = key.split("/")
+        row = results[key]
+        low, high = row["object_sizes"]
+        best = max(IMAGE_SCORES, key=lambda name: row[name])
+        cells = [f"**{row[n]:.3f}**" if n == best else f"{row[n]:.3f}" for n in IMAGE_SCORES]
+        lines.append(f"| {dataset} | {seed} | {low:g}–{high:g} | t{row['tile_size']}-i{row['input_size']} | "
+                     f"{row['n_validation']} / {row['n_objects']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def trial_order(rows: dict) -> list[str]:
     """The zoom names in the order ``select_scale`` tries them (``ZOOM_STEPS``: 16, 22, 32, then 12 scan px per
     cell with the default scale); the JSON keeps them sorted by name."""
@@ -174,17 +227,31 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--data-root", default=str(REPO_ROOT.parent / "shared" / "data"))
     parser.add_argument("--max-train", type=int, default=160)
-    parser.add_argument("--output", default=str(DEFAULT_OUTPUT))
+    parser.add_argument("--output", default=None, help="default: docs/validator_variants.json, or "
+                        "docs/validator_image_score.json with --image-score")
+    parser.add_argument("--image-score", action="store_true",
+                        help="compare the image scores (top patches, whole scan) instead of the zoom scores")
+    parser.add_argument("--object-sizes", default=None, metavar="MIN,MAX",
+                        help="with --image-score: the objects' size range as fractions of the scan's shorter side "
+                             "(default: the shipped ProjectionSettings)")
     parser.add_argument("--render-only", action="store_true")
     args = parser.parse_args(argv)
-    output = Path(args.output)
+    settings = projection.ProjectionSettings()
+    if args.object_sizes:
+        low, high = (float(v) for v in args.object_sizes.split(","))
+        settings = projection.ProjectionSettings(min_size=low, max_size=high)
+    output = Path(args.output or (IMAGE_SCORE_OUTPUT if args.image_score else DEFAULT_OUTPUT))
     results = json.loads(output.read_text()) if output.is_file() else {}
     if not args.render_only:
         for dataset in args.datasets.split(","):
             for seed in (int(s) for s in args.seeds.split(",")):
-                results[f"{dataset}/{seed}"] = study(dataset, Path(args.data_root), seed, args.max_train)
+                if args.image_score:
+                    key = f"{dataset}/{seed}/{settings.min_size:g}-{settings.max_size:g}"
+                    results[key] = image_score_study(dataset, Path(args.data_root), seed, args.max_train, settings)
+                else:
+                    results[f"{dataset}/{seed}"] = study(dataset, Path(args.data_root), seed, args.max_train)
                 output.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-    print(render(results))
+    print((render_image_score if args.image_score else render)(results))
     return 0
 
 

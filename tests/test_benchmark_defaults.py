@@ -85,3 +85,16 @@ def test_a_candidate_that_already_lost_too_much_on_one_dataset_is_rejected_befor
     kind, mean, worst = script.verdict(cache, "t384", ["a", "b"])
     assert kind == "rejected" and mean is None and worst == pytest.approx(-0.014)
     assert script.verdict(cache, "nb3", ["a", "b"]) == ("incomplete", None, None)
+
+
+def test_image_score_section_sets_the_synthetic_choice_beside_the_real_runs(script, tmp_path):
+    study = {"a/0/0.03-0.15": {"patch_top_mean": 0.82, "global": 0.60, "object_sizes": [0.03, 0.15],
+                               "tile_size": 32, "input_size": 224, "n_validation": 16, "n_objects": 32}}
+    path = tmp_path / "validator_image_score.json"
+    path.write_text(__import__("json").dumps(study))
+    cache = _cache({"select-scale/a": (0.824, None), "select-scale+global/a": (0.902, None)})
+    page = "\n".join(script.validator_image_score_lines(cache, path))
+    assert "\n| a | 0 | 0.03–0.15 | t32-i224 | 16 / 32 | **0.820** | 0.600 |" in page
+    assert "a 0.824 (top patches) / 0.902 (whole scan)" in page
+    assert script.validator_image_score_lines(cache, tmp_path / "missing.json") == []
+    assert script.REFERENCE["select-scale+global"] == "select-scale"

@@ -54,3 +54,9 @@ def test_chosen_replays_the_selection_rule_in_trial_order(study):
     rows["t384-i448 (12 px/cell)"]["v"] = 0.904
     assert study.chosen(rows, "v") == "t512-i448 (16 px/cell)"
     assert "**0.900**" in study.render({"d/0": {k: {v: r["v"] for v in study.VARIANTS} for k, r in rows.items()}})
+
+
+def test_image_score_table_bolds_the_score_the_synthetic_objects_prefer(study):
+    row = {"object_sizes": [0.15, 0.8], "tile_size": 100, "input_size": 224, "n_validation": 16, "n_objects": 32}
+    table = study.render_image_score({"fish/1/0.15-0.8": dict(row, patch_top_mean=0.70, **{"global": 0.75})})
+    assert "| fish | 1 | 0.15–0.8 | t100-i224 | 16 / 32 | 0.700 | **0.750** |" in table
