@@ -207,7 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", required=True, choices=FORMATS,
                     help="onnx (ONNX Runtime, OpenVINO, TensorRT...) or openvino (OpenVINO IR)")
     ex.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                    help="fp32 (default), fp16 (float16 weights) or int8 (calibrated on --clean-dir's tiles: "
+                    help="fp32 (default), fp16 (float16 weights), bf16 (openvino only: bfloat16 arithmetic on "
+                         "CPUs with AVX-512 BF16 or AMX, float32 elsewhere) or int8 (calibrated on --clean-dir's "
+                         "tiles: "
                          "ONNX Runtime's static quantisation for onnx, NNCF's for openvino, pip install "
                          "'rtg-anomaly[int8]'; see docs/precision.md for how far each is from fp32)")
     ex.add_argument("--clean-dir", help="int8 only: clean scans to calibrate on (the ones the model was fitted on)")

@@ -31,7 +31,7 @@ AUGMENTATION_NAMES = ("hflip", "vflip", "rot90", "rot180", "rot270")
 RUNTIMES = ("auto", "torch", "openvino", "onnxruntime")
 # What ``rtg-anomaly export`` writes into a bundle (graph_export.py).
 GRAPH_FORMATS = ("onnx", "openvino")
-GRAPH_PRECISIONS = ("fp32", "fp16", "int8")
+GRAPH_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 MAX_SEED = 2**32
 
 

@@ -890,7 +890,7 @@ class Detector:
     def export_graph(self, fmt: str, precision: str, clean_images: Sequence = (), calibration_tiles: int = 64):
         """Export the backbone's feature graph into ``graph_`` (saved with the bundle by ``save``).
 
-        fmt: ``"onnx"`` or ``"openvino"``; precision ``"fp32"``, ``"fp16"`` or ``"int8"`` (int8 is
+        fmt: ``"onnx"`` or ``"openvino"``; precision ``"fp32"``, ``"fp16"``, ``"bf16"`` (OpenVINO only) or ``"int8"`` (int8 is
         calibrated on at most ``calibration_tiles`` tiles of ``clean_images``). The backbone must run on the
         CPU with torch. Returns the StoredGraph.
         """

@@ -267,7 +267,8 @@ class FeatureExtractor:
     def _runner(self, runtime: str, graph) -> tuple:
         """(run, whether run normalises its input itself, graph_info) for a non-torch runtime: the bundle's
         graph when the runtime can run it, else a float32 graph converted from torch here."""
-        from .graph_export import RUNNERS, check_against, graph_mismatch, graph_runner, onnx_graph, onnxruntime_runner
+        from .graph_export import (RUNNERS, check_against, cpu_computes_bf16, graph_mismatch, graph_runner, onnx_graph,
+                                   onnxruntime_runner)
 
         threads = torch.get_num_threads()
         if graph is not None and runtime in RUNNERS[graph.entry["format"]]:
@@ -276,8 +277,10 @@ class FeatureExtractor:
             problem = problem or check_against(run, self, graph.entry, runtime)
             if problem:
                 raise RuntimeUnavailable(f"the bundle's exported graph cannot be used: {problem}")
-            return run, True, {"format": graph.entry["format"], "precision": graph.entry["precision"],
-                               "source": "bundle"}
+            precision = graph.entry["precision"]
+            if precision == "bf16" and not cpu_computes_bf16():
+                precision = "fp32"  # the bf16 graph's float32 weights, run in float32 on this CPU
+            return run, True, {"format": graph.entry["format"], "precision": precision, "source": "bundle"}
         if runtime == "onnxruntime":
             run = onnxruntime_runner(onnx_graph(self), self.device, threads)
             return run, True, {"format": "onnx", "precision": "fp32", "source": "converted"}

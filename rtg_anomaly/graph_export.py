@@ -48,7 +48,14 @@ RUNNERS = {"onnx": ("onnxruntime", "openvino"), "openvino": ("openvino",)}
 CHECK_FACTOR = 4.0
 # ... or, whichever is larger, this share of the features' largest magnitude.
 CHECK_FLOOR = 1e-3
+# ... except for a bf16 graph, whose features stray from float32's by up to about 1.5 % of their largest
+# magnitude (docs/precision.md), and whose export may have run in float32 on a CPU without bfloat16.
+CHECK_FLOOR_BF16 = 0.03
 INSTALL_HINT = "pip install 'rtg-anomaly[onnx]'"
+# bf16 is a compute precision of OpenVINO's CPU plugin, not a storage format: the IR keeps float32 weights and
+# is compiled with bfloat16 inference precision where the CPU computes in it natively (AVX-512 BF16 or AMX;
+# OpenVINO lists "BF16" among the CPU's optimisation capabilities), elsewhere in float32.
+BF16_FORMATS = ("openvino",)
 
 
 class StoredGraph(NamedTuple):
@@ -240,7 +247,8 @@ def openvino_int8(onnx_model: bytes, tiles: np.ndarray, batch: int = 8) -> tuple
 
 def openvino_ir(onnx_model: bytes, precision: str) -> tuple[bytes, bytes]:
     """OpenVINO IR (xml, bin) of an ONNX feature graph; fp16 stores float16 weights (the CPU still
-    computes in float32), an int8 QDQ graph keeps its int8 weights."""
+    computes in float32), an int8 QDQ graph keeps its int8 weights, bf16 keeps float32 weights (the
+    precision is applied when the graph is compiled, ``openvino_runner``)."""
     ov = import_openvino()
     with tempfile.TemporaryDirectory(prefix="rtg-ir-") as folder:
         xml = Path(folder) / "graph.xml"
@@ -286,13 +294,25 @@ def onnxruntime_runner(model: bytes, device: torch.device, threads: int) -> Runn
     return run
 
 
-def openvino_runner(model: bytes, weights: bytes, threads: int) -> Runner:
-    """Run an OpenVINO IR (xml bytes, bin bytes) or ONNX bytes (``weights`` empty) on the CPU, float32
-    arithmetic except where the graph itself is quantised."""
+def cpu_computes_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin computes in bfloat16 natively on this machine (False without openvino)."""
+    try:
+        return "BF16" in import_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Exception:  # no openvino, or a plugin that cannot be queried: float32
+        return False
+
+
+def openvino_runner(model: bytes, weights: bytes, threads: int, precision: str = "fp32") -> Runner:
+    """Run an OpenVINO IR (xml bytes, bin bytes) or ONNX bytes (``weights`` empty) on the CPU: float32
+    arithmetic except where the graph itself is quantised, or bfloat16 for a ``"bf16"`` graph on a CPU that
+    computes in it (``cpu_computes_bf16``)."""
     ov = import_openvino()
     core = ov.Core()
+    properties = cpu_compile_properties(threads)
+    if precision == "bf16" and cpu_computes_bf16():
+        properties["INFERENCE_PRECISION_HINT"] = "bf16"
     try:
-        compiled = core.compile_model(core.read_model(model, weights), "CPU", cpu_compile_properties(threads))
+        compiled = core.compile_model(core.read_model(model, weights), "CPU", properties)
     except Exception as exc:
         raise RuntimeUnavailable(f"OpenVINO cannot load the backbone graph: {first_line(exc)}") from None
     request = compiled.create_infer_request()
@@ -313,7 +333,7 @@ def graph_runner(graph: StoredGraph, runtime: str, device: torch.device, threads
         return openvino_runner(graph.arrays["graph_onnx"].tobytes(), b"", threads)
     if fmt == "openvino" and runtime == "openvino":
         return openvino_runner(graph.arrays["graph_openvino_xml"].tobytes(),
-                               graph.arrays["graph_openvino_bin"].tobytes(), threads)
+                               graph.arrays["graph_openvino_bin"].tobytes(), threads, graph.entry["precision"])
     raise RuntimeUnavailable(f"the {runtime} runtime cannot run a {fmt} graph")
 
 
@@ -334,7 +354,8 @@ def check_against(runner: Runner, extractor, entry: dict, runtime: str) -> str |
     difference, scale = max_difference(runner, extractor)
     check = entry.get("check", {})
     recorded = check.get("max_abs_diff_by_runtime", {}).get(runtime, check.get("max_abs_diff", 0.0))
-    allowed = max(CHECK_FACTOR * float(recorded), CHECK_FLOOR * scale)
+    floor = CHECK_FLOOR_BF16 if entry["precision"] == "bf16" else CHECK_FLOOR
+    allowed = max(CHECK_FACTOR * float(recorded), floor * scale)
     if not difference <= allowed:
         return (f"the bundle's {entry['format']} {entry['precision']} graph gives features {difference:.3g} away "
                 f"from the backbone's (allowed {allowed:.3g}): it was not exported from these weights")
@@ -354,6 +375,8 @@ def export_graph(extractor, fmt: str, precision: str, calibration_tiles: np.ndar
                          f"precisions {', '.join(PRECISIONS)})")
     if precision == "int8" and (calibration_tiles is None or not len(calibration_tiles)):
         raise InputError("int8 needs clean tiles to calibrate on (--clean-dir)")
+    if precision == "bf16" and fmt not in BF16_FORMATS:
+        raise InputError("bf16 is a compute precision of OpenVINO on the CPU: export it with --format openvino")
     model = onnx_graph(extractor)
     quantisation = None
     if precision == "fp16" and fmt == "onnx":
@@ -428,7 +451,8 @@ def graph_from_bundle(folder, manifest: dict, arrays: dict[str, np.ndarray]) -> 
     problem = None
     if not isinstance(entry, dict):
         problem = "must be an object"
-    elif entry.get("format") not in FORMATS or entry.get("precision") not in PRECISIONS:
+    elif entry.get("format") not in FORMATS or entry.get("precision") not in PRECISIONS \
+            or (entry.get("precision") == "bf16" and entry.get("format") not in BF16_FORMATS):
         problem = f"names an unknown format or precision ({entry.get('format')!r}, {entry.get('precision')!r})"
     elif entry.get("arrays") != list(GRAPH_ARRAYS[entry["format"]]):
         problem = f"must list the arrays {list(GRAPH_ARRAYS[entry['format']])}"

@@ -32,7 +32,7 @@ from rtg_anomaly.metrics import image_auroc  # noqa: E402
 # (runtime, exported format and precision, or None for the runtime's own float32 graph). "openvino int8" runs
 # ONNX Runtime's int8 ONNX graph with OpenVINO; "openvino int8 (NNCF)" runs the OpenVINO IR NNCF made.
 VARIANTS = (("openvino", None), ("onnxruntime", ("onnx", "fp32")), ("onnxruntime", ("onnx", "int8")),
-            ("openvino", ("onnx", "int8")), ("openvino", ("openvino", "int8")))
+            ("openvino", ("onnx", "int8")), ("openvino", ("openvino", "int8")), ("openvino", ("openvino", "bf16")))
 # Kept only within these of torch float32 (issue 26): AUROC change, and the heatmap's largest difference.
 AUROC_TOLERANCE = 0.005
 HEATMAP_TOLERANCE = 0.05  # calibrated units; the pixel threshold is typically 1.2-2

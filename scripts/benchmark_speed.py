@@ -910,7 +910,8 @@ WORKERS = {"detect": worker_detect, "detect_openvino": worker_detect_openvino, "
 # The runtime x precision table (section 8): (row name, runtime, exported graph (format, precision) or None).
 # None: the runtime's own float32 graph (torch itself, or converted from torch at load).
 RUNTIME_ROWS = (("plain reference", "plain", None), ("torch fp32", "torch", None),
-                ("OpenVINO fp32", "openvino", None), ("OpenVINO int8 (NNCF)", "openvino", ("openvino", "int8")),
+                ("OpenVINO fp32", "openvino", None), ("OpenVINO bf16", "openvino", ("openvino", "bf16")),
+                ("OpenVINO int8 (NNCF)", "openvino", ("openvino", "int8")),
                 ("OpenVINO int8 (ONNX Runtime's QDQ graph)", "openvino", ("onnx", "int8")),
                 ("ONNX Runtime fp32", "onnxruntime", ("onnx", "fp32")),
                 ("ONNX Runtime int8", "onnxruntime", ("onnx", "int8")))
@@ -975,7 +976,11 @@ def runtime_table_text(rows: list[dict], scan_shape: tuple[int, int], command: s
              "load (as `--runtime openvino` does without an exported graph). Speed-up: torch fp32 (or the plain "
              "reference, section 2) seconds / the row's. Heatmap difference: max |row - torch fp32| in "
              "calibrated units (1.0 = the clean level).", "",
-             f"Tolerance: {HEATMAP_TOLERANCE:g} for float32 rows, {INT8_HEATMAP_TOLERANCE:g} for int8 rows.", "",
+             "The bf16 row runs the bundle's OpenVINO IR (`rtg-anomaly export --format openvino --precision "
+             "bf16`) compiled with bfloat16 inference precision where the CPU computes in it (the row's *what ran* "
+             "says `openvino bf16`; `openvino fp32` on a CPU without AVX-512 BF16 or AMX).", "",
+             f"Tolerance: {HEATMAP_TOLERANCE:g} for float32 rows, {INT8_HEATMAP_TOLERANCE:g} (the issue's) for "
+             "bf16 and int8 rows.", "",
              "| runtime / precision | what ran | score s | speed-up vs torch fp32 | speed-up vs plain | peak RSS MiB "
              "| max heatmap diff | within tolerance | load avg start / end |", "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
@@ -983,7 +988,7 @@ def runtime_table_text(rows: list[dict], scan_shape: tuple[int, int], command: s
             lines.append(f"| {row['name']} | {row['missing']} | | | | | | | |")
             continue
         load = " / ".join("n/a" if v is None else f"{v:.1f}" for v in row.get("load_avg", [None, None]))
-        row["within"] = row["max_abs_diff"] <= (INT8_HEATMAP_TOLERANCE if row.get("precision") == "int8"
+        row["within"] = row["max_abs_diff"] <= (INT8_HEATMAP_TOLERANCE if row.get("precision") in ("bf16", "int8")
                                                 else HEATMAP_TOLERANCE)
         lines.append(f"| {row['name']} | {row['label']} | {row['score_s']:.2f} | {row['vs_torch']:.2f}x | "
                      f"{row['vs_plain']:.2f}x | {row['peak_rss_mib']:,.0f} | {row['max_abs_diff']:.2g} | "

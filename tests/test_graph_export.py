@@ -237,3 +237,49 @@ def test_onnxruntime_on_cuda_needs_the_cuda_provider():
     with pytest.raises(RuntimeUnavailable, match="no CUDA provider"):
         onnxruntime_runner(graph, torch.device("cuda"), 1)
 
+
+
+def test_bf16_graph_computes_in_bfloat16_where_the_cpu_does_and_in_float32_elsewhere(bundle, scan, tmp_path,
+                                                                                     monkeypatch, capsys):
+    import rtg_anomaly.graph_export as graph_export
+
+    compiled_with = []
+    real_runner = graph_export.openvino_runner
+
+    def recording_runner(model, weights, threads, precision="fp32"):
+        compiled_with.append(precision)
+        return real_runner(model, weights, threads, precision)
+
+    monkeypatch.setattr(graph_export, "openvino_runner", recording_runner)
+    _, expected, _ = _detect(bundle, scan, tmp_path, "torch")
+    assert _export(bundle, "openvino", "bf16") == 0
+    assert "as openvino bf16" in capsys.readouterr().out
+    entry = load_bundle(bundle)[0][GRAPH_KEY]
+    assert entry["precision"] == "bf16" and compiled_with == ["bf16"]  # checked at export as it will run
+    native = graph_export.cpu_computes_bf16()
+    for runtime in ("openvino", "auto"):
+        code, heatmap, report = _detect(bundle, scan, tmp_path, runtime)
+        assert code == 0 and report["runtime"] == "openvino"
+        assert report["backbone_graph"] == {"format": "openvino", "precision": "bf16" if native else "fp32",
+                                            "source": "bundle"}
+        # 8 bits of mantissa: the tiny random backbone's noise-like features move the most (real data:
+        # test_realdata_export.py, docs/precision.md).
+        assert np.abs(heatmap - expected).max() < 0.1 * np.abs(expected).max()
+    # A CPU without bfloat16 runs the same graph in float32: the torch heatmap to float32 precision.
+    monkeypatch.setattr(graph_export, "cpu_computes_bf16", lambda: False)
+    code, heatmap, report = _detect(bundle, scan, tmp_path, "openvino")
+    assert code == 0 and report["backbone_graph"]["precision"] == "fp32"
+    assert np.abs(heatmap - expected).max() < TOLERANCE * np.abs(expected).max()
+
+
+def test_bf16_is_refused_for_onnx_in_one_line_and_in_a_tampered_entry(bundle, capsys):
+    assert _export(bundle, "onnx", "bf16") == 2
+    assert capsys.readouterr().err.strip() == ("rtg-anomaly: error: bf16 is a compute precision of OpenVINO on the "
+                                               "CPU: export it with --format openvino")
+    assert load_bundle(bundle)[0].get(GRAPH_KEY) is None
+    assert _export(bundle) == 0
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest[GRAPH_KEY]["precision"] = "bf16"  # an ONNX graph claiming bf16
+    (bundle / "manifest.json").write_text(json.dumps(seal(manifest)))
+    with pytest.raises(BundleError, match="unknown format or precision"):
+        Detector.load(bundle, device="cpu", runtime="torch")
