@@ -51,6 +51,23 @@ def test_fresh_fit_writes_the_old_arrays(case, legacy_scans, tmp_path):
     new_manifest, new_arrays = load_bundle(tmp_path / "model")
     assert sorted(new_arrays) == sorted(old_arrays)
     for name, array in old_arrays.items():
-        np.testing.assert_array_equal(new_arrays[name], array, err_msg=name)
-    assert new_manifest["calibration"] == old_manifest["calibration"]
+        if np.issubdtype(array.dtype, np.floating):
+            # The fixtures were fitted on another machine: torch's CPU matrix kernels are chosen by the CPU's
+            # instruction set, so the features (and the memory bank projected from them) can move in the last
+            # float32 bits (seen: 6e-6 on a bank of scale 3, 2026-12-06). Same math, same arrays to that.
+            scale = float(np.abs(array).max()) or 1.0
+            np.testing.assert_allclose(new_arrays[name], array, rtol=0, atol=1e-5 * scale, err_msg=name)
+        else:
+            np.testing.assert_array_equal(new_arrays[name], array, err_msg=name)
+    assert new_manifest["calibration"] == _approx(old_manifest["calibration"])
     assert new_manifest["method"] == {"name": "patchcore", "params": detector.method_.params()}
+
+
+def _approx(value):
+    """``value`` with every float wrapped in ``pytest.approx`` (relative 1e-5): the calibration figures of a fit
+    on another machine's float32 kernels (see the arrays above)."""
+    if isinstance(value, dict):
+        return {key: _approx(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_approx(item) for item in value]
+    return pytest.approx(value, rel=1e-5) if isinstance(value, float) else value
