@@ -1182,6 +1182,13 @@ def _run_export(args: argparse.Namespace) -> int:
         apart = "0.15" if args.format == "onnx" else "0.31"  # the larger of castings and welds, docs/precision.md
         print(f"rtg-anomaly: warning: int8 is not within tolerance of float32 on the benchmark sets (heatmaps up "
               f"to {apart} calibrated units apart; docs/precision.md): check it on your scans", file=sys.stderr)
+    if args.precision == "bf16":
+        from .graph_export import cpu_computes_bf16
+
+        print("rtg-anomaly: note: " + ("this CPU computes in bfloat16: heatmaps within 0.04 calibrated units of "
+                                       "float32 on the benchmark sets (docs/precision.md)" if cpu_computes_bf16() else
+                                       "this CPU has no native bfloat16 (AVX-512 BF16 or AMX): the graph runs in "
+                                       "float32 here, in bfloat16 on a CPU that has it"), file=sys.stderr)
     check = graph.entry["check"]
     size = sum(array.nbytes for array in graph.arrays.values())
     print(f"exported {detector.config.backbone} (layers {','.join(map(str, detector.config.layers))}, "
