@@ -22,6 +22,7 @@ offline with features within 2e-6 and 5e-5 of torch (on feature scales of 0.94 a
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import io
 import tempfile
@@ -294,8 +295,10 @@ def onnxruntime_runner(model: bytes, device: torch.device, threads: int) -> Runn
     return run
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_computes_bf16() -> bool:
-    """Whether OpenVINO's CPU plugin computes in bfloat16 natively on this machine (False without openvino)."""
+    """Whether OpenVINO's CPU plugin computes in bfloat16 natively on this machine (False without openvino).
+    Asked once per process: both the runner and the extractor's label read it at every load."""
     try:
         return "BF16" in import_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     except Exception:  # no openvino, or a plugin that cannot be queried: float32

@@ -391,8 +391,8 @@ def validator_image_score_lines(cache: dict, path: Path = REPO_ROOT / "docs" / "
             "and projected objects; *object sizes*: their extent as a share of the scan's shorter side (shipped: "
             "0.03–0.15, at least 5 px).", "", study_validator.render_image_score(results).rstrip(), "",
             "Real test image AUROC of this study: " + "; ".join(real) + ".", "",
-            "Read: the synthetic objects prefer the top patches on both sets and every seed, by 0.13 to 0.22 with the shipped objects. The "
-            "real test agrees on fish and disagrees on the casting crops, whose defects fill much of a 32 px crop "
+            "Read: the synthetic objects prefer the top patches on both sets and every seed, by 0.13 to 0.22 "
+            "with the shipped objects. The real test agrees on fish and disagrees on the casting crops, whose defects fill much of a 32 px crop "
             "and show as a change of the crop's texture, not as added or removed material in one place: local "
             "projected objects are what the top patches catch and a whole-crop descriptor dilutes. Larger objects "
             "(15 % to 80 % of the side) narrow the gap but do not turn it. So no selection rule for the image score "

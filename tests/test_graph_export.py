@@ -238,7 +238,6 @@ def test_onnxruntime_on_cuda_needs_the_cuda_provider():
         onnxruntime_runner(graph, torch.device("cuda"), 1)
 
 
-
 def test_bf16_graph_computes_in_bfloat16_where_the_cpu_does_and_in_float32_elsewhere(bundle, scan, tmp_path,
                                                                                      monkeypatch, capsys):
     import rtg_anomaly.graph_export as graph_export

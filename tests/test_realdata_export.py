@@ -29,7 +29,7 @@ INT8_TOLERANCE = 0.35
 # NNCF's int8 OpenVINO IR (transformer scheme), on the same crops: measured 0.313 (ONNX Runtime's: 0.309).
 NNCF_TOLERANCE = 0.35
 # OpenVINO computing in bfloat16 (a CPU with AVX-512 BF16 or AMX): within the 0.05 (docs/precision.md:
-# 0.014 castings, 0.020 welds); in float32 on a CPU without it.
+# 0.013 castings, 0.037 welds); in float32 on a CPU without it.
 BF16_TOLERANCE = 0.05
 
 
