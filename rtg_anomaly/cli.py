@@ -337,8 +337,10 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                         help=_ranged("with --image-score top_mean: share of map pixels averaged (default 0.001)", "top_fraction"))
     parser.add_argument("--top-patches", type=_setting("top_patches"),
                         help=_ranged("with --image-score patch_top_mean: number of highest patch scores averaged (default 5)", "top_patches"))
-    parser.add_argument("--intensity-window", choices=("auto", "dtype", "percentile"),
-                        help="how raw values map to [0, 1] (default auto: 8-bit as is, 16-bit by percentiles)")
+    parser.add_argument("--intensity-window", choices=("auto", "dtype", "percentile", "clean"),
+                        help="how raw values map to [0, 1]: dtype (the dtype's range), percentile (each scan's "
+                             "0.5-99.5 percentiles), clean (the range the clean scans use, learned at fit); "
+                             "default auto: 8-bit by the dtype's range, deeper by percentiles")
     parser.add_argument("--augment", type=_augment_names, metavar="NAMES",
                         help="flips/rotations of each clean scan added to the memory bank, comma-separated from "
                              "hflip, vflip, rot90, rot180, rot270 ('none': off, the default)")

@@ -18,12 +18,15 @@ PIXEL_CELL = 8  # pixels per cell side of the pixels backbone: a patch score cov
 PIXEL_INPUT_SIZE = 64  # the tile side the pixel methods see by default (the TransGAN seed's 64 px tiles)
 PIXEL_TILE_SIZE = 128  # scan pixels per tile for the pixel target by default: 2 scan px per input px
 DESCRIPTOR_RULES = ("global", "scan_centroid")  # image scores computed from whole-scan descriptors
-INTENSITY_WINDOWS = ("auto", "dtype", "percentile")
+INTENSITY_WINDOWS = ("auto", "dtype", "percentile", "clean")
 # How clean scans are scored for the thresholds (DetectorConfig.calibration).
 CALIBRATION_MODES = ("leave_one_out", "holdout")
 # Clean scans leave-one-scan-out calibration scores (a seeded sample beyond this): enough for a 1 % false-alarm
 # rate to be read off the scores, and a bounded extra cost (one backbone pass over them) for large archives.
 LEAVE_ONE_OUT_MAX_SCANS = 100
+# Clean scans whose pooled values set the clean intensity window (evenly spaced beyond this): a second read of
+# that many scans at fit, enough for the 0.5 % tails of a whole archive's range.
+CLEAN_WINDOW_MAX_SCANS = 64
 AUGMENTATION_NAMES = ("hflip", "vflip", "rot90", "rot180", "rot270")
 # What executes the backbone (not a hyper-parameter: the features are the same either way, see openvino_runtime.py).
 # "auto": on the CPU the fastest installed runtime that runs the bundle's exported graph (or converts the
@@ -104,8 +107,11 @@ class DetectorConfig:
         clean scans' ones: the good-only per-scan baseline). The heatmap is the
         patch map whatever the rule.
     intensity_window: ``"auto"`` (8-bit: full range; deeper: percentile window),
-        ``"dtype"`` (divide by the dtype maximum) or ``"percentile"``.
-    window_percentiles: low/high percentiles of the percentile window.
+        ``"dtype"`` (divide by the dtype maximum), ``"percentile"`` (each scan's own percentiles) or
+        ``"clean"`` (the ``window_percentiles`` of the clean scans' pooled values, learned at fit and kept
+        in the bundle: one range for every scan, which no defect moves; intensity.py). ``"clean"`` is not
+        the default: it lifts fish and welds and costs screw and castings (docs/defaults.md).
+    window_percentiles: low/high percentiles of the percentile and clean windows.
     augment: flips/rotations of every clean scan added to the memory bank
         (names from ``AUGMENTATION_NAMES``); for objects whose orientation
         varies, or when clean scans are few. Calibration scores only the

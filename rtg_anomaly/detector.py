@@ -25,14 +25,14 @@ from .augment import augmented_views
 from .bundle import BundleError, load_bundle, save_bundle
 from .bundle_checks import check_detector_bundle
 from .calibration import DEFAULT_FALSE_ALARM_RATE, Calibration, ThresholdRule, calibrate, check_false_alarm_rate
-from .config import DESCRIPTOR_RULES, LEAVE_ONE_OUT_MAX_SCANS, DetectorConfig
+from .config import CLEAN_WINDOW_MAX_SCANS, DESCRIPTOR_RULES, LEAVE_ONE_OUT_MAX_SCANS, DetectorConfig
 from .descriptor import DescriptorAccumulator, scan_descriptor
 from .display import DisplayStyle, render_display
 from .display_torch import render_display_torch
 from .errors import InputError, first_line
 from .features import FeatureExtractor, resolve_device
 from .graph_export import GRAPH_KEY, StoredGraph, graph_from_bundle
-from .intensity import apply_window, apply_window_torch, to_device_float, window_limits
+from .intensity import apply_window, apply_window_torch, clean_window, to_device_float, window_limits
 from .io import load_image
 from .memory_bank import random_rows
 from .methods import FitPlan, GlobalDescriptor, PatchMethod, TileFeatures, create_method, method_class
@@ -93,6 +93,8 @@ class Detector:
       method_: the fitted PatchMethod (PatchCore: ``method_.pca_``, ``method_.memory_bank_``);
       global_: the fitted GlobalDescriptor (``image_score`` "global" or "scan_centroid", else None);
       calibration_: Calibration;
+      clean_window_: the raw (low, high) the clean scans use (``intensity.clean_window``) with
+      ``intensity_window="clean"``, else None;
       backbone_digest_: sha256 of the backbone weights the method was fitted with;
       selection_: the record of ``selection.select_config`` (candidates and their validation scores) when
       the config was chosen from clean scans (``fit --select auto``), else None; set by the caller.
@@ -107,6 +109,7 @@ class Detector:
         self._device_copies: _DeviceCopies | None = None  # the last scored scan's, GPU path only
         self._pixel_work_on_host = False  # set while a scan too large for the GPU is retried on the host
         self.selection_: dict | None = None
+        self.clean_window_: tuple[float, float] | None = None
         self.roi_mask: np.ndarray | None = None  # bool (H, W): the fixed ROI when config.roi == "file"
         self.graph_: StoredGraph | None = None  # the bundle's exported backbone graph (graph_export.py)
 
@@ -287,6 +290,7 @@ class Detector:
             raise InputError("no clean images to fit on")
         scale = self._fit_scale(images)
         config = self.config
+        self.clean_window_ = self._fit_clean_window(images)
         train_items, holdout_items = self._holdout_split(images)
 
         started = time.perf_counter()
@@ -429,6 +433,20 @@ class Detector:
                           "seconds": time.perf_counter() - started}
         return self
 
+    def _fit_clean_window(self, images: Sequence) -> tuple[float, float] | None:
+        """With ``intensity_window="clean"``, the clean window (``intensity.clean_window``) of up to
+        ``CLEAN_WINDOW_MAX_SCANS`` clean scans evenly spaced over ``images``, else None. Unreadable scans are
+        passed over here: the fit's own read reports them."""
+        config = self.config
+        if config.intensity_window != "clean":
+            return None
+        chosen = np.unique(np.linspace(0, len(images) - 1, min(len(images), CLEAN_WINDOW_MAX_SCANS)).round())
+        scans = (self._read(images[int(i)], lambda *_: None) for i in chosen)
+        limits = clean_window((scan for scan in scans if scan is not None), config.window_percentiles)
+        if limits is None:
+            raise InputError("none of the clean images could be read to learn the clean intensity window")
+        return limits
+
     def _fit_scale(self, images: Sequence) -> dict:
         """Fit the tile and input size to the clean scans (when ``scale_to_scans``); the backbone is made
         again for a new input size. Returns what was decided, for ``fit_info_``."""
@@ -548,7 +566,7 @@ class Detector:
 
     def window_limits(self, image: np.ndarray) -> tuple[float, float]:
         """Raw intensity (low, high) of ``image`` mapped to [0, 1] before the backbone (``intensity.py``)."""
-        return window_limits(image, self.config.intensity_window, self.config.window_percentiles)
+        return window_limits(image, self.config.intensity_window, self.config.window_percentiles, self.clean_window_)
 
     def _raw_scores(self, image: np.ndarray, keep_features: bool = False, timings: dict | None = None,
                     window: tuple[float, float] | None = None, host_map: bool = True,
@@ -928,6 +946,8 @@ class Detector:
         }
         if self.selection_ is not None:
             manifest["selection"] = self.selection_
+        if self.clean_window_ is not None:
+            manifest["clean_window"] = {"low": self.clean_window_[0], "high": self.clean_window_[1]}
         arrays = dict(self.method_.to_arrays())
         if self.graph_ is not None and self.graph_.entry.get("backbone_state_dict_sha256") == self.backbone_digest_:
             manifest[GRAPH_KEY] = self.graph_.entry  # kept through calibrate; a refit drops it
@@ -987,7 +1007,23 @@ class Detector:
         detector.fit_info_ = dict(manifest.get("fit", {}))
         selection = manifest.get("selection")
         detector.selection_ = selection if isinstance(selection, dict) else None
+        detector.clean_window_ = _clean_window_entry(folder, manifest)
         return detector
+
+
+def _clean_window_entry(folder, manifest: dict) -> tuple[float, float] | None:
+    """The bundle's clean window (low, high), None when it has none; BundleError when it is malformed, or
+    missing where its config's window needs it."""
+    entry = manifest.get("clean_window")
+    if entry is None:
+        if manifest["config"].get("intensity_window") == "clean":
+            raise BundleError(f"model bundle {folder}: its intensity window is 'clean' but it holds no clean_window")
+        return None
+    low, high = (entry.get(key) if isinstance(entry, dict) else None for key in ("low", "high"))
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (low, high)) \
+            or not high > low:
+        raise BundleError(f"model bundle {folder} has an invalid clean_window (expected finite low < high): {entry!r}")
+    return float(low), float(high)
 
 
 def _synchronise(tensor: torch.Tensor) -> None:

@@ -433,8 +433,8 @@ def _entry(extractor, fmt: str, precision: str, quantisation: dict | None) -> di
         "input": {"name": INPUT_NAME, "dtype": "float32", "layout": "NCHW", "shape": ["batch", 3, extractor.input_size,
                                                                                    extractor.input_size],
                   "channels": "grey tiles repeated over 3 channels (RGB scans: R, G, B)",
-                  "values": "windowed tiles in [0, 1] (the scan's intensity window), resized to the input size "
-                            "(bilinear, antialiased)",
+                  "values": "windowed tiles in [0, 1] (the scan's intensity window: the config's intensity_window, "
+                            "with 'clean' the manifest's clean_window), resized to the input size (bilinear, antialiased)",
                   "normalisation": {"inside_graph": True, "mean": [float(v) for v in extractor.mean.flatten()],
                                     "std": [float(v) for v in extractor.std.flatten()]}},
         "output": {"name": OUTPUT_NAME, "dtype": "float32", "layout": "NHWC",

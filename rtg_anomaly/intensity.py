@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 
 import numpy as np
 import torch
 
+# Pixels of each clean scan pooled for the clean window: enough for its 0.5 % tails, cheap for huge scans.
+CLEAN_WINDOW_VALUES_PER_SCAN = 65_536
+
 
 def window_limits(image: np.ndarray, window: str = "auto",
-                  percentiles: tuple[float, float] = (0.5, 99.5)) -> tuple[float, float]:
+                  percentiles: tuple[float, float] = (0.5, 99.5),
+                  clean_limits: tuple[float, float] | None = None) -> tuple[float, float]:
     """Raw values (low, high) that map to 0 and 1 for this scan.
 
     window:
@@ -18,6 +23,9 @@ def window_limits(image: np.ndarray, window: str = "auto",
       ``"percentile"``: the ``percentiles`` (low, high) of this scan. Robust to
       the narrow band of the 16-bit range a detector uses and to exposure
       changes between scans; a local anomaly barely moves it.
+      ``"clean"``: ``clean_limits``, the range the model's clean scans use
+      (``clean_window``, learned at fit): the same for every scan, so an anomaly
+      cannot move it, however much of a small scan it fills.
       ``"auto"``: ``"dtype"`` for 8-bit scans, ``"percentile"`` for deeper ones.
     """
     window = resolved_window(image.dtype, window)
@@ -27,6 +35,10 @@ def window_limits(image: np.ndarray, window: str = "auto",
     if window == "percentile":
         low, high = np.percentile(_subsample(image), percentiles)
         return float(low), float(high) if high > low else float(low) + 1.0
+    if window == "clean":
+        if clean_limits is None:
+            raise ValueError("the clean intensity window is learned at fit: no clean limits were given")
+        return float(clean_limits[0]), float(clean_limits[1])
     raise ValueError(f"unknown intensity window {window!r}")
 
 
@@ -36,6 +48,18 @@ def resolved_window(dtype: np.dtype, window: str) -> str:
     if window == "auto":
         return "dtype" if np.dtype(dtype) == np.uint8 else "percentile"
     return window
+
+
+def clean_window(scans: Iterable[np.ndarray], percentiles: tuple[float, float] = (0.5, 99.5),
+                 values_per_scan: int = CLEAN_WINDOW_VALUES_PER_SCAN) -> tuple[float, float] | None:
+    """The raw range (low, high) that clean scans use: the ``percentiles`` of their pooled values, each scan
+    contributing a regular subsample of at most ``values_per_scan`` pixels (so a large scan weighs no more
+    than a small one). None when ``scans`` is empty; ``high > low`` always."""
+    pooled = [_subsample(np.asarray(scan), values_per_scan) for scan in scans]
+    if not pooled:
+        return None
+    low, high = np.percentile(np.concatenate([values.astype(np.float64) for values in pooled]), percentiles)
+    return float(low), float(high) if high > low else float(low) + 1.0
 
 
 def apply_window(values: np.ndarray, low: float, high: float) -> np.ndarray:

@@ -24,8 +24,11 @@ def _mapping(kind: str, window: str) -> tuple[str, str]:
     range when the window is the dtype's range). Kinds with equal mappings are comparable."""
     dtype_name, channels = kind.split(" ", 1)
     dtype = np.dtype(dtype_name)
-    if resolved_window(dtype, window) == "percentile":
+    resolved = resolved_window(dtype, window)
+    if resolved == "percentile":
         return channels, "percentile"
+    if resolved == "clean":  # one raw range learned from the clean scans: comparable in their dtype only
+        return channels, f"clean {dtype.name}"
     high = np.iinfo(dtype).max if dtype.kind in "ui" else 1.0
     return channels, f"0..{high}"
 

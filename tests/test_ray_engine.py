@@ -128,11 +128,11 @@ def test_an_interrupted_ray_run_keeps_the_report_of_what_finished(local_ray, dem
 
 
 @pytest.mark.ray
-@pytest.mark.parametrize("calibration", ["holdout", "leave-one-out"])
+@pytest.mark.parametrize("calibration, window", [("holdout", "auto"), ("leave-one-out", "auto"), ("holdout", "clean")])
 def test_fit_on_ray_writes_the_in_process_bundle_byte_for_byte(local_ray, demo_data, tmp_path, monkeypatch,
-                                                               calibration):
+                                                               calibration, window):
     """With an unreadable clean scan (the scans after it get their places in the fit again), augmentation and a
-    worker that dies during the fit."""
+    worker that dies during the fit; with the clean intensity window, the workers window by the driver's."""
     clean = tmp_path / "clean"
     clean.mkdir()
     for index, scan in enumerate(sorted((demo_data / "train" / "good").iterdir()) +
@@ -140,7 +140,7 @@ def test_fit_on_ray_writes_the_in_process_bundle_byte_for_byte(local_ray, demo_d
         shutil.copy(scan, clean / f"{index:02d}.bmp")
     (clean / "01b.bmp").write_bytes(b"truncated")
     flags = [*TINY_CLI_FLAGS, "--augment", "hflip", "--device", "cpu", "--clean-dir", str(clean),
-             "--calibration", calibration]
+             "--calibration", calibration, "--intensity-window", window]
     assert main(["fit", "--model", str(tmp_path / "inprocess"), *flags]) == 0
     monkeypatch.setenv("RTG_ANOMALY_RAY_TEST_EXIT", f"3:{tmp_path / 'died'}")
     assert main(["fit", "--model", str(tmp_path / "ray"), *flags, "--engine", "ray", "--workers", "2"]) == 0
@@ -151,8 +151,10 @@ def test_fit_on_ray_writes_the_in_process_bundle_byte_for_byte(local_ray, demo_d
         assert (tmp_path / "inprocess" / name).read_bytes() == (tmp_path / "ray" / name).read_bytes(), name
     # leave-one-scan-out on the workers: a scan scored with its own bank rows left in would score near 0 and
     # change the stored statistics
-    fit_info = load_bundle(tmp_path / "ray")[0]["fit"]
+    manifest = load_bundle(tmp_path / "ray")[0]
+    fit_info = manifest["fit"]
     assert fit_info["calibration"] == calibration.replace("-", "_") and fit_info["n_calibration_scans"] >= 1
+    assert ("clean_window" in manifest) == (window == "clean")
 
 
 @pytest.mark.ray

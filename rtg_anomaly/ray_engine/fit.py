@@ -58,7 +58,8 @@ class FitWorker:
     """One Ray actor of a fit: a backbone, a PatchCore with the fit's plan (for ``pool_part``), and for the
     held-out scans the first round's fitted state, fetched once per round."""
 
-    def __init__(self, config: dict, device: str, runtime: str, plan: tuple[int, int], folder: tuple[str, bool] | None = None,
+    def __init__(self, config: dict, device: str, runtime: str, plan: tuple[int, int],
+                 clean_window: tuple[float, float] | None = None, folder: tuple[str, bool] | None = None,
                  hook: str | None = None):
         from ..config import DetectorConfig
         from ..detector import Detector
@@ -66,6 +67,7 @@ class FitWorker:
 
         config = DetectorConfig.from_dict(config)
         self.detector = Detector(config, device=device, runtime=runtime)
+        self.detector.clean_window_ = None if clean_window is None else tuple(clean_window)  # the driver's
         self.learner = create_method(config)
         self.learner.begin(FitPlan(*plan))
         self.hook, self.scans_done, self.model_token = hook, 0, None
@@ -190,6 +192,7 @@ def fit_on_ray(ray, detector, images, workers: int | None = None, gpus_per_worke
         raise InputError("no clean images to fit on")
     scale = detector._fit_scale(images)  # before the workers start: they build the backbone from the config
     config = detector.config
+    detector.clean_window_ = detector._fit_clean_window(images)  # and window every scan by it
     train_items, holdout_items = detector._holdout_split(images)
     started = time.perf_counter()
     n_views = 1 + len(config.augment)
@@ -199,7 +202,7 @@ def fit_on_ray(ray, detector, images, workers: int | None = None, gpus_per_worke
     global_score = GlobalDescriptor() if detector._uses_descriptors else None
     count = worker_count(ray, workers, gpus_per_worker, len(images))
     actors = start_actors(ray, FitWorker, count, gpus_per_worker, config.to_dict(), str(detector.device),
-                          detector.runtime, (plan.training_views, plan.all_views),
+                          detector.runtime, (plan.training_views, plan.all_views), detector.clean_window_,
                           driver_folder([item for item in images if isinstance(item, (str, os.PathLike))]),
                           exit_hook())
     kinds, counts = collections.Counter(), {"patches": 0}
