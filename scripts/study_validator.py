@@ -3,6 +3,7 @@
 
     python scripts/study_validator.py --datasets gdxray_welds --seeds 0,1,2     # ~3 min on 2 cores
     python scripts/study_validator.py --datasets gdxray_castings,mvtec_screw    # ~25 min
+    python scripts/study_validator.py --saturation --datasets gdxray_castingpatches  # open air per folder
     python scripts/study_validator.py --render-only                             # the table from the JSON
 
 For each dataset and seed it does what ``select_scale`` does (the seeded split of the clean training scans,
@@ -28,6 +29,10 @@ rule (mean of the top patches) and of ``global`` (the scan judged whole). Result
     python scripts/study_validator.py --image-score --datasets gdxray_castingpatches,gdxray_fishbones --seeds 0,1,2
     python scripts/study_validator.py --image-score --datasets gdxray_castingpatches,gdxray_fishbones --seeds 0,1 \
         --object-sizes 0.15,0.8                                                 # larger objects; ~1 min each
+    python scripts/study_validator.py --windows --datasets gdxray_fishbones,gdxray_castingpatches,gdxray_welds,\
+mvtec_screw,gdxray_castings                                                     # dtype vs clean window; ~8 min
+    python scripts/study_validator.py --image-score --datasets gdxray_castingpatches,gdxray_fishbones --seeds 0,1,2 \
+        --objects texture --object-sizes 0.4,1                                  # porous texture regions
 """
 
 from __future__ import annotations
@@ -57,6 +62,10 @@ DEFAULT_OUTPUT = REPO_ROOT / "docs" / "validator_variants.json"
 IMAGE_SCORE_OUTPUT = REPO_ROOT / "docs" / "validator_image_score.json"
 IMAGE_SCORES = ("patch_top_mean", "global")
 CRACK_SHARE = 0.25
+WINDOW_OUTPUT = REPO_ROOT / "docs" / "validator_window.json"
+WINDOWS = ("dtype", "clean")
+# The zoom `--select scale` chose with the default window on the defaults study's subsample (docs/defaults.md).
+WINDOW_STUDY_ZOOMS = {"gdxray_castings": (512, 322), "gdxray_welds": (512, 448), "mvtec_screw": (512, 448)}
 VARIANTS = ("shipped/pixel", "shipped/object", "cracks/pixel", "cracks/object")
 
 
@@ -95,6 +104,38 @@ def project_with_cracks(scan, rng, settings=None, donor=None):
         attenuation = -attenuation
     return projection.ProjectedObject(projection.apply_attenuation(scan, thickness, attenuation), thickness > 0,
                                       thickness, attenuation, "crack")
+
+
+def texture_object(scan: np.ndarray, rng: np.random.Generator, settings: projection.ProjectionSettings):
+    """A porous region: fine-grained material (or voids) over a soft ellipse spanning ``settings``' sizes of the
+    scan's shorter side, the grain smoothed by 0.6-2 px (the upper half of band-limited noise), peak ``mu * t``
+    ``settings``' attenuations, half of them voids. The synthetic counterpart of a defect that changes the
+    texture of much of a small crop rather than adding one object. Returns (scan, mask)."""
+    from scipy.ndimage import gaussian_filter
+
+    height, width = scan.shape[:2]
+    extent = rng.uniform(settings.min_size, settings.max_size) * min(height, width)
+    aspect = float(np.exp(rng.uniform(np.log(0.5), 0.0)))
+    box_h, box_w = int(min(height, max(4, np.ceil(extent)))), int(min(width, max(4, np.ceil(extent * aspect))))
+    if rng.random() < 0.5:
+        box_h, box_w = min(height, box_w), min(width, box_h)
+    y0, x0 = int(rng.integers(0, height - box_h + 1)), int(rng.integers(0, width - box_w + 1))
+    yy, xx = np.mgrid[0:box_h, 0:box_w]
+    radius = ((yy - (box_h - 1) / 2) / (box_h / 2)) ** 2 + ((xx - (box_w - 1) / 2) / (box_w / 2)) ** 2
+    footprint = np.clip((1 - radius) * 3, 0, 1)
+    grain = gaussian_filter(rng.normal(size=(box_h, box_w)), rng.uniform(0.6, 2.0))
+    grain = np.clip((grain - grain.mean()) / (grain.std() + 1e-9), 0, None)
+    thickness = np.zeros((height, width), np.float32)
+    thickness[y0 : y0 + box_h, x0 : x0 + box_w] = grain / (grain.max() + 1e-9) * footprint
+    attenuation = rng.uniform(settings.min_attenuation, settings.max_attenuation) * (-1 if rng.random() < 0.5 else 1)
+    return projection.apply_attenuation(scan, thickness, attenuation), thickness > 0
+
+
+def texture_validation_set(scans, seed: int, settings: projection.ProjectionSettings) -> list:
+    """``selection.synthetic_validation_set``'s layout (``OBJECTS_PER_SCAN`` per scan, the same seeded stream)
+    with ``texture_object``s."""
+    rng = np.random.default_rng([seed, 0x7e5])
+    return [texture_object(scan, rng, settings) for scan in scans for _ in range(selection.OBJECTS_PER_SCAN)]
 
 
 def object_auroc(clean_maps: list[np.ndarray], maps: list[np.ndarray], masks: list[np.ndarray], stride: int) -> float:
@@ -149,15 +190,17 @@ def study(dataset: str, data_root: Path, seed: int, max_train: int) -> dict:
 
 
 def image_score_study(dataset: str, data_root: Path, seed: int, max_train: int,
-                      settings: projection.ProjectionSettings | None = None) -> dict:
+                      settings: projection.ProjectionSettings | None = None, objects: str = "shipped") -> dict:
     """Synthetic image AUROC of each of ``IMAGE_SCORES`` on ``select_scale``'s seeded split of the dataset's clean
-    scans (objects drawn with ``settings``, default the shipped ones), from one fit at the scale the fit picks;
-    with the split's sizes, the objects' size range and that scale."""
+    scans (objects drawn with ``settings``, default the shipped ones; ``objects="texture"``: ``texture_object``s
+    instead), from one fit at the scale the fit picks; with the split's sizes, the objects' kind and size range
+    and that scale."""
     settings = settings or projection.ProjectionSettings()
     items = evenly_spaced(sorted((data_root / dataset / "train" / "good").iterdir()), max_train)
     base = DetectorConfig(seed=seed)
     train, clean = selection._validation_scans(items, seed, None)
-    synthetic = selection.synthetic_validation_set(clean, train, seed, settings)
+    synthetic = (texture_validation_set(clean, seed, settings) if objects == "texture" else
+                 selection.synthetic_validation_set(clean, train, seed, settings))
     # The global score calibrates on held-out scans, so a fifth is held out; they join the bank after scoring.
     config = base.replace(image_score="global", calibration="holdout", holdout_fraction=0.2, augment=())
     detector = Detector(config, device="cpu").fit(list(train))
@@ -167,24 +210,69 @@ def image_score_study(dataset: str, data_root: Path, seed: int, max_train: int,
               "global": [detector.global_.distance(raw.descriptor) for raw in raws]}
     row = {name: image_auroc(labels, scores[name]) for name in IMAGE_SCORES}
     row.update(n_train=len(train), n_validation=len(clean), n_objects=len(synthetic),
-               object_sizes=[settings.min_size, settings.max_size],
+               object_sizes=[settings.min_size, settings.max_size], objects=objects,
                tile_size=detector.config.tile_size, input_size=detector.config.input_size)
     print(f"{dataset} seed {seed}: " + ", ".join(f"{name} {row[name]:.4f}" for name in IMAGE_SCORES), flush=True)
     return row
 
 
+def window_study(dataset: str, data_root: Path, seed: int, max_train: int) -> dict:
+    """Synthetic image and pixel AUROC of each of ``WINDOWS`` (``intensity_window``) on ``select_scale``'s seeded
+    split and shipped objects, as ``select_scale`` scores a zoom, at the zoom the selection chose on the dataset
+    with the default window (``WINDOW_STUDY_ZOOMS``; the scans' own size elsewhere)."""
+    items = evenly_spaced(sorted((data_root / dataset / "train" / "good").iterdir()), max_train)
+    base = DetectorConfig(seed=seed)
+    if dataset in WINDOW_STUDY_ZOOMS:
+        base = base.replace(tile_size=WINDOW_STUDY_ZOOMS[dataset][0], input_size=WINDOW_STUDY_ZOOMS[dataset][1])
+    train, clean = selection._validation_scans(items, seed, None)
+    synthetic = selection.synthetic_validation_set(clean, train, seed, projection.ProjectionSettings())
+    candidates = [selection.Candidate(window, {"intensity_window": window}) for window in WINDOWS]
+    results = selection._evaluate_all(candidates, base, train, clean, synthetic, "cpu", "auto", "pixel", None)
+    row = {r.name: {"image": r.image_auroc, "pixel": r.pixel_auroc} for r in results}
+    row["zoom"] = f"t{base.tile_size}-i{base.input_size}" if dataset in WINDOW_STUDY_ZOOMS else "fitted to the scans"
+    print(f"{dataset} seed {seed}: " + ", ".join(f"{w} pixel {row[w]['pixel']:.4f}" for w in WINDOWS), flush=True)
+    return row
+
+
+def render_windows(results: dict) -> str:
+    """Markdown table of ``window_study`` results keyed "dataset/seed"; bold: the window the pixel score keeps."""
+    lines = ["| dataset | seed | zoom | " + " | ".join(f"`{w}`: synthetic image / pixel AUROC" for w in WINDOWS)
+             + " |", "|---|---|---|" + "---|" * len(WINDOWS)]
+    for key in sorted(results):
+        dataset, seed = key.split("/")
+        row = results[key]
+        best = max(WINDOWS, key=lambda w: row[w]["pixel"])
+        cells = [f"{row[w]['image']:.3f} / " + (f"**{row[w]['pixel']:.3f}**" if w == best else f"{row[w]['pixel']:.3f}")
+                 for w in WINDOWS]
+        lines.append(f"| {dataset} | {seed} | {row['zoom']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def saturated_shares(dataset_dir: Path, level: int = 250, min_share: float = 0.1) -> dict[str, tuple[int, float]]:
+    """Per folder of an MVTec-layout dataset (``train/good``, ``test/<kind>``): (scans, share of them with more
+    than ``min_share`` of their pixels at ``level`` or above, open air in an 8-bit radiograph)."""
+    from rtg_anomaly.io import list_images, load_image
+
+    out = {}
+    for folder in [dataset_dir / "train" / "good", *sorted(p for p in (dataset_dir / "test").iterdir() if p.is_dir())]:
+        paths = list_images(folder)
+        shares = [float((np.asarray(load_image(path)) >= level).mean()) for path in paths]
+        out[str(folder.relative_to(dataset_dir))] = (len(paths), float(np.mean([v > min_share for v in shares])))
+    return out
+
+
 def render_image_score(results: dict) -> str:
     """Markdown table of ``image_score_study`` results keyed "dataset/seed/min-max" (object sizes as fractions
     of the scan's shorter side); bold: the higher score."""
-    lines = ["| dataset | seed | object sizes | fitted scale | validation scans / objects | synthetic image AUROC: "
+    lines = ["| dataset | seed | objects: sizes | fitted scale | validation scans / objects | synthetic image AUROC: "
              "top patches | whole scan (`global`) |", "|---|---|---|---|---|---|---|"]
     for key in sorted(results):
-        dataset, seed, _ = key.split("/")
+        dataset, seed = key.split("/")[:2]
         row = results[key]
         low, high = row["object_sizes"]
         best = max(IMAGE_SCORES, key=lambda name: row[name])
         cells = [f"**{row[n]:.3f}**" if n == best else f"{row[n]:.3f}" for n in IMAGE_SCORES]
-        lines.append(f"| {dataset} | {seed} | {low:g}–{high:g} | t{row['tile_size']}-i{row['input_size']} | "
+        lines.append(f"| {dataset} | {seed} | {row.get('objects', 'shipped')}: {low:g}–{high:g} | t{row['tile_size']}-i{row['input_size']} | "
                      f"{row['n_validation']} / {row['n_objects']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -234,24 +322,41 @@ def main(argv=None) -> int:
     parser.add_argument("--object-sizes", default=None, metavar="MIN,MAX",
                         help="with --image-score: the objects' size range as fractions of the scan's shorter side "
                              "(default: the shipped ProjectionSettings)")
+    parser.add_argument("--objects", choices=("shipped", "texture"), default="shipped",
+                        help="with --image-score: the shipped objects, or porous texture regions (texture_object)")
+    parser.add_argument("--windows", action="store_true",
+                        help="compare the intensity windows (dtype, clean) by the selection's synthetic score")
+    parser.add_argument("--saturation", action="store_true",
+                        help="print each folder's share of scans more than 10 %% open air (>= 250) and stop")
     parser.add_argument("--render-only", action="store_true")
     args = parser.parse_args(argv)
+    if args.saturation:
+        for dataset in args.datasets.split(","):
+            for folder, (n, share) in saturated_shares(Path(args.data_root) / dataset).items():
+                print(f"{dataset} {folder}: {n} scans, {100 * share:.0f} % more than 10 % open air")
+        return 0
     settings = projection.ProjectionSettings()
     if args.object_sizes:
         low, high = (float(v) for v in args.object_sizes.split(","))
         settings = projection.ProjectionSettings(min_size=low, max_size=high)
-    output = Path(args.output or (IMAGE_SCORE_OUTPUT if args.image_score else DEFAULT_OUTPUT))
+    output = Path(args.output or (WINDOW_OUTPUT if args.windows else
+                                  IMAGE_SCORE_OUTPUT if args.image_score else DEFAULT_OUTPUT))
     results = json.loads(output.read_text()) if output.is_file() else {}
     if not args.render_only:
         for dataset in args.datasets.split(","):
             for seed in (int(s) for s in args.seeds.split(",")):
-                if args.image_score:
+                if args.windows:
+                    results[f"{dataset}/{seed}"] = window_study(dataset, Path(args.data_root), seed, args.max_train)
+                elif args.image_score:
                     key = f"{dataset}/{seed}/{settings.min_size:g}-{settings.max_size:g}"
-                    results[key] = image_score_study(dataset, Path(args.data_root), seed, args.max_train, settings)
+                    if args.objects != "shipped":
+                        key += f"/{args.objects}"
+                    results[key] = image_score_study(dataset, Path(args.data_root), seed, args.max_train, settings,
+                                                     args.objects)
                 else:
                     results[f"{dataset}/{seed}"] = study(dataset, Path(args.data_root), seed, args.max_train)
                 output.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-    print((render_image_score if args.image_score else render)(results))
+    print((render_windows if args.windows else render_image_score if args.image_score else render)(results))
     return 0
 
 

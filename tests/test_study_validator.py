@@ -59,4 +59,43 @@ def test_chosen_replays_the_selection_rule_in_trial_order(study):
 def test_image_score_table_bolds_the_score_the_synthetic_objects_prefer(study):
     row = {"object_sizes": [0.15, 0.8], "tile_size": 100, "input_size": 224, "n_validation": 16, "n_objects": 32}
     table = study.render_image_score({"fish/1/0.15-0.8": dict(row, patch_top_mean=0.70, **{"global": 0.75})})
-    assert "| fish | 1 | 0.15–0.8 | t100-i224 | 16 / 32 | 0.700 | **0.750** |" in table
+    assert "| fish | 1 | shipped: 0.15–0.8 | t100-i224 | 16 / 32 | 0.700 | **0.750** |" in table
+    table = study.render_image_score({"fish/1/0.4-1/texture": dict(row, objects="texture", object_sizes=[0.4, 1.0],
+                                                                   patch_top_mean=0.70, **{"global": 0.60})})
+    assert "| fish | 1 | texture: 0.4–1 | t100-i224 | 16 / 32 | **0.700** | 0.600 |" in table
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_texture_objects_are_seeded_exact_and_in_the_scan_domain(study, dtype):
+    from rtg_anomaly.threat_projection import ProjectionSettings
+
+    scan = np.full((32, 48), np.iinfo(dtype).max // 2, dtype)
+    settings = ProjectionSettings(min_size=0.4, max_size=1.0)
+    out, mask = study.texture_object(scan, np.random.default_rng(5), settings)
+    again, mask_again = study.texture_object(scan, np.random.default_rng(5), settings)
+    assert np.array_equal(out, again) and np.array_equal(mask, mask_again)
+    assert out.dtype == dtype and np.array_equal(out[~mask], scan[~mask])  # untouched outside the footprint
+    assert mask.sum() >= 0.05 * scan.size and (out[mask] != scan[mask]).any()
+    rows, cols = np.nonzero(mask)
+    assert np.ptp(rows) + 1 <= 32 and np.ptp(cols) + 1 <= 48
+    # attenuation multiplies the transmitted intensity: one sign per object
+    ratio = out[mask].astype(float) / scan[mask]
+    assert (ratio <= 1 + 1e-3).all() or (ratio >= 1 - 1e-3).all()
+
+
+def test_window_table_bolds_the_window_the_pixel_score_keeps(study):
+    row = {"dtype": {"image": 0.70, "pixel": 0.928}, "clean": {"image": 0.71, "pixel": 0.924}, "zoom": "fitted to the scans"}
+    table = study.render_windows({"fish/0": row})
+    assert "| fish | 0 | fitted to the scans | 0.700 / **0.928** | 0.710 / 0.924 |" in table
+
+
+def test_saturated_shares_count_scans_mostly_open_air(study, tmp_path):
+    from PIL import Image
+
+    for folder, values in {"train/good": [255, 255, 100, 100], "test/defect": [100, 100]}.items():
+        (tmp_path / folder).mkdir(parents=True)
+        for index, value in enumerate(values):
+            scan = np.full((8, 8), 100, np.uint8)
+            scan[:4] = value  # half of the scan
+            Image.fromarray(scan).save(tmp_path / folder / f"{index}.png")
+    assert study.saturated_shares(tmp_path) == {"train/good": (4, 0.5), "test/defect": (2, 0.0)}
