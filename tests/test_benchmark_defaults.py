@@ -94,7 +94,7 @@ def test_image_score_section_sets_the_synthetic_choice_beside_the_real_runs(scri
     path.write_text(__import__("json").dumps(study))
     cache = _cache({"select-scale/a": (0.824, None), "select-scale+global/a": (0.902, None)})
     page = "\n".join(script.validator_image_score_lines(cache, path))
-    assert "\n| a | 0 | 0.03–0.15 | t32-i224 | 16 / 32 | **0.820** | 0.600 |" in page
+    assert "\n| a | 0 | shipped: 0.03–0.15 | t32-i224 | 16 / 32 | **0.820** | 0.600 |" in page
     assert "a 0.824 (top patches) / 0.902 (whole scan)" in page
     assert script.validator_image_score_lines(cache, tmp_path / "missing.json") == []
     assert script.REFERENCE["select-scale+global"] == "select-scale"
