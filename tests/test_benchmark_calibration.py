@@ -55,6 +55,9 @@ def test_render_lists_every_mode_and_estimator(script):
         "modes": {"leave_one_out": mode, "holdout": dict(mode, calibration_scans=3)},
         "subsample": {"5": {"shipped": {"mean": 0.1, "p90": 0.3}}}}}}
     page = script.render(results)
-    assert "| welds | leave-one-out | 16 | 2.000 (normal-tail) | 0.90 | 0/8 | 50.0 % | 3 |" in page
-    assert "| welds | holdout | 3 |" in page
+    assert ("| welds | defaults (no selection) | leave-one-out | 16 | 2.000 (normal-tail) | 0.90 | 0/8 | 50.0 % | 3 |"
+            in page)
+    assert "| welds | defaults (no selection) | holdout | 3 |" in page
+    results["datasets"]["welds"]["zoom"] = "t512-i322 (22 px/cell)"
+    assert "| welds | t512-i322 (22 px/cell) | holdout | 3 |" in script.render(results)
     assert "| 5 | 10.0 % (30.0 %) |" in page
