@@ -49,6 +49,10 @@ def test_page_lists_every_candidate_run_with_its_verdict_and_flags(script, monke
     assert "0.950 (0.895)" in rows["`nb3`"] and "accepted" in rows["`nb3`"] and "-0.005" in rows["`nb3`"]
     assert "reference" in rows["`current`"] and "0.850" in rows["`current`"]
     assert "`--no-scale-to-scans --select off --neighbourhood 3`" in page and "--max-train 160" in page
+    # a candidate that passed here but failed the full-set check says so in its verdict
+    monkeypatch.setitem(script.FULL_SET_CHECKS, "nb3", "; failed on the full sets (b -0.02)")
+    page = script.render(cache, ["a", "b"], 160, 40)
+    assert "| accepted; failed on the full sets (b -0.02) |" in page
 
 
 def test_a_later_candidate_is_judged_against_the_defaults_shipped_before_it(script):
