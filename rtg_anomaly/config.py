@@ -120,12 +120,13 @@ class DetectorConfig:
         ``"holdout"`` (default): a seeded share ``holdout_fraction`` is held out, scored against a model
         built from the rest, then learned. Held-out scans meet a smaller model than test scans do, so they
         score higher and the thresholds come out conservative (castings: held-out median 1.0, test clean
-        median 0.86 in the same unit; docs/calibration.md).
+        median 0.87 in the same unit at the zoom --select scale chooses; docs/calibration.md).
         ``"leave_one_out"`` (PatchCore; other methods and the ``global`` image score hold out): every clean
         scan trains; then up to ``LEAVE_ONE_OUT_MAX_SCANS`` of them (a seeded sample) are scored again,
         each against the model without its own contribution, at one more backbone pass over them. Not the
         default: on the shared sets it lowered the mean image AUROC (0.9038 -> 0.9030) and the mean recall
-        at the calibrated threshold (welds 78 % -> 16 %, castings 27 % -> 56 %; docs/calibration.md).
+        at the calibrated threshold (welds 78 % -> 16 %, screw 66 % -> 60 %; castings 42 % -> 51 % at the
+        zoom --select scale chooses; the casting crops' false alarms 14/281 -> 22/281; docs/calibration.md).
     holdout_fraction: share of the clean scans held out to calibrate (``"holdout"`` calibration).
     max_bank_size: hard cap on the memory bank (a final greedy pass enforces it).
     max_patches_per_scan: cap on patches one scan contributes before its
