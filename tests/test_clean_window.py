@@ -158,3 +158,15 @@ def test_the_clean_window_is_learned_from_at_most_64_scans_evenly_spaced(monkeyp
     middle = narrow_scans(1)[0]
     detector = Detector(tiny_config(intensity_window="clean"), device="cpu")
     assert detector._fit_clean_window([dark, middle, bright]) == clean_window([dark, bright])
+
+
+def test_recalibrating_keeps_the_clean_window(narrow_detector, tmp_path):
+    """``calibrate`` re-derives thresholds on new clean scans windowed by the fitted range, and the bundle it
+    saves still holds that range."""
+    detector, _ = narrow_detector
+    folder = detector.save(tmp_path / "model")
+    loaded = Detector.load(folder, device="cpu")
+    loaded.calibrate(narrow_scans(3, seed=7))
+    again = Detector.load(loaded.save(tmp_path / "recalibrated"), device="cpu")
+    assert again.clean_window_ == detector.clean_window_
+    assert read_manifest(tmp_path / "recalibrated")["clean_window"] == read_manifest(folder)["clean_window"]
