@@ -24,7 +24,8 @@ def check_detector_bundle(folder, manifest: dict, arrays: dict[str, np.ndarray])
     """BundleError naming the first problem of a detector bundle's manifest sections and arrays.
 
     manifest: as ``load_bundle`` returns it; needs objects ``config``, ``calibration`` and ``backbone``
-        (``fit`` and ``selection`` optional). The config's own values are checked by DetectorConfig.
+        (``fit`` and ``selection`` optional; ``clean_window`` {low, high} where the config's intensity window
+        is ``"clean"``). The config's own values are checked by DetectorConfig.
     arrays: PatchCore's ``memory_bank`` float (M, d), M >= 1; ``pca_mean`` (D,), ``pca_components`` (d, D),
         ``pca_explained_variance_ratio`` (d,); optional ``descriptor_centre`` (E,), ``descriptor_bank`` (n, E).
         Other methods' arrays are checked by their ``from_arrays`` (shapes against each other and the
@@ -49,7 +50,20 @@ def _manifest_problem(manifest: dict) -> str | None:
     digest = manifest["backbone"].get("state_dict_sha256")
     if not isinstance(digest, str):
         return "the manifest's backbone has no state_dict_sha256"
-    return _calibration_problem(manifest["calibration"])
+    return _clean_window_problem(manifest) or _calibration_problem(manifest["calibration"])
+
+
+def _clean_window_problem(manifest: dict) -> str | None:
+    """The clean intensity window (detector.py): absent, or finite low < high; required by a "clean" config."""
+    entry = manifest.get("clean_window")
+    if entry is None:
+        if manifest["config"].get("intensity_window") == "clean":
+            return "its intensity window is 'clean' but it holds no clean_window"
+        return None
+    low, high = (entry.get(key) if isinstance(entry, dict) else None for key in ("low", "high"))
+    if not (_finite(low) and _finite(high) and high > low):
+        return f"invalid clean_window (expected finite low < high): {entry!r}"
+    return None
 
 
 def _calibration_problem(calibration: dict) -> str | None:

@@ -1007,23 +1007,9 @@ class Detector:
         detector.fit_info_ = dict(manifest.get("fit", {}))
         selection = manifest.get("selection")
         detector.selection_ = selection if isinstance(selection, dict) else None
-        detector.clean_window_ = _clean_window_entry(folder, manifest)
+        window = manifest.get("clean_window")  # checked by check_detector_bundle
+        detector.clean_window_ = None if window is None else (float(window["low"]), float(window["high"]))
         return detector
-
-
-def _clean_window_entry(folder, manifest: dict) -> tuple[float, float] | None:
-    """The bundle's clean window (low, high), None when it has none; BundleError when it is malformed, or
-    missing where its config's window needs it."""
-    entry = manifest.get("clean_window")
-    if entry is None:
-        if manifest["config"].get("intensity_window") == "clean":
-            raise BundleError(f"model bundle {folder}: its intensity window is 'clean' but it holds no clean_window")
-        return None
-    low, high = (entry.get(key) if isinstance(entry, dict) else None for key in ("low", "high"))
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (low, high)) \
-            or not high > low:
-        raise BundleError(f"model bundle {folder} has an invalid clean_window (expected finite low < high): {entry!r}")
-    return float(low), float(high)
 
 
 def _synchronise(tensor: torch.Tensor) -> None:

@@ -33,8 +33,7 @@ def window_limits(image: np.ndarray, window: str = "auto",
         high = float(np.iinfo(image.dtype).max) if np.issubdtype(image.dtype, np.integer) else 1.0
         return 0.0, high
     if window == "percentile":
-        low, high = np.percentile(_subsample(image), percentiles)
-        return float(low), float(high) if high > low else float(low) + 1.0
+        return _ordered(*np.percentile(_subsample(image), percentiles))
     if window == "clean":
         if clean_limits is None:
             raise ValueError("the clean intensity window is learned at fit: no clean limits were given")
@@ -58,7 +57,11 @@ def clean_window(scans: Iterable[np.ndarray], percentiles: tuple[float, float] =
     pooled = [_subsample(np.asarray(scan), values_per_scan) for scan in scans]
     if not pooled:
         return None
-    low, high = np.percentile(np.concatenate([values.astype(np.float64) for values in pooled]), percentiles)
+    return _ordered(*np.percentile(np.concatenate([values.astype(np.float64) for values in pooled]), percentiles))
+
+
+def _ordered(low: float, high: float) -> tuple[float, float]:
+    """(low, high) as floats, ``high`` one raw unit above ``low`` when the values were constant."""
     return float(low), float(high) if high > low else float(low) + 1.0
 
 

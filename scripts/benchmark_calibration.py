@@ -45,8 +45,8 @@ READ_MODES = (
     "the calibrated threshold on castings (41.8 % -> 50.6 %, 1/45 false alarms both), fish (85 % -> 90 %, 2/20 "
     "both) and the casting crops (14.2 % -> 30.6 %), but on the crops it does so by letting false alarms rise "
     "from 14/281 (5.0 %, what was asked) to 22/281 (7.8 %, exact 95 % interval 5.0-11.6 %: at the edge; its "
-    "100 left-out crops are a sample of 1,127, and the tail of 281 new clean crops is longer). It lowers the recall on screw (66.4 % -> 60.5 %) and on welds, whose 16 "
-    "clean scans leave too few scores for an empirical 5 % tail (78 % -> 16 %). No single mode wins, so the "
+    "100 left-out crops are a sample of 1,127, and the tail of 281 new clean crops is longer). It lowers the "
+    "recall on screw (66.4 % -> 60.5 %) and on welds, whose 16 clean scans leave too few scores for an empirical 5 % tail (78 % -> 16 %). No single mode wins, so the "
     "default stays held-out scans; castings' recall target (60 %) is missed either way.")
 
 
