@@ -102,3 +102,19 @@ def test_image_score_section_sets_the_synthetic_choice_beside_the_real_runs(scri
     assert "a 0.824 (top patches) / 0.902 (whole scan)" in page
     assert script.validator_image_score_lines(cache, tmp_path / "missing.json") == []
     assert script.REFERENCE["select-scale+global"] == "select-scale"
+
+
+def test_a_side_study_page_holds_its_table_and_points_to_the_main_study_for_the_reading(script, monkeypatch):
+    monkeypatch.setattr(script, "DATASETS", ["a", "b"])
+    # --max-train 32 into another --output: select-scale's own reference was not run there, so it is the page's
+    cache = _cache({"select-scale/a": (0.90, 0.90), "select-scale/b": (0.80, None),
+                    "select-scale+hflip/a": (0.88, 0.90), "select-scale+hflip/b": (0.83, None)})
+    cache["max_train"] = 32
+    assert script.verdict(cache, "select-scale", ["a", "b"]) == ("reference", None, None)
+    assert script.verdict(cache, "select-scale+hflip", ["a", "b"])[0] == "rejected"  # a loses 0.02
+    page = script.render(cache, ["a", "b"], 32, 40, source="defaults_few32.json", notes=False)
+    rows = {line.split("|")[1].strip(): line for line in page.splitlines() if line.startswith("| `")}
+    assert "| – | – | reference |" in rows["`select-scale`"]
+    assert "`select-scale` | rejected |" in rows["`select-scale+hflip`"]
+    assert "from `defaults_few32.json`" in page and "--max-train 32" in page and "[defaults.md](defaults.md)" in page
+    assert "Decision of" not in page and "Decision of" in script.render(cache, ["a", "b"], 32, 40)
