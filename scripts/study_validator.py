@@ -3,6 +3,8 @@
 
     python scripts/study_validator.py --datasets gdxray_welds --seeds 0,1,2     # ~3 min on 2 cores
     python scripts/study_validator.py --datasets gdxray_castings,mvtec_screw    # ~25 min
+    python scripts/study_validator.py --datasets gdxray_castings --seeds 0,1,2 --max-train 32 \
+        --output docs/validator_few32.json                                      # few clean scans; ~10 min
     python scripts/study_validator.py --saturation --datasets gdxray_castingpatches  # open air per folder
     python scripts/study_validator.py --render-only                             # the table from the JSON
 

@@ -118,3 +118,13 @@ def test_a_side_study_page_holds_its_table_and_points_to_the_main_study_for_the_
     assert "`select-scale` | rejected |" in rows["`select-scale+hflip`"]
     assert "from `defaults_few32.json`" in page and "--max-train 32" in page and "[defaults.md](defaults.md)" in page
     assert "Decision of" not in page and "Decision of" in script.render(cache, ["a", "b"], 32, 40)
+
+
+def test_validator_table_claims_no_hit_while_a_zoom_has_no_real_run(script):
+    cache = _cache({"select-scale/a": (0.89, 0.93), "i322/a": (0.93, 0.94)})  # 16 px never run on its own
+    cache["runs"]["select-scale/a"]["selection"] = {
+        "mode": "scale", "chosen": "t512-i322 (22 px/cell)", "notes": [],
+        "candidates": [{"name": "t512-i448 (16 px/cell)", "pixel_auroc": 0.75, "error": None},
+                       {"name": "t512-i322 (22 px/cell)", "pixel_auroc": 0.78, "error": None}]}
+    row = next(line for line in script.validator_lines(cache, ["a"]) if line.startswith("| a"))
+    assert "0.750 → not run" in row and [c.strip() for c in row.split("|")][4:7] == ["–", "–", "–"]
