@@ -391,7 +391,10 @@ def decision_lines(cache: dict, datasets: list[str]) -> list[str]:
               "gdxray_castings --seeds 0,1,2 --max-train 32 --output docs/validator_few32.json`) the shipped "
               "score keeps 12, 22 and 12 px, the per-object score 12, 22 and 16 px, the crack variants 22, 16 "
               "and 12 px, and the same zoom's score moves by up to 0.15 between seeds (22 px: 0.774, 0.676, "
-              "0.626). The lead for a next step is a selection that knows when it cannot tell the zooms apart "
+              "0.626). On screw the fall is the bank, not the zoom: with 32 clean scans the selection chose 12 px, "
+              "the real best there too (0.719; 16 px 0.703, 22 px 0.657, 32 px 0.561, same command with "
+              "`--datasets gdxray_welds,mvtec_screw`), and mirroring, which adds coverage, lifted it most "
+              "(+0.034). The lead for a next step is a selection that knows when it cannot tell the zooms apart "
               "(several seeded splits, or a margin that grows as validation scans get fewer); which zoom to "
               "fall back to then is open, as the real best differs by set (22 px castings, 12 px welds and "
               "screw)."]
