@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,16 @@ def tiny_config(**changes) -> DetectorConfig:
                 tile_size=64, input_size=56, pca_dim=16, batch_size=8)
     base.update(changes)
     return DetectorConfig(**base)
+
+
+def load_script(name: str):
+    """``scripts/<name>.py`` imported as module ``name`` (registered in ``sys.modules`` first, as dataclasses
+    defined in it need)."""
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 TINY_CLI_FLAGS = ["--weights", "random", "--tile-size", "64", "--input-size", "56", "--layers", "1",

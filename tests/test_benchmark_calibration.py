@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import numpy as np
 import pytest
 
 from rtg_anomaly.calibration import threshold_at_rate
-from tests.conftest import REPO_ROOT
+from tests.conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("benchmark_calibration",
-                                                  REPO_ROOT / "scripts" / "benchmark_calibration.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["benchmark_calibration"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmark_calibration")
 
 
 def test_estimators_match_their_definitions(script):

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("benchmark_defaults", REPO_ROOT / "scripts" / "benchmark_defaults.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["benchmark_defaults"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmark_defaults")
 
 
 def _cache(values: dict) -> dict:

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 
 import pytest
 
 from rtg_anomaly.config import DetectorConfig
 from rtg_anomaly.synthetic import write_demo_dataset
-from tests.conftest import REPO_ROOT, TINY_MODEL
+from tests.conftest import TINY_MODEL, load_script
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("benchmark_selection", REPO_ROOT / "scripts" / "benchmark_selection.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["benchmark_selection"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmark_selection")
 
 
 def test_one_dataset_records_every_candidate_the_choice_and_the_correlation(script, tmp_path, monkeypatch):

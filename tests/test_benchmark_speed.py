@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 
 import torch
 
-from tests.conftest import REPO_ROOT
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("benchmark_speed", REPO_ROOT / "scripts" / "benchmark_speed.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import load_script
 
 
 def test_quick_benchmark_writes_report_with_ratios_and_agreement(tmp_path, capsys):
     output = tmp_path / "docs" / "performance.md"
     # One thread: a busy 2-core machine makes multi-threaded tiny operators slow (see docs/performance.md).
     threads = torch.get_num_threads()
-    assert load_script().main(["--quick", "--tiny-backbone", "--device", "cpu", "--threads", "1",
+    assert load_script("benchmark_speed").main(["--quick", "--tiny-backbone", "--device", "cpu", "--threads", "1",
                                "--real-images", "0", "--output", str(output)]) == 0
     assert torch.get_num_threads() == threads  # the script restores the caller's thread count
     text = output.read_text()
@@ -91,7 +83,7 @@ def test_quick_benchmark_writes_report_with_ratios_and_agreement(tmp_path, capsy
 
 def test_gpu_target_is_judged_on_the_untimed_bmp_run():
     """The verdict needs both points: under 0.5 s end to end and the backbone at least 60 % of it."""
-    gpu_target_line = load_script().gpu_target_line
+    gpu_target_line = load_script("benchmark_speed").gpu_target_line
     syn = dict(total=0.456, backbone=0.054, score=0.102, overlay=0.048)
     env = dict(device_name="NVIDIA H100")
     met = gpu_target_line(syn, dict(BMP=0.09, PNG=0.4, backbone_alone=0.06, repeats=5), env)
@@ -104,7 +96,7 @@ def test_gpu_target_is_judged_on_the_untimed_bmp_run():
 
 
 def test_runtime_table_marks_tolerance_and_says_whether_the_moonshot_was_reached():
-    module = load_script()
+    module = load_script("benchmark_speed")
     rows = [dict(name="plain reference", label="torch (plain reference)", score_s=60.0, precision=None),
             dict(name="torch fp32", label="torch", score_s=20.0, precision=None),
             dict(name="OpenVINO fp32", label="openvino fp32", score_s=9.0, precision=None),

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("study_calibration_split",
-                                                  REPO_ROOT / "scripts" / "study_calibration_split.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["study_calibration_split"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("study_calibration_split")
 
 
 def _frames(series: str, numbers) -> list[Path]:
