@@ -2,7 +2,7 @@
 """Can the zoom selection tell when it cannot tell? A bootstrap over its own validation scans (issue 22).
 
     python scripts/study_selection_confidence.py                          # castings and welds, seeds 0-2; ~15 min
-    python scripts/study_selection_confidence.py --datasets mvtec_screw   # ~10 min
+    python scripts/study_selection_confidence.py --datasets mvtec_screw   # ~8 min; the page holds both runs
     python scripts/study_selection_confidence.py --render-only
 
 ``fit --select scale`` keeps a later zoom when its synthetic pixel AUROC beats the best before it by 0.005, and
