@@ -244,6 +244,16 @@ def _evaluate_all(candidates: Sequence[Candidate], base: DetectorConfig, train, 
     return results
 
 
+def fit_candidate(candidate: Candidate, base: DetectorConfig, train: Sequence[np.ndarray], device="auto",
+                  runtime: str = "auto"):
+    """``candidate``'s Detector fitted on the ``train`` scans as a selection fits it: no augmentation and no
+    calibration pass (a candidate is judged on uncalibrated scores, ``Detector.raw_scores``)."""
+    from .detector import Detector
+
+    config = candidate.config(base).replace(calibration="holdout", holdout_fraction=0.0, augment=())
+    return Detector(config, device=device, runtime=runtime).fit(list(train))
+
+
 def evaluate_candidate(candidate: Candidate, base: DetectorConfig, train: Sequence[np.ndarray],
                        clean: Sequence[np.ndarray], synthetic: Sequence[tuple[np.ndarray, np.ndarray]],
                        device, runtime: str, score_by: str = "mean") -> CandidateResult:
@@ -252,13 +262,9 @@ def evaluate_candidate(candidate: Candidate, base: DetectorConfig, train: Sequen
 
     score_by: ``"mean"``: the score is the mean of the best image AUROC over ``TOP_PATCH_CHOICES`` and the
     pixel AUROC; ``"pixel"``: the pixel AUROC alone, the image AUROC reported at ``base.top_patches``."""
-    from .detector import Detector
-
     started = time.perf_counter()
     try:
-        # No calibration pass: a candidate is judged on uncalibrated scores (the training-scan statistics).
-        config = candidate.config(base).replace(calibration="holdout", holdout_fraction=0.0, augment=())
-        detector = Detector(config, device=device, runtime=runtime).fit(list(train))
+        detector = fit_candidate(candidate, base, train, device, runtime)
         clean_raw = [detector.raw_scores(scan) for scan in clean]
         synthetic_raw = [detector.raw_scores(scan) for scan, _ in synthetic]
     except InputError as exc:

@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import benchmark_quality as bq  # noqa: E402
 from benchmark_defaults import machine  # noqa: E402
+from study_pages import parse_page_args, written_read  # noqa: E402
 from rtg_anomaly import DetectorConfig  # noqa: E402
 from rtg_anomaly.detector import Detector  # noqa: E402
 from rtg_anomaly.evaluation import load_mvtec_folder  # noqa: E402
@@ -99,15 +100,10 @@ def render(cache: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-root", default=None)
-    parser.add_argument("--output", default=str(DEFAULT_OUTPUT))
-    parser.add_argument("--render-only", action="store_true")
-    args = parser.parse_args(argv)
-    output = Path(args.output)
-    if args.render_only:
-        output.with_suffix(".md").write_text(render(json.loads(output.read_text())))
+    args = parse_page_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]), argv, DEFAULT_OUTPUT, render)
+    if args is None:
         return 0
+    output = Path(args.output)
     root, _ = bq._data_root(args.data_root)
     eval_set = load_mvtec_folder(root / "gdxray_castings")
     good = [item.path for item in eval_set.test_items if item.label == 0]
@@ -116,9 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(places[path.name] % 3 != 2 for path in good):
         raise SystemExit("the clean test frames are not every third clean frame of their sequence: not this split")
     cache = {"date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
-             "rows": {}}
-    if output.is_file():  # keep the written reading of an earlier run
-        cache["read"] = json.loads(output.read_text()).get("read", "")
+             "rows": {}, "read": written_read(output)}
     for name, (bank, calibration) in splits(sorted(eval_set.train_paths), places).items():
         cache["rows"][name] = run_split(bank, calibration, good, defect)
         row = cache["rows"][name]

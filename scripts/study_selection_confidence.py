@@ -31,10 +31,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 sys.path.insert(0, str(REPO_ROOT))
 
+import benchmark_quality as bq  # noqa: E402
 from benchmark_defaults import machine  # noqa: E402
+from study_pages import parse_page_args  # noqa: E402
 from study_validator import evenly_spaced  # noqa: E402
 from rtg_anomaly import DetectorConfig, selection  # noqa: E402
-from rtg_anomaly.detector import Detector  # noqa: E402
 from rtg_anomaly.metrics import pixel_auroc  # noqa: E402
 from rtg_anomaly.scale import shorter_sides  # noqa: E402
 from rtg_anomaly.threat_projection import ProjectionSettings  # noqa: E402
@@ -60,8 +61,7 @@ def zoom_maps(dataset_dir: Path, seed: int, max_train: int) -> tuple[dict, list,
     synthetic = selection.synthetic_validation_set(clean, train, seed, ProjectionSettings())
     maps = {}
     for candidate in selection.zoom_candidates(base, shorter_sides(items)):
-        config = candidate.config(base).replace(calibration="holdout", holdout_fraction=0.0, augment=())
-        detector = Detector(config, device="cpu").fit(list(train))
+        detector = selection.fit_candidate(candidate, base, train, device="cpu")
         maps[candidate.name] = ([_shrink(detector.raw_scores(scan).anomaly_map, False) for scan in clean],
                                 [_shrink(detector.raw_scores(scan).anomaly_map, False) for scan, _ in synthetic])
         print(f"{dataset_dir.name} seed {seed}: {candidate.name} fitted", flush=True)
@@ -100,12 +100,11 @@ def cautious_choice(rows: dict) -> str:
 
 
 def shipped_choice(rows: dict, margin: float) -> str:
-    """``selection._best`` on these pixel AUROCs: a later zoom must beat the best before it by ``margin``."""
-    best = None
-    for name, row in rows.items():
-        if best is None or row["pixel_auroc"] > rows[best]["pixel_auroc"] + margin:
-            best = name
-    return best
+    """The zoom ``select_scale`` keeps on these pixel AUROCs (``selection._best``: a later zoom must beat the best
+    before it by ``margin``)."""
+    results = [selection.CandidateResult(name, {}, None, row["pixel_auroc"], row["pixel_auroc"], 0, 0.0)
+               for name, row in rows.items()]
+    return selection._best(results, margin).name
 
 
 def render(cache: dict) -> str:
@@ -136,21 +135,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--boots", type=int, default=200)
     parser.add_argument("--max-train", type=int, default=160)
-    parser.add_argument("--data-root", default=str(REPO_ROOT.parent / "shared" / "data"))
-    parser.add_argument("--output", default=str(DEFAULT_OUTPUT))
-    parser.add_argument("--render-only", action="store_true")
-    args = parser.parse_args(argv)
+    args = parse_page_args(parser, argv, DEFAULT_OUTPUT, render)
+    if args is None:
+        return 0
     output = Path(args.output)
-    cache = json.loads(output.read_text()) if output.is_file() else {"results": {}}
-    if not args.render_only:
-        cache.update(date=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d"), machine=machine(),
-                     boots=args.boots, margin=selection.SCALE_MARGIN)
-        for dataset in args.datasets.split(","):
-            for seed in (int(s) for s in args.seeds.split(",")):
-                maps, masks, n_scans = zoom_maps(Path(args.data_root) / dataset, seed, args.max_train)
-                cache["results"][f"{dataset}/{seed}"] = confidence(maps, masks, n_scans, seed, args.boots,
-                                                                   selection.SCALE_MARGIN)
-                output.write_text(json.dumps(cache, indent=1) + "\n")
+    root, _ = bq._data_root(args.data_root)
+    cache = json.loads(output.read_text()) if output.is_file() else {"results": {}}  # runs accumulate
+    cache.update(date=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d"), machine=machine(),
+                 boots=args.boots, margin=selection.SCALE_MARGIN)
+    for dataset in args.datasets.split(","):
+        for seed in (int(s) for s in args.seeds.split(",")):
+            maps, masks, n_scans = zoom_maps(root / dataset, seed, args.max_train)
+            cache["results"][f"{dataset}/{seed}"] = confidence(maps, masks, n_scans, seed, args.boots,
+                                                               selection.SCALE_MARGIN)
+            output.write_text(json.dumps(cache, indent=1) + "\n")
     output.with_suffix(".md").write_text(render(cache))
     print(render(cache))
     return 0

@@ -173,8 +173,7 @@ def study(dataset: str, data_root: Path, seed: int, max_train: int) -> dict:
     rows = {}
     for candidate in selection.zoom_candidates(base, shorter_sides(items)):
         started = time.perf_counter()
-        config = candidate.config(base).replace(calibration="holdout", holdout_fraction=0.0, augment=())
-        detector = Detector(config, device="cpu").fit(list(train))
+        detector = selection.fit_candidate(candidate, base, train, device="cpu")
         clean_maps = [detector.raw_scores(scan).anomaly_map for scan in clean]
         row = {}
         for name, objects in synthetic.items():

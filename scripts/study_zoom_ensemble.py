@@ -36,14 +36,17 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import benchmark_quality as bq  # noqa: E402
 from benchmark_defaults import machine  # noqa: E402
-from rtg_anomaly import DetectorConfig  # noqa: E402
+from study_pages import parse_page_args, written_read  # noqa: E402
+from rtg_anomaly import DetectorConfig, selection  # noqa: E402
 from rtg_anomaly.detector import Detector  # noqa: E402
 from rtg_anomaly.evaluation import load_mask, load_mvtec_folder, subsample_items  # noqa: E402
 from rtg_anomaly.metrics import image_auroc, pixel_auroc  # noqa: E402
 
 DATASETS = ("gdxray_castings", "gdxray_welds", "mvtec_screw")
-# scan px per ViT cell -> (tile, input size): the zooms `--select scale` tries (selection.ZOOM_STEPS)
-ZOOMS = {12: (384, 448), 16: (512, 448), 22: (512, 322), 32: (768, 336)}
+# scan px per ViT cell -> (tile, input size): the zooms `--select scale` tries on large scans (12, 16, 22, 32)
+ZOOMS = {round(c.overrides["tile_size"] * 14 / c.overrides["input_size"]): (c.overrides["tile_size"],
+                                                                              c.overrides["input_size"])
+         for c in selection.zoom_candidates(DetectorConfig(), [100_000])}
 DEFAULT_OUTPUT = REPO_ROOT / "docs" / "zoom_ensemble.json"
 MAP_SHRINK = 4
 
@@ -140,14 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--zooms", default="16,12,22", help="scan px per ViT cell, from " + str(sorted(ZOOMS)))
     parser.add_argument("--max-train", type=int, default=None)
     parser.add_argument("--max-per-class", type=int, default=None)
-    parser.add_argument("--data-root", default=None)
-    parser.add_argument("--output", default=str(DEFAULT_OUTPUT))
-    parser.add_argument("--render-only", action="store_true")
-    args = parser.parse_args(argv)
-    output = Path(args.output)
-    if args.render_only:
-        output.with_suffix(".md").write_text(render(json.loads(output.read_text())))
+    args = parse_page_args(parser, argv, DEFAULT_OUTPUT, render)
+    if args is None:
         return 0
+    output = Path(args.output)
     root, _ = bq._data_root(args.data_root)
     zooms = [int(z) for z in args.zooms.split(",")]
     if any(z not in ZOOMS for z in zooms):
@@ -159,9 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                  f"Subsampled as the defaults study (`--max-train {args.max_train}`, `--max-per-class "
                  f"{args.max_per_class}`, evenly spaced).")
     cache = {"flags": flags, "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-             "machine": machine(), "subsample": subsample, "datasets": {}}
-    if output.is_file():  # keep the written reading of an earlier run
-        cache["read"] = json.loads(output.read_text()).get("read", "")
+             "machine": machine(), "subsample": subsample, "datasets": {}, "read": written_read(output)}
     for dataset in args.datasets.split(","):
         runs = {}
         for zoom in zooms:
