@@ -27,7 +27,8 @@ def check_detector_bundle(folder, manifest: dict, arrays: dict[str, np.ndarray])
         (``fit`` and ``selection`` optional; ``clean_window`` {low, high} where the config's intensity window
         is ``"clean"``). The config's own values are checked by DetectorConfig.
     arrays: PatchCore's ``memory_bank`` float (M, d), M >= 1; ``pca_mean`` (D,), ``pca_components`` (d, D),
-        ``pca_explained_variance_ratio`` (d,); optional ``descriptor_centre`` (E,), ``descriptor_bank`` (n, E).
+        ``pca_explained_variance_ratio`` (d,); optional ``descriptor_centre`` (E,), ``descriptor_bank`` (n, E),
+        ``descriptor_fusion`` (2, 2) (``patch_or_global``: means and spreads of its two scores).
         Other methods' arrays are checked by their ``from_arrays`` (shapes against each other and the
         backbone, finite values).
     """
@@ -106,7 +107,7 @@ def _calibration_problem(calibration: dict) -> str | None:
 
 def _array_problem(arrays: dict[str, np.ndarray]) -> str | None:
     expected = {"memory_bank": 2, "pca_mean": 1, "pca_components": 2, "pca_explained_variance_ratio": 1,
-                "descriptor_centre": 1, "descriptor_bank": 2}
+                "descriptor_centre": 1, "descriptor_bank": 2, "descriptor_fusion": 2}
     for name, ndim in expected.items():
         if name not in arrays:
             continue  # a missing array is reported by the loader, which knows which ones it needs
@@ -132,6 +133,10 @@ def _array_problem(arrays: dict[str, np.ndarray]) -> str | None:
         return f"descriptor_bank {rows.shape} is empty or does not fit descriptor_centre"
     if centre is not None and mean is not None and centre.shape[0] != 2 * mean.shape[0]:
         return f"descriptor_centre {centre.shape} does not fit the feature size {mean.shape[0]}"
+    fusion = arrays.get("descriptor_fusion")
+    if fusion is not None and (fusion.shape != (2, 2) or not np.all(np.isfinite(fusion))
+                               or not np.all(fusion[:, 1] > 0)):
+        return f"descriptor_fusion {fusion.shape} must hold two finite means and two positive spreads"
     return None
 
 

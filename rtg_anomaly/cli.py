@@ -329,10 +329,12 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                         help=_ranged("Gaussian sigma of the map, in backbone patches (default 0.5)", "smoothing_sigma"))
     parser.add_argument("--image-score", choices=IMAGE_SCORE_RULES,
                         help="image score rule: max of the map, top_mean of the map, patch_top_mean of the "
-                             "raw patch scores (default), or global: distance of the whole scan's feature "
+                             "raw patch scores, or global: distance of the whole scan's feature "
                              "statistics to the nearest clean scan's (for small crops judged as a whole), or "
-                             "scan_centroid: cosine distance of the scan's mean feature from the clean scans' "
-                             "centroid (the good-only baseline)")
+                             "patch_or_global: the more surprising of the two against the held-out clean scans, "
+                             "or scan_centroid: cosine distance of the scan's mean feature from the clean scans' "
+                             "centroid (the good-only baseline); default auto: patch_or_global on scans small "
+                             "enough to be fitted whole into one tile, else patch_top_mean")
     parser.add_argument("--top-fraction", type=_setting("top_fraction"),
                         help=_ranged("with --image-score top_mean: share of map pixels averaged (default 0.001)", "top_fraction"))
     parser.add_argument("--top-patches", type=_setting("top_patches"),
@@ -648,7 +650,10 @@ def _scale_note(fit_info: dict) -> str:
     scale = fit_info.get("scale") or {}
     if not scale.get("fitted_to_scans"):
         return ""
-    return f", tile {scale['tile_size']} px seen at {scale['input_size']} px (fitted to the clean scans' size)"
+    note = f", tile {scale['tile_size']} px seen at {scale['input_size']} px (fitted to the clean scans' size)"
+    if (fit_info.get("image_score") or {}).get("rule") == "patch_or_global":
+        note += ", judged by patches and as a whole (patch_or_global)"
+    return note
 
 
 def _write_loss_curve(detector, model_dir: Path) -> Path | None:

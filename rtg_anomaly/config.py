@@ -12,12 +12,13 @@ from .roi import ROI_MODES
 from .ranges import LAYER_INDEX, MODEL_KWARGS, SETTING_RANGES
 
 DEFAULT_BACKBONE = "vit_small_patch14_dinov2"
-IMAGE_SCORE_RULES = ("max", "top_mean", "patch_top_mean", "global", "scan_centroid")
+IMAGE_SCORE_RULES = ("auto", "max", "top_mean", "patch_top_mean", "global", "patch_or_global", "scan_centroid")
 PIXEL_BACKBONE = "pixels"  # no network: grey pixel cells as features (pixel_backbone.py)
 PIXEL_CELL = 8  # pixels per cell side of the pixels backbone: a patch score covers PIXEL_CELL^2 input pixels
 PIXEL_INPUT_SIZE = 64  # the tile side the pixel methods see by default (the TransGAN seed's 64 px tiles)
 PIXEL_TILE_SIZE = 128  # scan pixels per tile for the pixel target by default: 2 scan px per input px
-DESCRIPTOR_RULES = ("global", "scan_centroid")  # image scores computed from whole-scan descriptors
+# Image scores that need whole-scan descriptors (and so a held-out calibration set).
+DESCRIPTOR_RULES = ("global", "patch_or_global", "scan_centroid")
 INTENSITY_WINDOWS = ("auto", "dtype", "percentile", "clean")
 # How clean scans are scored for the thresholds (DetectorConfig.calibration).
 CALIBRATION_MODES = ("leave_one_out", "holdout")
@@ -27,6 +28,9 @@ LEAVE_ONE_OUT_MAX_SCANS = 100
 # Clean scans whose pooled values set the clean intensity window (evenly spaced beyond this): a second read of
 # that many scans at fit, enough for the 0.5 % tails of a whole archive's range.
 CLEAN_WINDOW_MAX_SCANS = 64
+# image_score="auto" fuses the whole-scan score in only with at least this many held-out clean scans: the
+# fusion divides each score by its spread over them, and fewer set no usable spread (8 scans: about 27 %).
+FUSION_MIN_CALIBRATION_SCANS = 8
 AUGMENTATION_NAMES = ("hflip", "vflip", "rot90", "rot180", "rot270")
 # What executes the backbone (not a hyper-parameter: the features are the same either way, see openvino_runtime.py).
 # "auto": on the CPU the fastest installed runtime that runs the bundle's exported graph (or converts the
@@ -104,8 +108,16 @@ class DetectorConfig:
         for image-level data such as small crops, see descriptor.py) or
         ``"scan_centroid"`` (cosine distance ``1 - f . c`` of the scan's
         unit-length mean patch feature from the unit-length centroid of the
-        clean scans' ones: the good-only per-scan baseline). The heatmap is the
-        patch map whatever the rule.
+        clean scans' ones: the good-only per-scan baseline) or
+        ``"patch_or_global"`` (the more surprising of ``patch_top_mean`` and
+        ``global``: each turned into its tail probability under a normal fit to the
+        held-out clean scans' values, the score is the surprisal ``-log p`` of the
+        less likely; methods/global_descriptor.py) or ``"auto"`` (the default,
+        resolved at fit: ``patch_or_global`` for PatchCore on scans fitted whole
+        into one tile by ``scale_to_scans`` with a held-out calibration of at least
+        ``FUSION_MIN_CALIBRATION_SCANS`` scans, else ``patch_top_mean``; a fitted
+        model records the rule it resolved to). The heatmap is the patch map
+        whatever the rule.
     intensity_window: ``"auto"`` (8-bit: full range; deeper: percentile window),
         ``"dtype"`` (divide by the dtype maximum), ``"percentile"`` (each scan's own percentiles) or
         ``"clean"`` (the ``window_percentiles`` of the clean scans' pooled values, learned at fit and kept
@@ -169,7 +181,7 @@ class DetectorConfig:
     recon_feature_weight: float = 1.0
     recon_refine_steps: int = 0
     smoothing_sigma: float = 0.5
-    image_score: str = "patch_top_mean"
+    image_score: str = "auto"
     top_fraction: float = 0.001
     top_patches: int = 5
     intensity_window: str = "auto"

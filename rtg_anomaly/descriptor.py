@@ -9,7 +9,9 @@ without centring, what every scan shares dominates the angle).
 This suits image-level data, where a crop or a part is anomalous as a whole and
 the anomaly spans most of it (32 px casting crops: image AUROC 0.965 against
 0.841 for the top-patch score, docs/benchmarks.md). On large scans with a
-small local defect, the patch scores are the better evidence.
+small local defect, the patch scores are the better evidence; on scans fitted
+whole into one tile the default joins the two (``patch_or_global``,
+methods/global_descriptor.py).
 """
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ from .augment import augmented_views
 from .bundle import BundleError, load_bundle, save_bundle
 from .bundle_checks import check_detector_bundle
 from .calibration import DEFAULT_FALSE_ALARM_RATE, Calibration, ThresholdRule, calibrate, check_false_alarm_rate
-from .config import CLEAN_WINDOW_MAX_SCANS, DESCRIPTOR_RULES, LEAVE_ONE_OUT_MAX_SCANS, DetectorConfig
+from .config import (CLEAN_WINDOW_MAX_SCANS, DESCRIPTOR_RULES, FUSION_MIN_CALIBRATION_SCANS, LEAVE_ONE_OUT_MAX_SCANS,
+                     DetectorConfig)
 from .descriptor import DescriptorAccumulator, scan_descriptor
 from .display import DisplayStyle, render_display
 from .display_torch import render_display_torch
@@ -48,9 +49,19 @@ from .transfer import to_host
 
 # The map's unit when the image score has its own (``global``): the default rule's clean median.
 MAP_SCORE_RULE = "patch_top_mean"
+FUSED_RULE = "patch_or_global"
 CALIBRATION_PIXELS_PER_SCAN = 20_000
 
 T = TypeVar("T")
+
+
+def holdout_count(holdout_fraction: float, n_images: int) -> int:
+    """How many of ``n_images`` clean scans a held-out calibration sets aside at ``holdout_fraction``."""
+    if not (holdout_fraction > 0 and n_images >= 2):
+        return 0
+    # At least two held-out scans when there are three or more: one scan alone sets no spread.
+    wanted = max(2, int(round(holdout_fraction * n_images)))
+    return min(n_images - 1, wanted, max(1, n_images // 2))
 
 
 class _DeviceCopies(NamedTuple):
@@ -91,7 +102,7 @@ class Detector:
     ``extractor.runtime`` for what ``"auto"`` chose); learned
     state ends in ``_`` and is set by ``fit`` or ``load``:
       method_: the fitted PatchMethod (PatchCore: ``method_.pca_``, ``method_.memory_bank_``);
-      global_: the fitted GlobalDescriptor (``image_score`` "global" or "scan_centroid", else None);
+      global_: the fitted GlobalDescriptor (an ``image_score`` of ``DESCRIPTOR_RULES``, else None);
       calibration_: Calibration;
       clean_window_: the raw (low, high) the clean scans use (``intensity.clean_window``) with
       ``intensity_window="clean"``, else None;
@@ -112,6 +123,7 @@ class Detector:
         self.clean_window_: tuple[float, float] | None = None
         self.roi_mask: np.ndarray | None = None  # bool (H, W): the fixed ROI when config.roi == "file"
         self.graph_: StoredGraph | None = None  # the bundle's exported backbone graph (graph_export.py)
+        self._image_score_choice: dict | None = None  # set by _resolve_image_score, recorded by _conclude_fit
 
     # ------------------------------------------------------------------ backbone
     @property
@@ -289,6 +301,7 @@ class Detector:
         if not images:
             raise InputError("no clean images to fit on")
         scale = self._fit_scale(images)
+        self._resolve_image_score(scale, len(images))
         config = self.config
         self.clean_window_ = self._fit_clean_window(images)
         train_items, holdout_items = self._holdout_split(images)
@@ -383,16 +396,33 @@ class Detector:
         ``holdout_fraction`` is held out to calibrate."""
         config = self.config
         order = np.random.default_rng(config.seed).permutation(len(images))
-        n_holdout = 0
-        if config.holdout_fraction > 0 and len(images) >= 2 and not self._leaves_scans_out:
-            # At least two held-out scans when there are three or more: one scan alone sets no spread.
-            wanted = max(2, int(round(config.holdout_fraction * len(images))))
-            n_holdout = min(len(images) - 1, wanted, max(1, len(images) // 2))
+        n_holdout = 0 if self._leaves_scans_out else holdout_count(config.holdout_fraction, len(images))
         if self._uses_descriptors and n_holdout == 0:
             # A training scan's descriptor is in the bank (distance 0): it cannot calibrate this score.
             raise InputError(f"the {config.image_score} image score calibrates on held-out clean scans: "
                              "give at least 2 clean scans and a holdout fraction above 0")
         return [images[i] for i in sorted(order[n_holdout:])], [images[i] for i in sorted(order[:n_holdout])]
+
+    def _resolve_image_score(self, scale: dict, n_images: int) -> None:
+        """Replace ``image_score="auto"`` in ``config`` by the rule it stands for on these clean scans (``scale``:
+        what ``_fit_scale`` decided; ``n_images``: how many clean scans the fit was given), and keep the
+        decision for ``fit_info_["image_score"]``. Another rule is kept as configured."""
+        config = self.config
+        if config.image_score != "auto":
+            self._image_score_choice = {"rule": config.image_score, "why": "configured"}
+            return
+        n_holdout = holdout_count(config.holdout_fraction, n_images)  # a descriptor rule always holds out
+        if config.method != "patchcore":
+            rule, why = MAP_SCORE_RULE, f"auto: the whole-scan score joins patchcore only, not {config.method}"
+        elif not scale.get("fitted_to_scans"):
+            rule, why = MAP_SCORE_RULE, "auto: scans larger than half a tile are judged by their top patches"
+        elif n_holdout < FUSION_MIN_CALIBRATION_SCANS:
+            rule, why = MAP_SCORE_RULE, (f"auto: {n_holdout} held-out clean scans, under the "
+                                         f"{FUSION_MIN_CALIBRATION_SCANS} the fusion needs")
+        else:
+            rule, why = FUSED_RULE, "auto: scans fitted whole into one tile are judged by patches and as a whole"
+        self.config = config.replace(image_score=rule)
+        self._image_score_choice = {"rule": rule, "why": why}
 
     def _conclude_fit(self, stats: _CleanStatistics | None, training_statistics: Callable[[], _CleanStatistics],
                       n_train: int, n_views: int, kinds: collections.Counter, counts: dict,
@@ -414,6 +444,8 @@ class Detector:
             raise InputError("none of the held-out clean scans could be read to calibrate the global image score")
         else:
             stats = training_statistics()
+        if config.image_score == FUSED_RULE:
+            stats = self._fuse_statistics(stats)
         calibration = calibrate(stats.image_scores, stats.map_maxima, stats.pixel_samples, false_alarm_rate,
                                 map_scores=stats.map_scores, rule=threshold_rule)
         if not n_calibration:
@@ -428,10 +460,22 @@ class Detector:
         # Held out scans are learned after calibration, left-out ones before: both count once in n_train_scans.
         self.fit_info_ = {"n_train_scans": n_train, "n_calibration_scans": n_calibration, "calibration": mode,
                           "n_views_per_scan": n_views, "patches_seen": counts["patches"], "scale": scale,
+                          "image_score": self._image_score_choice or {"rule": config.image_score,
+                                                                      "why": "configured"},
                           **method.fit_info(),
                           "scan_kinds": dict(sorted(kinds.items())),
                           "seconds": time.perf_counter() - started}
         return self
+
+    def _fuse_statistics(self, stats: _CleanStatistics) -> _CleanStatistics:
+        """Fit the ``patch_or_global`` fusion to the held-out scans of ``stats`` (whose image scores are then the
+        descriptor distances, ``_clean_scan_statistics``) and return them with their fused image scores."""
+        if stats.image_scores.size < 2:
+            raise InputError("the patch_or_global image score needs at least 2 readable held-out clean scans")
+        self.global_.fit_fusion(stats.map_scores, stats.image_scores)
+        fused = np.array([self.global_.fused(patch, distance)
+                          for patch, distance in zip(stats.map_scores, stats.image_scores)])
+        return stats._replace(image_scores=fused)
 
     def _fit_clean_window(self, images: Sequence) -> tuple[float, float] | None:
         """With ``intensity_window="clean"``, the clean window (``intensity.clean_window``) of up to
@@ -523,7 +567,10 @@ class Detector:
         # Pixels outside the ROI hold the floor 0, not a clean score: they would pull the pixel threshold down.
         values = raw.anomaly_map.reshape(-1) if roi is None else raw.anomaly_map[roi]
         rows = random_rows(values.size, CALIBRATION_PIXELS_PER_SCAN, self.config.seed + scan_index)
-        return self._image_score(raw), map_score, float(raw.anomaly_map.max()), values[rows]
+        # Before the fusion is fitted (a fit's held-out scans) its two parts are kept: the map score and this.
+        unfused = self.config.image_score == FUSED_RULE and self.global_.fusion_ is None
+        return (self._image_score(raw, "global" if unfused else None), map_score, float(raw.anomaly_map.max()),
+                values[rows])
 
     def _read(self, item, on_bad_image) -> np.ndarray | None:
         try:
@@ -652,6 +699,8 @@ class Detector:
         rule = rule or self.config.image_score
         if rule == "global":
             return self.global_.distance(raw.descriptor)
+        if rule == FUSED_RULE:
+            return self.global_.fused(self._image_score(raw, MAP_SCORE_RULE), self.global_.distance(raw.descriptor))
         if rule == "scan_centroid":
             return self.global_.centroid_distance(raw.descriptor)
         if rule == "max":
@@ -971,6 +1020,10 @@ class Detector:
         check_detector_bundle(folder, manifest, arrays)
         try:
             config = DetectorConfig.from_dict(manifest["config"])
+            if config.image_score == "auto":  # a fit always records the rule "auto" resolved to
+                if "image_score" in manifest["config"]:
+                    raise ValueError("image_score 'auto' was never resolved by a fit")
+                config = config.replace(image_score=MAP_SCORE_RULE)  # bundles older than the rule: its default
             calibration = Calibration.from_dict(manifest["calibration"])
             backbone = manifest["backbone"]
             # Bundles from before methods had a name hold PatchCore's arrays (and no "method" entry).
@@ -990,7 +1043,8 @@ class Detector:
             )
         try:
             detector.method_ = method_cls.from_arrays(config, arrays, extractor.feature_dim)
-            detector.global_ = (GlobalDescriptor.from_arrays(arrays, extractor.feature_dim)
+            detector.global_ = (GlobalDescriptor.from_arrays(arrays, extractor.feature_dim,
+                                                             fused=config.image_score == FUSED_RULE)
                                 if detector._uses_descriptors else None)
         except KeyError as exc:
             raise BundleError(f"model bundle {folder} lacks array {exc}") from None

@@ -279,7 +279,7 @@ def run_dataset(name: str, data_dir: Path, display_dir: str, flags: list[str], d
         f"{false_alarms}/{n_good}, detect {metrics['detect_ms_per_image']:.0f} ms/image")
     return {
         "dataset": name, "flags": list(flags), "command": command, "config": config.to_dict(),
-        "selection": _selection_summary(selection),
+        "selection": _selection_summary(selection), "image_score": info.get("image_score"),
         "subsample": {"max_train": max_train, "n_train_used": len(train), "n_train_total": len(eval_set.train_paths),
                       "max_per_class": max_per_class, "n_test_total": len(eval_set.test_items),
                       "subsampled": len(train) < len(eval_set.train_paths)
@@ -890,6 +890,12 @@ def _headline_markdown(section: dict | None, tuned: dict) -> list[str]:
                   + "; ".join(choices) + ". Its time is in *fit s*. Rows without this record ran before it existed; "
                   "where the scans are fitted to their own size (castingpatches, fishbones) it chooses nothing, and "
                   "the subsampled study of docs/defaults.md gave the same figures there with and without it."]
+    scores = [f"{name} {datasets[name]['image_score']['rule']}" for name in order if datasets[name].get("image_score")]
+    if scores:
+        lines += ["", "What the image score `auto` resolved to: " + "; ".join(scores) + " (`patch_or_global` where "
+                  "the scans are fitted whole into one tile, else `patch_top_mean`). Rows without this record ran "
+                  "before 2026-12-07, when the image score was `patch_top_mean` everywhere; on scans of at least "
+                  "half a tile `auto` resolves to it, so their figures stand."]
     runs = sorted({(e["run"]["date"], _machine_text(e["run"]["machine"], {e.get("runtime", "")})) for e in datasets.values()})
     lines += ["", "Runs: " + "; ".join(f"{date}, {machine}" for date, machine in runs) + ".", ""]
     return lines

@@ -7,7 +7,9 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from rtg_anomaly import Detector, DetectorConfig
 from rtg_anomaly.synthetic import write_demo_dataset
@@ -34,6 +36,22 @@ def load_script(name: str):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def write_crops(folder, n: int, size: int = 24, seed: int = 0, blob: bool = False) -> list:
+    """``n`` small 8-bit crops of one textured material (a bright square in the middle with ``blob``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    paths = []
+    for i in range(n):
+        base = 120 + 40 * np.sin(xx / 3.0 + rng.uniform(0, 6)) + rng.normal(0, 6, (size, size))
+        if blob:
+            base[size // 3: 2 * size // 3, size // 3: 2 * size // 3] += 90
+        path = folder / f"{i:03d}.png"
+        Image.fromarray(np.clip(base, 0, 255).astype(np.uint8)).save(path)
+        paths.append(path)
+    return paths
 
 
 TINY_CLI_FLAGS = ["--weights", "random", "--tile-size", "64", "--input-size", "56", "--layers", "1",

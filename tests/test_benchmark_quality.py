@@ -210,6 +210,10 @@ def test_headline_runs_without_the_dataset_flags_and_leads_the_page(tmp_path, on
     lines = bq._headline_markdown({"datasets": {"gdxray_welds": entry}}, {})
     assert any(line.startswith("What `--select scale` chose: gdxray_welds t512-i322 (22 px/cell) of 2 zooms")
                for line in lines)
+    # The image score auto resolved to is recorded (96 px scans, 64 px tiles: the top patches) and shown.
+    assert entry["image_score"] == {"rule": "patch_top_mean",
+                                    "why": "auto: scans larger than half a tile are judged by their top patches"}
+    assert "What the image score `auto` resolved to: gdxray_welds patch_top_mean (" in page
 
 
 def test_methods_summary_derives_the_recommendation_from_the_numbers():

@@ -16,7 +16,7 @@ import pytest
 
 from rtg_anomaly.bundle import load_bundle
 from rtg_anomaly.cli import main
-from tests.conftest import TINY_CLI_FLAGS, shared_data_dir
+from tests.conftest import TINY_CLI_FLAGS, shared_data_dir, write_crops
 
 
 
@@ -155,6 +155,21 @@ def test_fit_on_ray_writes_the_in_process_bundle_byte_for_byte(local_ray, demo_d
     fit_info = manifest["fit"]
     assert fit_info["calibration"] == calibration.replace("-", "_") and fit_info["n_calibration_scans"] >= 1
     assert ("clean_window" in manifest) == (window == "clean")
+
+
+@pytest.mark.ray
+def test_fit_on_ray_fuses_small_crops_as_the_in_process_fit_does(local_ray, tmp_path):
+    """Crops fitted whole into one tile resolve image_score auto to patch_or_global on either engine: the
+    workers' held-out statistics give the same fusion, byte for byte."""
+    write_crops(tmp_path / "clean", 40)
+    flags = [*TINY_CLI_FLAGS, "--device", "cpu", "--clean-dir", str(tmp_path / "clean")]
+    assert main(["fit", "--model", str(tmp_path / "inprocess"), *flags]) == 0
+    assert main(["fit", "--model", str(tmp_path / "ray"), *flags, "--engine", "ray", "--workers", "2"]) == 0
+    files = sorted(p.name for p in (tmp_path / "inprocess").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "ray").iterdir()) and "descriptor_fusion.npy" in files
+    for name in files:
+        assert (tmp_path / "inprocess" / name).read_bytes() == (tmp_path / "ray" / name).read_bytes(), name
+    assert load_bundle(tmp_path / "ray")[0]["config"]["image_score"] == "patch_or_global"
 
 
 @pytest.mark.ray

@@ -170,6 +170,31 @@ def test_casting_crops_judged_whole_with_the_global_score():
     assert 0.3 < np.median(clean_scores) < 3.0  # calibrated unit: clean crops near 1.0
 
 
+# Measured with these subsets on the 2-core CPU (2026-12-07): patch_or_global 0.903, its top-patch part 0.651.
+FUSED_CROPS_FLOOR = 0.85
+
+
+def test_casting_crops_with_the_defaults_are_judged_by_patches_and_as_a_whole(tmp_path):
+    """The plain defaults on 32 px casting crops: the tile is fitted to the crops, so ``image_score="auto"``
+    resolves to ``patch_or_global``; the fused score ranks the crops better than its top-patch part alone, and
+    a saved and loaded bundle scores the same. 200 of the 1127 clean crops (40 held out), 30 + 30 test crops."""
+    root = shared_data_dir() / "gdxray_castingpatches"
+    detector = Detector(DetectorConfig(), device="cpu").fit(evenly((root / "train" / "good").iterdir(), 200))
+    assert detector.config.image_score == "patch_or_global" and detector.fit_info_["scale"]["fitted_to_scans"]
+    assert detector.calibration_.n_scans == 40 and detector.global_.fusion_.shape == (2, 2)
+    good = evenly((root / "test" / "good").iterdir(), 30)
+    defects = evenly((root / "test" / "defect").iterdir(), 30)
+    labels = [0] * len(good) + [1] * len(defects)
+    fused = [detector.score(path).score for path in good + defects]
+    top = [detector._image_score(detector.raw_scores(path), "patch_top_mean") for path in good + defects]
+    fused_auroc, top_auroc = roc_auc_score(labels, fused), roc_auc_score(labels, top)
+    print(f"\ngdxray_castingpatches defaults (200 train, 30 + 30 test): patch_or_global {fused_auroc:.3f}, "
+          f"top patches {top_auroc:.3f}")
+    assert fused_auroc >= FUSED_CROPS_FLOOR and fused_auroc > top_auroc + 0.05
+    loaded = Detector.load(detector.save(tmp_path / "model"), device="cpu")
+    assert [loaded.score(path).score for path in defects[:3]] == fused[len(good): len(good) + 3]
+
+
 # Measured with these exact subsets on the 2-core CPU (2026-12-04): patchcore 0.862, padim 0.827,
 # svdd 0.804, centroid 0.676; reconstruction 0.831 (2026-12-05, 44 s fit); the floors leave room for other
 # CPUs' float rounding, not for regressions.
