@@ -48,6 +48,17 @@ def test_page_lists_every_candidate_run_with_its_verdict_and_flags(script, monke
     assert "| accepted; failed on the full sets (b -0.02) |" in page
 
 
+def test_a_loss_of_exactly_the_limit_passes_despite_float_rounding(script):
+    """0.92 - 0.93 is -0.010000000000000009 in floats: the rule says 'more than 0.01', so it passes."""
+    cache = _cache({"current/a": (0.93, None), "current/b": (0.80, None),
+                    "nb3/a": (0.92, None), "nb3/b": (0.85, None)})
+    kind, mean, worst = script.verdict(cache, "nb3", ["a", "b"])
+    assert 0.92 - 0.93 < -script.MAX_LOSS and worst == pytest.approx(-0.01)
+    assert kind == "accepted" and mean == pytest.approx(0.02)
+    cache["runs"]["nb3/a"]["image_auroc"] = 0.919
+    assert script.verdict(cache, "nb3", ["a", "b"])[0] == "rejected"
+
+
 def test_a_later_candidate_is_judged_against_the_defaults_shipped_before_it(script):
     cache = _cache({"current/a": (0.80, None), "current+fit-half/a": (0.90, None), "select-scale/a": (0.895, None)})
     # Above the old reference, but below the shipped one it replaces: rejected.
