@@ -82,7 +82,6 @@ def main(argv=None) -> int:
         result = detector.score(scan)
         detector.overlay(scan, result, threshold="calibrated")
 
-    timings: dict[str, float] = {}
     stages = {
         "load PNG (16-bit, zlib)": lambda: detector.load_scan(png),
         "load TIFF (16-bit, uncompressed)": lambda: detector.load_scan(tiff),
