@@ -296,6 +296,24 @@ def chosen(rows: dict, variant: str) -> str:
     return best_name
 
 
+def pooled(results: dict) -> dict[str, tuple[list[str], dict]]:
+    """dataset -> (its seeds, zoom -> variant -> mean over those seeds), for datasets run with two seeds or more:
+    what a selection that pools several seeded splits would see."""
+    seeds: dict[str, list[str]] = {}
+    for key in sorted(results):
+        dataset, seed = key.rsplit("/", 1)
+        seeds.setdefault(dataset, []).append(seed)
+    out = {}
+    for dataset, names in seeds.items():
+        if len(names) < 2:
+            continue
+        runs = [results[f"{dataset}/{seed}"] for seed in names]
+        zooms = [zoom for zoom in runs[0] if all(zoom in run for run in runs)]
+        out[dataset] = (names, {zoom: {v: float(np.mean([run[zoom][v] for run in runs])) for v in VARIANTS}
+                                for zoom in zooms})
+    return out
+
+
 def render(results: dict) -> str:
     lines = ["| dataset | seed | zoom | " + " | ".join(VARIANTS) + " |", "|---|---|---|" + "---|" * len(VARIANTS)]
     for key in sorted(results):
@@ -306,8 +324,19 @@ def render(results: dict) -> str:
             row = rows[name]
             cells = [f"**{row[v]:.3f}**" if picks[v] == name else f"{row[v]:.3f}" for v in VARIANTS]
             lines.append(f"| {dataset} | {seed} | {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + ("\n\nRows in the order the zooms are tried. Bold: the zoom the selection rule would "
-                                "keep by that score (a zoom tried later must gain 0.005 over the best before it).\n")
+    lines += ["", "Rows in the order the zooms are tried. Bold: the zoom the selection rule would keep by that score "
+              "(a zoom tried later must gain 0.005 over the best before it)."]
+    pools = pooled(results)
+    if pools:
+        lines += ["", "Pooled over the seeds (each zoom's score averaged over the seeded splits, then the same rule):",
+                  "", "| dataset | seeds | zoom | " + " | ".join(VARIANTS) + " |",
+                  "|---|---|---|" + "---|" * len(VARIANTS)]
+        for dataset, (names, rows) in pools.items():
+            picks = {variant: chosen(rows, variant) for variant in VARIANTS}
+            for name in trial_order(rows):
+                cells = [f"**{rows[name][v]:.3f}**" if picks[v] == name else f"{rows[name][v]:.3f}" for v in VARIANTS]
+                lines.append(f"| {dataset} | {','.join(names)} | {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:

@@ -51,6 +51,23 @@ def test_chosen_replays_the_selection_rule_in_trial_order(study):
     assert "**0.900**" in study.render({"d/0": {k: {v: r["v"] for v in study.VARIANTS} for k, r in rows.items()}})
 
 
+def test_pooled_seeds_average_each_zoom_and_apply_the_same_rule(study):
+    def run(v16, v22):
+        return {"t512-i448 (16 px/cell)": dict.fromkeys(study.VARIANTS, v16),
+                "t512-i322 (22 px/cell)": dict.fromkeys(study.VARIANTS, v22)}
+
+    # seed 0 alone would keep 22 px (+0.02), the mean over both keeps 16 px (22 px gains 0.0)
+    results = {"d/0": run(0.70, 0.72), "d/1": run(0.74, 0.72), "e/0": run(0.5, 0.6)}
+    pools = study.pooled(results)
+    assert list(pools) == ["d"]  # one seed of e: nothing to pool
+    seeds, rows = pools["d"]
+    assert seeds == ["0", "1"] and rows["t512-i448 (16 px/cell)"]["shipped/pixel"] == pytest.approx(0.72)
+    assert study.chosen(rows, "shipped/pixel") == "t512-i448 (16 px/cell)"
+    page = study.render(results)
+    assert "Pooled over the seeds" in page
+    assert "| d | 0,1 | t512-i448 (16 px/cell) | **0.720** |" in page
+
+
 def test_image_score_table_bolds_the_score_the_synthetic_objects_prefer(study):
     row = {"object_sizes": [0.15, 0.8], "tile_size": 100, "input_size": 224, "n_validation": 16, "n_objects": 32}
     table = study.render_image_score({"fish/1/0.15-0.8": dict(row, patch_top_mean=0.70, **{"global": 0.75})})
