@@ -43,6 +43,9 @@ def test_fusion_spread_has_a_floor_and_needs_two_finite_values():
         method.fit_fusion(np.array([1.0, np.nan]), np.array([0.5, 0.4]))
     with pytest.raises(RuntimeError, match="fit_fusion"):
         GlobalDescriptor().fused(1.0, 0.5)
+    # a degenerate spread cannot overflow the score to infinity
+    method.fusion_ = np.array([[0.0, 1e-300], [0.0, 1.0]])
+    assert np.isfinite(method.fused(3e38, 0.0)) and method.fused(3e38, 0.0) == method.fused(1e30, 0.0)
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +141,7 @@ def _replace_array(folder, name: str, array: np.ndarray) -> None:
 
 
 @pytest.mark.parametrize("fusion", [np.array([[1.0, -1.0], [0.1, 0.1]]), np.full((2, 2), np.nan),
-                                    np.ones((3, 2)), np.ones(4)])
+                                    np.ones((3, 2)), np.ones(4), np.array([[1.0, 1e-9], [0.1, 0.1]])])
 def test_a_tampered_fusion_is_refused(fused_detector, tmp_path, fusion):
     folder = fused_detector.save(tmp_path / "model")
     _replace_array(folder, "descriptor_fusion", fusion)

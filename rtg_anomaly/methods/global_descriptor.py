@@ -23,6 +23,7 @@ from ..descriptor import DescriptorBank
 # The spread of a fused score never falls below this share of its mean: identical held-out values would
 # otherwise make every departure infinitely surprising.
 _MIN_RELATIVE_SPREAD = 1e-3
+_MAX_Z = 1e6
 
 
 class GlobalDescriptor:
@@ -75,8 +76,11 @@ class GlobalDescriptor:
         score and descriptor distance, ``p`` each one's upper tail under its normal fit (``fusion_``)."""
         if self.fusion_ is None:
             raise RuntimeError("fit_fusion was not run")
-        z = (np.array([patch_score, distance], np.float64) - self.fusion_[:, 0]) / self.fusion_[:, 1]
-        return float(-log_ndtr(-z.max()))
+        with np.errstate(over="ignore"):  # an overflow is an infinite z, capped below
+            z = (np.array([patch_score, distance], np.float64) - self.fusion_[:, 0]) / self.fusion_[:, 1]
+        # Beyond a million spreads the order of two scans no longer matters, and -log p of a larger z would
+        # overflow to infinity (a non-finite score breaks every report).
+        return float(-log_ndtr(-min(float(z.max()), _MAX_Z)))
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         arrays = self.bank_.to_arrays()
@@ -96,7 +100,10 @@ class GlobalDescriptor:
             raise KeyError("descriptor_fusion")
         if "descriptor_fusion" in arrays:
             fusion = np.asarray(arrays["descriptor_fusion"], np.float64)
-            if fusion.shape != (2, 2) or not np.all(np.isfinite(fusion)) or not np.all(fusion[:, 1] > 0):
-                raise ValueError("descriptor_fusion must be finite (2, 2) means and positive spreads")
+            if (fusion.shape != (2, 2) or not np.all(np.isfinite(fusion))
+                    or not np.all(fusion[:, 1] >= _MIN_RELATIVE_SPREAD * np.abs(fusion[:, 0]))
+                    or not np.all(fusion[:, 1] > 0)):
+                raise ValueError("descriptor_fusion must be finite (2, 2) means and spreads, each spread positive "
+                                 "and at least 0.001 of its mean, as a fit writes them")
             method.fusion_ = fusion
         return method
