@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import benchmark_quality as bq  # noqa: E402
 from benchmark_defaults import machine  # noqa: E402
-from study_pages import parse_page_args, written_read  # noqa: E402
+from study_pages import page_text, parse_page_args, written_read  # noqa: E402
 from rtg_anomaly import DetectorConfig  # noqa: E402
 from rtg_anomaly.detector import Detector  # noqa: E402
 from rtg_anomaly.evaluation import load_mvtec_folder  # noqa: E402
@@ -94,9 +94,7 @@ def render(cache: dict) -> str:
     for name, row in cache["rows"].items():
         lines.append(f"| {name} | {row['n_bank']} | {row['n_calibration']} | {row['median_ratio']:.3f} | "
                      f"{row['false_alarms']}/{row['n_good']} | {100 * row['recall']:.1f} % | {row['image_auroc']:.3f} |")
-    if cache.get("read"):
-        lines += ["", cache["read"]]
-    return "\n".join(lines) + "\n"
+    return page_text(lines, cache)
 
 
 def main(argv: list[str] | None = None) -> int:

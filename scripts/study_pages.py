@@ -26,3 +26,8 @@ def parse_page_args(parser: argparse.ArgumentParser, argv, default_output: Path,
 def written_read(output: Path) -> str:
     """The reading written into an earlier run's JSON (kept when the study is run again), else ""."""
     return json.loads(output.read_text()).get("read", "") if output.is_file() else ""
+
+
+def page_text(lines: list[str], cache: dict) -> str:
+    """A study page's Markdown: ``lines``, then the reading kept in ``cache`` (if any)."""
+    return "\n".join(lines + (["", cache["read"]] if cache.get("read") else [])) + "\n"

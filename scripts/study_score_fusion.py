@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import benchmark_quality as bq  # noqa: E402
 from benchmark_defaults import DATASETS, machine  # noqa: E402
-from study_pages import parse_page_args, written_read  # noqa: E402
+from study_pages import page_text, parse_page_args, written_read  # noqa: E402
 from rtg_anomaly import DetectorConfig  # noqa: E402
 from rtg_anomaly.detector import Detector  # noqa: E402
 from rtg_anomaly.evaluation import load_mvtec_folder  # noqa: E402
@@ -122,9 +122,7 @@ def render(cache: dict) -> str:
         cells = [f"**{values[name]:.3f}**" if values[name] == best else f"{values[name]:.3f}" for name in VARIANTS]
         lines.append(f"| {dataset} | {'yes' if row['fuses_here'] else 'no'} | {row['n_fit']} / {row['n_held']} / "
                      f"{row['n_test']} | {row['tile_size']} px at {row['input_size']} px | " + " | ".join(cells) + " |")
-    if cache.get("read"):
-        lines += ["", cache["read"]]
-    return "\n".join(lines) + "\n"
+    return page_text(lines, cache)
 
 
 def main(argv: list[str] | None = None) -> int:

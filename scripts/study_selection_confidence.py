@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import benchmark_quality as bq  # noqa: E402
 from benchmark_defaults import machine  # noqa: E402
-from study_pages import parse_page_args  # noqa: E402
+from study_pages import page_text, parse_page_args  # noqa: E402
 from study_validator import evenly_spaced  # noqa: E402
 from rtg_anomaly import DetectorConfig, selection  # noqa: E402
 from rtg_anomaly.metrics import pixel_auroc  # noqa: E402
@@ -124,9 +124,7 @@ def render(cache: dict) -> str:
                           for name, row in rows.items())
         lines.append(f"| {dataset} | {seed} | {cells} | {shipped_choice(rows, cache['margin'])} | "
                      f"{cautious_choice(rows)} |")
-    if cache.get("read"):
-        lines += ["", cache["read"]]
-    return "\n".join(lines) + "\n"
+    return page_text(lines, cache)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import benchmark_quality as bq  # noqa: E402
 from benchmark_defaults import machine  # noqa: E402
-from study_pages import parse_page_args, written_read  # noqa: E402
+from study_pages import page_text, parse_page_args, written_read  # noqa: E402
 from rtg_anomaly import DetectorConfig, selection  # noqa: E402
 from rtg_anomaly.detector import Detector  # noqa: E402
 from rtg_anomaly.evaluation import load_mask, load_mvtec_folder, subsample_items  # noqa: E402
@@ -132,9 +132,7 @@ def render(cache: dict) -> str:
                      + f" | {mean} | {backbone_work(combo):.2f}× |")
     lines += ["", "Image AUROC (pixel AUROC in brackets where the dataset has masks, from maps at a quarter of the "
               "scan's side)."]
-    if cache.get("read"):
-        lines += ["", cache["read"]]
-    return "\n".join(lines) + "\n"
+    return page_text(lines, cache)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,6 +54,24 @@ def write_crops(folder, n: int, size: int = 24, seed: int = 0, blob: bool = Fals
     return paths
 
 
+def replace_bundle_array(folder: Path, name: str, array) -> None:
+    """Swap a bundle's array file and make its manifest entry (and the seal) match: checksums all agree, so
+    only the loader's own checks can refuse it."""
+    import hashlib
+    import io
+    import json
+
+    from rtg_anomaly.bundle import seal
+
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    (folder / f"{name}.npy").write_bytes(buffer.getvalue())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["arrays"][name].update(shape=list(array.shape), dtype=str(array.dtype),
+                                    sha256=hashlib.sha256(buffer.getvalue()).hexdigest())
+    (folder / "manifest.json").write_text(json.dumps(seal(manifest)))
+
+
 TINY_CLI_FLAGS = ["--weights", "random", "--tile-size", "64", "--input-size", "56", "--layers", "1",
                   "--pca-dim", "16", "--quiet"]
 

@@ -3,8 +3,6 @@ scans' scale, and ``image_score="auto"``, which picks it for scans fitted whole 
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 
 import numpy as np
@@ -16,7 +14,7 @@ from rtg_anomaly.bundle import BundleError, seal
 from rtg_anomaly.config import FUSION_MIN_CALIBRATION_SCANS
 from rtg_anomaly.errors import InputError
 from rtg_anomaly.methods import GlobalDescriptor
-from tests.conftest import tiny_config, write_crops
+from tests.conftest import replace_bundle_array, tiny_config, write_crops
 
 
 def test_fused_score_is_the_surprisal_of_the_less_likely_part():
@@ -130,21 +128,11 @@ def _manifest(folder):
     return json.loads((folder / "manifest.json").read_text())
 
 
-def _replace_array(folder, name: str, array: np.ndarray) -> None:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    (folder / f"{name}.npy").write_bytes(buffer.getvalue())
-    manifest = _manifest(folder)
-    manifest["arrays"][name].update(shape=list(array.shape), dtype=str(array.dtype),
-                                    sha256=hashlib.sha256(buffer.getvalue()).hexdigest())
-    (folder / "manifest.json").write_text(json.dumps(seal(manifest)))
-
-
 @pytest.mark.parametrize("fusion", [np.array([[1.0, -1.0], [0.1, 0.1]]), np.full((2, 2), np.nan),
                                     np.ones((3, 2)), np.ones(4), np.array([[1.0, 1e-9], [0.1, 0.1]])])
 def test_a_tampered_fusion_is_refused(fused_detector, tmp_path, fusion):
     folder = fused_detector.save(tmp_path / "model")
-    _replace_array(folder, "descriptor_fusion", fusion)
+    replace_bundle_array(folder, "descriptor_fusion", fusion)
     with pytest.raises(BundleError, match="descriptor_fusion") as info:
         Detector.load(folder, device="cpu")
     assert "\n" not in str(info.value)

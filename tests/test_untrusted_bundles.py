@@ -5,7 +5,6 @@ allocation; hand edits are caught by the manifest checksum; reports never hold N
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import shutil
@@ -19,6 +18,7 @@ import rtg_anomaly.bundle as bundle_module
 from rtg_anomaly.bundle import BundleError, load_bundle
 from rtg_anomaly.cli import main
 from rtg_anomaly.errors import InputError
+from tests.conftest import replace_bundle_array
 
 NAN = float("nan")
 seal = getattr(bundle_module, "seal", lambda manifest: manifest)  # also runs against a package without it
@@ -129,17 +129,6 @@ def test_a_threshold_edited_by_hand_is_detected(tiny_bundle, tmp_path, demo_data
     assert not (tmp_path / "o.png").exists()
 
 
-def _replace_array(folder: Path, name: str, array: np.ndarray) -> None:
-    """Swap an array file and make its manifest entry (and the seal) match: checksums all agree."""
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    (folder / f"{name}.npy").write_bytes(buffer.getvalue())
-    manifest = _manifest(folder)
-    manifest["arrays"][name].update(shape=list(array.shape), dtype=str(array.dtype),
-                                    sha256=hashlib.sha256(buffer.getvalue()).hexdigest())
-    _write_manifest(folder, manifest)
-
-
 def _bank(tiny_bundle) -> np.ndarray:
     return np.load(tiny_bundle / "memory_bank.npy")
 
@@ -162,7 +151,7 @@ ARRAY_CHANGES = {
 @pytest.mark.parametrize("name", sorted(ARRAY_CHANGES))
 def test_arrays_that_do_not_fit_are_refused_even_with_matching_checksums(name, tiny_bundle, tmp_path):
     folder = _copy(tiny_bundle, tmp_path)
-    _replace_array(folder, *ARRAY_CHANGES[name](_bank(tiny_bundle)))
+    replace_bundle_array(folder, *ARRAY_CHANGES[name](_bank(tiny_bundle)))
     with pytest.raises(BundleError) as info:
         Detector.load(folder, device="cpu")
     assert "\n" not in str(info.value)
