@@ -892,10 +892,11 @@ def _headline_markdown(section: dict | None, tuned: dict) -> list[str]:
                   "the subsampled study of docs/defaults.md gave the same figures there with and without it."]
     scores = [f"{name} {datasets[name]['image_score']['rule']}" for name in order if datasets[name].get("image_score")]
     if scores:
+        older = ("" if len(scores) == len(order) else " Rows without this record ran before 2026-12-07, when the "
+                 "image score was `patch_top_mean` everywhere; on scans of at least half a tile `auto` resolves to "
+                 "it, so their figures stand.")
         lines += ["", "What the image score `auto` resolved to: " + "; ".join(scores) + " (`patch_or_global` where "
-                  "the scans are fitted whole into one tile, else `patch_top_mean`). Rows without this record ran "
-                  "before 2026-12-07, when the image score was `patch_top_mean` everywhere; on scans of at least "
-                  "half a tile `auto` resolves to it, so their figures stand."]
+                  "the scans are fitted whole into one tile, else `patch_top_mean`)." + older]
     runs = sorted({(e["run"]["date"], _machine_text(e["run"]["machine"], {e.get("runtime", "")})) for e in datasets.values()})
     lines += ["", "Runs: " + "; ".join(f"{date}, {machine}" for date, machine in runs) + ".", ""]
     return lines
