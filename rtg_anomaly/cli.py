@@ -1155,6 +1155,8 @@ def _write_scan(scored: _ScoredScan, overlay_path: Path, heatmap_path: Path | No
         "warnings": list(result.warnings),
         "roi": {"mode": result.roi_mode, "masked_fraction": round(result.masked_fraction, 4)},
     }
+    if result.evidence is not None:
+        entry["evidence"] = result.evidence
     if triptych_path is not None:
         entry["triptych"] = str(triptych_path)
     if sorted_to is not None:

@@ -746,7 +746,12 @@ class Detector:
         host_map = self.config.image_score not in ("patch_top_mean", *DESCRIPTOR_RULES)
         raw, fallback = self._with_host_fallback(
             lambda: self._raw_scores(image, timings=stage_times, window=window, host_map=host_map, roi=roi))
-        anomaly_map, raw_score = raw.anomaly_map, self._image_score(raw)
+        anomaly_map = raw.anomaly_map
+        if self.config.image_score == FUSED_RULE:  # the same score as _image_score, and which part set it
+            raw_score, evidence = self.global_.fused_with_part(self._image_score(raw, MAP_SCORE_RULE),
+                                                               self.global_.distance(raw.descriptor))
+        else:
+            raw_score, evidence = self._image_score(raw), None
         calibration = self.calibration_
         clean_level = np.float32(calibration.clean_level)
         if raw.device_map is not None:
@@ -760,11 +765,16 @@ class Detector:
             anomaly_map /= clean_level
         score = raw_score / calibration.image_unit
         mismatch = self._kind_mismatch(scan_kind(image))
+        anomalous = bool(score > calibration.image_threshold)
+        warnings = [mismatch] if mismatch else []
+        if anomalous and evidence == "whole scan":
+            warnings.append("flagged as a whole (its feature statistics), not by one spot: the heatmap may show "
+                            "no region above the pixel threshold")
         result = AnomalyResult(
-            heatmap=anomaly_map, score=float(score), anomalous=bool(score > calibration.image_threshold),
+            heatmap=anomaly_map, score=float(score), anomalous=anomalous,
             image_threshold=calibration.image_threshold, pixel_threshold=calibration.pixel_threshold,
-            window=window, timings=stage_times, fallback=fallback, warnings=[mismatch] if mismatch else [],
-            roi_mask=roi, roi_mode=self.config.roi,
+            window=window, timings=stage_times, fallback=fallback, warnings=warnings,
+            roi_mask=roi, roi_mode=self.config.roi, evidence=evidence,
         )
         if raw.device_map is not None:
             self._device_copies = _DeviceCopies(weakref.ref(image), weakref.ref(result), device_heatmap,

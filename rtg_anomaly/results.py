@@ -75,6 +75,9 @@ class AnomalyResult:
         heatmap is 0.0 (the floor of every method's raw score, divided by the clean level) and no patch
         there counts towards the score.
     roi_mode: the ROI mode the scan was scored with (``"off"``, ``"auto"``, ``"file"``).
+    evidence: with the ``patch_or_global`` image score, which part set the score: ``"patches"`` (its top patch
+        distances, which the heatmap shows) or ``"whole scan"`` (its feature statistics as a whole, which no
+        one spot of the heatmap need show); None for the other rules.
     """
 
     heatmap: np.ndarray
@@ -88,6 +91,7 @@ class AnomalyResult:
     warnings: list[str] = field(default_factory=list)
     roi_mask: np.ndarray | None = None
     roi_mode: str = "off"
+    evidence: str | None = None
 
     @property
     def masked_fraction(self) -> float:

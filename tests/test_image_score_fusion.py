@@ -160,3 +160,37 @@ def test_an_unresolved_auto_rule_is_refused_and_an_old_bundle_reads_as_top_patch
     del manifest["config"]["image_score"]  # a bundle from before the rule was configurable
     (folder / "manifest.json").write_text(json.dumps(seal(manifest)))
     assert Detector.load(folder, device="cpu").config.image_score == "patch_top_mean"
+
+
+def test_a_scan_says_which_part_set_its_score(fused_detector, crops, tiny_detector, demo_data):
+    method = GlobalDescriptor()
+    method.fit_fusion(np.array([1.0, 2.0, 3.0]), np.array([0.1, 0.2, 0.3]))
+    assert method.fused_with_part(4.0, 0.25) == (method.fused(4.0, 0.25), "patches")
+    assert method.fused_with_part(2.0, 0.6)[1] == "whole scan"
+    for path in crops["anomalous"] + crops["clean"]:
+        result = fused_detector.score(path)
+        raw = fused_detector.raw_scores(path)
+        top = float(np.sort(raw.patch_scores)[-fused_detector.config.top_patches:].mean())
+        assert result.evidence == fused_detector.global_.fused_with_part(
+            top, fused_detector.global_.distance(raw.descriptor))[1]
+        flagged_whole = result.anomalous and result.evidence == "whole scan"
+        assert flagged_whole == any("flagged as a whole" in w for w in result.warnings)
+    # a crop with no texture at all differs as a whole, and the operator is told the map may stay quiet
+    flat = np.clip(120 + np.random.default_rng(5).normal(0, 6, (24, 24)), 0, 255).astype(np.uint8)
+    result = fused_detector.score(flat)
+    assert result.anomalous and result.evidence == "whole scan"
+    assert any(w.startswith("flagged as a whole") for w in result.warnings)
+    # the other rules say nothing
+    assert tiny_detector.score(sorted((demo_data / "test" / "anomalous").iterdir())[0]).evidence is None
+
+
+def test_the_report_carries_the_evidence(fused_detector, crops, tmp_path):
+    from rtg_anomaly.cli import main
+
+    model = fused_detector.save(tmp_path / "model")
+    report = tmp_path / "report.json"
+    assert main(["detect", "--model", str(model), "--input", str(crops["anomalous"][0].parent),
+                 "--output", str(tmp_path / "out"), "--device", "cpu", "--report", str(report), "--quiet"]) == 0
+    images = json.loads(report.read_text())["images"]
+    assert len(images) == len(crops["anomalous"])
+    assert all(entry["evidence"] in ("patches", "whole scan") for entry in images)

@@ -24,6 +24,7 @@ from ..descriptor import DescriptorBank
 # otherwise make every departure infinitely surprising.
 _MIN_RELATIVE_SPREAD = 1e-3
 _MAX_Z = 1e6
+FUSED_PARTS = ("patches", "whole scan")  # the two parts of ``patch_or_global``, in ``fusion_``'s row order
 
 
 class GlobalDescriptor:
@@ -74,13 +75,18 @@ class GlobalDescriptor:
     def fused(self, patch_score: float, distance: float) -> float:
         """Raw ``patch_or_global`` score (>= 0): the surprisal ``-log p`` of the less likely of the scan's top-patch
         score and descriptor distance, ``p`` each one's upper tail under its normal fit (``fusion_``)."""
+        return self.fused_with_part(patch_score, distance)[0]
+
+    def fused_with_part(self, patch_score: float, distance: float) -> tuple[float, str]:
+        """``fused`` and which part set it: ``"patches"`` or ``"whole scan"`` (the less likely one)."""
         if self.fusion_ is None:
             raise RuntimeError("fit_fusion was not run")
         with np.errstate(over="ignore"):  # an overflow is an infinite z, capped below
             z = (np.array([patch_score, distance], np.float64) - self.fusion_[:, 0]) / self.fusion_[:, 1]
         # Beyond a million spreads the order of two scans no longer matters, and -log p of a larger z would
         # overflow to infinity (a non-finite score breaks every report).
-        return float(-log_ndtr(-min(float(z.max()), _MAX_Z)))
+        part = FUSED_PARTS[int(np.argmax(z))]
+        return float(-log_ndtr(-min(float(z.max()), _MAX_Z))), part
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         arrays = self.bank_.to_arrays()
