@@ -28,7 +28,7 @@ def check_detector_bundle(folder, manifest: dict, arrays: dict[str, np.ndarray])
         is ``"clean"``). The config's own values are checked by DetectorConfig.
     arrays: PatchCore's ``memory_bank`` float (M, d), M >= 1; ``pca_mean`` (D,), ``pca_components`` (d, D),
         ``pca_explained_variance_ratio`` (d,); optional ``descriptor_centre`` (E,), ``descriptor_bank`` (n, E),
-        ``descriptor_fusion`` (2, 2) (``patch_or_global``: means and spreads of its two scores).
+        ``descriptor_fusion`` 2-D (its values are checked by ``GlobalDescriptor.from_arrays``).
         Other methods' arrays are checked by their ``from_arrays`` (shapes against each other and the
         backbone, finite values).
     """
@@ -133,10 +133,6 @@ def _array_problem(arrays: dict[str, np.ndarray]) -> str | None:
         return f"descriptor_bank {rows.shape} is empty or does not fit descriptor_centre"
     if centre is not None and mean is not None and centre.shape[0] != 2 * mean.shape[0]:
         return f"descriptor_centre {centre.shape} does not fit the feature size {mean.shape[0]}"
-    fusion = arrays.get("descriptor_fusion")
-    if fusion is not None and (fusion.shape != (2, 2) or not np.all(np.isfinite(fusion))
-                               or not np.all(fusion[:, 1] > 0)):
-        return f"descriptor_fusion {fusion.shape} must hold two finite means and two positive spreads"
     return None
 
 

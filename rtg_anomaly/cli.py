@@ -630,7 +630,7 @@ def _run_fit(args: argparse.Namespace) -> int:
     print(f"fitted on {info['n_train_scans']} clean scans ({_calibration_note(info)}): "
           f"{detector.method_.name}, {detector.method_.describe()} from {info['patches_seen']} patches, "
           f"image threshold {calibration.image_threshold:.3f}, {time.perf_counter() - started:.1f} s on {device} "
-          f"({detector.extractor.runtime}){_scale_note(info)}; "
+          f"({detector.extractor.runtime}){_scale_note(info)}{_image_score_note(info)}; "
           f"saved to {model_dir}" + (f"; loss curve {curve}" if curve else ""))
     return EXIT_OK
 
@@ -650,10 +650,13 @@ def _scale_note(fit_info: dict) -> str:
     scale = fit_info.get("scale") or {}
     if not scale.get("fitted_to_scans"):
         return ""
-    note = f", tile {scale['tile_size']} px seen at {scale['input_size']} px (fitted to the clean scans' size)"
-    if (fit_info.get("image_score") or {}).get("rule") == "patch_or_global":
-        note += ", judged by patches and as a whole (patch_or_global)"
-    return note
+    return f", tile {scale['tile_size']} px seen at {scale['input_size']} px (fitted to the clean scans' size)"
+
+
+def _image_score_note(fit_info: dict) -> str:
+    """', judged by patches and as a whole (patch_or_global)' when the fit scores scans that way."""
+    fused = (fit_info.get("image_score") or {}).get("rule") == "patch_or_global"
+    return ", judged by patches and as a whole (patch_or_global)" if fused else ""
 
 
 def _write_loss_curve(detector, model_dir: Path) -> Path | None:

@@ -460,8 +460,7 @@ class Detector:
         # Held out scans are learned after calibration, left-out ones before: both count once in n_train_scans.
         self.fit_info_ = {"n_train_scans": n_train, "n_calibration_scans": n_calibration, "calibration": mode,
                           "n_views_per_scan": n_views, "patches_seen": counts["patches"], "scale": scale,
-                          "image_score": self._image_score_choice or {"rule": config.image_score,
-                                                                      "why": "configured"},
+                          "image_score": self._image_score_choice,
                           **method.fit_info(),
                           "scan_kinds": dict(sorted(kinds.items())),
                           "seconds": time.perf_counter() - started}
@@ -700,7 +699,7 @@ class Detector:
         if rule == "global":
             return self.global_.distance(raw.descriptor)
         if rule == FUSED_RULE:
-            return self.global_.fused(self._image_score(raw, MAP_SCORE_RULE), self.global_.distance(raw.descriptor))
+            return self.global_.fused(*self._fusion_parts(raw))
         if rule == "scan_centroid":
             return self.global_.centroid_distance(raw.descriptor)
         if rule == "max":
@@ -712,6 +711,10 @@ class Detector:
             n_top = max(1, int(round(self.config.top_fraction * values.size)))
         n_top = min(n_top, values.size)
         return float(np.partition(values, values.size - n_top)[-n_top:].mean())
+
+    def _fusion_parts(self, raw: RawScores) -> tuple[float, float]:
+        """The two raw parts ``patch_or_global`` joins: (top-patch score, whole-scan descriptor distance)."""
+        return self._image_score(raw, MAP_SCORE_RULE), self.global_.distance(raw.descriptor)
 
     def load_scan(self, item, source=None) -> np.ndarray:
         """Read and check one scan (path or array) as the detector sees it; an error names ``source``
@@ -748,8 +751,7 @@ class Detector:
             lambda: self._raw_scores(image, timings=stage_times, window=window, host_map=host_map, roi=roi))
         anomaly_map = raw.anomaly_map
         if self.config.image_score == FUSED_RULE:  # the same score as _image_score, and which part set it
-            raw_score, evidence = self.global_.fused_with_part(self._image_score(raw, MAP_SCORE_RULE),
-                                                               self.global_.distance(raw.descriptor))
+            raw_score, evidence = self.global_.fused_with_part(*self._fusion_parts(raw))
         else:
             raw_score, evidence = self._image_score(raw), None
         calibration = self.calibration_

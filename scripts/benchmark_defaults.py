@@ -558,8 +558,9 @@ def validator_variant_lines(path: Path = REPO_ROOT / "docs" / "validator_variant
             "(zoom_ensemble.md) has every zoom's full-set figure). Per-object AUROC keeps 22, 16 and 16 px, the "
             "shipped seed-0 choices (0.946 / 0.931 / 0.919: level with what ships, for three times the selection's "
             "fits; screw's 12 px falls 0.002 short of the margin). The crack scores keep 12 px on castings and "
-            "screw (0.921 and 0.901), per-object with cracks on welds too (0.947). So the lead of a selection over several seeded splits gains nothing on these "
-            "sets over the shipped rule with its default seed; it is not built."]
+            "screw (0.921 and 0.901), per-object with cracks on welds too (0.947). So the lead of a selection over "
+            "several seeded splits gains nothing on these sets over the shipped rule with its default seed; it is "
+            "not built."]
 
 
 def validator_image_score_lines(cache: dict, path: Path = REPO_ROOT / "docs" / "validator_image_score.json"

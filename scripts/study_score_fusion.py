@@ -39,7 +39,6 @@ from rtg_anomaly.evaluation import load_mvtec_folder  # noqa: E402
 from rtg_anomaly.methods import GlobalDescriptor  # noqa: E402
 from rtg_anomaly.metrics import image_auroc  # noqa: E402
 from rtg_anomaly.scale import fit_scale_to_scans, shorter_sides  # noqa: E402
-from rtg_anomaly.selection import _top_mean  # noqa: E402
 
 DEFAULT_OUTPUT = REPO_ROOT / "docs" / "score_fusion.json"
 ZOOMS = {"gdxray_castings": {"input_size": 322}}  # the zoom --select scale chose on the full castings set
@@ -74,6 +73,7 @@ def variant_scores(held: np.ndarray, test: np.ndarray) -> dict[str, np.ndarray]:
     for how in NORMALISERS:
         a, b = normalised(held[:, 0], test[:, 0], how), normalised(held[:, 1], test[:, 1], how)
         scores[f"{how} sum"], scores[f"{how} max"] = a + b, np.maximum(a, b)
+    # The shipped variant from the library itself, in place of this page's own z max (the same order).
     fusion = GlobalDescriptor()
     fusion.fit_fusion(held[:, 0], held[:, 1])
     scores[SHIPPED] = np.array([fusion.fused(patch, distance) for patch, distance in test])
@@ -92,12 +92,8 @@ def study_dataset(root: Path, dataset: str) -> dict:
     fit_items, held_items = Detector(config)._holdout_split(sorted(eval_set.train_paths))
     detector = Detector(config.replace(image_score="global"), device="cpu").fit(fit_items)
 
-    def parts(path) -> list[float]:
-        raw = detector.raw_scores(path)
-        return [_top_mean(raw.patch_scores, config.top_patches), detector.global_.distance(raw.descriptor)]
-
-    held = np.array([parts(path) for path in held_items])
-    test = np.array([parts(item.path) for item in eval_set.test_items])
+    held = np.array([detector._fusion_parts(detector.raw_scores(path)) for path in held_items])
+    test = np.array([detector._fusion_parts(detector.raw_scores(item.path)) for item in eval_set.test_items])
     labels = np.array([item.label for item in eval_set.test_items])
     return {"n_fit": len(fit_items), "n_held": len(held_items), "n_test": len(labels),
             "fuses_here": fuses_here(list(eval_set.train_paths)),

@@ -314,16 +314,19 @@ def pooled(results: dict) -> dict[str, tuple[list[str], dict]]:
     return out
 
 
+def _zoom_rows(dataset: str, seeds: str, rows: dict) -> list[str]:
+    """Table rows of one dataset's zooms in trial order, each score bold where the selection rule keeps it."""
+    picks = {variant: chosen(rows, variant) for variant in VARIANTS}
+    return [f"| {dataset} | {seeds} | {name} | "
+            + " | ".join(f"**{rows[name][v]:.3f}**" if picks[v] == name else f"{rows[name][v]:.3f}" for v in VARIANTS)
+            + " |" for name in trial_order(rows)]
+
+
 def render(results: dict) -> str:
     lines = ["| dataset | seed | zoom | " + " | ".join(VARIANTS) + " |", "|---|---|---|" + "---|" * len(VARIANTS)]
     for key in sorted(results):
         dataset, seed = key.rsplit("/", 1)
-        rows = results[key]
-        picks = {variant: chosen(rows, variant) for variant in VARIANTS}
-        for name in trial_order(rows):
-            row = rows[name]
-            cells = [f"**{row[v]:.3f}**" if picks[v] == name else f"{row[v]:.3f}" for v in VARIANTS]
-            lines.append(f"| {dataset} | {seed} | {name} | " + " | ".join(cells) + " |")
+        lines += _zoom_rows(dataset, seed, results[key])
     lines += ["", "Rows in the order the zooms are tried. Bold: the zoom the selection rule would keep by that score "
               "(a zoom tried later must gain 0.005 over the best before it)."]
     pools = pooled(results)
@@ -332,10 +335,7 @@ def render(results: dict) -> str:
                   "", "| dataset | seeds | zoom | " + " | ".join(VARIANTS) + " |",
                   "|---|---|---|" + "---|" * len(VARIANTS)]
         for dataset, (names, rows) in pools.items():
-            picks = {variant: chosen(rows, variant) for variant in VARIANTS}
-            for name in trial_order(rows):
-                cells = [f"**{rows[name][v]:.3f}**" if picks[v] == name else f"{rows[name][v]:.3f}" for v in VARIANTS]
-                lines.append(f"| {dataset} | {','.join(names)} | {name} | " + " | ".join(cells) + " |")
+            lines += _zoom_rows(dataset, ",".join(names), rows)
     return "\n".join(lines) + "\n"
 
 

@@ -194,3 +194,13 @@ def test_the_report_carries_the_evidence(fused_detector, crops, tmp_path):
     images = json.loads(report.read_text())["images"]
     assert len(images) == len(crops["anomalous"])
     assert all(entry["evidence"] in ("patches", "whole scan") for entry in images)
+
+
+def test_the_fit_summary_says_how_scans_are_judged(crops, tmp_path, capsys):
+    from rtg_anomaly.cli import main
+    from tests.conftest import TINY_CLI_FLAGS
+
+    flags = [flag for flag in TINY_CLI_FLAGS if flag != "--quiet"]
+    assert main(["fit", "--model", str(tmp_path / "model"), *flags, "--device", "cpu",
+                 "--clean-dir", str(crops["train"][0].parent)]) == 0
+    assert "judged by patches and as a whole (patch_or_global)" in capsys.readouterr().out
