@@ -58,6 +58,10 @@ MARGIN = 0.002
 ZOOM_STEPS = ((1.0, 1.0), (1.0, 0.72), (1.5, 0.75), (0.75, 1.0))
 SCALE_MARGIN = 0.005  # pixel AUROC a zoom tried later must gain over the best one before it
 SCALE_MIN_SCANS = 6  # fewer clean scans: the configured scale is kept (2 validation scans are too few)
+# A candidate's memory bank is at most this share of its clean patches, whatever the fit's bank: the bank size is
+# not a chosen field, so the choice should not move with it, and the selection's fits should not cost more when
+# a user asks for a larger bank (the greedy coreset's work grows with the rows it keeps).
+SELECTION_CORESET_RATIO = 0.1
 MAX_TRAIN_SCANS = 48
 MAX_VALIDATION_SCANS = 16
 OBJECTS_PER_SCAN = 2
@@ -246,11 +250,13 @@ def _evaluate_all(candidates: Sequence[Candidate], base: DetectorConfig, train, 
 
 def fit_candidate(candidate: Candidate, base: DetectorConfig, train: Sequence[np.ndarray], device="auto",
                   runtime: str = "auto"):
-    """``candidate``'s Detector fitted on the ``train`` scans as a selection fits it: no augmentation and no
-    calibration pass (a candidate is judged on uncalibrated scores, ``Detector.raw_scores``)."""
+    """``candidate``'s Detector fitted on the ``train`` scans as a selection fits it: no augmentation, no
+    calibration pass (a candidate is judged on uncalibrated scores, ``Detector.raw_scores``) and a memory bank
+    of at most ``SELECTION_CORESET_RATIO`` of the clean patches (an absolute ``memory_bank_size`` is kept)."""
     from .detector import Detector
 
-    config = candidate.config(base).replace(calibration="holdout", holdout_fraction=0.0, augment=())
+    config = candidate.config(base).replace(calibration="holdout", holdout_fraction=0.0, augment=(),
+                                            coreset_ratio=min(base.coreset_ratio, SELECTION_CORESET_RATIO))
     return Detector(config, device=device, runtime=runtime).fit(list(train))
 
 

@@ -6,13 +6,14 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from rtg_anomaly import Detector
 from rtg_anomaly.cli import main
 from rtg_anomaly.errors import InputError
-from rtg_anomaly.selection import (MARGIN, SCALE_MARGIN, Candidate, CandidateResult, _best, refinement_candidates,
-                                   scale_candidates, select_config, select_scale, synthetic_validation_set,
-                                   zoom_candidates)
+from rtg_anomaly.selection import (MARGIN, SCALE_MARGIN, SELECTION_CORESET_RATIO, Candidate, CandidateResult, _best,
+                                   fit_candidate, refinement_candidates, scale_candidates, select_config, select_scale,
+                                   synthetic_validation_set, zoom_candidates)
 from rtg_anomaly.synthetic import write_demo_dataset
 from rtg_anomaly.threat_projection import ProjectionSettings
 
@@ -199,6 +200,24 @@ def test_select_scale_judges_zooms_by_synthetic_pixel_auroc_and_is_deterministic
     second = select_scale(clean_paths, base, device="cpu", runtime="torch")
     assert [(r.name, r.image_auroc, r.pixel_auroc) for r in second.candidates] == [
         (r.name, r.image_auroc, r.pixel_auroc) for r in first.candidates]
+
+
+def test_candidates_are_judged_with_a_capped_bank_so_the_bank_size_cannot_move_the_zoom(clean_paths):
+    scans = [np.asarray(Image.open(path)) for path in clean_paths[:3]]
+    zoom = Candidate("t64", {"tile_size": 64, "input_size": 56})
+    for ratio, judged in ((0.25, SELECTION_CORESET_RATIO), (1.0, SELECTION_CORESET_RATIO), (0.05, 0.05)):
+        detector = fit_candidate(zoom, tiny_config(pca_dim=8, coreset_ratio=ratio), scans, device="cpu",
+                                 runtime="torch")
+        assert detector.config.coreset_ratio == judged
+    # An absolute bank size is the user's and is kept.
+    sized = fit_candidate(zoom, tiny_config(pca_dim=8, memory_bank_size=40), scans, device="cpu", runtime="torch")
+    assert sized.config.memory_bank_size == 40
+    # The whole selection: a larger bank fits the chosen zoom with that bank, the zooms judged as before.
+    small = select_scale(clean_paths, tiny_config(pca_dim=8, coreset_ratio=0.1), device="cpu", runtime="torch")
+    large = select_scale(clean_paths, tiny_config(pca_dim=8, coreset_ratio=0.5), device="cpu", runtime="torch")
+    assert [(r.name, r.image_auroc, r.pixel_auroc) for r in large.candidates] == [
+        (r.name, r.image_auroc, r.pixel_auroc) for r in small.candidates]
+    assert large.chosen == small.chosen and large.config == small.config.replace(coreset_ratio=0.5)
 
 
 @pytest.mark.parametrize("case", ["few scans", "other method", "small scans"])
