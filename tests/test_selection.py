@@ -220,6 +220,18 @@ def test_candidates_are_judged_with_a_capped_bank_so_the_bank_size_cannot_move_t
     assert large.chosen == small.chosen and large.config == small.config.replace(coreset_ratio=0.5)
 
 
+@pytest.mark.parametrize("image_score", ["global", "patch_or_global", "auto"])
+def test_select_scale_judges_zooms_whatever_the_image_score(clean_paths, image_score):
+    # A whole-scan image score calibrates on held-out scans, which a candidate's fit does not keep: the zooms are
+    # judged on their patch scores and maps all the same, and the chosen config keeps the user's image score.
+    base = tiny_config(pca_dim=8, image_score=image_score)
+    chosen = select_scale(clean_paths, base, device="cpu", runtime="torch")
+    assert len(chosen.candidates) == 4 and all(result.error is None for result in chosen.candidates)
+    assert chosen.chosen != "configured" and chosen.config.image_score == image_score
+    plain = select_scale(clean_paths, tiny_config(pca_dim=8), device="cpu", runtime="torch")
+    assert [(r.name, r.pixel_auroc) for r in chosen.candidates] == [(r.name, r.pixel_auroc) for r in plain.candidates]
+
+
 @pytest.mark.parametrize("case", ["few scans", "other method", "small scans"])
 def test_select_scale_keeps_the_configured_scale_where_there_is_nothing_to_choose(clean_paths, case, monkeypatch):
     import rtg_anomaly.selection as selection_module
