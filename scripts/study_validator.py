@@ -32,7 +32,7 @@ rule (mean of the top patches) and of ``global`` (the scan judged whole). Result
     python scripts/study_validator.py --image-score --datasets gdxray_castingpatches,gdxray_fishbones --seeds 0,1 \
         --object-sizes 0.15,0.8                                                 # larger objects; ~1 min each
     python scripts/study_validator.py --windows --datasets gdxray_fishbones,gdxray_castingpatches,gdxray_welds,\
-mvtec_screw,gdxray_castings                                                     # dtype vs clean window; ~8 min
+mvtec_screw,gdxray_castings                                                     # three windows; ~12 min
     python scripts/study_validator.py --image-score --datasets gdxray_castingpatches,gdxray_fishbones --seeds 0,1,2 \
         --objects texture --object-sizes 0.4,1                                  # porous texture regions
 """
@@ -65,7 +65,7 @@ IMAGE_SCORE_OUTPUT = REPO_ROOT / "docs" / "validator_image_score.json"
 IMAGE_SCORES = ("patch_top_mean", "global")
 CRACK_SHARE = 0.25
 WINDOW_OUTPUT = REPO_ROOT / "docs" / "validator_window.json"
-WINDOWS = ("dtype", "clean")
+WINDOWS = ("dtype", "clean", "percentile")
 # The zoom `--select scale` chose with the default window on the defaults study's subsample (docs/defaults.md).
 WINDOW_STUDY_ZOOMS = {"gdxray_castings": (512, 322), "gdxray_welds": (512, 448), "mvtec_screw": (512, 448)}
 VARIANTS = ("shipped/pixel", "shipped/object", "cracks/pixel", "cracks/object")

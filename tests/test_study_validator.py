@@ -96,9 +96,11 @@ def test_texture_objects_are_seeded_exact_and_in_the_scan_domain(study, dtype):
 
 
 def test_window_table_bolds_the_window_the_pixel_score_keeps(study):
-    row = {"dtype": {"image": 0.70, "pixel": 0.928}, "clean": {"image": 0.71, "pixel": 0.924}, "zoom": "fitted to the scans"}
-    table = study.render_windows({"fish/0": row})
-    assert "| fish | 0 | fitted to the scans | 0.700 / **0.928** | 0.710 / 0.924 |" in table
+    row = {"dtype": {"image": 0.70, "pixel": 0.928}, "clean": {"image": 0.71, "pixel": 0.924},
+           "percentile": {"image": 0.73, "pixel": 0.899}, "zoom": "fitted to the scans"}
+    table = study.render_windows({"fish/0": row, "crops/0": dict(row, percentile={"image": 0.86, "pixel": 0.95})})
+    assert "| fish | 0 | fitted to the scans | 0.700 / **0.928** | 0.710 / 0.924 | 0.730 / 0.899 |" in table
+    assert "| crops | 0 | fitted to the scans | 0.700 / 0.928 | 0.710 / 0.924 | 0.860 / **0.950** |" in table
 
 
 def test_saturated_shares_count_scans_mostly_open_air(study, tmp_path):
