@@ -28,11 +28,20 @@ rule (mean of the top patches) and of ``global`` (the scan judged whole). Result
 ``docs/validator_image_score.json``; the real test's figures are the defaults study's (``select-scale`` against
 ``select-scale+global``).
 
+``--windows`` and ``--backbones`` score other choices on top of the zoom the selection chose: the intensity windows
+(``docs/validator_window.json``), or the ViT against EfficientNet-Lite0 at three zooms
+(``docs/validator_backbone.json``; the real test's figures are the defaults study's ``effnet-*`` rows);
+``--augment`` scores no augmentation against mirrored clean scans, each fitted with its augmentation (the selection
+itself fits without), in ``docs/validator_augment.json`` (real figures: ``select-scale+hflip``).
+
     python scripts/study_validator.py --image-score --datasets gdxray_castingpatches,gdxray_fishbones --seeds 0,1,2
     python scripts/study_validator.py --image-score --datasets gdxray_castingpatches,gdxray_fishbones --seeds 0,1 \
         --object-sizes 0.15,0.8                                                 # larger objects; ~1 min each
     python scripts/study_validator.py --windows --datasets gdxray_fishbones,gdxray_castingpatches,gdxray_welds,\
 mvtec_screw,gdxray_castings                                                     # three windows; ~12 min
+    python scripts/study_validator.py --backbones --datasets gdxray_welds,mvtec_screw,gdxray_castings  # ~5 min
+    python scripts/study_validator.py --augment --datasets gdxray_welds,mvtec_screw,gdxray_castings,\
+gdxray_castingpatches,gdxray_fishbones                                          # ~7 min
     python scripts/study_validator.py --image-score --datasets gdxray_castingpatches,gdxray_fishbones --seeds 0,1,2 \
         --objects texture --object-sizes 0.4,1                                  # porous texture regions
 """
@@ -41,10 +50,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from contextlib import nullcontext
 import re
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import cv2
 import numpy as np
@@ -68,6 +79,12 @@ WINDOW_OUTPUT = REPO_ROOT / "docs" / "validator_window.json"
 WINDOWS = ("dtype", "clean", "percentile")
 # The zoom `--select scale` chose with the default window on the defaults study's subsample (docs/defaults.md).
 WINDOW_STUDY_ZOOMS = {"gdxray_castings": (512, 322), "gdxray_welds": (512, 448), "mvtec_screw": (512, 448)}
+BACKBONE_OUTPUT = REPO_ROOT / "docs" / "validator_backbone.json"
+AUGMENT_OUTPUT = REPO_ROOT / "docs" / "validator_augment.json"
+CNN_WEIGHTS = "tf_efficientnet_lite0.in1k_fp16.safetensors"
+# EfficientNet-Lite0 zooms: 18 and 26 scan px per cell (the defaults study's `effnet-i224-nb3` and `effnet-i160-nb3`,
+# whose real test figures exist), and 8 px (what `--select auto` chose on welds, docs/selection.md).
+CNN_STUDY_ZOOMS = ((512, 224), (512, 160), (256, 256))
 VARIANTS = ("shipped/pixel", "shipped/object", "cracks/pixel", "cracks/object")
 
 
@@ -217,34 +234,73 @@ def image_score_study(dataset: str, data_root: Path, seed: int, max_train: int,
     return row
 
 
-def window_study(dataset: str, data_root: Path, seed: int, max_train: int) -> dict:
-    """Synthetic image and pixel AUROC of each of ``WINDOWS`` (``intensity_window``) on ``select_scale``'s seeded
-    split and shipped objects, as ``select_scale`` scores a zoom, at the zoom the selection chose on the dataset
-    with the default window (``WINDOW_STUDY_ZOOMS``; the scans' own size elsewhere)."""
+def choice_study(dataset: str, data_root: Path, seed: int, max_train: int, candidates: list,
+                 keep_augment: bool = False) -> dict:
+    """Synthetic image and pixel AUROC of each ``selection.Candidate`` on ``select_scale``'s seeded split and shipped
+    objects, scored as ``select_scale`` scores a zoom, on top of the zoom the selection chose on the dataset with the
+    defaults (``WINDOW_STUDY_ZOOMS``; the scans' own size elsewhere); ``keep_augment``: fit each candidate with its
+    ``augment`` (``fit_keeping_augment``). Returns {candidate name: {"image", "pixel"},
+    "zoom": that zoom}."""
     items = evenly_spaced(sorted((data_root / dataset / "train" / "good").iterdir()), max_train)
     base = DetectorConfig(seed=seed)
     if dataset in WINDOW_STUDY_ZOOMS:
         base = base.replace(tile_size=WINDOW_STUDY_ZOOMS[dataset][0], input_size=WINDOW_STUDY_ZOOMS[dataset][1])
     train, clean = selection._validation_scans(items, seed, None)
     synthetic = selection.synthetic_validation_set(clean, train, seed, projection.ProjectionSettings())
-    candidates = [selection.Candidate(window, {"intensity_window": window}) for window in WINDOWS]
-    results = selection._evaluate_all(candidates, base, train, clean, synthetic, "cpu", "auto", "pixel", None)
+    kept = mock.patch.object(selection, "fit_candidate", fit_keeping_augment) if keep_augment else nullcontext()
+    with kept:
+        results = selection._evaluate_all(candidates, base, train, clean, synthetic, "cpu", "auto", "pixel", None)
+    failed = [f"{r.name}: {r.error}" for r in results if r.error]
+    if failed:
+        raise SystemExit(f"{dataset}: " + "; ".join(failed))
     row = {r.name: {"image": r.image_auroc, "pixel": r.pixel_auroc} for r in results}
     row["zoom"] = f"t{base.tile_size}-i{base.input_size}" if dataset in WINDOW_STUDY_ZOOMS else "fitted to the scans"
-    print(f"{dataset} seed {seed}: " + ", ".join(f"{w} pixel {row[w]['pixel']:.4f}" for w in WINDOWS), flush=True)
+    print(f"{dataset} seed {seed}: " + ", ".join(f"{c.name} pixel {row[c.name]['pixel']:.4f}" for c in candidates),
+          flush=True)
     return row
 
 
-def render_windows(results: dict) -> str:
-    """Markdown table of ``window_study`` results keyed "dataset/seed"; bold: the window the pixel score keeps."""
-    lines = ["| dataset | seed | zoom | " + " | ".join(f"`{w}`: synthetic image / pixel AUROC" for w in WINDOWS)
-             + " |", "|---|---|---|" + "---|" * len(WINDOWS)]
+def window_candidates() -> list:
+    """One candidate per ``WINDOWS`` entry (``intensity_window``)."""
+    return [selection.Candidate(window, {"intensity_window": window}) for window in WINDOWS]
+
+
+def backbone_candidates(weights_dir: Path) -> list:
+    """The default ViT at the study's zoom, then EfficientNet-Lite0 (blocks 2+3, 3x3 pooling, the peer's) at each of
+    ``CNN_STUDY_ZOOMS``, its offline weights from ``weights_dir``."""
+    cnn = {"backbone": selection.CNN_BACKBONE, "weights": str(weights_dir / CNN_WEIGHTS), "layers": (2, 3),
+           "neighbourhood": 3}
+    return [selection.Candidate("vit", {})] + [
+        selection.Candidate(f"cnn-t{tile}-i{size}", dict(cnn, tile_size=tile, input_size=size))
+        for tile, size in CNN_STUDY_ZOOMS]
+
+
+AUGMENTS = ("none", "hflip")
+
+
+def augment_candidates() -> list:
+    """No augmentation (what the selection fits) and mirrored copies of the clean scans (``--augment hflip``)."""
+    return [selection.Candidate("none", {"augment": ()}), selection.Candidate("hflip", {"augment": ("hflip",)})]
+
+
+def fit_keeping_augment(candidate, base, train, device="auto", runtime="auto"):
+    """``selection.fit_candidate`` with the candidate's ``augment`` kept (the selection always fits without)."""
+    config = candidate.config(base).replace(calibration="holdout", holdout_fraction=0.0, image_score="patch_top_mean",
+                                            coreset_ratio=min(base.coreset_ratio, selection.SELECTION_CORESET_RATIO))
+    return Detector(config, device=device, runtime=runtime).fit(list(train))
+
+
+def render_choices(results: dict, names: tuple[str, ...]) -> str:
+    """Markdown table of ``choice_study`` results keyed "dataset/seed", one column per candidate in ``names``;
+    bold: the candidate the pixel score keeps."""
+    lines = ["| dataset | seed | zoom | " + " | ".join(f"`{n}`: synthetic image / pixel AUROC" for n in names)
+             + " |", "|---|---|---|" + "---|" * len(names)]
     for key in sorted(results):
         dataset, seed = key.split("/")
         row = results[key]
-        best = max(WINDOWS, key=lambda w: row[w]["pixel"])
-        cells = [f"{row[w]['image']:.3f} / " + (f"**{row[w]['pixel']:.3f}**" if w == best else f"{row[w]['pixel']:.3f}")
-                 for w in WINDOWS]
+        best = max(names, key=lambda n: row[n]["pixel"])
+        cells = [f"{row[n]['image']:.3f} / " + (f"**{row[n]['pixel']:.3f}**" if n == best else f"{row[n]['pixel']:.3f}")
+                 for n in names]
         lines.append(f"| {dataset} | {seed} | {row['zoom']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -356,6 +412,11 @@ def main(argv=None) -> int:
                         help="with --image-score: the shipped objects, or porous texture regions (texture_object)")
     parser.add_argument("--windows", action="store_true",
                         help="compare the intensity windows (dtype, clean) by the selection's synthetic score")
+    parser.add_argument("--backbones", action="store_true",
+                        help="compare the ViT at the chosen zoom with EfficientNet-Lite0 at three zooms by the "
+                             "selection's synthetic score (datasets with a zoom choice only)")
+    parser.add_argument("--augment", action="store_true",
+                        help="compare no augmentation with --augment hflip by the selection's synthetic score")
     parser.add_argument("--saturation", action="store_true",
                         help="print each folder's share of scans more than 10 %% open air (>= 250) and stop")
     parser.add_argument("--render-only", action="store_true")
@@ -369,14 +430,20 @@ def main(argv=None) -> int:
     if args.object_sizes:
         low, high = (float(v) for v in args.object_sizes.split(","))
         settings = projection.ProjectionSettings(min_size=low, max_size=high)
-    output = Path(args.output or (WINDOW_OUTPUT if args.windows else
+    output = Path(args.output or (WINDOW_OUTPUT if args.windows else BACKBONE_OUTPUT if args.backbones else
+                                  AUGMENT_OUTPUT if args.augment else
                                   IMAGE_SCORE_OUTPUT if args.image_score else DEFAULT_OUTPUT))
     results = json.loads(output.read_text()) if output.is_file() else {}
     if not args.render_only:
         for dataset in args.datasets.split(","):
             for seed in (int(s) for s in args.seeds.split(",")):
-                if args.windows:
-                    results[f"{dataset}/{seed}"] = window_study(dataset, Path(args.data_root), seed, args.max_train)
+                if args.backbones and dataset not in WINDOW_STUDY_ZOOMS:
+                    parser.error(f"--backbones: {dataset} has no zoom choice (its scans are fitted to their size)")
+                if args.windows or args.backbones or args.augment:
+                    candidates = (window_candidates() if args.windows else augment_candidates() if args.augment else
+                                  backbone_candidates(Path(args.data_root).parent / "weights"))
+                    results[f"{dataset}/{seed}"] = choice_study(dataset, Path(args.data_root), seed, args.max_train,
+                                                                candidates, keep_augment=args.augment)
                 elif args.image_score:
                     key = f"{dataset}/{seed}/{settings.min_size:g}-{settings.max_size:g}"
                     if args.objects != "shipped":
@@ -386,7 +453,12 @@ def main(argv=None) -> int:
                 else:
                     results[f"{dataset}/{seed}"] = study(dataset, Path(args.data_root), seed, args.max_train)
                 output.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-    print((render_windows if args.windows else render_image_score if args.image_score else render)(results))
+    if args.windows or args.backbones or args.augment:
+        names = (WINDOWS if args.windows else AUGMENTS if args.augment else
+                 tuple(c.name for c in backbone_candidates(Path("."))))
+        print(render_choices(results, names))
+    else:
+        print((render_image_score if args.image_score else render)(results))
     return 0
 
 

@@ -98,7 +98,8 @@ def test_texture_objects_are_seeded_exact_and_in_the_scan_domain(study, dtype):
 def test_window_table_bolds_the_window_the_pixel_score_keeps(study):
     row = {"dtype": {"image": 0.70, "pixel": 0.928}, "clean": {"image": 0.71, "pixel": 0.924},
            "percentile": {"image": 0.73, "pixel": 0.899}, "zoom": "fitted to the scans"}
-    table = study.render_windows({"fish/0": row, "crops/0": dict(row, percentile={"image": 0.86, "pixel": 0.95})})
+    table = study.render_choices({"fish/0": row, "crops/0": dict(row, percentile={"image": 0.86, "pixel": 0.95})},
+                                 study.WINDOWS)
     assert "| fish | 0 | fitted to the scans | 0.700 / **0.928** | 0.710 / 0.924 | 0.730 / 0.899 |" in table
     assert "| crops | 0 | fitted to the scans | 0.700 / 0.928 | 0.710 / 0.924 | 0.860 / **0.950** |" in table
 
@@ -113,3 +114,36 @@ def test_saturated_shares_count_scans_mostly_open_air(study, tmp_path):
             scan[:4] = value  # half of the scan
             Image.fromarray(scan).save(tmp_path / folder / f"{index}.png")
     assert study.saturated_shares(tmp_path) == {"train/good": (4, 0.5), "test/defect": (2, 0.0)}
+
+
+def test_augment_study_fits_what_the_selection_would_not(study, monkeypatch):
+    import rtg_anomaly.detector
+    from rtg_anomaly import DetectorConfig, selection
+
+    fitted = []
+
+    class Recorder:
+        def __init__(self, config, device="auto", runtime="auto"):
+            fitted.append(config)
+
+        def fit(self, scans):
+            return self
+
+    monkeypatch.setattr(rtg_anomaly.detector, "Detector", Recorder)
+    monkeypatch.setattr(study, "Detector", Recorder)
+    none, hflip = study.augment_candidates()
+    base = DetectorConfig(coreset_ratio=0.25)
+    study.fit_keeping_augment(hflip, base, [np.zeros((8, 8), np.uint8)])
+    selection.fit_candidate(hflip, base, [np.zeros((8, 8), np.uint8)])
+    study.fit_keeping_augment(none, base, [np.zeros((8, 8), np.uint8)])
+    assert [c.augment for c in fitted] == [("hflip",), (), ()]
+    # everything else is fitted as the selection fits it
+    assert fitted[0].replace(augment=()) == fitted[1]
+
+
+def test_backbone_candidates_are_the_vit_then_the_peer_cnn_at_each_zoom(study, tmp_path):
+    vit, *cnns = study.backbone_candidates(tmp_path)
+    assert vit.overrides == {} and [c.name for c in cnns] == ["cnn-t512-i224", "cnn-t512-i160", "cnn-t256-i256"]
+    for cnn in cnns:
+        assert cnn.overrides["backbone"] == "tf_efficientnet_lite0" and cnn.overrides["layers"] == (2, 3)
+        assert cnn.overrides["weights"] == str(tmp_path / study.CNN_WEIGHTS)
