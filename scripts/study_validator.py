@@ -32,7 +32,8 @@ rule (mean of the top patches) and of ``global`` (the scan judged whole). Result
 (``docs/validator_window.json``), or the ViT against EfficientNet-Lite0 at three zooms
 (``docs/validator_backbone.json``; the real test's figures are the defaults study's ``effnet-*`` rows);
 ``--augment`` scores no augmentation against mirrored clean scans, each fitted with its augmentation (the selection
-itself fits without), in ``docs/validator_augment.json`` (real figures: ``select-scale+hflip``).
+itself fits without), in ``docs/validator_augment.json`` (real figures: ``select-scale+hflip``). With ``--objects
+cutpaste`` or ``warp`` these studies place objects that change structure, not attenuation (``STRUCTURE_OBJECTS``).
 
     python scripts/study_validator.py --image-score --datasets gdxray_castingpatches,gdxray_fishbones --seeds 0,1,2
     python scripts/study_validator.py --image-score --datasets gdxray_castingpatches,gdxray_fishbones --seeds 0,1 \
@@ -40,6 +41,7 @@ itself fits without), in ``docs/validator_augment.json`` (real figures: ``select
     python scripts/study_validator.py --windows --datasets gdxray_fishbones,gdxray_castingpatches,gdxray_welds,\
 mvtec_screw,gdxray_castings                                                     # three windows; ~12 min
     python scripts/study_validator.py --backbones --datasets gdxray_welds,mvtec_screw,gdxray_castings  # ~5 min
+    python scripts/study_validator.py --backbones --objects warp --datasets gdxray_welds,mvtec_screw,gdxray_castings
     python scripts/study_validator.py --augment --datasets gdxray_welds,mvtec_screw,gdxray_castings,\
 gdxray_castingpatches,gdxray_fishbones                                          # ~7 min
     python scripts/study_validator.py --image-score --datasets gdxray_castingpatches,gdxray_fishbones --seeds 0,1,2 \
@@ -157,6 +159,88 @@ def texture_validation_set(scans, seed: int, settings: projection.ProjectionSett
     return [texture_object(scan, rng, settings) for scan in scans for _ in range(selection.OBJECTS_PER_SCAN)]
 
 
+def _object_box(scan: np.ndarray, rng: np.random.Generator, settings: projection.ProjectionSettings):
+    """(top, left, side, alpha): a square box sized as ``project_object`` sizes objects (at least 4 px) and a float
+    (side, side) soft-edged disc in it (1 inside, falling to 0 over a quarter of the side)."""
+    height, width = scan.shape[:2]
+    short = min(height, width)
+    extent = float(np.exp(rng.uniform(np.log(settings.min_size), np.log(settings.max_size)))) * short
+    side = int(max(4, min(np.ceil(max(extent, min(settings.min_pixels, short))), short)))
+    alpha = projection._rounded_profile(projection._ellipse(side, side) > 0, 0.25 * side)
+    return int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1)), side, alpha
+
+
+def _visible(scan: np.ndarray, out: np.ndarray, mask: np.ndarray, share: float) -> bool:
+    """Whether the object changed its footprint by at least ``share`` of the scan's 1-99 percentile range on
+    average (a structure moved over a flat region changes nothing and would be a label without an anomaly)."""
+    low, high = np.percentile(scan, [1, 99])
+    change = np.abs(out.astype(np.float64) - scan.astype(np.float64))[mask].mean()
+    return bool(mask.any() and change >= share * max(high - low, 1e-6))
+
+
+def cutpaste_object(scan: np.ndarray, rng: np.random.Generator, settings: projection.ProjectionSettings,
+                    tries: int = 20):
+    """A soft-edged disc of the scan itself, cut elsewhere, turned by a multiple of 90 degrees and maybe mirrored,
+    pasted over the box (CutPaste): the intensities are the scan's own, the structure is out of place. Redrawn
+    (up to ``tries``) until it changes its footprint by 5 % of the scan's range. Returns (scan, mask)."""
+    for _ in range(tries):
+        y0, x0, side, alpha = _object_box(scan, rng, settings)
+        sy, sx = int(rng.integers(0, scan.shape[0] - side + 1)), int(rng.integers(0, scan.shape[1] - side + 1))
+        piece = np.rot90(scan[sy : sy + side, sx : sx + side], int(rng.integers(4))).astype(np.float64)
+        if rng.random() < 0.5:
+            piece = piece[:, ::-1]
+        out = blend(scan, piece, alpha, y0, x0)
+        mask = np.zeros(scan.shape[:2], bool)
+        mask[y0 : y0 + side, x0 : x0 + side] = alpha > 0.5
+        if _visible(scan, out, mask, 0.05):
+            break
+    return out, mask
+
+
+def warp_object(scan: np.ndarray, rng: np.random.Generator, settings: projection.ProjectionSettings,
+                tries: int = 20):
+    """A smooth local displacement of the scan over a soft-edged disc, up to 10-30 % of its side: material bent
+    or shifted, no material added. Redrawn (up to ``tries``) until it changes its footprint by 3 % of the scan's
+    range. Returns (scan, mask)."""
+    from scipy.ndimage import gaussian_filter
+
+    height, width = scan.shape[:2]
+    for _ in range(tries):
+        y0, x0, side, alpha = _object_box(scan, rng, settings)
+        amplitude = rng.uniform(0.1, 0.3) * side
+        map_x, map_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+        for grid in (map_x, map_y):
+            field = gaussian_filter(rng.standard_normal((side, side)), max(1.0, side / 4))
+            grid[y0 : y0 + side, x0 : x0 + side] += (field / (np.abs(field).max() + 1e-12) * amplitude * alpha)
+        out = cv2.remap(scan, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        mask = np.zeros((height, width), bool)
+        mask[y0 : y0 + side, x0 : x0 + side] = alpha > 0.5
+        if _visible(scan, out, mask, 0.03):
+            break
+    return out, mask
+
+
+def blend(scan: np.ndarray, piece: np.ndarray, alpha: np.ndarray, y0: int, x0: int) -> np.ndarray:
+    """``scan`` with ``piece`` blended in at (y0, x0) by ``alpha`` (2-D scans), in the scan's dtype."""
+    side_y, side_x = alpha.shape
+    out = scan.astype(np.float64)
+    out[y0 : y0 + side_y, x0 : x0 + side_x] = alpha * piece + (1 - alpha) * out[y0 : y0 + side_y, x0 : x0 + side_x]
+    if np.issubdtype(scan.dtype, np.integer):
+        info = np.iinfo(scan.dtype)
+        out = np.clip(np.rint(out), info.min, info.max)
+    return out.astype(scan.dtype)
+
+
+STRUCTURE_OBJECTS = {"cutpaste": cutpaste_object, "warp": warp_object}
+
+
+def structure_validation_set(scans, seed: int, settings: projection.ProjectionSettings, kind: str) -> list:
+    """``selection.synthetic_validation_set``'s layout (``OBJECTS_PER_SCAN`` per scan) with ``kind`` objects
+    (``STRUCTURE_OBJECTS``), from their own seeded stream."""
+    rng = np.random.default_rng([seed, 0x57])
+    return [STRUCTURE_OBJECTS[kind](scan, rng, settings) for scan in scans for _ in range(selection.OBJECTS_PER_SCAN)]
+
+
 def object_auroc(clean_maps: list[np.ndarray], maps: list[np.ndarray], masks: list[np.ndarray], stride: int) -> float:
     """Mean over objects of P(object pixel > clean pixel) (ties half): clean pixels every ``stride``-th row and
     column of the clean maps, every pixel of each object's mask."""
@@ -235,18 +319,20 @@ def image_score_study(dataset: str, data_root: Path, seed: int, max_train: int,
 
 
 def choice_study(dataset: str, data_root: Path, seed: int, max_train: int, candidates: list,
-                 keep_augment: bool = False) -> dict:
+                 keep_augment: bool = False, objects: str = "shipped") -> dict:
     """Synthetic image and pixel AUROC of each ``selection.Candidate`` on ``select_scale``'s seeded split and shipped
     objects, scored as ``select_scale`` scores a zoom, on top of the zoom the selection chose on the dataset with the
     defaults (``WINDOW_STUDY_ZOOMS``; the scans' own size elsewhere); ``keep_augment``: fit each candidate with its
-    ``augment`` (``fit_keeping_augment``). Returns {candidate name: {"image", "pixel"},
-    "zoom": that zoom}."""
+    ``augment`` (``fit_keeping_augment``); ``objects``: "shipped" or one of ``STRUCTURE_OBJECTS``. Returns
+    {candidate name: {"image", "pixel"}, "zoom": that zoom}."""
     items = evenly_spaced(sorted((data_root / dataset / "train" / "good").iterdir()), max_train)
     base = DetectorConfig(seed=seed)
     if dataset in WINDOW_STUDY_ZOOMS:
         base = base.replace(tile_size=WINDOW_STUDY_ZOOMS[dataset][0], input_size=WINDOW_STUDY_ZOOMS[dataset][1])
     train, clean = selection._validation_scans(items, seed, None)
-    synthetic = selection.synthetic_validation_set(clean, train, seed, projection.ProjectionSettings())
+    settings = projection.ProjectionSettings()
+    synthetic = (selection.synthetic_validation_set(clean, train, seed, settings) if objects == "shipped" else
+                 structure_validation_set(clean, seed, settings, objects))
     kept = mock.patch.object(selection, "fit_candidate", fit_keeping_augment) if keep_augment else nullcontext()
     with kept:
         results = selection._evaluate_all(candidates, base, train, clean, synthetic, "cpu", "auto", "pixel", None)
@@ -291,17 +377,18 @@ def fit_keeping_augment(candidate, base, train, device="auto", runtime="auto"):
 
 
 def render_choices(results: dict, names: tuple[str, ...]) -> str:
-    """Markdown table of ``choice_study`` results keyed "dataset/seed", one column per candidate in ``names``;
-    bold: the candidate the pixel score keeps."""
-    lines = ["| dataset | seed | zoom | " + " | ".join(f"`{n}`: synthetic image / pixel AUROC" for n in names)
-             + " |", "|---|---|---|" + "---|" * len(names)]
+    """Markdown table of ``choice_study`` results keyed "dataset/seed[/objects]", one column per candidate in
+    ``names``; bold: the candidate the pixel score keeps."""
+    lines = ["| dataset | seed | objects | zoom | " + " | ".join(f"`{n}`: synthetic image / pixel AUROC" for n in names)
+             + " |", "|---|---|---|---|" + "---|" * len(names)]
     for key in sorted(results):
-        dataset, seed = key.split("/")
+        dataset, seed, *objects = key.split("/")
         row = results[key]
         best = max(names, key=lambda n: row[n]["pixel"])
         cells = [f"{row[n]['image']:.3f} / " + (f"**{row[n]['pixel']:.3f}**" if n == best else f"{row[n]['pixel']:.3f}")
                  for n in names]
-        lines.append(f"| {dataset} | {seed} | {row['zoom']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {dataset} | {seed} | {objects[0] if objects else 'shipped'} | {row['zoom']} | "
+                     + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -408,8 +495,9 @@ def main(argv=None) -> int:
     parser.add_argument("--object-sizes", default=None, metavar="MIN,MAX",
                         help="with --image-score: the objects' size range as fractions of the scan's shorter side "
                              "(default: the shipped ProjectionSettings)")
-    parser.add_argument("--objects", choices=("shipped", "texture"), default="shipped",
-                        help="with --image-score: the shipped objects, or porous texture regions (texture_object)")
+    parser.add_argument("--objects", choices=("shipped", "texture", *STRUCTURE_OBJECTS), default="shipped",
+                        help="the shipped objects; with --image-score porous texture regions (texture_object); "
+                             "with --windows/--backbones/--augment cutpaste or warp (STRUCTURE_OBJECTS)")
     parser.add_argument("--windows", action="store_true",
                         help="compare the intensity windows (dtype, clean) by the selection's synthetic score")
     parser.add_argument("--backbones", action="store_true",
@@ -440,11 +528,16 @@ def main(argv=None) -> int:
                 if args.backbones and dataset not in WINDOW_STUDY_ZOOMS:
                     parser.error(f"--backbones: {dataset} has no zoom choice (its scans are fitted to their size)")
                 if args.windows or args.backbones or args.augment:
+                    if args.objects == "texture":
+                        parser.error("--objects texture goes with --image-score")
                     candidates = (window_candidates() if args.windows else augment_candidates() if args.augment else
                                   backbone_candidates(Path(args.data_root).parent / "weights"))
-                    results[f"{dataset}/{seed}"] = choice_study(dataset, Path(args.data_root), seed, args.max_train,
-                                                                candidates, keep_augment=args.augment)
+                    key = f"{dataset}/{seed}" + (f"/{args.objects}" if args.objects != "shipped" else "")
+                    results[key] = choice_study(dataset, Path(args.data_root), seed, args.max_train, candidates,
+                                                keep_augment=args.augment, objects=args.objects)
                 elif args.image_score:
+                    if args.objects in STRUCTURE_OBJECTS:
+                        parser.error(f"--objects {args.objects} goes with --windows, --backbones or --augment")
                     key = f"{dataset}/{seed}/{settings.min_size:g}-{settings.max_size:g}"
                     if args.objects != "shipped":
                         key += f"/{args.objects}"

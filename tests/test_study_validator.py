@@ -100,8 +100,9 @@ def test_window_table_bolds_the_window_the_pixel_score_keeps(study):
            "percentile": {"image": 0.73, "pixel": 0.899}, "zoom": "fitted to the scans"}
     table = study.render_choices({"fish/0": row, "crops/0": dict(row, percentile={"image": 0.86, "pixel": 0.95})},
                                  study.WINDOWS)
-    assert "| fish | 0 | fitted to the scans | 0.700 / **0.928** | 0.710 / 0.924 | 0.730 / 0.899 |" in table
-    assert "| crops | 0 | fitted to the scans | 0.700 / 0.928 | 0.710 / 0.924 | 0.860 / **0.950** |" in table
+    assert "| fish | 0 | shipped | fitted to the scans | 0.700 / **0.928** | 0.710 / 0.924 | 0.730 / 0.899 |" in table
+    assert "| crops | 0 | shipped | fitted to the scans | 0.700 / 0.928 | 0.710 / 0.924 | 0.860 / **0.950** |" in table
+    assert "| fish | 1 | warp | " in study.render_choices({"fish/1/warp": row}, study.WINDOWS)
 
 
 def test_saturated_shares_count_scans_mostly_open_air(study, tmp_path):
@@ -147,3 +148,39 @@ def test_backbone_candidates_are_the_vit_then_the_peer_cnn_at_each_zoom(study, t
     for cnn in cnns:
         assert cnn.overrides["backbone"] == "tf_efficientnet_lite0" and cnn.overrides["layers"] == (2, 3)
         assert cnn.overrides["weights"] == str(tmp_path / study.CNN_WEIGHTS)
+
+
+@pytest.mark.parametrize("kind", ["cutpaste", "warp"])
+def test_structure_objects_are_seeded_keep_the_dtype_and_stay_in_their_box(study, kind):
+    from rtg_anomaly import threat_projection as projection
+
+    rng = np.random.default_rng(3)
+    scan = (rng.random((96, 128)) * 60000).astype(np.uint16)  # 16-bit texture: any move is visible
+    settings = projection.ProjectionSettings(min_size=0.2, max_size=0.3)
+    first = study.structure_validation_set([scan], 7, settings, kind)
+    again = study.structure_validation_set([scan], 7, settings, kind)
+    assert len(first) == 2  # OBJECTS_PER_SCAN
+    for (out, mask), (out2, mask2) in zip(first, again):
+        assert out.dtype == np.uint16 and out.shape == scan.shape
+        assert np.array_equal(out, out2) and np.array_equal(mask, mask2)
+        rows, cols = np.nonzero(mask)
+        assert mask.any() and np.ptp(rows) + 1 <= 0.3 * 96 + 1 and np.ptp(cols) + 1 <= 0.3 * 96 + 1
+        changed = out != scan
+        assert changed[mask].mean() > 0.5
+        # nothing moves outside the object's box
+        top, bottom, left, right = rows.min(), rows.max(), cols.min(), cols.max()
+        margin = int(0.3 * 96 * 0.3) + 2
+        outside = np.ones_like(mask)
+        outside[max(0, top - margin) : bottom + margin + 1, max(0, left - margin) : right + margin + 1] = False
+        assert not changed[outside].any()
+
+
+def test_visibility_tells_a_moved_texture_from_a_structure_moved_over_a_flat_scan(study):
+    from rtg_anomaly import threat_projection as projection
+
+    flat = np.full((64, 64), 1000, np.uint16)
+    out, mask = study.cutpaste_object(flat, np.random.default_rng(0), projection.ProjectionSettings(), tries=3)
+    assert np.array_equal(out, flat) and not study._visible(flat, out, mask, 0.05)
+    textured = (np.random.default_rng(1).random((64, 64)) * 60000).astype(np.uint16)
+    out, mask = study.cutpaste_object(textured, np.random.default_rng(0), projection.ProjectionSettings())
+    assert study._visible(textured, out, mask, 0.05)
