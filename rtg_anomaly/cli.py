@@ -372,7 +372,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                              "--input-size, for scans fitted to their own size and for methods other than "
                              "patchcore; 3-4x a plain fit's time on 2 CPU cores); auto: choose backbone, scale, PCA "
                              "whitening, intensity window and top-patch count the same way (a few times a plain "
-                             "fit); off: use the given settings. The choice is recorded in the bundle")
+                             "fit; its synthetic objects favour EfficientNet-Lite0, which loses on shape defects "
+                             "such as castings' and screws': docs/defaults.md); off: use the given settings. The "
+                             "choice is recorded in the bundle")
 
 
 def _config_and_selection(args: argparse.Namespace, items, device, quiet: bool):
