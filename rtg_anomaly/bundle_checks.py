@@ -92,7 +92,7 @@ def _calibration_problem(calibration: dict) -> str | None:
         return "calibration method must be a name"
     rule = calibration.get("threshold_rule")
     if rule is not None:
-        from .calibration import ThresholdRule
+        from .pipeline.calibration import ThresholdRule
         from .errors import InputError
 
         try:

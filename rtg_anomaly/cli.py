@@ -28,13 +28,13 @@ from .config import GRAPH_FORMATS as FORMATS
 from .config import GRAPH_PRECISIONS as PRECISIONS
 from .config import IMAGE_SCORE_RULES, PIXEL_BACKBONE, PIXEL_INPUT_SIZE, PIXEL_TILE_SIZE, RUNTIMES
 from .errors import InputError, first_line
+from .outputs.regions import DEFAULT_MIN_AREA
 from .ranges import FALSE_ALARM_RATE, FRACTION_OPEN_LOW, LAYER_INDEX, SETTING_RANGES, Range
-from .regions import DEFAULT_MIN_AREA
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from .detector import AnomalyResult
+    from .pipeline.detector import AnomalyResult
 
 DEFAULT_MODEL_DIR = "model_artifacts/default"
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_display_flags(detect: argparse.ArgumentParser) -> None:
     """How the overlay looks (display only: the heatmap file, scores and regions never change)."""
-    from .display import DisplayStyle
+    from .outputs.display import DisplayStyle
 
     style = DisplayStyle()
     detect.add_argument("--colormap", default=style.cmap,
@@ -252,7 +252,7 @@ def _add_display_flags(detect: argparse.ArgumentParser) -> None:
 
 def _display_style(args: argparse.Namespace):
     """The checked DisplayStyle of ``detect``'s flags; InputError (one line) on a bad value."""
-    from .display import DisplayStyle
+    from .outputs.display import DisplayStyle
 
     if args.alpha is not None and args.alpha_max is not None:
         raise InputError("--alpha is the older name of --alpha-max: give one of them")
@@ -387,7 +387,7 @@ def _config_and_selection(args: argparse.Namespace, items, device, quiet: bool):
     mode = args.select or "scale"
     if mode == "off":
         return config, None
-    from .selection import SELECTED_FIELDS, select_config, select_scale
+    from .pipeline.selection import SELECTED_FIELDS, select_config, select_scale
 
     chosen_here = SELECTED_FIELDS if mode == "auto" else ("tile_size", "input_size")
     given = [f"--{name.replace('_', '-')}" for name in chosen_here if getattr(args, name, None) is not None]
@@ -444,7 +444,7 @@ def _add_threshold_rule_flags(parser: argparse.ArgumentParser, default: str) -> 
 
 def _threshold_rule(args: argparse.Namespace):
     """The ThresholdRule the flags ask for, or None when --threshold-rule is not given."""
-    from .calibration import ThresholdRule
+    from .pipeline.calibration import ThresholdRule
 
     if args.threshold_rule is None:
         return None
@@ -491,7 +491,7 @@ def _roi_mask(value: str | None):
     the file is missing or unreadable."""
     if _roi_mode(value) != "file":
         return None
-    from .roi import load_roi_mask
+    from .scans.roi import load_roi_mask
 
     if not Path(value).is_file():
         raise InputError(f"--roi {value}: no such mask file (use off, auto or a mask image)")
@@ -587,9 +587,9 @@ def main(argv: list[str] | None = None) -> int:
 
 # ---------------------------------------------------------------------------- fit
 def _run_fit(args: argparse.Namespace) -> int:
-    from .detector import Detector
-    from .features import resolve_device
-    from .io import list_images
+    from .pipeline.detector import Detector
+    from .backbone.features import resolve_device
+    from .scans.io import list_images
 
     config = _config_from_args(args)  # bad settings are refused before anything is read
     _check_engine(args)
@@ -713,7 +713,7 @@ def _check_model_destination(folder: Path) -> None:
 def _check_writable_folder(folder: Path) -> None:
     """InputError unless files can be written in ``folder`` (or it can be created): checked before any work."""
     from .atomic import name_problem, output_problem
-    from .io import missing_folder_reason
+    from .scans.io import missing_folder_reason
 
     problem = name_problem(folder)
     if problem:
@@ -742,7 +742,7 @@ def _plan_detect(args: argparse.Namespace):
     created, which the caller makes only once nothing else can fail first (no empty folder is left
     behind by a refused run).
     """
-    from .io import IMAGE_SUFFIXES, check_output_path, list_images
+    from .scans.io import IMAGE_SUFFIXES, check_output_path, list_images
 
     from .atomic import name_problem
 
@@ -848,12 +848,12 @@ def _detect_jobs(args: argparse.Namespace, plan: tuple, model_dir, ray) -> int:
     CSV and page; the per-scan work and the bookkeeping are the same code either way."""
     from tqdm import tqdm
 
-    from .triage import triage_row, write_triage_csv
+    from .outputs.triage import triage_row, write_triage_csv
 
     jobs, folder_mode, output, report, csv_path, html, new_folders = plan
     if ray is None:
-        from .detector import Detector
-        from .io import load_image, prefetch
+        from .pipeline.detector import Detector
+        from .scans.io import load_image, prefetch
 
         # The first scans decode in background threads while the model loads (a 16-bit PNG vehicle scan
         # takes a few tenths of a second); a decoding error surfaces only when that scan's turn comes.
@@ -896,7 +896,7 @@ def _detect_jobs(args: argparse.Namespace, plan: tuple, model_dir, ray) -> int:
         if csv_path is not None:
             write_triage_csv(csv_path, rows)
         if html is not None:
-            from .html_report import write_html_report
+            from .outputs.html_report import write_html_report
 
             write_html_report(html, entries, errors, thumbnails, model=str(model_dir), threshold_mode=args.threshold,
                               complete=complete)
@@ -1020,7 +1020,7 @@ def _detect_summary(args, folder_mode: bool, entries: list, errors: list, warned
 
 def _gpu_of(device: str):
     """The CUDA torch device ``--device`` names (auto: when present), else None."""
-    from .features import resolve_device
+    from .backbone.features import resolve_device
 
     resolved = resolve_device(device)
     return resolved if resolved.type == "cuda" else None
@@ -1030,7 +1030,7 @@ def _check_output_folder(folder: Path, flag: str, new_folders: list[Path]) -> bo
     """InputError unless ``folder`` is a folder or can be created as one (in an existing folder or in one of
     ``new_folders``, which are created first, in order); True when it is still to be created."""
     from .atomic import output_problem
-    from .io import missing_folder_reason
+    from .scans.io import missing_folder_reason
 
     if folder.exists() and not folder.is_dir():
         raise InputError(f"{flag} {folder} must be a folder when --input is a folder")
@@ -1092,7 +1092,7 @@ def _display_mask(result: AnomalyResult, args):
     """The pixels the overlay colours: bool (H, W) in percentile mode (the percentile of the map inside the
     region of interest, never outside it), None (those at or above the pixel threshold, which the heatmap's 0
     outside the ROI never reaches) in calibrated mode."""
-    from .overlay import percentile_mask
+    from .outputs.overlay import percentile_mask
 
     if args.threshold != "percentile":
         return None
@@ -1103,9 +1103,9 @@ def _render_scan(scored: _ScoredScan, regions, args) -> np.ndarray:
     """The overlay of a scored scan as ``detect`` writes it: uint8 (H, W, 3), or taller with --colorbar."""
     import numpy as np
 
-    from .display import display_scale, render_display
-    from .legend import colorbar_strip
-    from .regions import draw_regions
+    from .outputs.display import display_scale, render_display
+    from .outputs.legend import colorbar_strip
+    from .outputs.regions import draw_regions
 
     result, style, picture = scored.result, args.style, scored.picture
     if picture is None:
@@ -1127,10 +1127,10 @@ def _write_scan(scored: _ScoredScan, overlay_path: Path, heatmap_path: Path | No
 
     Returns its report entry and, with ``thumbnails``, its small pictures for the HTML page.
     """
-    from .io import save_array, save_image
-    from .regions import find_regions
-    from .triage import sort_into
-    from .triptych import render_triptych
+    from .scans.io import save_array, save_image
+    from .outputs.regions import find_regions
+    from .outputs.triage import sort_into
+    from .outputs.triptych import render_triptych
 
     result, path = scored.result, scored.path
     regions = find_regions(result.heatmap, result.pixel_threshold, min_area=args.min_region_area)
@@ -1168,7 +1168,7 @@ def _write_scan(scored: _ScoredScan, overlay_path: Path, heatmap_path: Path | No
         entry["sorted_to"] = str(sorted_to)
     pictures = {}
     if thumbnails:
-        from .html_report import thumbnail_uri
+        from .outputs.html_report import thumbnail_uri
 
         flagged = result.heatmap >= result.pixel_threshold
         pictures = {"overlay": thumbnail_uri(picture, 480, flagged), "triptych": thumbnail_uri(triptych, 960)}
@@ -1177,8 +1177,8 @@ def _write_scan(scored: _ScoredScan, overlay_path: Path, heatmap_path: Path | No
 
 # ---------------------------------------------------------------------------- export
 def _run_export(args: argparse.Namespace) -> int:
-    from .detector import Detector
-    from .io import list_images
+    from .pipeline.detector import Detector
+    from .scans.io import list_images
 
     model_dir = Path(args.model or _default_model())
     if args.precision == "int8" and not args.clean_dir:
@@ -1197,7 +1197,7 @@ def _run_export(args: argparse.Namespace) -> int:
         print(f"rtg-anomaly: warning: int8 is not within tolerance of float32 on the benchmark sets (heatmaps up "
               f"to {apart} calibrated units apart; docs/precision.md): check it on your scans", file=sys.stderr)
     if args.precision == "bf16":
-        from .graph_export import cpu_computes_bf16
+        from .backbone.graph_export import cpu_computes_bf16
 
         print("rtg-anomaly: note: " + ("this CPU computes in bfloat16: heatmaps within 0.04 calibrated units of "
                                        "float32 on the benchmark sets (docs/precision.md)" if cpu_computes_bf16() else
@@ -1219,8 +1219,8 @@ def _check_rate(rate: float) -> None:
 
 # ---------------------------------------------------------------------------- calibrate
 def _run_calibrate(args: argparse.Namespace) -> int:
-    from .detector import Detector
-    from .io import list_images
+    from .pipeline.detector import Detector
+    from .scans.io import list_images
 
     _check_rate(args.false_alarm_rate)
     _threshold_rule(args)  # a bad rule value fails before any work
@@ -1243,8 +1243,8 @@ def _run_calibrate(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- evaluate
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from .detector import Detector
-    from .evaluation import evaluate, load_mvtec_folder, markdown_report
+    from .pipeline.detector import Detector
+    from .evaluation.mvtec import evaluate, load_mvtec_folder, markdown_report
 
     _check_rate(args.false_alarm_rate)
     _threshold_rule(args)  # a bad rule value fails before any work

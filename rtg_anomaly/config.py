@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InputError
-from .roi import ROI_MODES
 from .ranges import LAYER_INDEX, MODEL_KWARGS, SETTING_RANGES
+from .scans.roi import ROI_MODES
 
 DEFAULT_BACKBONE = "vit_small_patch14_dinov2"
 IMAGE_SCORE_RULES = ("auto", "max", "top_mean", "patch_top_mean", "global", "patch_or_global", "scan_centroid")

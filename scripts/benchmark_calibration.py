@@ -30,10 +30,10 @@ sys.path.insert(0, str(REPO_ROOT))
 import numpy as np  # noqa: E402
 
 import benchmark_quality as bq  # noqa: E402
-from rtg_anomaly.calibration import log_normal_tail, threshold_at_rate  # noqa: E402
+from rtg_anomaly.pipeline.calibration import log_normal_tail, threshold_at_rate  # noqa: E402
 from rtg_anomaly.config import DetectorConfig  # noqa: E402
-from rtg_anomaly.detector import Detector  # noqa: E402
-from rtg_anomaly.evaluation import load_mvtec_folder  # noqa: E402
+from rtg_anomaly.pipeline.detector import Detector  # noqa: E402
+from rtg_anomaly.evaluation.mvtec import load_mvtec_folder  # noqa: E402
 
 DATASETS = ["gdxray_castings", "gdxray_welds"]
 RATE = 0.05
@@ -85,7 +85,7 @@ def subsample_study(clean: np.ndarray, rate: float, seed: int = 0) -> dict:
 def run_dataset(name: str, device: str, select: str = "scale") -> dict:
     """Both calibration modes on the dataset's full sets, with the zoom ``fit --select scale`` (the CLI's
     default) chooses on the clean training scans, once for both (``select="off"``: the library's defaults)."""
-    from rtg_anomaly.selection import select_scale
+    from rtg_anomaly.pipeline.selection import select_scale
 
     eval_set = load_mvtec_folder(bq._data_root(None)[0] / name)
     train = [str(p) for p in eval_set.train_paths]

@@ -61,7 +61,7 @@ CANDIDATES: dict[str, tuple[list[str], str]] = {
                         "selection's synthetic score ranks first on castings, welds and screw "
                         "(`scripts/study_validator.py --backbones`)"),
 }
-# Variants whose tile and input size are then fitted to each dataset's clean scans (rtg_anomaly.scale):
+# Variants whose tile and input size are then fitted to each dataset's clean scans (rtg_anomaly.pipeline.scale):
 # "+fit-scans" refits every dataset whose median shorter side is below a tile, "+fit-half" only those below
 # half a tile (the rule `scale_to_scans` ships with, so "current+fit-half" is the shipped defaults).
 FIT_SHARES = {"+fit-scans": (1.0, "tile and input fitted to the clean scans' shorter side"),
@@ -180,7 +180,7 @@ def scale_flags(flags: list[str], dataset_dir: Path, share: float) -> list[str]:
     when it refits scans under ``share`` of a tile."""
     from PIL import Image
 
-    from rtg_anomaly.scale import fit_scale_to_scans
+    from rtg_anomaly.pipeline.scale import fit_scale_to_scans
 
     config = bq._config_from_args(bq.parse_cli(["fit", "--clean-dir", str(dataset_dir), *flags]))
     sides = []

@@ -26,8 +26,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rtg_anomaly import Detector, DetectorConfig  # noqa: E402
-from rtg_anomaly.evaluation import load_mvtec_folder  # noqa: E402
-from rtg_anomaly.metrics import image_auroc  # noqa: E402
+from rtg_anomaly.evaluation.mvtec import load_mvtec_folder  # noqa: E402
+from rtg_anomaly.evaluation.metrics import image_auroc  # noqa: E402
 
 # (runtime, exported format and precision, or None for the runtime's own float32 graph). "openvino int8" runs
 # ONNX Runtime's int8 ONNX graph with OpenVINO; "openvino int8 (NNCF)" runs the OpenVINO IR NNCF made.

@@ -45,8 +45,8 @@ from scipy.stats import beta  # noqa: E402
 from rtg_anomaly.cli import _config_and_selection, _config_from_args, _warn_skipped, build_parser  # noqa: E402
 from rtg_anomaly.config import DetectorConfig  # noqa: E402
 from rtg_anomaly.errors import InputError  # noqa: E402
-from rtg_anomaly.evaluation import evaluate, load_mvtec_folder  # noqa: E402
-from rtg_anomaly.features import resolve_device  # noqa: E402
+from rtg_anomaly.evaluation.mvtec import evaluate, load_mvtec_folder  # noqa: E402
+from rtg_anomaly.backbone.features import resolve_device  # noqa: E402
 
 # ---------------------------------------------------------------------------- what is run
 # Per-dataset settings: ONLY documented flags of `rtg-anomaly fit/evaluate`. Images smaller than the default
@@ -227,7 +227,7 @@ def seed_everything(seed: int) -> None:
 def run_dataset(name: str, data_dir: Path, display_dir: str, flags: list[str], device: str,
                 max_train: int | None, max_per_class: int | None, label: str = "") -> dict:
     """Fit on train/good and evaluate on test/, as `rtg-anomaly evaluate` would; returns the record."""
-    from rtg_anomaly.detector import Detector
+    from rtg_anomaly.pipeline.detector import Detector
 
     argv = evaluate_argv(str(data_dir), flags, max_per_class, device)
     command = shlex.join(["rtg-anomaly", *evaluate_argv(display_dir, flags, max_per_class, device)])
@@ -788,7 +788,7 @@ METHOD_BACKBONES: dict[str, list[str]] = {
                      "{weights}/tf_efficientnet_lite0.in1k_fp16.safetensors", "--layers", "2,3"],
     "mobilenetv2": ["--backbone", "mobilenetv2_100", "--weights",
                     "{weights}/mobilenetv2_100.in1k_nohead_fp16.safetensors", "--layers", "2,3"],
-    # No network: grey pixel cells (rtg_anomaly/pixel_backbone.py); with reconstruction, the pixel GAN.
+    # No network: grey pixel cells (rtg_anomaly/backbone/pixel_backbone.py); with reconstruction, the pixel GAN.
     "pixels": ["--backbone", "pixels", "--input-size", "64", "--tile-size", "128", "--target", "pixels"],
 }
 

@@ -44,8 +44,8 @@ DRIVER = ("import resource, sys; from rtg_anomaly.cli import main; code = main(s
 
 def write_scans(folder: Path, count: int, height: int, width: int, seed: int) -> None:
     """``count`` synthetic 8-bit grey PNG scans (vehicle-like, see synthetic.py) named 00000.png, ..."""
-    from rtg_anomaly.io import save_image
-    from rtg_anomaly.synthetic import make_vehicle_scan, to_8bit
+    from rtg_anomaly.scans.io import save_image
+    from rtg_anomaly.scans.synthetic import make_vehicle_scan, to_8bit
 
     folder.mkdir(parents=True)
     base = [to_8bit(make_vehicle_scan(seed + i, height=max(64, height), length=max(2 * height, width),

@@ -36,10 +36,10 @@ import torch  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from rtg_anomaly.config import DetectorConfig  # noqa: E402
-from rtg_anomaly.detector import Detector  # noqa: E402
-from rtg_anomaly.evaluation import evaluate, load_mvtec_folder  # noqa: E402
-from rtg_anomaly.features import resolve_device  # noqa: E402
-from rtg_anomaly.selection import select_config  # noqa: E402
+from rtg_anomaly.pipeline.detector import Detector  # noqa: E402
+from rtg_anomaly.evaluation.mvtec import evaluate, load_mvtec_folder  # noqa: E402
+from rtg_anomaly.backbone.features import resolve_device  # noqa: E402
+from rtg_anomaly.pipeline.selection import select_config  # noqa: E402
 
 DATASETS = ["gdxray_castings", "gdxray_welds", "gdxray_castingpatches", "gdxray_fishbones", "mvtec_screw"]
 FALSE_ALARM_RATE = 0.05

@@ -56,7 +56,7 @@ if str(REPO_ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from rtg_anomaly import Detector, DetectorConfig  # noqa: E402
-from rtg_anomaly.tiling import tile_grid  # noqa: E402
+from rtg_anomaly.scans.tiling import tile_grid  # noqa: E402
 
 TINY_BACKBONE = dict(weights="random", model_kwargs=dict(depth=2, embed_dim=32, num_heads=2), layers=(1,),
                      tile_size=64, input_size=56, pca_dim=16)
@@ -207,7 +207,7 @@ def forward_variant(extractor, batch: torch.Tensor, stop_early: bool = True, bf1
     """
     import torch.nn.functional as F
 
-    from rtg_anomaly.features import CUDA_AUTOCAST_DTYPE
+    from rtg_anomaly.backbone.features import CUDA_AUTOCAST_DTYPE
 
     config = extractor.config
     device_type = extractor.device.type
@@ -242,7 +242,7 @@ def gemm_peak_gflops(device: torch.device, size: int, repeats: int = 5) -> tuple
     """Best rate (GFLOP/s) of a size x size matrix product in the backbone's compute dtype on this device:
     what the hardware and BLAS reach on the most favourable shape, a practical ceiling for a transformer's layers.
     Returns (rate, dtype name)."""
-    from rtg_anomaly.features import CUDA_AUTOCAST_DTYPE
+    from rtg_anomaly.backbone.features import CUDA_AUTOCAST_DTYPE
 
     dtype = CUDA_AUTOCAST_DTYPE if device.type == "cuda" else torch.float32
     generator = torch.Generator().manual_seed(0)
@@ -267,7 +267,7 @@ def openvino_gemm_peak_gflops(size: int, repeats: int = 5) -> float | None:
     machine's peak is the larger of the two."""
     if importlib.util.find_spec("openvino") is None:
         return None
-    from rtg_anomaly.openvino_runtime import cpu_compile_properties, import_openvino
+    from rtg_anomaly.backbone.openvino_runtime import cpu_compile_properties, import_openvino
 
     ov = import_openvino()
     import openvino.opset13 as ops
@@ -323,7 +323,7 @@ def exact_greedy_coreset(features: torch.Tensor, n_select: int, start: int) -> t
 
 def coverage_radius(features: torch.Tensor, selected: torch.Tensor) -> float:
     """Largest distance from any row to its nearest selected row (the k-centre objective)."""
-    from rtg_anomaly.memory_bank import knn_distance
+    from rtg_anomaly.methods.memory_bank import knn_distance
 
     return float(knn_distance(features, features[selected], 1).max())
 
@@ -343,9 +343,9 @@ def plain_detect(detector, image: np.ndarray, keep_queries: bool = False, keep_r
     one ``torch.cdist`` per tile followed by min (top-k mean for k > 1), the library's stitching and smoothing.
     Returns (heatmap in calibrated units, stage seconds, projected queries, first raw features).
     """
-    from rtg_anomaly.intensity import apply_window, window_limits
-    from rtg_anomaly.stitching import MapStitcher, gaussian_smooth
-    from rtg_anomaly.tiling import extract_tiles, pad_to_tile
+    from rtg_anomaly.scans.intensity import apply_window, window_limits
+    from rtg_anomaly.pipeline.stitching import MapStitcher, gaussian_smooth
+    from rtg_anomaly.scans.tiling import extract_tiles, pad_to_tile
 
     config, extractor = detector.config, detector.extractor
     device = extractor.device
@@ -454,7 +454,7 @@ def folder_throughput(detector, path, n_scans: int) -> dict:
     """Seconds per scan when a folder of ``n_scans`` scans (here one file, listed n times) goes through
     ``prefetch`` as in ``rtg-anomaly detect --input DIR``: the next scan is decoded while this one is scored and
     its overlay rendered."""
-    from rtg_anomaly.io import prefetch
+    from rtg_anomaly.scans.io import prefetch
 
     synchronise(detector.extractor.device)
     t0 = time.perf_counter()
@@ -522,8 +522,8 @@ def write_times(picture: np.ndarray, heatmap: np.ndarray, pixel_threshold: float
     repeat, so a slow spell of a shared machine does not fall on one side of a comparison."""
     from PIL import Image
 
-    from rtg_anomaly.io import save_array, save_image
-    from rtg_anomaly.regions import find_regions
+    from rtg_anomaly.scans.io import save_array, save_image
+    from rtg_anomaly.outputs.regions import find_regions
 
     actions = [("regions", lambda: find_regions(heatmap, pixel_threshold))]
     actions += [(f"ours_{ext}", lambda ext=ext: save_image(folder / f"overlay.{ext}", picture))
@@ -628,7 +628,7 @@ def worker_detect_openvino(spec: dict) -> dict:
 
 def worker_plain(spec: dict) -> dict:
     """The plain references: end-to-end pipeline, backbone variants, full cdist, exact coreset, proposals."""
-    from rtg_anomaly.memory_bank import greedy_coreset, knn_distance
+    from rtg_anomaly.methods.memory_bank import greedy_coreset, knn_distance
 
     device = torch.device(spec["device"])
     out: dict = {}
@@ -752,8 +752,8 @@ def worker_fitscale(spec: dict) -> dict:
     PCA samples are allocated (random values of the exact sizes) without generating and reducing features.
     """
     from rtg_anomaly.methods.patchcore import PCA_SAMPLE_TOTAL
-    from rtg_anomaly.memory_bank import StreamingCoreset, per_scan_share, random_rows
-    from rtg_anomaly.pca import PCAProjection
+    from rtg_anomaly.methods.memory_bank import StreamingCoreset, per_scan_share, random_rows
+    from rtg_anomaly.methods.pca import PCAProjection
 
     config = DetectorConfig()
     n_scans, patches, dim = spec["n_scans"], spec["patches"], spec["dim"]
@@ -833,7 +833,7 @@ def worker_fitscale(spec: dict) -> dict:
 
 def worker_tinyfit(spec: dict) -> dict:
     """A real Detector.fit with a one-block ViT of the real width (384) on small synthetic scans."""
-    from rtg_anomaly.synthetic import make_vehicle_scan
+    from rtg_anomaly.scans.synthetic import make_vehicle_scan
 
     tile, input_size = spec["tile"]
     config = DetectorConfig(weights="random", model_kwargs=dict(depth=1), layers=(0,), tile_size=tile,
@@ -922,9 +922,9 @@ def runtime_table(bundle: Path, clean: list, scan: Path, workdir: Path, device: 
     """Every row of ``RUNTIME_ROWS`` that is installed here, each in a fresh process: score seconds, peak RSS,
     largest heatmap difference from torch fp32 (calibrated units). The int8 graphs are calibrated on
     ``clean`` (the scans the bundle was fitted on)."""
-    from rtg_anomaly.features import runtime_installed
+    from rtg_anomaly.backbone.features import runtime_installed
 
-    from rtg_anomaly.openvino_runtime import RuntimeUnavailable
+    from rtg_anomaly.backbone.openvino_runtime import RuntimeUnavailable
 
     graphs, unavailable = {}, {}
     for graph in sorted({g for _, _, g in RUNTIME_ROWS if g}):
@@ -1004,7 +1004,7 @@ def runtime_table_text(rows: list[dict], scan_shape: tuple[int, int], command: s
 def coreset_scaling(sizes: list[tuple[int, int]], timed_max: int | None, device: torch.device) -> list[dict]:
     """Greedy coreset time for (select, out of N) 384-d features: the library (its loop pinned to one CPU
     thread) and, for comparison, the same function with the pin removed (torch's thread count)."""
-    from rtg_anomaly import memory_bank
+    from rtg_anomaly.methods import memory_bank
 
     rows = []
     variants = [("cpu", True), ("cpu", False)] + ([("cuda", True)] if device.type == "cuda" else [])
@@ -1037,7 +1037,7 @@ def scan_reduction(n_patches: int | None, keeps: tuple[int, ...], part_rows: int
     """One scan's per-scan coreset, as ``StreamingCoreset.add`` reduces it: one greedy run over all its patches
     (before) vs ``chunked_greedy_coreset`` (library), for the kept counts of a 10- and a 100-scan fit. Every pick
     is run; the coverage radius is the largest distance from a scan patch to its nearest kept one (384-d)."""
-    from rtg_anomaly.memory_bank import CORESET_PART_ROWS, chunked_greedy_coreset, greedy_coreset, knn_distance
+    from rtg_anomaly.methods.memory_bank import CORESET_PART_ROWS, chunked_greedy_coreset, greedy_coreset, knn_distance
 
     n = n_patches or real_scan_patches()[2]
     part_rows = part_rows or CORESET_PART_ROWS
@@ -1061,8 +1061,8 @@ def knn_comparison(real_bank: np.ndarray, n_queries: int, extra_banks: list[int]
                    device: torch.device, k: int = 1) -> dict:
     """Torch chunked kNN (library), the same with 128 MiB blocks and before addmm+amin, faiss IndexFlatL2,
     and plain cdist."""
-    from rtg_anomaly import memory_bank
-    from rtg_anomaly.memory_bank import knn_distance
+    from rtg_anomaly.methods import memory_bank
+    from rtg_anomaly.methods.memory_bank import knn_distance
 
     try:
         import faiss
@@ -1110,7 +1110,7 @@ def knn_comparison(real_bank: np.ndarray, n_queries: int, extra_banks: list[int]
             faiss_scores = torch.from_numpy(np.sqrt(np.maximum(squared, 0.0)).mean(1))
             row["faiss_diff"] = float((faiss_scores - reference).abs().max())
         if device.type == "cpu" and k == 1 and importlib.util.find_spec("openvino") is not None:
-            from rtg_anomaly.openvino_runtime import compile_nearest_distance
+            from rtg_anomaly.backbone.openvino_runtime import compile_nearest_distance
 
             nearest = compile_nearest_distance(torch.get_num_threads())
             nearest(queries[:256], bank, norms)  # warm-up
@@ -1597,7 +1597,7 @@ def build_report(env: dict, setup: dict, detect: dict, openvino: dict | None, pl
                          f"{big['queries']:,} queries ({big['topk_s'] / big['torch_s']:.2f}x).")
     big = knn["rows"][-1]
     if "large_block_s" in big:
-        from rtg_anomaly import memory_bank
+        from rtg_anomaly.methods import memory_bank
 
         cpu_rows, cpu_block = memory_bank._CPU_BANK_CHUNK, memory_bank._CPU_DISTANCE_BLOCK
         props.append(f"* **Applied — cache-sized kNN blocks on the CPU** ({cpu_rows:,} bank rows x "
@@ -1706,9 +1706,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args, argv: list[str]) -> int:
-    from rtg_anomaly.bmp16 import write_grey16_bmp
-    from rtg_anomaly.features import resolve_device
-    from rtg_anomaly.synthetic import make_vehicle_scan
+    from rtg_anomaly.scans.bmp16 import write_grey16_bmp
+    from rtg_anomaly.backbone.features import resolve_device
+    from rtg_anomaly.scans.synthetic import make_vehicle_scan
     import cv2
 
     run_started = time.perf_counter()

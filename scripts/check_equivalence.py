@@ -29,8 +29,8 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from rtg_anomaly.bundle import load_bundle  # noqa: E402
 from rtg_anomaly.config import DetectorConfig  # noqa: E402
-from rtg_anomaly.detector import Detector  # noqa: E402
-from rtg_anomaly.evaluation import load_mvtec_folder  # noqa: E402
+from rtg_anomaly.pipeline.detector import Detector  # noqa: E402
+from rtg_anomaly.evaluation.mvtec import load_mvtec_folder  # noqa: E402
 
 HEATMAP_TOLERANCE = 1e-5  # calibrated units; float32 rounding of identical math is 0
 

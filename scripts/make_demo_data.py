@@ -14,7 +14,7 @@ try:
 except ImportError:  # running from a checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rtg_anomaly.synthetic import write_demo_dataset
+from rtg_anomaly.scans.synthetic import write_demo_dataset
 
 
 def main(argv=None) -> int:

@@ -42,13 +42,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rtg_anomaly import Detector, DetectorConfig  # noqa: E402
 from rtg_anomaly.atomic import replacing  # noqa: E402
 from rtg_anomaly.cli import main as cli_main  # noqa: E402
-from rtg_anomaly.display import DisplayStyle, display_scale, render_display  # noqa: E402
-from rtg_anomaly.io import list_images, load_image  # noqa: E402
-from rtg_anomaly.legend import colorbar_strip, text_strip  # noqa: E402
-from rtg_anomaly.overlay import percentile_mask  # noqa: E402
-from rtg_anomaly.regions import draw_regions, find_regions  # noqa: E402
-from rtg_anomaly.synthetic import write_demo_dataset  # noqa: E402
-from rtg_anomaly.triptych import render_triptych  # noqa: E402
+from rtg_anomaly.outputs.display import DisplayStyle, display_scale, render_display  # noqa: E402
+from rtg_anomaly.scans.io import list_images, load_image  # noqa: E402
+from rtg_anomaly.outputs.legend import colorbar_strip, text_strip  # noqa: E402
+from rtg_anomaly.outputs.overlay import percentile_mask  # noqa: E402
+from rtg_anomaly.outputs.regions import draw_regions, find_regions  # noqa: E402
+from rtg_anomaly.scans.synthetic import write_demo_dataset  # noqa: E402
+from rtg_anomaly.outputs.triptych import render_triptych  # noqa: E402
 
 WELD_SETTINGS = dict(backbone="tf_efficientnet_lite0", layers=(2, 3), neighbourhood=3, tile_size=256,
                      augment=("hflip", "vflip", "rot180"), overlap=0.5)

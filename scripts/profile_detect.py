@@ -130,7 +130,7 @@ def device_profile(detector: Detector, path: Path, top: int = 15) -> dict:
 
 def folder_rate(detector: Detector, path: Path, n_scans: int, ahead: int | None) -> float:
     """Seconds per scan through ``io.prefetch`` (decoding ahead while this one is scored and overlaid)."""
-    from rtg_anomaly.io import prefetch
+    from rtg_anomaly.scans.io import prefetch
 
     _sync(detector.extractor.device)
     t0 = time.perf_counter()
@@ -170,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", default="", help="comma-separated batch sizes to compare (default: none)")
     args = parser.parse_args(argv)
 
-    from rtg_anomaly.bmp16 import write_grey16_bmp
-    from rtg_anomaly.synthetic import make_vehicle_scan
+    from rtg_anomaly.scans.bmp16 import write_grey16_bmp
+    from rtg_anomaly.scans.synthetic import make_vehicle_scan
 
     config = DetectorConfig(**TINY) if args.tiny_backbone else DetectorConfig()
     height, length = (256, 768) if args.quick else (2000, 6000)

@@ -29,9 +29,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from rtg_anomaly.config import DetectorConfig  # noqa: E402
-from rtg_anomaly.detector import Detector  # noqa: E402
-from rtg_anomaly.io import save_image  # noqa: E402
-from rtg_anomaly.synthetic import make_vehicle_scan  # noqa: E402
+from rtg_anomaly.pipeline.detector import Detector  # noqa: E402
+from rtg_anomaly.scans.io import save_image  # noqa: E402
+from rtg_anomaly.scans.synthetic import make_vehicle_scan  # noqa: E402
 
 REPEATS = 5
 
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     measured["write overlay PNG"] = _median_time(lambda: save_image(tmp / "o.png", picture), device)
     measured["write heatmap .npy"] = _median_time(lambda: np.save(tmp / "h.npy", result.heatmap), device)
     if device.type == "cuda":  # what page-locked host memory buys for the two large downloads
-        from rtg_anomaly.transfer import to_host
+        from rtg_anomaly.backbone.transfer import to_host
 
         heat = torch.from_numpy(result.heatmap).to(device)
         rgb = torch.from_numpy(picture).to(device)

@@ -41,9 +41,9 @@ import benchmark_quality as bq  # noqa: E402
 from benchmark_defaults import machine  # noqa: E402
 from study_pages import page_text, parse_page_args, written_read  # noqa: E402
 from rtg_anomaly import DetectorConfig  # noqa: E402
-from rtg_anomaly.detector import Detector  # noqa: E402
-from rtg_anomaly.evaluation import load_mvtec_folder  # noqa: E402
-from rtg_anomaly.metrics import image_auroc  # noqa: E402
+from rtg_anomaly.pipeline.detector import Detector  # noqa: E402
+from rtg_anomaly.evaluation.mvtec import load_mvtec_folder  # noqa: E402
+from rtg_anomaly.evaluation.metrics import image_auroc  # noqa: E402
 
 DEFAULT_OUTPUT = REPO_ROOT / "docs" / "calibration_split.json"
 CONFIG = DetectorConfig(tile_size=512, input_size=322)  # 22 px per cell: what --select scale chose on castings

@@ -34,11 +34,11 @@ import benchmark_quality as bq  # noqa: E402
 from benchmark_defaults import DATASETS, machine  # noqa: E402
 from study_pages import page_text, parse_page_args, written_read  # noqa: E402
 from rtg_anomaly import DetectorConfig  # noqa: E402
-from rtg_anomaly.detector import Detector  # noqa: E402
-from rtg_anomaly.evaluation import load_mvtec_folder  # noqa: E402
+from rtg_anomaly.pipeline.detector import Detector  # noqa: E402
+from rtg_anomaly.evaluation.mvtec import load_mvtec_folder  # noqa: E402
 from rtg_anomaly.methods import GlobalDescriptor  # noqa: E402
-from rtg_anomaly.metrics import image_auroc  # noqa: E402
-from rtg_anomaly.scale import fit_scale_to_scans, shorter_sides  # noqa: E402
+from rtg_anomaly.evaluation.metrics import image_auroc  # noqa: E402
+from rtg_anomaly.pipeline.scale import fit_scale_to_scans, shorter_sides  # noqa: E402
 
 DEFAULT_OUTPUT = REPO_ROOT / "docs" / "score_fusion.json"
 ZOOMS = {"gdxray_castings": {"input_size": 322}}  # the zoom --select scale chose on the full castings set

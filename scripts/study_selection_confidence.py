@@ -35,10 +35,11 @@ import benchmark_quality as bq  # noqa: E402
 from benchmark_defaults import machine  # noqa: E402
 from study_pages import page_text, parse_page_args  # noqa: E402
 from study_validator import evenly_spaced  # noqa: E402
-from rtg_anomaly import DetectorConfig, selection  # noqa: E402
-from rtg_anomaly.metrics import pixel_auroc  # noqa: E402
-from rtg_anomaly.scale import shorter_sides  # noqa: E402
-from rtg_anomaly.threat_projection import ProjectionSettings  # noqa: E402
+from rtg_anomaly import DetectorConfig
+from rtg_anomaly.pipeline import selection  # noqa: E402
+from rtg_anomaly.evaluation.metrics import pixel_auroc  # noqa: E402
+from rtg_anomaly.pipeline.scale import shorter_sides  # noqa: E402
+from rtg_anomaly.scans.threat_projection import ProjectionSettings  # noqa: E402
 
 DEFAULT_OUTPUT = REPO_ROOT / "docs" / "selection_confidence.json"
 CONFIDENT = 0.9  # share of draws a later zoom must win for a cautious rule to move off the default

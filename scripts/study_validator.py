@@ -67,11 +67,11 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from rtg_anomaly import DetectorConfig  # noqa: E402
-from rtg_anomaly import selection  # noqa: E402
-from rtg_anomaly import threat_projection as projection  # noqa: E402
-from rtg_anomaly.detector import Detector  # noqa: E402
-from rtg_anomaly.metrics import image_auroc, pixel_auroc  # noqa: E402
-from rtg_anomaly.scale import shorter_sides  # noqa: E402
+from rtg_anomaly.pipeline import selection  # noqa: E402
+from rtg_anomaly.scans import threat_projection as projection  # noqa: E402
+from rtg_anomaly.pipeline.detector import Detector  # noqa: E402
+from rtg_anomaly.evaluation.metrics import image_auroc, pixel_auroc  # noqa: E402
+from rtg_anomaly.pipeline.scale import shorter_sides  # noqa: E402
 
 DEFAULT_OUTPUT = REPO_ROOT / "docs" / "validator_variants.json"
 IMAGE_SCORE_OUTPUT = REPO_ROOT / "docs" / "validator_image_score.json"
@@ -395,7 +395,7 @@ def render_choices(results: dict, names: tuple[str, ...]) -> str:
 def saturated_shares(dataset_dir: Path, level: int = 250, min_share: float = 0.1) -> dict[str, tuple[int, float]]:
     """Per folder of an MVTec-layout dataset (``train/good``, ``test/<kind>``): (scans, share of them with more
     than ``min_share`` of their pixels at ``level`` or above, open air in an 8-bit radiograph)."""
-    from rtg_anomaly.io import list_images, load_image
+    from rtg_anomaly.scans.io import list_images, load_image
 
     out = {}
     for folder in [dataset_dir / "train" / "good", *sorted(p for p in (dataset_dir / "test").iterdir() if p.is_dir())]:

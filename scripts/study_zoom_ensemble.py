@@ -37,10 +37,11 @@ sys.path.insert(0, str(REPO_ROOT))
 import benchmark_quality as bq  # noqa: E402
 from benchmark_defaults import machine  # noqa: E402
 from study_pages import page_text, parse_page_args, written_read  # noqa: E402
-from rtg_anomaly import DetectorConfig, selection  # noqa: E402
-from rtg_anomaly.detector import Detector  # noqa: E402
-from rtg_anomaly.evaluation import load_mask, load_mvtec_folder, subsample_items  # noqa: E402
-from rtg_anomaly.metrics import image_auroc, pixel_auroc  # noqa: E402
+from rtg_anomaly import DetectorConfig
+from rtg_anomaly.pipeline import selection  # noqa: E402
+from rtg_anomaly.pipeline.detector import Detector  # noqa: E402
+from rtg_anomaly.evaluation.mvtec import load_mask, load_mvtec_folder, subsample_items  # noqa: E402
+from rtg_anomaly.evaluation.metrics import image_auroc, pixel_auroc  # noqa: E402
 
 DATASETS = ("gdxray_castings", "gdxray_welds", "mvtec_screw")
 # scan px per ViT cell -> (tile, input size): the zooms `--select scale` tries on large scans (12, 16, 22, 32)

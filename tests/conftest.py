@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from rtg_anomaly import Detector, DetectorConfig
-from rtg_anomaly.synthetic import write_demo_dataset
+from rtg_anomaly.scans.synthetic import write_demo_dataset
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,8 +8,8 @@ import pytest
 
 from rtg_anomaly.atomic import replacing, staging_folder, write_text
 from rtg_anomaly.bundle import save_bundle
-from rtg_anomaly.io import save_array, save_image
-from rtg_anomaly.triage import write_triage_csv
+from rtg_anomaly.scans.io import save_array, save_image
+from rtg_anomaly.outputs.triage import write_triage_csv
 
 UMASK = 0o027  # group may read, others nothing: neither tempfile's 0o600 nor a default 0o644
 

@@ -7,10 +7,10 @@ import pytest
 
 from conftest import tiny_config
 from rtg_anomaly import Detector
-from rtg_anomaly.augment import AUGMENTATIONS, augmented_views
+from rtg_anomaly.scans.augment import AUGMENTATIONS, augmented_views
 from rtg_anomaly.cli import build_parser, _config_from_args
 from rtg_anomaly.config import AUGMENTATION_NAMES, ConfigError, DetectorConfig
-from rtg_anomaly.io import load_image
+from rtg_anomaly.scans.io import load_image
 
 
 def test_views_are_the_named_flips_and_rotations():

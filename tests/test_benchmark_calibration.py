@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rtg_anomaly.calibration import threshold_at_rate
+from rtg_anomaly.pipeline.calibration import threshold_at_rate
 from tests.conftest import load_script
 
 

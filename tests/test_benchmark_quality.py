@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from rtg_anomaly.synthetic import write_demo_dataset
+from rtg_anomaly.scans.synthetic import write_demo_dataset
 from tests.conftest import REPO_ROOT
 
 TINY_FLAGS = "--weights random --tile-size 64 --input-size 56 --layers 1 --pca-dim 16"

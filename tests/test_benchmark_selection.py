@@ -7,7 +7,7 @@ import json
 import pytest
 
 from rtg_anomaly.config import DetectorConfig
-from rtg_anomaly.synthetic import write_demo_dataset
+from rtg_anomaly.scans.synthetic import write_demo_dataset
 from tests.conftest import TINY_MODEL, load_script
 
 
@@ -17,8 +17,8 @@ def script():
 
 
 def test_one_dataset_records_every_candidate_the_choice_and_the_correlation(script, tmp_path, monkeypatch):
-    import rtg_anomaly.selection as selection
-    from rtg_anomaly.selection import Candidate
+    import rtg_anomaly.pipeline.selection as selection
+    from rtg_anomaly.pipeline.selection import Candidate
 
     fields = dict(backbone="vit_small_patch14_dinov2", weights="random", model_kwargs=TINY_MODEL, layers=(1,),
                   neighbourhood=1, input_size=56)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rtg_anomaly.bmp16 import grey16_mask, read_grey16_bmp, write_grey16_bmp
-from rtg_anomaly.io import ImageReadError, load_image
+from rtg_anomaly.scans.bmp16 import grey16_mask, read_grey16_bmp, write_grey16_bmp
+from rtg_anomaly.scans.io import ImageReadError, load_image
 
 BI_RGB, BI_BITFIELDS, BI_ALPHABITFIELDS = 0, 3, 6
 

@@ -6,7 +6,7 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 
-from rtg_anomaly.calibration import PIXEL_QUANTILES, Calibration, ThresholdRule, calibrate, threshold_at_rate
+from rtg_anomaly.pipeline.calibration import PIXEL_QUANTILES, Calibration, ThresholdRule, calibrate, threshold_at_rate
 from rtg_anomaly.errors import InputError
 
 

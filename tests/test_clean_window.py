@@ -12,9 +12,9 @@ from rtg_anomaly import Detector
 from rtg_anomaly.bundle import BundleError, read_manifest, seal
 from rtg_anomaly.cli import main
 from rtg_anomaly.errors import InputError
-from rtg_anomaly.intensity import clean_window, resolved_window, window_limits
-from rtg_anomaly.scan_kinds import kind_mismatch, mixed_kinds
-from rtg_anomaly.synthetic import make_vehicle_scan
+from rtg_anomaly.scans.intensity import clean_window, resolved_window, window_limits
+from rtg_anomaly.scans.scan_kinds import kind_mismatch, mixed_kinds
+from rtg_anomaly.scans.synthetic import make_vehicle_scan
 from tests.conftest import TINY_CLI_FLAGS, tiny_config
 
 
@@ -149,7 +149,7 @@ def test_cli_fit_with_the_clean_window(tmp_path):
 
 
 def test_the_clean_window_is_learned_from_at_most_64_scans_evenly_spaced(monkeypatch):
-    from rtg_anomaly import detector as detector_module
+    from rtg_anomaly.pipeline import detector as detector_module
 
     monkeypatch.setattr(detector_module, "CLEAN_WINDOW_MAX_SCANS", 2)
     dark, bright = np.full((96, 160), 20, np.uint8), np.full((96, 160), 220, np.uint8)

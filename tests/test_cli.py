@@ -181,7 +181,7 @@ def test_bad_inputs_exit_2_with_one_line(demo_data, tiny_bundle, tmp_path, capsy
 def test_detect_decodes_the_scan_while_the_model_loads(demo_data, tiny_bundle, tmp_path, monkeypatch, capsys):
     import threading
 
-    from rtg_anomaly import io as rtg_io
+    from rtg_anomaly.scans import io as rtg_io
 
     decoding_started = threading.Event()
     real_load_image, real_load = rtg_io.load_image, Detector.load.__func__
@@ -521,7 +521,7 @@ def test_output_folders_nest_in_new_folders(demo_data, tiny_bundle, tmp_path):
 
 def test_detect_checks_each_scan_once(demo_data, tiny_bundle, tmp_path, monkeypatch):
     """The CLI no longer checks a scan and then has score() check it again (a full NaN pass on float scans)."""
-    from rtg_anomaly.detector import Detector
+    from rtg_anomaly.pipeline.detector import Detector
 
     checked, original = [], Detector._check_usable
 

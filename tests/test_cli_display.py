@@ -146,7 +146,7 @@ def test_overlay_blended_on_the_device_equals_the_host_one(demo_data, tiny_bundl
     import torch
 
     import rtg_anomaly.cli as cli
-    import rtg_anomaly.detector as detector_module
+    import rtg_anomaly.pipeline.detector as detector_module
     from rtg_anomaly import Detector
 
     scan = sorted((demo_data / "test" / "anomalous").iterdir())[0]

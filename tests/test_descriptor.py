@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from rtg_anomaly.descriptor import DescriptorAccumulator, DescriptorBank, scan_descriptor
+from rtg_anomaly.methods.descriptor import DescriptorAccumulator, DescriptorBank, scan_descriptor
 
 
 def test_descriptor_is_unit_mean_and_unit_spread():

@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from rtg_anomaly import Detector, NotFittedError
-from rtg_anomaly.detector import ImageTooSmallError, NonFiniteScanError, UnusableScanError
+from rtg_anomaly.pipeline.detector import ImageTooSmallError, NonFiniteScanError, UnusableScanError
 from rtg_anomaly.errors import InputError
-from rtg_anomaly.features import FeatureExtractor
-from rtg_anomaly.display import ALERT_COLOUR, DisplayStyle, render_display
-from rtg_anomaly.intensity import apply_window
-from rtg_anomaly.overlay import percentile_mask, render_overlay
-from rtg_anomaly.synthetic import make_vehicle_scan
+from rtg_anomaly.backbone.features import FeatureExtractor
+from rtg_anomaly.outputs.display import ALERT_COLOUR, DisplayStyle, render_display
+from rtg_anomaly.scans.intensity import apply_window
+from rtg_anomaly.outputs.overlay import percentile_mask, render_overlay
+from rtg_anomaly.scans.synthetic import make_vehicle_scan
 from tests.conftest import tiny_config
 
 
@@ -163,7 +163,7 @@ def test_device_pixel_path_matches_numpy_path(tiny_bundle, demo_data, monkeypatc
 def test_device_overlay_reuses_the_scored_copies(tiny_bundle, monkeypatch, device):
     """On the device path, the legacy overlay of the scan just scored uploads neither the heatmap nor the scan
     again (score left them on the device), and draws the same pixels as an overlay that uploads them."""
-    import rtg_anomaly.overlay as overlay_module
+    import rtg_anomaly.outputs.overlay as overlay_module
 
     detector = Detector.load(tiny_bundle, device=device)
     monkeypatch.setattr(Detector, "_on_gpu", property(lambda self: True))
@@ -204,8 +204,8 @@ def test_device_display_reuses_the_scored_copies(tiny_bundle, monkeypatch, devic
     """The operator display of the scan just scored, on the device path: blended from the windowed scan and
     the heatmap that score left there, its percentile mask taken there (no upload, no host pass over the
     map), with the same pixels as the display of another array, which uploads them."""
-    import rtg_anomaly.detector as detector_module
-    import rtg_anomaly.display_torch as display_torch_module
+    import rtg_anomaly.pipeline.detector as detector_module
+    import rtg_anomaly.outputs.display_torch as display_torch_module
 
     detector = Detector.load(tiny_bundle, device=device)
     monkeypatch.setattr(Detector, "_on_gpu", property(lambda self: True))
@@ -255,7 +255,7 @@ def test_scan_too_large_for_the_gpu_is_scored_with_the_pixel_work_on_the_host(ti
 
 
 def test_overlay_too_large_for_the_gpu_is_rendered_on_the_host(tiny_bundle, monkeypatch):
-    import rtg_anomaly.detector as detector_module
+    import rtg_anomaly.pipeline.detector as detector_module
 
     scan, _ = make_vehicle_scan(seed=5, height=96, length=300, bit_depth=16)
     detector = Detector.load(tiny_bundle, device="cpu")
@@ -407,7 +407,7 @@ def global_detector(demo_data):
 
 
 def test_global_score_is_the_descriptor_distance_in_its_own_unit(global_detector, tiny_detector, demo_data):
-    from rtg_anomaly.descriptor import scan_descriptor
+    from rtg_anomaly.methods.descriptor import scan_descriptor
 
     n_clean = len(list((demo_data / "train" / "good").iterdir()))
     calibration = global_detector.calibration_
@@ -445,7 +445,7 @@ def test_global_detector_round_trip_and_recalibration(global_detector, demo_data
 def test_scan_centroid_score_is_the_cosine_to_the_clean_scans_centroid(demo_data, tmp_path):
     """The good-only per-scan rule beside the centroid method's tile map: image score 1 - f . c in its
     own unit, f the scan's unit mean patch feature, c the unit mean of the clean fit scans' f."""
-    from rtg_anomaly.descriptor import scan_descriptor
+    from rtg_anomaly.methods.descriptor import scan_descriptor
 
     train = sorted((demo_data / "train" / "good").iterdir())
     detector = Detector(tiny_config(method="centroid", image_score="scan_centroid"), device="cpu").fit(train)
@@ -494,7 +494,7 @@ def test_global_score_needs_held_out_scans(demo_data):
 
 
 def _as_16bit(path) -> np.ndarray:
-    from rtg_anomaly.io import load_image
+    from rtg_anomaly.scans.io import load_image
 
     return load_image(path).astype(np.uint16) * 257  # the same scan, as a raw 16-bit file would hold it
 

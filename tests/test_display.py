@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rtg_anomaly.display import (ALERT_COLOUR, DisplayStyle, colour_lut, display_levels, display_scale,
-                                 render_display)
+from rtg_anomaly.outputs.display import (ALERT_COLOUR, DisplayStyle, colour_lut, display_levels, display_scale,
+                                         render_display)
 from rtg_anomaly.errors import InputError
 
 THRESHOLD = 1.3
@@ -144,7 +144,7 @@ def test_blur_and_clip_leave_the_map_alone():
 
 
 def test_rendering_is_deterministic_and_chunk_independent(monkeypatch):
-    from rtg_anomaly import display
+    from rtg_anomaly.outputs import display
 
     rng = np.random.default_rng(1)
     scan = rng.random((300, 70), dtype=np.float32)
@@ -191,7 +191,7 @@ def test_a_scale_starting_above_the_threshold_gets_a_mirrored_cold_part():
 @pytest.mark.parametrize("style", [DisplayStyle(), DisplayStyle(cmap="turbo", alpha_min=0.1, alpha_max=0.9,
                                                                  blur=2.0, clip_quantile=0.95, outline=False)])
 def test_render_display_torch_equals_numpy_on_cpu_tensors(kind, percentile_mode, style):
-    from rtg_anomaly.display_torch import render_display_torch
+    from rtg_anomaly.outputs.display_torch import render_display_torch
 
     rng = np.random.default_rng(7)
     heatmap = rng.uniform(0.5, 2.0, (150, 90)).astype(np.float32)
@@ -210,7 +210,7 @@ def test_render_display_torch_equals_numpy_on_cpu_tensors(kind, percentile_mode,
 
 
 def test_render_display_torch_with_gamma_is_within_one_step():
-    from rtg_anomaly.display_torch import render_display_torch
+    from rtg_anomaly.outputs.display_torch import render_display_torch
 
     rng = np.random.default_rng(8)
     heatmap = rng.uniform(0.5, 2.0, (64, 64)).astype(np.float32)
@@ -225,7 +225,7 @@ def test_render_display_torch_with_gamma_is_within_one_step():
 def test_outline_of_the_flagged_box_equals_eroding_the_whole_scan(spot):
     import cv2
 
-    from rtg_anomaly.display import draw_outline
+    from rtg_anomaly.outputs.display import draw_outline
 
     mask = np.zeros((80, 100), bool)
     y, x = spot

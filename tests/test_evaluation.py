@@ -1,4 +1,4 @@
-"""Tests of rtg_anomaly.evaluation on a tiny synthetic MVTec-style dataset and a tiny random backbone."""
+"""Tests of rtg_anomaly.evaluation.mvtec on a tiny synthetic MVTec-style dataset and a tiny random backbone."""
 
 import json
 import shutil
@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from rtg_anomaly import Detector, DetectorConfig, NotFittedError
-from rtg_anomaly.display import DisplayStyle, render_display
+from rtg_anomaly.outputs.display import DisplayStyle, render_display
 from rtg_anomaly.errors import InputError
-from rtg_anomaly.evaluation import (NO_GROUND_TRUTH_NOTE, EvalItem, evaluate, load_mask, load_mvtec_folder,
-                                    subsample_items)
-from rtg_anomaly.overlay import percentile_mask
-from rtg_anomaly.synthetic import write_demo_dataset
+from rtg_anomaly.evaluation.mvtec import (NO_GROUND_TRUTH_NOTE, EvalItem, evaluate, load_mask, load_mvtec_folder,
+                                          subsample_items)
+from rtg_anomaly.outputs.overlay import percentile_mask
+from rtg_anomaly.scans.synthetic import write_demo_dataset
 
 TINY = DetectorConfig(backbone="vit_small_patch14_dinov2", weights="random",
                       model_kwargs=dict(depth=2, embed_dim=32, num_heads=2), layers=(1,), tile_size=64,

@@ -11,8 +11,8 @@ import timm
 import torch
 
 from rtg_anomaly.config import DetectorConfig
-from rtg_anomaly.features import (BUNDLED_WEIGHTS, BackboneError, DeviceError, FeatureExtractor, create_backbone,
-                                  resolve_device, resolve_weights, state_dict_digest)
+from rtg_anomaly.backbone.features import (BUNDLED_WEIGHTS, BackboneError, DeviceError, FeatureExtractor,
+                                           create_backbone, resolve_device, resolve_weights, state_dict_digest)
 from tests.conftest import tiny_config
 
 
@@ -123,3 +123,14 @@ def test_embed_batches_give_the_same_features_as_one_batch():
 def test_input_size_must_be_a_multiple_of_the_patch():
     with pytest.raises(BackboneError, match="not a multiple of the patch size 14"):
         FeatureExtractor(tiny_config(input_size=57), "cpu")
+
+
+def test_the_checkouts_bundled_backbones_folder_is_searched_whatever_the_working_directory(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from rtg_anomaly.backbone.features import backbones_dirs
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RTG_ANOMALY_BACKBONES", raising=False)
+    checkout = Path(__file__).resolve().parent.parent / "model_artifacts" / "backbones"
+    assert checkout.is_dir() and checkout in backbones_dirs()

@@ -31,9 +31,9 @@ import pytest
 from PIL import Image
 
 import rtg_anomaly.bundle as bundle_module
-import rtg_anomaly.io as io_module
+import rtg_anomaly.scans.io as io_module
 from rtg_anomaly import Detector
-from rtg_anomaly.bmp16 import write_grey16_bmp
+from rtg_anomaly.scans.bmp16 import write_grey16_bmp
 from rtg_anomaly.cli import main
 from rtg_anomaly.errors import InputError
 from tests.conftest import REPO_ROOT

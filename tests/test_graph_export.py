@@ -15,7 +15,7 @@ import torch
 from rtg_anomaly import Detector
 from rtg_anomaly.bundle import BundleError, content_digest, load_bundle, seal
 from rtg_anomaly.cli import main
-from rtg_anomaly.graph_export import GRAPH_KEY, onnxruntime_runner
+from rtg_anomaly.backbone.graph_export import GRAPH_KEY, onnxruntime_runner
 
 onnx = pytest.importorskip("onnx")  # the [onnx] extra is in the test extra: present wherever tests run
 import onnxruntime  # noqa: E402
@@ -215,7 +215,7 @@ def test_missing_onnxruntime_is_one_line_exit_2(bundle, scan, tmp_path, monkeypa
 
 
 def test_auto_without_openvino_picks_onnxruntime(monkeypatch):
-    from rtg_anomaly.features import resolve_runtime
+    from rtg_anomaly.backbone.features import resolve_runtime
 
     cpu = torch.device("cpu")
     assert resolve_runtime("auto", cpu) == "openvino"
@@ -229,7 +229,7 @@ def test_auto_without_openvino_picks_onnxruntime(monkeypatch):
 
 
 def test_onnxruntime_on_cuda_needs_the_cuda_provider():
-    from rtg_anomaly.openvino_runtime import RuntimeUnavailable
+    from rtg_anomaly.backbone.openvino_runtime import RuntimeUnavailable
 
     graph = b"not read: the provider is checked first"
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
@@ -240,7 +240,7 @@ def test_onnxruntime_on_cuda_needs_the_cuda_provider():
 
 def test_bf16_graph_computes_in_bfloat16_where_the_cpu_does_and_in_float32_elsewhere(bundle, scan, tmp_path,
                                                                                      monkeypatch, capsys):
-    import rtg_anomaly.graph_export as graph_export
+    import rtg_anomaly.backbone.graph_export as graph_export
 
     compiled_with = []
     real_runner = graph_export.openvino_runner

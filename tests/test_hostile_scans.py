@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from rtg_anomaly.cli import main
-from rtg_anomaly.io import ImageReadError, load_image
+from rtg_anomaly.scans.io import ImageReadError, load_image
 from tests.conftest import REPO_ROOT
 from tests.hostile import bmp_bomb, insert_bad_text_chunk, png_bomb, png_with_rows, tiff_bomb
 
@@ -110,7 +110,7 @@ def test_bomb_refusal_peak_memory_and_environment_setting(tmp_path):
     Image.fromarray(np.zeros((40, 50), np.uint8)).save(tmp_path / "small.png")
     script = textwrap.dedent(f"""
         import json, resource, sys
-        from rtg_anomaly.io import ImageReadError, load_image
+        from rtg_anomaly.scans.io import ImageReadError, load_image
         load_image({str(tmp_path / 'small.png')!r}, max_pixels=10**6)  # warm up the decoders
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         for name in ("bomb.png", "bomb.bmp", "bomb.tif", "bomb16rgb.png"):

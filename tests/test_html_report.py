@@ -8,7 +8,7 @@ from urllib.parse import unquote
 
 import numpy as np
 
-from rtg_anomaly.html_report import relative_link, render_html_report, thumbnail_uri, write_html_report
+from rtg_anomaly.outputs.html_report import relative_link, render_html_report, thumbnail_uri, write_html_report
 
 
 class _Page(HTMLParser):

@@ -4,7 +4,8 @@ import pytest
 
 import torch
 
-from rtg_anomaly.intensity import apply_window, apply_window_torch, normalise_intensity, to_device_float, window_limits
+from rtg_anomaly.scans.intensity import (apply_window, apply_window_torch, normalise_intensity, to_device_float,
+                                         window_limits)
 
 
 def test_auto_uint8_uses_dtype_range():

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from rtg_anomaly.errors import InputError
-from rtg_anomaly.io import ImageReadError, check_output_path, list_images, load_image, save_array, save_image
+from rtg_anomaly.scans.io import ImageReadError, check_output_path, list_images, load_image, save_array, save_image
 
 
 def _grey8(shape=(23, 37), seed=0):
@@ -357,7 +357,7 @@ def test_save_array_missing_parent(tmp_path):
 def test_prefetch_keeps_order_and_errors(tmp_path):
     import threading
 
-    from rtg_anomaly.io import prefetch
+    from rtg_anomaly.scans.io import prefetch
 
     calls = []
 
@@ -385,7 +385,7 @@ def test_prefetch_bounds_scans_in_flight(ahead):
     import threading
     import time
 
-    from rtg_anomaly.io import prefetch
+    from rtg_anomaly.scans.io import prefetch
 
     lock, started, most_ahead = threading.Lock(), [], [0]
     handed_out = [-1]

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-import rtg_anomaly.detector as detector_module
+import rtg_anomaly.pipeline.detector as detector_module
 from rtg_anomaly import Detector
 from rtg_anomaly.cli import main
 from rtg_anomaly.config import CALIBRATION_MODES, ConfigError, DetectorConfig
-from rtg_anomaly.memory_bank import StreamingCoreset
+from rtg_anomaly.methods.memory_bank import StreamingCoreset
 from rtg_anomaly.methods import FitPlan, create_method
 from tests.conftest import TINY_CLI_FLAGS, tiny_config
 

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-import rtg_anomaly.memory_bank as memory_bank
-from rtg_anomaly.memory_bank import (StreamingCoreset, chunked_greedy_coreset, greedy_coreset, knn_distance,
-                                     per_scan_share, random_rows)
+import rtg_anomaly.methods.memory_bank as memory_bank
+from rtg_anomaly.methods.memory_bank import (StreamingCoreset, chunked_greedy_coreset, greedy_coreset, knn_distance,
+                                             per_scan_share, random_rows)
 
 
 def _clusters(n_clusters: int, sizes, dim: int, spread: float = 0.05, seed: int = 0):

@@ -1,11 +1,11 @@
-"""Tests of rtg_anomaly.metrics: hand-computed cases and cross-checks against scikit-learn."""
+"""Tests of rtg_anomaly.evaluation.metrics: hand-computed cases and cross-checks against scikit-learn."""
 
 import numpy as np
 import pytest
 from scipy.ndimage import label
 from sklearn.metrics import f1_score, precision_recall_curve, roc_auc_score
 
-from rtg_anomaly.metrics import aupro, best_f1, image_auroc, pixel_auroc, precision_recall_at, pro_curve
+from rtg_anomaly.evaluation.metrics import aupro, best_f1, image_auroc, pixel_auroc, precision_recall_at, pro_curve
 
 
 def _blob_masks(rng, shapes):

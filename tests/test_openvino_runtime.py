@@ -10,8 +10,8 @@ import torch
 
 from rtg_anomaly import Detector
 from rtg_anomaly.cli import main
-from rtg_anomaly.features import FeatureExtractor, resolve_runtime
-from rtg_anomaly.openvino_runtime import RuntimeUnavailable, compile_for_cpu
+from rtg_anomaly.backbone.features import FeatureExtractor, resolve_runtime
+from rtg_anomaly.backbone.openvino_runtime import RuntimeUnavailable, compile_for_cpu
 from tests.conftest import tiny_config
 
 
@@ -170,7 +170,7 @@ def test_cache_off_or_unwritable_still_converts(monkeypatch, tmp_path):
 
 
 def test_model_cache_dir_follows_the_environment(monkeypatch, tmp_path):
-    from rtg_anomaly.openvino_runtime import model_cache_dir
+    from rtg_anomaly.backbone.openvino_runtime import model_cache_dir
 
     monkeypatch.setenv("RTG_ANOMALY_CACHE_DIR", str(tmp_path / "mine"))
     assert model_cache_dir() == tmp_path / "mine"
@@ -207,7 +207,7 @@ def test_auto_runtime_is_torch_on_an_accelerator_or_without_openvino_and_onnxrun
 
 
 def _failing_conversion(monkeypatch):
-    import rtg_anomaly.features as features
+    import rtg_anomaly.backbone.features as features
 
     def fail(*args, **kwargs):
         raise RuntimeUnavailable("OpenVINO cannot convert this backbone: unsupported operator aten::odd")
@@ -246,8 +246,8 @@ def test_cli_reports_the_runtime_and_notes_a_fallback(monkeypatch, demo_data, ti
 # ------------------------------------------------------------------ nearest distance (kNN, k = 1)
 @pytest.mark.parametrize("n_queries,n_bank", [(1, 1), (7, 5), (1500, 9000)])  # blocks: 1,024 queries x 4,096 rows
 def test_openvino_nearest_distance_matches_knn_distance(n_queries, n_bank):
-    from rtg_anomaly.memory_bank import knn_distance
-    from rtg_anomaly.openvino_runtime import compile_nearest_distance
+    from rtg_anomaly.methods.memory_bank import knn_distance
+    from rtg_anomaly.backbone.openvino_runtime import compile_nearest_distance
 
     generator = torch.Generator().manual_seed(n_bank)
     queries = torch.randn(n_queries, 24, generator=generator)
@@ -288,7 +288,7 @@ def test_detector_uses_openvino_nearest_distance_only_for_k1_with_openvino(tiny_
 # ------------------------------------------------------------------ telemetry
 _CONVERT_IN_A_FRESH_PROCESS = """
 import json, sys, torch
-from rtg_anomaly.openvino_runtime import compile_for_cpu
+from rtg_anomaly.backbone.openvino_runtime import compile_for_cpu
 features = compile_for_cpu(lambda batch: batch.mean(1, keepdim=True).permute(0, 2, 3, 1), torch.rand(2, 3, 8, 8),
                            threads=1)(torch.rand(1, 3, 8, 8))
 import openvino.tools.ovc.convert_impl as convert_impl
@@ -337,7 +337,7 @@ def test_a_plain_install_brings_openvino_where_wheels_exist():
 
 _QUANTISER_IN_A_FRESH_PROCESS = """
 import json
-from rtg_anomaly.graph_export import import_nncf
+from rtg_anomaly.backbone.graph_export import import_nncf
 nncf = import_nncf()
 import nncf.telemetry.wrapper as wrapper
 import openvino_telemetry  # imports normally again for other code

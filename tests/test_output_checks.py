@@ -43,7 +43,7 @@ def _refuses_files(folder: Path) -> bool:
 @pytest.fixture
 def no_model_load(monkeypatch):
     """Fail the test if the model is loaded or fitted: every refusal must come before that."""
-    from rtg_anomaly import detector
+    from rtg_anomaly.pipeline import detector
 
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the output was checked")

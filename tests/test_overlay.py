@@ -3,12 +3,12 @@ import numpy as np
 import pytest
 import torch
 
-import rtg_anomaly.display as display
-import rtg_anomaly.overlay as overlay
+import rtg_anomaly.outputs.display as display
+import rtg_anomaly.outputs.overlay as overlay
 from rtg_anomaly.errors import InputError
-from rtg_anomaly.intensity import apply_window
-from rtg_anomaly.overlay import (colour_lut, percentile_mask, percentile_mask_torch, render_overlay,
-                                 render_overlay_torch)
+from rtg_anomaly.scans.intensity import apply_window
+from rtg_anomaly.outputs.overlay import (colour_lut, percentile_mask, percentile_mask_torch, render_overlay,
+                                         render_overlay_torch)
 
 
 def _scan(shape=(40, 50), seed=0):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from rtg_anomaly.pca import PCAProjection
+from rtg_anomaly.methods.pca import PCAProjection
 
 
 def _features(n=400, dim=24, seed=0):

@@ -14,9 +14,9 @@ from rtg_anomaly import Detector, DetectorConfig
 from rtg_anomaly.bundle import load_bundle
 from rtg_anomaly.cli import main
 from rtg_anomaly.config import ConfigError
-from rtg_anomaly.features import FeatureExtractor
+from rtg_anomaly.backbone.features import FeatureExtractor
 from rtg_anomaly.methods import FitPlan, PixelReconstruction, create_method
-from rtg_anomaly.pixel_backbone import PIXEL_CELL, cells_to_images, images_to_cells
+from rtg_anomaly.backbone.pixel_backbone import PIXEL_CELL, cells_to_images, images_to_cells
 
 SMALL = dict(method="reconstruction", recon_target="pixels", backbone="pixels", tile_size=64, input_size=32,
              recon_dim=32, recon_layers=1, recon_latent=16, recon_epochs=3, recon_min_steps=0, batch_size=8)
@@ -158,7 +158,7 @@ def test_detector_fits_saves_loads_and_detects_deterministically(pixel_detector,
 def test_reconstruction_of_a_scan_is_the_blended_drawing_of_its_tiles(pixel_detector, demo_data):
     import cv2
 
-    from rtg_anomaly.intensity import apply_window
+    from rtg_anomaly.scans.intensity import apply_window
 
     scan = sorted((demo_data / "test" / "anomalous").iterdir())[0]
     drawn = pixel_detector.reconstruct(scan)

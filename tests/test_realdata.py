@@ -109,7 +109,7 @@ def test_welds_evaluation_with_pixel_metrics(tmp_path):
 
     gdxray_welds: fitted on all 16 clean tiles, scored on 10 good-or-fewer and 10 defect tiles.
     """
-    from rtg_anomaly.evaluation import evaluate, load_mvtec_folder
+    from rtg_anomaly.evaluation.mvtec import evaluate, load_mvtec_folder
 
     root = shared_data_dir() / "gdxray_welds"
     eval_set = load_mvtec_folder(root)

@@ -81,7 +81,7 @@ def test_every_runtime_and_precision_scores_like_torch_fp32(exported, bundle, ru
     assert detector.extractor.runtime == runtime
     assert (detector.extractor.graph_info or {}).get("source") == ("converted" if bundle == "plain" else "bundle")
     if bundle == "bf16":
-        from rtg_anomaly.graph_export import cpu_computes_bf16
+        from rtg_anomaly.backbone.graph_export import cpu_computes_bf16
 
         assert detector.extractor.runtime_label == ("openvino bf16" if cpu_computes_bf16() else "openvino fp32") \
             + " (bundle openvino graph)"

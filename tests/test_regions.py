@@ -1,12 +1,12 @@
-"""Tests for rtg_anomaly.regions (small synthetic maps: fast)."""
+"""Tests for rtg_anomaly.outputs.regions (small synthetic maps: fast)."""
 import json
 
 import numpy as np
 import pytest
 
 from rtg_anomaly.errors import InputError
-from rtg_anomaly.regions import (DEFAULT_MIN_AREA, Region, default_thickness, draw_regions, find_regions,
-                                 label_box)
+from rtg_anomaly.outputs.regions import (DEFAULT_MIN_AREA, Region, default_thickness, draw_regions, find_regions,
+                                         label_box)
 
 THRESHOLD = 1.5
 

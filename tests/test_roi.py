@@ -14,7 +14,7 @@ from rtg_anomaly import Detector
 from rtg_anomaly.cli import main
 from rtg_anomaly.config import ConfigError, DetectorConfig
 from rtg_anomaly.errors import InputError
-from rtg_anomaly.roi import auto_roi, fixed_roi, load_roi_mask, patch_inside_fraction
+from rtg_anomaly.scans.roi import auto_roi, fixed_roi, load_roi_mask, patch_inside_fraction
 
 
 def _object_on_air(dtype=np.uint8, air=240, shape=(200, 300), seed=0) -> tuple[np.ndarray, np.ndarray]:

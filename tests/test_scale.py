@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from rtg_anomaly.config import DetectorConfig
-from rtg_anomaly.detector import Detector
-from rtg_anomaly.io import image_shape
-from rtg_anomaly.scale import MIN_INPUT, fit_scale_to_scans, input_multiple
+from rtg_anomaly.pipeline.detector import Detector
+from rtg_anomaly.scans.io import image_shape
+from rtg_anomaly.pipeline.scale import MIN_INPUT, fit_scale_to_scans, input_multiple
 from tests.conftest import tiny_config
 
 
@@ -92,7 +92,7 @@ def test_scale_to_scans_must_be_a_bool():
 
 
 def test_shorter_sides_reads_arrays_by_shape_and_files_by_header(tmp_path):
-    from rtg_anomaly.scale import shorter_sides
+    from rtg_anomaly.pipeline.scale import shorter_sides
 
     Image.fromarray(np.zeros((40, 90), np.uint8)).save(tmp_path / "wide.png")
     (tmp_path / "broken.png").write_bytes(b"not an image")

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from rtg_anomaly.intensity import resolved_window
-from rtg_anomaly.scan_kinds import kind_mismatch, mixed_kinds, scan_kind
+from rtg_anomaly.scans.intensity import resolved_window
+from rtg_anomaly.scans.scan_kinds import kind_mismatch, mixed_kinds, scan_kind
 
 
 def test_scan_kind_names_dtype_and_channels():

@@ -11,11 +11,11 @@ from PIL import Image
 from rtg_anomaly import Detector
 from rtg_anomaly.cli import main
 from rtg_anomaly.errors import InputError
-from rtg_anomaly.selection import (MARGIN, SCALE_MARGIN, SELECTION_CORESET_RATIO, Candidate, CandidateResult, _best,
-                                   fit_candidate, refinement_candidates, scale_candidates, select_config, select_scale,
-                                   synthetic_validation_set, zoom_candidates)
-from rtg_anomaly.synthetic import write_demo_dataset
-from rtg_anomaly.threat_projection import ProjectionSettings
+from rtg_anomaly.pipeline.selection import (MARGIN, SCALE_MARGIN, SELECTION_CORESET_RATIO, Candidate, CandidateResult,
+                                            _best, fit_candidate, refinement_candidates, scale_candidates,
+                                            select_config, select_scale, synthetic_validation_set, zoom_candidates)
+from rtg_anomaly.scans.synthetic import write_demo_dataset
+from rtg_anomaly.scans.threat_projection import ProjectionSettings
 
 from tests.conftest import TINY_CLI_FLAGS, TINY_MODEL, tiny_config
 
@@ -72,7 +72,7 @@ def test_best_needs_a_margin_and_skips_errors():
 
 
 def test_synthetic_validation_set_is_seeded(clean_paths):
-    from rtg_anomaly.io import load_image
+    from rtg_anomaly.scans.io import load_image
 
     scans = [load_image(p) for p in clean_paths[:3]]
     first = synthetic_validation_set(scans, scans, seed=4, settings=ProjectionSettings())
@@ -123,7 +123,7 @@ def test_too_few_scans_is_an_input_error(clean_paths):
 
 
 def test_fit_select_auto_records_the_choice_in_the_bundle(clean_paths, tmp_path, monkeypatch, capsys):
-    import rtg_anomaly.selection as selection
+    import rtg_anomaly.pipeline.selection as selection
 
     monkeypatch.setattr(selection, "scale_candidates", lambda shorter, weights=None: list(TINY_CANDIDATES))
     model = tmp_path / "model"
@@ -234,7 +234,7 @@ def test_select_scale_judges_zooms_whatever_the_image_score(clean_paths, image_s
 
 @pytest.mark.parametrize("case", ["few scans", "other method", "small scans"])
 def test_select_scale_keeps_the_configured_scale_where_there_is_nothing_to_choose(clean_paths, case, monkeypatch):
-    import rtg_anomaly.selection as selection_module
+    import rtg_anomaly.pipeline.selection as selection_module
 
     base, items = tiny_config(), list(clean_paths)
     if case == "few scans":
@@ -278,7 +278,7 @@ def test_fit_selects_the_scale_by_default_and_a_given_scale_turns_it_off(clean_p
     # A region-of-interest mask file is one lane geometry the user chose: the default steps aside for it too.
     from PIL import Image
 
-    from rtg_anomaly.io import load_image
+    from rtg_anomaly.scans.io import load_image
 
     scan = load_image(clean_paths[0])
     lane = tmp_path / "lane"  # one lane geometry: every scan the mask's size
@@ -294,7 +294,7 @@ def test_fit_selects_the_scale_by_default_and_a_given_scale_turns_it_off(clean_p
 
 def test_fit_select_scale_records_the_zooms_in_the_bundle(clean_paths, tmp_path, monkeypatch, capsys):
     import rtg_anomaly.cli as cli
-    from rtg_anomaly import selection
+    from rtg_anomaly.pipeline import selection
 
     # The tiny random backbone stands in for DINOv2 (its model kwargs are not a CLI flag).
     real_config = cli._config_from_args

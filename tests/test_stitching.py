@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from rtg_anomaly.stitching import (DeviceMapStitcher, MapStitcher, _reflect_indices, blend_window, gaussian_smooth,
-                                   gaussian_smooth_torch, upsample_patch_map)
-from rtg_anomaly.tiling import tile_grid
+from rtg_anomaly.pipeline.stitching import (DeviceMapStitcher, MapStitcher, _reflect_indices, blend_window,
+                                            gaussian_smooth, gaussian_smooth_torch, upsample_patch_map)
+from rtg_anomaly.scans.tiling import tile_grid
 
 # (height, width, tile, stride, patch size in px); sizes are >= tile (the detector pads smaller scans)
 GRIDS = [

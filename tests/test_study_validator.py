@@ -79,7 +79,7 @@ def test_image_score_table_bolds_the_score_the_synthetic_objects_prefer(study):
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 def test_texture_objects_are_seeded_exact_and_in_the_scan_domain(study, dtype):
-    from rtg_anomaly.threat_projection import ProjectionSettings
+    from rtg_anomaly.scans.threat_projection import ProjectionSettings
 
     scan = np.full((32, 48), np.iinfo(dtype).max // 2, dtype)
     settings = ProjectionSettings(min_size=0.4, max_size=1.0)
@@ -118,8 +118,9 @@ def test_saturated_shares_count_scans_mostly_open_air(study, tmp_path):
 
 
 def test_augment_study_fits_what_the_selection_would_not(study, monkeypatch):
-    import rtg_anomaly.detector
-    from rtg_anomaly import DetectorConfig, selection
+    import rtg_anomaly.pipeline.detector
+    from rtg_anomaly import DetectorConfig
+    from rtg_anomaly.pipeline import selection
 
     fitted = []
 
@@ -130,7 +131,7 @@ def test_augment_study_fits_what_the_selection_would_not(study, monkeypatch):
         def fit(self, scans):
             return self
 
-    monkeypatch.setattr(rtg_anomaly.detector, "Detector", Recorder)
+    monkeypatch.setattr(rtg_anomaly.pipeline.detector, "Detector", Recorder)
     monkeypatch.setattr(study, "Detector", Recorder)
     none, hflip = study.augment_candidates()
     base = DetectorConfig(coreset_ratio=0.25)
@@ -152,7 +153,7 @@ def test_backbone_candidates_are_the_vit_then_the_peer_cnn_at_each_zoom(study, t
 
 @pytest.mark.parametrize("kind", ["cutpaste", "warp"])
 def test_structure_objects_are_seeded_keep_the_dtype_and_stay_in_their_box(study, kind):
-    from rtg_anomaly import threat_projection as projection
+    from rtg_anomaly.scans import threat_projection as projection
 
     rng = np.random.default_rng(3)
     scan = (rng.random((96, 128)) * 60000).astype(np.uint16)  # 16-bit texture: any move is visible
@@ -176,7 +177,7 @@ def test_structure_objects_are_seeded_keep_the_dtype_and_stay_in_their_box(study
 
 
 def test_visibility_tells_a_moved_texture_from_a_structure_moved_over_a_flat_scan(study):
-    from rtg_anomaly import threat_projection as projection
+    from rtg_anomaly.scans import threat_projection as projection
 
     flat = np.full((64, 64), 1000, np.uint16)
     out, mask = study.cutpaste_object(flat, np.random.default_rng(0), projection.ProjectionSettings(), tries=3)

@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 from scipy.ndimage import binary_dilation
 
-from rtg_anomaly.io import load_image
-from rtg_anomaly.synthetic import make_vehicle_scan, to_8bit, write_demo_dataset
+from rtg_anomaly.scans.io import load_image
+from rtg_anomaly.scans.synthetic import make_vehicle_scan, to_8bit, write_demo_dataset
 
 H = 160  # small scans keep the file fast
 

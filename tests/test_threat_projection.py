@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rtg_anomaly.synthetic import make_vehicle_scan
-from rtg_anomaly.threat_projection import SHAPES, ProjectionSettings, apply_attenuation, project_object
+from rtg_anomaly.scans.synthetic import make_vehicle_scan
+from rtg_anomaly.scans.threat_projection import SHAPES, ProjectionSettings, apply_attenuation, project_object
 
 
 @pytest.fixture(scope="module")

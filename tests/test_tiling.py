@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from rtg_anomaly.tiling import extract_tiles, pad_to_tile, tile_grid, tile_origins
+from rtg_anomaly.scans.tiling import extract_tiles, pad_to_tile, tile_grid, tile_origins
 
 SIZES = [(37, 53), (64, 64), (128, 200), (512, 512), (600, 1300)]
 TILE_STRIDES = [(64, 64), (64, 48), (64, 17), (128, 128), (128, 96), (128, 100)]

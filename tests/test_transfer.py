@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from rtg_anomaly.transfer import to_host
+from rtg_anomaly.backbone.transfer import to_host
 
 
 def test_cpu_tensor_comes_back_as_its_own_values():

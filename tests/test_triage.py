@@ -1,4 +1,4 @@
-"""Tests for rtg_anomaly.triage (tiny files in tmp_path: fast)."""
+"""Tests for rtg_anomaly.outputs.triage (tiny files in tmp_path: fast)."""
 import csv
 import os
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rtg_anomaly.regions import Region
-from rtg_anomaly.triage import TRIAGE_COLUMNS, sort_into, triage_row, write_triage_csv
+from rtg_anomaly.outputs.regions import Region
+from rtg_anomaly.outputs.triage import TRIAGE_COLUMNS, sort_into, triage_row, write_triage_csv
 
 
 def read_csv(path):

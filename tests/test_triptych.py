@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from rtg_anomaly.display import ALERT_COLOUR, DisplayStyle, display_scale
-from rtg_anomaly.legend import ascii_text, colorbar_strip
-from rtg_anomaly.triptych import SUSPECT_COLOUR, caption_lines, mask_panel, render_triptych, windowed_rgb
+from rtg_anomaly.outputs.display import ALERT_COLOUR, DisplayStyle, display_scale
+from rtg_anomaly.outputs.legend import ascii_text, colorbar_strip
+from rtg_anomaly.outputs.triptych import SUSPECT_COLOUR, caption_lines, mask_panel, render_triptych, windowed_rgb
 
 
 def test_windowed_rgb_maps_a_16bit_window_to_black_and_white():

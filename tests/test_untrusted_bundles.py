@@ -209,7 +209,7 @@ def test_cli_one_line_for_a_malformed_manifest(tiny_bundle, tmp_path, demo_data,
 
 def test_report_never_holds_nan_or_infinity(tiny_bundle, tmp_path, demo_data, monkeypatch):
     """Whatever a score turns out to be, the report stays strict JSON (NaN and Infinity are not JSON)."""
-    from rtg_anomaly import detector as detector_module
+    from rtg_anomaly.pipeline import detector as detector_module
 
     real = detector_module.Detector.score
 

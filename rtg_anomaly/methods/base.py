@@ -1,6 +1,6 @@
 """What every detection method provides to the pipeline.
 
-The pipeline (``rtg_anomaly.detector.Detector``) owns everything shared: reading and windowing scans,
+The pipeline (``rtg_anomaly.pipeline.detector.Detector``) owns everything shared: reading and windowing scans,
 tiling, the backbone, the valid-patch mask, stitching, smoothing, calibration, overlays and the bundle
 file. A method owns only what is specific to it:
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import log_ndtr
 
-from ..descriptor import DescriptorBank
+from .descriptor import DescriptorBank
 
 # The spread of a fused score never falls below this share of its mean: identical held-out values would
 # otherwise make every departure infinitely surprising.

@@ -12,10 +12,10 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ..memory_bank import StreamingCoreset, knn_distance, per_scan_share, random_rows
-from ..openvino_runtime import compile_nearest_distance
-from ..pca import PCAProjection
+from ..backbone.openvino_runtime import compile_nearest_distance
 from .base import FitPlan, PatchMethod
+from .memory_bank import StreamingCoreset, knn_distance, per_scan_share, random_rows
+from .pca import PCAProjection
 
 # Rows of clean patch features the PCA is fitted on, shared out over the training views.
 PCA_SAMPLE_TOTAL = 200_000

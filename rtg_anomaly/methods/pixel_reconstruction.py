@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..pixel_backbone import PIXEL_CELL, cells_to_images
+from ..backbone.pixel_backbone import PIXEL_CELL, cells_to_images
 from .base import FitPlan, PatchMethod, TileCache
 from .reconstruction import _init
 

@@ -41,7 +41,7 @@ class ScanScorer:
     def __init__(self, model: str, device: str = "auto", runtime: str = "auto", output_dir: str | None = None,
                  heatmap_dir: str | None = None, detect_flags: tuple[str, ...] = ()):
         from .. import cli
-        from ..detector import Detector
+        from ..pipeline.detector import Detector
 
         argv = ["detect", "--input", ".", "--output", output_dir or ".", *detect_flags]
         self.options = cli.build_parser().parse_args(argv)
@@ -65,9 +65,9 @@ class ScanScorer:
     def score_one(self, path: Path) -> dict:
         """One scan's result row (see RESULT_COLUMNS)."""
         from .. import cli
-        from ..io import load_image
-        from ..regions import find_regions
-        from ..triage import format_bbox
+        from ..scans.io import load_image
+        from ..outputs.regions import find_regions
+        from ..outputs.triage import format_bbox
 
         try:
             scored = cli._score_scan(self.detector, path, load_image(path), self.options, self.gpu)

@@ -32,7 +32,7 @@ class DetectWorker:
     def __init__(self, model_dir: str, device: str, runtime: str, options: argparse.Namespace,
                  folder: tuple[str, bool] | None = None, hook: str | None = None):
         from .. import cli
-        from ..detector import Detector
+        from ..pipeline.detector import Detector
 
         self.options, self.hook, self.scans_done = options, hook, 0
         self.error: InputError | None = None
@@ -62,7 +62,7 @@ class DetectWorker:
         """Score one scan and write its outputs: ``(entry, pictures)`` as ``cli._write_scan`` returns them,
         or the InputError that makes the scan a skipped one."""
         from .. import cli
-        from ..io import load_image
+        from ..scans.io import load_image
 
         maybe_exit(self.hook, self.scans_done)
         self.scans_done += 1

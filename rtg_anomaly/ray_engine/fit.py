@@ -62,7 +62,7 @@ class FitWorker:
                  clean_window: tuple[float, float] | None = None, folder: tuple[str, bool] | None = None,
                  hook: str | None = None):
         from ..config import DetectorConfig
-        from ..detector import Detector
+        from ..pipeline.detector import Detector
         from ..methods import FitPlan, create_method
 
         config = DetectorConfig.from_dict(config)
@@ -79,8 +79,8 @@ class FitWorker:
 
     def train(self, item, view_index: int) -> ScanParts | InputError:
         """A training scan: the PoolPart (with PCA rows) and descriptor of each of its views."""
-        from ..augment import augmented_views
-        from ..scan_kinds import scan_kind
+        from ..scans.augment import augmented_views
+        from ..scans.scan_kinds import scan_kind
 
         detector = self._start_scan()
         try:
@@ -99,8 +99,8 @@ class FitWorker:
         its calibration statistics and, with ``learn``, its views' PoolParts (no PCA rows). With
         ``leave_out`` (start, stop): a training scan scored without the bank rows of those learned views
         (the model then carries its rows' sources)."""
-        from ..augment import augmented_views
-        from ..scan_kinds import scan_kind
+        from ..scans.augment import augmented_views
+        from ..scans.scan_kinds import scan_kind
 
         detector = self._start_scan()
         self._use_model(model)
@@ -131,7 +131,7 @@ class FitWorker:
 
     def _add(self, parts: list, descriptors: list, tiles, view_index: int, sample_for_pca: bool,
              descriptor=None) -> None:
-        from ..descriptor import scan_descriptor
+        from ..methods.descriptor import scan_descriptor
 
         parts.append(self.learner.pool_part(tiles.features, tiles.valid, view_index, sample_for_pca))
         if self.detector._uses_descriptors:
@@ -180,8 +180,8 @@ def fit_on_ray(ray, detector, images, workers: int | None = None, gpus_per_worke
     """
     from tqdm import tqdm
 
-    from ..calibration import DEFAULT_FALSE_ALARM_RATE, check_false_alarm_rate
-    from ..detector import _CleanStatistics
+    from ..pipeline.calibration import DEFAULT_FALSE_ALARM_RATE, check_false_alarm_rate
+    from ..pipeline.detector import _CleanStatistics
     from ..methods import FitPlan, GlobalDescriptor, create_method
 
     check_ray_fit(detector.config)

@@ -22,7 +22,7 @@ sys.path.insert(0, str(HERE.parent.parent / "tests"))
 from conftest import tiny_config  # noqa: E402
 
 from rtg_anomaly import Detector  # noqa: E402
-from rtg_anomaly.synthetic import write_demo_dataset  # noqa: E402
+from rtg_anomaly.scans.synthetic import write_demo_dataset  # noqa: E402
 
 DATASET = dict(n_clean_train=5, n_clean_test=2, n_anomalous=2, height=96, seed=3, fmt="bmp")
 CASES = {

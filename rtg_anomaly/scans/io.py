@@ -12,10 +12,10 @@ from typing import Callable, Iterator
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .atomic import output_problem, replacing
+from ..atomic import output_problem, replacing
+from ..errors import InputError
 from .bmp16 import read_grey16_bmp
 from .codec_noise import quiet_codecs
-from .errors import InputError
 
 IMAGE_SUFFIXES = (".bmp", ".png", ".tif", ".tiff", ".jpg", ".jpeg")
 DEFAULT_MAX_PIXELS = 1_000_000_000

@@ -14,7 +14,7 @@ import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from .atomic import replacing
+from ..atomic import replacing
 
 DECISIONS = ("suspect", "clean", "error")
 SORTED_DECISIONS = ("suspect", "clean")
@@ -69,7 +69,7 @@ def triage_row(path, score: float | None = None, decision: str | None = None, re
     With ``error`` the decision is ``error`` and score, n_regions and
     top_region stay empty; otherwise ``decision`` must be ``suspect`` or
     ``clean``. ``regions``: ranked regions (e.g. from
-    :func:`rtg_anomaly.regions.find_regions`); the first one is the top region.
+    :func:`rtg_anomaly.outputs.regions.find_regions`); the first one is the top region.
     """
     if error is not None:
         message = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)

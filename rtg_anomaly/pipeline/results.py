@@ -9,8 +9,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .errors import InputError
-from .methods import TileFeatures
+from ..errors import InputError
+from ..methods import TileFeatures
 
 
 class RawScores(NamedTuple):

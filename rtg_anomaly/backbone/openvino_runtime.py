@@ -27,8 +27,8 @@ from typing import Callable
 
 import torch
 
-from .atomic import staging_folder
-from .errors import InputError, first_line
+from ..atomic import staging_folder
+from ..errors import InputError, first_line
 
 
 class RuntimeUnavailable(InputError):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from .config import DetectorConfig
+from ..config import DetectorConfig
 
 SMALL_SCAN_SHARE = 0.5  # refit only scans whose median shorter side is below this share of the tile side
 MIN_INPUT = 224  # backbone pixels: a 16 x 16 grid of 14 px ViT patches, 7 x 7 cells of a CNN's stride 32
@@ -39,7 +39,7 @@ def shorter_sides(items: Sequence) -> list[int]:
     decoded); a file whose header cannot be read is left out (its full read reports why, later)."""
     import numpy as np
 
-    from .io import image_shape
+    from ..scans.io import image_shape
 
     shapes = [item.shape[:2] if isinstance(item, np.ndarray) else image_shape(item) for item in items]
     return [min(shape) for shape in shapes if shape is not None]

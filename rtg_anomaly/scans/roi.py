@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 ROI_MODES = ("off", "auto", "file")
 PATCH_INSIDE_FRACTION = 0.5

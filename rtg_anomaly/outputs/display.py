@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 DEFAULT_COLOR_RANGE = (1.0, 2.0)
 _ROWS_PER_CHUNK = 512
@@ -165,7 +165,7 @@ def render_display(scan: np.ndarray, anomaly_map: np.ndarray, pixel_threshold: f
         calibrated mode); pixels outside it keep the scan's own grey exactly.
     color_range: (low, high) of the scale when ``style.color_range`` is None (the calibration's).
     """
-    from .intensity import apply_window
+    from ..scans.intensity import apply_window
 
     style.check()
     scale = display_scale(pixel_threshold, style.color_range or color_range)

@@ -24,9 +24,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .atomic import replacing, write_text
-from .errors import InputError
-from .io import IMAGE_SUFFIXES, list_images, load_image, save_image
+from ..atomic import replacing, write_text
+from ..errors import InputError
+from ..scans.io import IMAGE_SUFFIXES, list_images, load_image, save_image
 from .metrics import aupro, best_f1, image_auroc, pixel_auroc, precision_recall_at
 
 GOOD = "good"
@@ -346,7 +346,7 @@ def evaluate(detector, eval_set: EvalSet, output_dir: str | os.PathLike | None =
     when the dataset has no ground truth; ``notes`` says why.
     Unreadable test images are skipped and listed under ``skipped``.
     """
-    from .detector import NotFittedError
+    from ..pipeline.detector import NotFittedError
 
     if not detector.is_fitted:
         raise NotFittedError("evaluate needs a fitted detector: call fit() or Detector.load() first")
@@ -584,8 +584,8 @@ def _write_worst(detector, scored: _Scored, folder: Path, eval_set: EvalSet) -> 
 def operator_overlay(detector, image: np.ndarray, result) -> np.ndarray:
     """The overlay ``detect`` writes with its default flags (``display.render_display``: percentile mode at
     90, the default style, nothing coloured outside the region of interest): uint8 (H, W, 3)."""
-    from .display import DisplayStyle, render_display
-    from .overlay import percentile_mask
+    from ..outputs.display import DisplayStyle, render_display
+    from ..outputs.overlay import percentile_mask
 
     return render_display(image, result.heatmap, result.pixel_threshold, DisplayStyle(),
                           display_mask=percentile_mask(result.heatmap, 90.0, within=result.roi_mask),

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..backbone.transfer import to_host
+from ..scans.intensity import apply_window_torch, to_device_float
 from .display import DEFAULT_COLOR_RANGE, DisplayStyle, colour_lut, display_map, display_scale, draw_outline
-from .intensity import apply_window_torch, to_device_float
-from .transfer import to_host
 
 
 def _levels(values: torch.Tensor, hot: torch.Tensor, scale: tuple[float, float, float],

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 DEFAULT_MIN_AREA = 64
 """Default smallest region kept, in image pixels (an 8 x 8 px square).

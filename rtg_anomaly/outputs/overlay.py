@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..backbone.transfer import to_host
+from ..errors import InputError
+from ..scans.intensity import apply_window, apply_window_torch, to_device_float
 from .display import colour_lut, run_in_row_chunks
-from .errors import InputError
-from .intensity import apply_window, apply_window_torch, to_device_float
-from .transfer import to_host
 
 DEFAULT_COLOR_RANGE = (1.0, 2.0)
 _ROWS_PER_CHUNK = 512

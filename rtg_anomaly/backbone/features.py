@@ -12,8 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import DEFAULT_BACKBONE, RUNTIMES, DetectorConfig
-from .errors import InputError, first_line, quiet_logger
+from ..config import DEFAULT_BACKBONE, RUNTIMES, DetectorConfig
+from ..errors import InputError, first_line, quiet_logger
 from .graph_export import import_onnxruntime
 from .openvino_runtime import RuntimeUnavailable, compile_for_cpu
 from .pixel_backbone import PIXEL_BACKBONE, PIXEL_INPUT_SIZE, PixelCells
@@ -58,7 +58,7 @@ def backbones_dirs() -> list[Path]:
     dirs = []
     if os.environ.get("RTG_ANOMALY_BACKBONES"):
         dirs.append(Path(os.environ["RTG_ANOMALY_BACKBONES"]))
-    dirs.append(Path(__file__).resolve().parent.parent / "model_artifacts" / "backbones")
+    dirs.append(Path(__file__).resolve().parents[2] / "model_artifacts" / "backbones")  # the checkout's root
     dirs.append(Path.cwd() / "model_artifacts" / "backbones")
     return dirs
 

@@ -20,32 +20,32 @@ from typing import Callable, Iterable, NamedTuple, Sequence, TypeVar
 import numpy as np
 import torch
 
-from . import __version__
-from .augment import augmented_views
-from .bundle import BundleError, load_bundle, save_bundle
-from .bundle_checks import check_detector_bundle
+from .. import __version__
+from ..backbone.features import FeatureExtractor, resolve_device
+from ..backbone.graph_export import GRAPH_KEY, StoredGraph, graph_from_bundle
+from ..backbone.transfer import to_host
+from ..bundle import BundleError, load_bundle, save_bundle
+from ..bundle_checks import check_detector_bundle
+from ..config import (CLEAN_WINDOW_MAX_SCANS, DESCRIPTOR_RULES, FUSION_MIN_CALIBRATION_SCANS, LEAVE_ONE_OUT_MAX_SCANS,
+                      DetectorConfig)
+from ..errors import InputError, first_line
+from ..methods import FitPlan, GlobalDescriptor, PatchMethod, TileFeatures, create_method, method_class
+from ..methods.descriptor import DescriptorAccumulator, scan_descriptor
+from ..methods.memory_bank import random_rows
+from ..outputs.display import DisplayStyle, render_display
+from ..outputs.display_torch import render_display_torch
+from ..outputs.overlay import percentile_mask, percentile_mask_torch, render_overlay, render_overlay_torch
+from ..scans.augment import augmented_views
+from ..scans.intensity import apply_window, apply_window_torch, clean_window, to_device_float, window_limits
+from ..scans.io import load_image
+from ..scans.roi import PATCH_INSIDE_FRACTION, auto_roi, fixed_roi, patch_inside_fraction
+from ..scans.scan_kinds import kind_mismatch, mixed_kinds, scan_kind
+from ..scans.tiling import extract_tiles, pad_to_tile, tile_grid
 from .calibration import DEFAULT_FALSE_ALARM_RATE, Calibration, ThresholdRule, calibrate, check_false_alarm_rate
-from .config import (CLEAN_WINDOW_MAX_SCANS, DESCRIPTOR_RULES, FUSION_MIN_CALIBRATION_SCANS, LEAVE_ONE_OUT_MAX_SCANS,
-                     DetectorConfig)
-from .descriptor import DescriptorAccumulator, scan_descriptor
-from .display import DisplayStyle, render_display
-from .display_torch import render_display_torch
-from .errors import InputError, first_line
-from .features import FeatureExtractor, resolve_device
-from .graph_export import GRAPH_KEY, StoredGraph, graph_from_bundle
-from .intensity import apply_window, apply_window_torch, clean_window, to_device_float, window_limits
-from .io import load_image
-from .memory_bank import random_rows
-from .methods import FitPlan, GlobalDescriptor, PatchMethod, TileFeatures, create_method, method_class
-from .overlay import percentile_mask, percentile_mask_torch, render_overlay, render_overlay_torch
-from .roi import PATCH_INSIDE_FRACTION, auto_roi, fixed_roi, patch_inside_fraction
 from .results import (AnomalyResult, ImageTooSmallError, NonFiniteScanError, NotFittedError, RawScores,
                       UnusableScanError)
 from .scale import fit_scale_to_scans, shorter_sides
-from .scan_kinds import kind_mismatch, mixed_kinds, scan_kind
 from .stitching import DeviceMapStitcher, MapStitcher, gaussian_smooth, gaussian_smooth_torch
-from .tiling import extract_tiles, pad_to_tile, tile_grid
-from .transfer import to_host
 
 # The map's unit when the image score has its own (``global``): the default rule's clean median.
 MAP_SCORE_RULE = "patch_top_mean"
@@ -973,7 +973,7 @@ class Detector:
         calibrated on at most ``calibration_tiles`` tiles of ``clean_images``). The backbone must run on the
         CPU with torch. Returns the StoredGraph.
         """
-        from .graph_export import export_graph
+        from ..backbone.graph_export import export_graph
 
         self._check_fitted()
         tiles = self.clean_tiles(list(clean_images), calibration_tiles) if precision == "int8" else None

@@ -17,7 +17,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 DEFAULT_FALSE_ALARM_RATE = 0.01
 PIXEL_QUANTILES = (0.5, 0.9, 0.99, 0.999)

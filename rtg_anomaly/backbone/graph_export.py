@@ -33,8 +33,8 @@ from typing import Callable, NamedTuple
 import numpy as np
 import torch
 
-from .config import GRAPH_FORMATS, GRAPH_PRECISIONS
-from .errors import InputError, first_line, quiet_logger
+from ..config import GRAPH_FORMATS, GRAPH_PRECISIONS
+from ..errors import InputError, first_line, quiet_logger
 from .openvino_runtime import RuntimeUnavailable, cpu_compile_properties, import_openvino, import_without_telemetry
 
 GRAPH_KEY = "exported_graph"  # manifest section of a bundle's exported graph
@@ -446,7 +446,7 @@ def _entry(extractor, fmt: str, precision: str, quantisation: dict | None) -> di
 
 def graph_from_bundle(folder, manifest: dict, arrays: dict[str, np.ndarray]) -> StoredGraph | None:
     """The bundle's exported graph, its entry checked (BundleError naming the problem), or None."""
-    from .bundle import BundleError
+    from ..bundle import BundleError
 
     entry = manifest.get(GRAPH_KEY)
     if entry is None:

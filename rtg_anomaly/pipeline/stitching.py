@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .tiling import tile_origins
+from ..scans.tiling import tile_origins
 
 
 def blend_window(tile: int, ramp: int) -> np.ndarray:

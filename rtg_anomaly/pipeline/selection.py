@@ -35,11 +35,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .config import DEFAULT_BACKBONE, DetectorConfig
-from .errors import InputError
-from .metrics import image_auroc, pixel_auroc
+from ..config import DEFAULT_BACKBONE, DetectorConfig
+from ..errors import InputError
+from ..evaluation.metrics import image_auroc, pixel_auroc
+from ..scans.threat_projection import ProjectionSettings, project_object
 from .scale import fit_scale_to_scans, input_multiple, shorter_sides
-from .threat_projection import ProjectionSettings, project_object
 
 CNN_BACKBONE = "tf_efficientnet_lite0"
 # Scan pixels per backbone pixel, from zoomed-in (today's default) to a third of the scan's resolution.
@@ -203,7 +203,7 @@ def synthetic_validation_set(scans: Sequence[np.ndarray], donors: Sequence[np.nd
 
 
 def _read_all(items: Sequence, on_bad_image) -> list[np.ndarray]:
-    from .io import load_image
+    from ..scans.io import load_image
 
     out = []
     for item in items:

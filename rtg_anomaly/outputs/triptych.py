@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .intensity import apply_window
-from .legend import text_strip
+from ..scans.intensity import apply_window
 from .display import ALERT_COLOUR, draw_outline
+from .legend import text_strip
 
 SUSPECT_COLOUR = (255, 80, 80)
 CLEAN_COLOUR = (120, 220, 120)

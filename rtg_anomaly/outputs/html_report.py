@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from .atomic import write_text
+from ..atomic import write_text
 
 
 def thumbnail_uri(picture: np.ndarray, max_width: int, flagged: np.ndarray | None = None, quality: int = 85) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .config import PIXEL_BACKBONE, PIXEL_CELL, PIXEL_INPUT_SIZE
+from ..config import PIXEL_BACKBONE, PIXEL_CELL, PIXEL_INPUT_SIZE
 
 __all__ = ["PIXEL_BACKBONE", "PIXEL_CELL", "PIXEL_INPUT_SIZE", "PixelCells", "cells_to_images", "images_to_cells"]
 
