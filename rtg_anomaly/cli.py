@@ -909,7 +909,7 @@ def _detect_jobs(args: argparse.Namespace, plan: tuple, model_dir, ray) -> int:
         rows.append(triage_row(path, decision="error", error=exc))
 
     def take(path: Path, outcome) -> None:
-        """Take a scan's outcome, in input order: (entry, pictures) as ``_write_scan`` returns them, or the
+        """Take a scan's outcome, in input order: (entry, pictures) as ``scan_outputs.write_scan`` returns them, or the
         InputError that made it a skipped scan."""
         if isinstance(outcome, InputError):
             skip(path, outcome)
@@ -961,7 +961,9 @@ def _detect_jobs(args: argparse.Namespace, plan: tuple, model_dir, ray) -> int:
         return _detect_summary(args, folder_mode, entries, errors, warned, output, csv_path, html, write_results,
                            model_facts["runtime_label"])
 
-    gpu = _gpu_of(args.device)
+    from .outputs import scan_outputs
+
+    gpu, options = _gpu_of(args.device), output_options(args)
     # A scan's regions, overlay file, heatmap file and sorted copy are written in a background thread while the
     # next scan is scored: on a GPU, finding the regions and writing the overlay take a third of the scoring time
     # or more (README, "It writes behind"). One write at a time, in input order.
@@ -972,14 +974,14 @@ def _detect_jobs(args: argparse.Namespace, plan: tuple, model_dir, ray) -> int:
         for (path, overlay_path, heatmap_path, triptych_path), loaded in zip(jobs, scans):
             progress.update(1)
             try:
-                scored = _score_scan(detector, path, loaded.result(), args, gpu)
+                scored = scan_outputs.score_scan(detector, path, loaded.result(), options, gpu)
             except InputError as exc:
                 while writing:  # the scans before this one first, so that the report keeps the input order
                     record(*writing.popleft())
                 skip(path, exc)
                 continue
-            writing.append((path, writer.submit(_write_scan, scored, overlay_path, heatmap_path, triptych_path, args,
-                                                html is not None)))
+            writing.append((path, writer.submit(scan_outputs.write_scan, scored, overlay_path, heatmap_path,
+                                                triptych_path, options, html is not None)))
             while len(writing) > writes_behind:
                 record(*writing.popleft())
         while writing:
@@ -1059,120 +1061,14 @@ def _check_names_fit(folder: Path, names: list[str]) -> None:
                          "the file system allows")
 
 
-@dataclass
-class _ScoredScan:
-    """What scoring a scan gives the background writer: host arrays only (the device is free again)."""
-    path: Path
-    image: np.ndarray  # the scan as read
-    result: AnomalyResult
-    color_range: tuple[float, float]  # the calibration's colour scale (calibrated units)
-    started: float  # time.perf_counter() when scoring began
-    picture: np.ndarray | None = None  # the overlay when it was drawn on the GPU, else None (the writer draws it)
-    reconstruction: np.ndarray | None = None  # what a clean scan looks like here (pixel reconstruction, for the triptych)
+def output_options(args: argparse.Namespace):
+    """The ``OutputOptions`` of ``detect``'s flags (``args.style`` set by ``_display_style``)."""
+    from .outputs.scan_outputs import OutputOptions
 
-
-def _score_scan(detector, path: Path, image, args, gpu=None) -> _ScoredScan:
-    """Score one scan (on the detector's device). On a GPU (``gpu``: its torch device) the overlay is
-    blended there too, as fast as scoring; on the CPU the writer thread draws it while the next scan is
-    scored."""
-    started = time.perf_counter()
-    result = detector.score(image, source=path)  # checks the scan, naming path in an error
-    if result.fallback:
-        print(f"rtg-anomaly: note: {path}: {result.fallback}", file=sys.stderr)
-    scored = _ScoredScan(path, image, result, detector.calibration_.color_range, started)
-    if detector.can_reconstruct and (getattr(args, "triptych", None) or getattr(args, "html", None)):
-        scored.reconstruction = detector.reconstruct(image, source=path)
-    if gpu is not None:  # None back (host pixel work, or the GPU out of memory): the writer draws it on the host
-        scored.picture = detector.display_on_device(image, result, args.threshold, args.threshold_percentile,
-                                                    args.style, scored.color_range)
-    return scored
-
-
-def _display_mask(result: AnomalyResult, args):
-    """The pixels the overlay colours: bool (H, W) in percentile mode (the percentile of the map inside the
-    region of interest, never outside it), None (those at or above the pixel threshold, which the heatmap's 0
-    outside the ROI never reaches) in calibrated mode."""
-    from .outputs.overlay import percentile_mask
-
-    if args.threshold != "percentile":
-        return None
-    return percentile_mask(result.heatmap, args.threshold_percentile, within=result.roi_mask)
-
-
-def _render_scan(scored: _ScoredScan, regions, args) -> np.ndarray:
-    """The overlay of a scored scan as ``detect`` writes it: uint8 (H, W, 3), or taller with --colorbar."""
-    import numpy as np
-
-    from .outputs.display import display_scale, render_display
-    from .outputs.legend import colorbar_strip
-    from .outputs.regions import draw_regions
-
-    result, style, picture = scored.result, args.style, scored.picture
-    if picture is None:
-        picture = render_display(scored.image, result.heatmap, result.pixel_threshold, style,
-                                 display_mask=_display_mask(result, args), color_range=scored.color_range,
-                                 window=result.window)
-    if args.draw_regions and regions:
-        picture = draw_regions(picture, regions)
-    if args.colorbar:
-        scale = display_scale(result.pixel_threshold, style.color_range or scored.color_range)
-        legend = colorbar_strip(picture.shape[1], scale, style, calibrated_only=args.threshold == "calibrated")
-        picture = np.vstack([picture, legend])
-    return picture
-
-
-def _write_scan(scored: _ScoredScan, overlay_path: Path, heatmap_path: Path | None, triptych_path: Path | None,
-                args, thumbnails: bool) -> tuple[dict, dict]:
-    """Find a scored scan's regions, draw and write its overlay (and heatmap, triptych, sorted copy).
-
-    Returns its report entry and, with ``thumbnails``, its small pictures for the HTML page.
-    """
-    from .scans.io import save_array, save_image
-    from .outputs.regions import find_regions
-    from .outputs.triage import sort_into
-    from .outputs.triptych import render_triptych
-
-    result, path = scored.result, scored.path
-    regions = find_regions(result.heatmap, result.pixel_threshold, min_area=args.min_region_area)
-    picture = _render_scan(scored, regions, args)
-    save_image(overlay_path, picture)
-    if heatmap_path is not None:
-        save_array(heatmap_path, result.heatmap)
-    triptych = None
-    if triptych_path is not None or thumbnails:
-        overlay = picture[:scored.image.shape[0]]  # without the colour bar
-        triptych = render_triptych(scored.image, overlay, result.heatmap, path.name, result.score, result.anomalous,
-                                   result.image_threshold, result.pixel_threshold, len(regions), result.window,
-                                   reconstruction=scored.reconstruction)
-    if triptych_path is not None:
-        save_image(triptych_path, triptych)
-    decision = "suspect" if result.anomalous else "clean"
-    sorted_to = sort_into(args.sort_into, path, decision, mode=args.sort_mode) if args.sort_into else None
-    peak_y, peak_x = divmod(int(result.heatmap.argmax()), result.heatmap.shape[1])
-    entry = {
-        "input": str(path), "output": str(overlay_path), "heatmap": str(heatmap_path) if heatmap_path else None,
-        "score": result.score, "anomalous": result.anomalous, "threshold": result.image_threshold,
-        "pixel_threshold": result.pixel_threshold, "peak_xy": [peak_x, peak_y],
-        "width": int(scored.image.shape[1]), "height": int(scored.image.shape[0]),
-        "regions": [region.to_dict() for region in regions],
-        "seconds": round(time.perf_counter() - scored.started, 4),  # scoring began -> outputs written
-        "fallback": result.fallback,
-        "warnings": list(result.warnings),
-        "roi": {"mode": result.roi_mode, "masked_fraction": round(result.masked_fraction, 4)},
-    }
-    if result.evidence is not None:
-        entry["evidence"] = result.evidence
-    if triptych_path is not None:
-        entry["triptych"] = str(triptych_path)
-    if sorted_to is not None:
-        entry["sorted_to"] = str(sorted_to)
-    pictures = {}
-    if thumbnails:
-        from .outputs.html_report import thumbnail_uri
-
-        flagged = result.heatmap >= result.pixel_threshold
-        pictures = {"overlay": thumbnail_uri(picture, 480, flagged), "triptych": thumbnail_uri(triptych, 960)}
-    return entry, pictures
+    return OutputOptions(style=args.style, threshold=args.threshold, threshold_percentile=args.threshold_percentile,
+                         draw_regions=args.draw_regions, colorbar=args.colorbar, min_region_area=args.min_region_area,
+                         sort_into=args.sort_into, sort_mode=args.sort_mode,
+                         reconstruct=bool(getattr(args, "triptych", None) or getattr(args, "html", None)))
 
 
 # ---------------------------------------------------------------------------- export

@@ -340,11 +340,11 @@ def test_folder_heatmaps_of_scans_with_one_stem_do_not_overwrite_each_other(demo
 @pytest.mark.parametrize("stop, code", [(KeyboardInterrupt, 130), (MemoryError, 1)])
 def test_a_folder_run_stopped_part_way_keeps_the_triage_of_the_scans_done(demo_data, tiny_bundle, tmp_path, capsys,
                                                                          monkeypatch, stop, code):
-    import rtg_anomaly.cli as cli
+    from rtg_anomaly.outputs import scan_outputs
 
     scans = sorted((demo_data / "test" / "anomalous").iterdir())
     assert len(scans) >= 2
-    real = cli._score_scan
+    real = scan_outputs.score_scan
     done = []
 
     def score_scan(detector, path, *args):
@@ -353,7 +353,7 @@ def test_a_folder_run_stopped_part_way_keeps_the_triage_of_the_scans_done(demo_d
         done.append(path)
         return real(detector, path, *args)
 
-    monkeypatch.setattr(cli, "_score_scan", score_scan)
+    monkeypatch.setattr(scan_outputs, "score_scan", score_scan)
     out = tmp_path / "out"
     argv = ["detect", "--input", str(demo_data / "test" / "anomalous"), "--output", str(out),
             "--model", str(tiny_bundle), "--quiet"]
@@ -426,9 +426,9 @@ def test_folder_keeps_input_order_when_scans_fail_at_scoring_or_writing(demo_dat
 
 def test_a_failed_write_stops_the_run_and_keeps_the_scans_done(demo_data, tiny_bundle, tmp_path, capsys, monkeypatch):
     """An unexpected error in the background writer (a full disk, say) ends the run like one in scoring."""
-    import rtg_anomaly.cli as cli
+    from rtg_anomaly.outputs import scan_outputs
 
-    real, written = cli._write_scan, []
+    real, written = scan_outputs.write_scan, []
 
     def write_scan(scored, *args):
         if written:
@@ -436,7 +436,7 @@ def test_a_failed_write_stops_the_run_and_keeps_the_scans_done(demo_data, tiny_b
         written.append(scored.path)
         return real(scored, *args)
 
-    monkeypatch.setattr(cli, "_write_scan", write_scan)
+    monkeypatch.setattr(scan_outputs, "write_scan", write_scan)
     out = tmp_path / "out"
     code = main(["detect", "--input", str(demo_data / "test" / "anomalous"), "--output", str(out),
                  "--model", str(tiny_bundle), "--device", "cpu", "--quiet"])

@@ -22,7 +22,7 @@ class _DefaultTermination(Exception):
 
 
 def test_sigterm_in_a_folder_run_keeps_the_scans_done(demo_data, tiny_bundle, tmp_path, capsys, monkeypatch):
-    import rtg_anomaly.cli as cli
+    from rtg_anomaly.outputs import scan_outputs
 
     def fallback(signum, frame):
         raise _DefaultTermination()
@@ -30,7 +30,7 @@ def test_sigterm_in_a_folder_run_keeps_the_scans_done(demo_data, tiny_bundle, tm
     previous = signal.signal(signal.SIGTERM, fallback)
     try:
         scans = sorted((demo_data / "test" / "anomalous").iterdir())
-        real, done = cli._score_scan, []
+        real, done = scan_outputs.score_scan, []
 
         def score_scan(detector, path, *args):
             if len(done) == 1:
@@ -38,7 +38,7 @@ def test_sigterm_in_a_folder_run_keeps_the_scans_done(demo_data, tiny_bundle, tm
             done.append(path)
             return real(detector, path, *args)
 
-        monkeypatch.setattr(cli, "_score_scan", score_scan)
+        monkeypatch.setattr(scan_outputs, "score_scan", score_scan)
         out = tmp_path / "out"
         code = main(["detect", "--input", str(demo_data / "test" / "anomalous"), "--output", str(out),
                      "--model", str(tiny_bundle), "--quiet"])

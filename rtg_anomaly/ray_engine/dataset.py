@@ -44,8 +44,9 @@ class ScanScorer:
         from ..pipeline.detector import Detector
 
         argv = ["detect", "--input", ".", "--output", output_dir or ".", *detect_flags]
-        self.options = cli.build_parser().parse_args(argv)
-        self.options.style = cli._display_style(self.options)
+        args = cli.build_parser().parse_args(argv)
+        args.style = cli._display_style(args)
+        self.options = cli.output_options(args)
         self.output_dir = Path(output_dir) if output_dir else None
         self.heatmap_dir = Path(heatmap_dir) if heatmap_dir else None
         for folder in (self.output_dir, self.heatmap_dir):
@@ -64,16 +65,16 @@ class ScanScorer:
 
     def score_one(self, path: Path) -> dict:
         """One scan's result row (see RESULT_COLUMNS)."""
-        from .. import cli
-        from ..scans.io import load_image
         from ..outputs.regions import find_regions
+        from ..outputs.scan_outputs import score_scan, write_scan
+        from ..scans.io import load_image
         from ..outputs.triage import format_bbox
 
         try:
-            scored = cli._score_scan(self.detector, path, load_image(path), self.options, self.gpu)
+            scored = score_scan(self.detector, path, load_image(path), self.options, self.gpu)
             if self.output_dir is not None:
                 heatmap = self.heatmap_dir / f"{path.stem}.npy" if self.heatmap_dir else None
-                entry, _ = cli._write_scan(scored, self.output_dir / path.name, heatmap, None, self.options, False)
+                entry, _ = write_scan(scored, self.output_dir / path.name, heatmap, None, self.options, False)
                 regions = [region["bbox"] for region in entry["regions"]]
             else:
                 result = scored.result

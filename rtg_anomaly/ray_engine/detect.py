@@ -1,5 +1,5 @@
 """``detect --engine ray`` on a folder: actors that each load the bundle once, read scans and write their
-outputs with the in-process code (``cli._score_scan``, ``cli._write_scan``); the driver keeps the report,
+outputs with the in-process code (``outputs.scan_outputs``); the driver keeps the report,
 CSV and HTML page in input order.
 
 Every output file is written under a temporary name and renamed (``atomic.py``), so a worker killed in the
@@ -34,7 +34,7 @@ class DetectWorker:
         from .. import cli
         from ..pipeline.detector import Detector
 
-        self.options, self.hook, self.scans_done = options, hook, 0
+        self.options, self.hook, self.scans_done = cli.output_options(options), hook, 0
         self.error: InputError | None = None
         try:
             enter_driver_folder(folder)
@@ -59,17 +59,17 @@ class DetectWorker:
                 "threshold_rule": {**calibration.rule.to_dict(), "false_alarm_rate": calibration.false_alarm_rate}}
 
     def detect(self, job: tuple, thumbnails: bool):
-        """Score one scan and write its outputs: ``(entry, pictures)`` as ``cli._write_scan`` returns them,
+        """Score one scan and write its outputs: ``(entry, pictures)`` as ``scan_outputs.write_scan`` returns them,
         or the InputError that makes the scan a skipped one."""
-        from .. import cli
+        from ..outputs.scan_outputs import score_scan, write_scan
         from ..scans.io import load_image
 
         maybe_exit(self.hook, self.scans_done)
         self.scans_done += 1
         path, overlay_path, heatmap_path, triptych_path = job
         try:
-            scored = cli._score_scan(self.detector, path, load_image(path), self.options, self.gpu)
-            return cli._write_scan(scored, overlay_path, heatmap_path, triptych_path, self.options, thumbnails)
+            scored = score_scan(self.detector, path, load_image(path), self.options, self.gpu)
+            return write_scan(scored, overlay_path, heatmap_path, triptych_path, self.options, thumbnails)
         except InputError as exc:
             return exc
 
