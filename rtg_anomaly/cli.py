@@ -20,9 +20,7 @@ import time
 import traceback
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .config import GRAPH_FORMATS as FORMATS
 from .config import GRAPH_PRECISIONS as PRECISIONS
@@ -30,11 +28,6 @@ from .config import IMAGE_SCORE_RULES, PIXEL_BACKBONE, PIXEL_INPUT_SIZE, PIXEL_T
 from .errors import InputError, first_line
 from .outputs.regions import DEFAULT_MIN_AREA
 from .ranges import FALSE_ALARM_RATE, FRACTION_OPEN_LOW, LAYER_INDEX, SETTING_RANGES, Range
-
-if TYPE_CHECKING:
-    import numpy as np
-
-    from .pipeline.detector import AnomalyResult
 
 DEFAULT_MODEL_DIR = "model_artifacts/default"
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2

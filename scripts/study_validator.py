@@ -6,6 +6,7 @@
     python scripts/study_validator.py --datasets gdxray_castings --seeds 0,1,2 --max-train 32 \
         --output docs/validator_few32.json                                      # few clean scans; ~10 min
     python scripts/study_validator.py --saturation --datasets gdxray_castingpatches  # open air per folder
+    python scripts/study_validator.py --exposure --datasets gdxray_castingpatches,gdxray_fishbones  # exposure spread
     python scripts/study_validator.py --render-only                             # the table from the JSON
 
 For each dataset and seed it does what ``select_scale`` does (the seeded split of the clean training scans,
@@ -112,8 +113,7 @@ def project_with_cracks(scan, rng, settings=None, donor=None):
     settings = settings or projection.ProjectionSettings()
     height, width = scan.shape[:2]
     short = min(height, width)
-    extent = float(np.exp(rng.uniform(np.log(settings.min_size), np.log(settings.max_size)))) * short
-    extent = float(np.clip(extent, min(settings.min_pixels, short), short))
+    extent = projection.draw_extent(rng, settings, short)
     box_h, box_w = int(min(np.ceil(extent), height)), int(min(np.ceil(extent), width))
     y0, x0 = int(rng.integers(0, height - box_h + 1)), int(rng.integers(0, width - box_w + 1))
     thickness = np.zeros((height, width), np.float32)
@@ -164,8 +164,7 @@ def _object_box(scan: np.ndarray, rng: np.random.Generator, settings: projection
     (side, side) soft-edged disc in it (1 inside, falling to 0 over a quarter of the side)."""
     height, width = scan.shape[:2]
     short = min(height, width)
-    extent = float(np.exp(rng.uniform(np.log(settings.min_size), np.log(settings.max_size)))) * short
-    side = int(max(4, min(np.ceil(max(extent, min(settings.min_pixels, short))), short)))
+    side = int(max(4, np.ceil(projection.draw_extent(rng, settings, short))))
     alpha = projection._rounded_profile(projection._ellipse(side, side) > 0, 0.25 * side)
     return int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1)), side, alpha
 
@@ -371,8 +370,7 @@ def augment_candidates() -> list:
 
 def fit_keeping_augment(candidate, base, train, device="auto", runtime="auto"):
     """``selection.fit_candidate`` with the candidate's ``augment`` kept (the selection always fits without)."""
-    config = candidate.config(base).replace(calibration="holdout", holdout_fraction=0.0, image_score="patch_top_mean",
-                                            coreset_ratio=min(base.coreset_ratio, selection.SELECTION_CORESET_RATIO))
+    config = selection.candidate_config(candidate, base).replace(augment=candidate.config(base).augment)
     return Detector(config, device=device, runtime=runtime).fit(list(train))
 
 
@@ -403,6 +401,19 @@ def saturated_shares(dataset_dir: Path, level: int = 250, min_share: float = 0.1
         shares = [float((np.asarray(load_image(path)) >= level).mean()) for path in paths]
         out[str(folder.relative_to(dataset_dir))] = (len(paths), float(np.mean([v > min_share for v in shares])))
     return out
+
+
+def exposure_spread(dataset_dir: Path, scans: int = 60) -> float:
+    """Coefficient of variation (std / mean) over up to ``scans`` evenly spaced clean training scans of each scan's
+    0.5-99.5 percentile range (grey values; colour scans averaged over channels): how much exposure varies."""
+    from rtg_anomaly.scans.io import list_images, load_image
+
+    spans = []
+    for path in evenly_spaced(list_images(dataset_dir / "train" / "good"), scans):
+        image = np.asarray(load_image(path), np.float64)
+        low, high = np.percentile(image if image.ndim == 2 else image.mean(-1), [0.5, 99.5])
+        spans.append(high - low)
+    return float(np.std(spans) / np.mean(spans))
 
 
 def render_image_score(results: dict) -> str:
@@ -507,8 +518,14 @@ def main(argv=None) -> int:
                         help="compare no augmentation with --augment hflip by the selection's synthetic score")
     parser.add_argument("--saturation", action="store_true",
                         help="print each folder's share of scans more than 10 %% open air (>= 250) and stop")
+    parser.add_argument("--exposure", action="store_true",
+                        help="print each dataset's exposure spread over its clean scans (exposure_spread) and stop")
     parser.add_argument("--render-only", action="store_true")
     args = parser.parse_args(argv)
+    if args.exposure:
+        for dataset in args.datasets.split(","):
+            print(f"{dataset}: exposure spread {exposure_spread(Path(args.data_root) / dataset):.2f}")
+        return 0
     if args.saturation:
         for dataset in args.datasets.split(","):
             for folder, (n, share) in saturated_shares(Path(args.data_root) / dataset).items():

@@ -185,3 +185,14 @@ def test_visibility_tells_a_moved_texture_from_a_structure_moved_over_a_flat_sca
     textured = (np.random.default_rng(1).random((64, 64)) * 60000).astype(np.uint16)
     out, mask = study.cutpaste_object(textured, np.random.default_rng(0), projection.ProjectionSettings())
     assert study._visible(textured, out, mask, 0.05)
+
+
+def test_exposure_spread_is_the_coefficient_of_variation_of_the_scans_ranges(study, tmp_path):
+    from PIL import Image
+
+    (tmp_path / "train" / "good").mkdir(parents=True)
+    for index, span in enumerate([10, 30]):
+        scan = np.zeros((20, 20), np.uint8)
+        scan[10:] = span  # half the scan at 0, half at span: its 0.5-99.5 percentile range is span
+        Image.fromarray(scan).save(tmp_path / "train" / "good" / f"{index}.png")
+    assert study.exposure_spread(tmp_path) == pytest.approx(10 / 20)

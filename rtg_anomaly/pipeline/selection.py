@@ -248,19 +248,22 @@ def _evaluate_all(candidates: Sequence[Candidate], base: DetectorConfig, train, 
     return results
 
 
+def candidate_config(candidate: Candidate, base: DetectorConfig) -> DetectorConfig:
+    """``candidate``'s config as a selection fits it: no augmentation, no calibration pass (a candidate is judged
+    on uncalibrated scores, ``Detector.raw_scores``: its patch scores and map), so the image score is the top
+    patches' (a whole-scan rule would need held-out scans), and a memory bank of at most
+    ``SELECTION_CORESET_RATIO`` of the clean patches (an absolute ``memory_bank_size`` is kept)."""
+    return candidate.config(base).replace(calibration="holdout", holdout_fraction=0.0, augment=(),
+                                          image_score="patch_top_mean",
+                                          coreset_ratio=min(base.coreset_ratio, SELECTION_CORESET_RATIO))
+
+
 def fit_candidate(candidate: Candidate, base: DetectorConfig, train: Sequence[np.ndarray], device="auto",
                   runtime: str = "auto"):
-    """``candidate``'s Detector fitted on the ``train`` scans as a selection fits it: no augmentation, no
-    calibration pass (a candidate is judged on uncalibrated scores, ``Detector.raw_scores``: its patch scores
-    and map), so the image score is the top patches' (a whole-scan rule would need held-out scans), and a
-    memory bank of at most ``SELECTION_CORESET_RATIO`` of the clean patches (an absolute ``memory_bank_size`` is
-    kept)."""
+    """``candidate``'s Detector fitted on the ``train`` scans with ``candidate_config``."""
     from .detector import Detector
 
-    config = candidate.config(base).replace(calibration="holdout", holdout_fraction=0.0, augment=(),
-                                            image_score="patch_top_mean",
-                                            coreset_ratio=min(base.coreset_ratio, SELECTION_CORESET_RATIO))
-    return Detector(config, device=device, runtime=runtime).fit(list(train))
+    return Detector(candidate_config(candidate, base), device=device, runtime=runtime).fit(list(train))
 
 
 def evaluate_candidate(candidate: Candidate, base: DetectorConfig, train: Sequence[np.ndarray],

@@ -102,8 +102,7 @@ def project_object(scan: np.ndarray, rng: np.random.Generator, settings: Project
     height, width = scan.shape[:2]
     short = min(height, width)
     shape = settings.shapes[int(rng.integers(len(settings.shapes)))]
-    extent = float(np.exp(rng.uniform(np.log(settings.min_size), np.log(settings.max_size)))) * short
-    extent = float(np.clip(extent, min(settings.min_pixels, short), short))
+    extent = draw_extent(rng, settings, short)
     aspect = float(np.exp(rng.uniform(np.log(0.4), np.log(1.0))))
     size_y, size_x = (extent, extent * aspect) if rng.random() < 0.5 else (extent * aspect, extent)
     size_y, size_x = max(2.0, min(size_y, height)), max(2.0, min(size_x, width))
@@ -127,6 +126,13 @@ def project_object(scan: np.ndarray, rng: np.random.Generator, settings: Project
         attenuation = -attenuation
     return ProjectedObject(apply_attenuation(scan, thickness, attenuation), thickness > 0, thickness,
                            attenuation, shape)
+
+
+def draw_extent(rng: np.random.Generator, settings: ProjectionSettings, short: int) -> float:
+    """An object's longer extent in pixels: log-uniform between ``settings``' sizes times the scan's shorter side
+    ``short`` (px), kept within [min(``min_pixels``, short), short]. One draw from ``rng``."""
+    extent = float(np.exp(rng.uniform(np.log(settings.min_size), np.log(settings.max_size)))) * short
+    return float(np.clip(extent, min(settings.min_pixels, short), short))
 
 
 def apply_attenuation(scan: np.ndarray, thickness: np.ndarray, attenuation: float) -> np.ndarray:
