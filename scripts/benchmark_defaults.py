@@ -182,7 +182,7 @@ def scale_flags(flags: list[str], dataset_dir: Path, share: float) -> list[str]:
 
     from rtg_anomaly.pipeline.scale import fit_scale_to_scans
 
-    config = bq._config_from_args(bq.parse_cli(["fit", "--clean-dir", str(dataset_dir), *flags]))
+    config = bq.config_from_args(bq.parse_cli(["fit", "--clean-dir", str(dataset_dir), *flags]))
     sides = []
     for path in sorted((dataset_dir / "train" / "good").iterdir()):
         with Image.open(path) as image:

@@ -42,7 +42,8 @@ except ImportError:  # run from a checkout without installing
 import torch  # noqa: E402
 from scipy.stats import beta  # noqa: E402
 
-from rtg_anomaly.cli import _config_and_selection, _config_from_args, _warn_skipped, build_parser  # noqa: E402
+from rtg_anomaly.cli import build_parser  # noqa: E402
+from rtg_anomaly.cli.options import config_and_selection, config_from_args, warn_skipped  # noqa: E402
 from rtg_anomaly.config import DetectorConfig  # noqa: E402
 from rtg_anomaly.errors import InputError  # noqa: E402
 from rtg_anomaly.evaluation.mvtec import evaluate, load_mvtec_folder  # noqa: E402
@@ -234,7 +235,7 @@ def run_dataset(name: str, data_dir: Path, display_dir: str, flags: list[str], d
     # Show the shared weights folder the way the data root is shown (../shared/weights, not an absolute path).
     command = command.replace(str(Path(data_dir).parent.parent / "weights"), str(Path(display_dir).parent.parent / "weights"))
     args = parse_cli(argv)
-    config = _config_from_args(args)
+    config = config_from_args(args)
     eval_set = load_mvtec_folder(args.data)
     train = evenly_spaced(eval_set.train_paths, max_train)
     what = f"{name}{' ' + label if label else ''}"
@@ -245,10 +246,10 @@ def run_dataset(name: str, data_dir: Path, display_dir: str, flags: list[str], d
     started = time.perf_counter()
     # The fit's own configuration step (`--select`, by default the zoom chosen on the clean scans), timed
     # with the fit as a user waits for both.
-    config, selection = _config_and_selection(args, train, args.device, quiet=True)
+    config, selection = config_and_selection(args, train, args.device, quiet=True)
     detector = Detector(config, device=args.device, runtime=args.runtime)
     detector.selection_ = selection
-    detector.fit(train, progress=False, on_bad_image=_warn_skipped, false_alarm_rate=args.false_alarm_rate)
+    detector.fit(train, progress=False, on_bad_image=warn_skipped, false_alarm_rate=args.false_alarm_rate)
     fit_seconds = time.perf_counter() - started
     info, calibration = detector.fit_info_, detector.calibration_
     log(f"{what}: fitted in {fit_seconds:.1f} s ({detector.method_.name}: {detector.method_.describe()}, "
@@ -715,7 +716,7 @@ def main(argv: list[str] | None = None) -> int:
         for variant in variants:
             flags = [*extra, *variant] if args.headline else [*dataset_flags(name, root), *extra, *variant]
             try:
-                _config_from_args(parse_cli(evaluate_argv(str(folder), flags, args.max_per_class, args.device)))
+                config_from_args(parse_cli(evaluate_argv(str(folder), flags, args.max_per_class, args.device)))
             except InputError as exc:
                 print(f"benchmark_quality: {name}: {exc}", file=sys.stderr)
                 return 2

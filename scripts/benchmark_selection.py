@@ -50,11 +50,12 @@ PEERS = {"gdxray_welds": ("PaDiM / EfficientNet-Lite0", 0.969, 0.921, 0.694)}
 def _tuned_config(name: str, weights_dir: Path) -> DetectorConfig:
     from benchmark_quality import DATASET_FLAGS  # the per-dataset flags picked on the test sets
 
-    from rtg_anomaly.cli import _config_from_args, build_parser
+    from rtg_anomaly.cli import build_parser
+    from rtg_anomaly.cli.options import config_from_args
 
     flags = [part.replace("{weights}", str(weights_dir)) for part in DATASET_FLAGS[name]]
     args = build_parser().parse_args(["evaluate", "--data", "x", *flags])
-    return _config_from_args(args)
+    return config_from_args(args)
 
 
 def _real(config: DetectorConfig, eval_set, device: str) -> dict:

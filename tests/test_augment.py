@@ -8,7 +8,8 @@ import pytest
 from conftest import tiny_config
 from rtg_anomaly import Detector
 from rtg_anomaly.scans.augment import AUGMENTATIONS, augmented_views
-from rtg_anomaly.cli import build_parser, _config_from_args
+from rtg_anomaly.cli import build_parser
+from rtg_anomaly.cli.options import config_from_args
 from rtg_anomaly.config import AUGMENTATION_NAMES, ConfigError, DetectorConfig
 from rtg_anomaly.scans.io import load_image
 
@@ -46,12 +47,12 @@ def test_config_round_trips_through_its_dict():
 def test_cli_flags_reach_the_config():
     parser = build_parser()
     args = parser.parse_args(["fit", "--clean-dir", "x", "--image-score", "top_mean", "--top-fraction", "0.01"])
-    config = _config_from_args(args)
+    config = config_from_args(args)
     assert (config.image_score, config.top_fraction, config.augment) == ("top_mean", 0.01, ())
     args = parser.parse_args(["fit", "--clean-dir", "x", "--augment", "hflip, vflip"])
-    assert _config_from_args(args).augment == ("hflip", "vflip")
+    assert config_from_args(args).augment == ("hflip", "vflip")
     args = parser.parse_args(["fit", "--clean-dir", "x", "--augment", "none"])
-    assert _config_from_args(args).augment == ()
+    assert config_from_args(args).augment == ()
     with pytest.raises(SystemExit):
         parser.parse_args(["fit", "--clean-dir", "x", "--augment", "hflip,spin"])
 

@@ -145,7 +145,7 @@ def test_overlay_blended_on_the_device_equals_the_host_one(demo_data, tiny_bundl
     one; out of GPU memory, the writer draws it on the host."""
     import torch
 
-    import rtg_anomaly.cli as cli
+    import rtg_anomaly.backbone.features as features
     import rtg_anomaly.pipeline.detector as detector_module
     from rtg_anomaly import Detector
 
@@ -163,7 +163,7 @@ def test_overlay_blended_on_the_device_equals_the_host_one(demo_data, tiny_bundl
             raise torch.cuda.OutOfMemoryError("CUDA out of memory")
         return real(scan, *args, **kwargs)
 
-    monkeypatch.setattr(cli, "_gpu_of", lambda device: torch.device("cpu"))
+    monkeypatch.setattr(features, "cuda_device_of", lambda device: torch.device("cpu"))
     monkeypatch.setattr(Detector, "_on_gpu", property(lambda self: not self._pixel_work_on_host))
     monkeypatch.setattr(detector_module, "render_display_torch", on_device)
     assert main(["detect", "--output", str(tmp_path / "device.png"), *common]) == 0

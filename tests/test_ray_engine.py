@@ -274,7 +274,7 @@ def test_fit_on_ray_with_the_default_zoom_selection_writes_the_in_process_bundle
                                                                                  monkeypatch):
     """`--select scale` (the default) runs on the driver before the workers start; the chosen zoom and its record
     are the in-process fit's, byte for byte."""
-    import rtg_anomaly.cli as cli
+    import rtg_anomaly.cli.options as cli_options
     from tests.conftest import TINY_MODEL
 
     clean = tmp_path / "clean"
@@ -283,8 +283,8 @@ def test_fit_on_ray_with_the_default_zoom_selection_writes_the_in_process_bundle
                                  sorted((demo_data / "test" / "good").iterdir())):
         shutil.copy(scan, clean / f"{index:02d}.bmp")
     # The tiny random backbone at 64 px tiles, given as if it were the default scale (no --tile-size flag).
-    real_config = cli._config_from_args
-    monkeypatch.setattr(cli, "_config_from_args",
+    real_config = cli_options.config_from_args
+    monkeypatch.setattr(cli_options, "config_from_args",
                         lambda args: real_config(args).replace(model_kwargs=TINY_MODEL, tile_size=64, input_size=56))
     flags = ["--weights", "random", "--layers", "1", "--pca-dim", "16", "--quiet", "--device", "cpu",
              "--clean-dir", str(clean)]

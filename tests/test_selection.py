@@ -293,12 +293,12 @@ def test_fit_selects_the_scale_by_default_and_a_given_scale_turns_it_off(clean_p
 
 
 def test_fit_select_scale_records_the_zooms_in_the_bundle(clean_paths, tmp_path, monkeypatch, capsys):
-    import rtg_anomaly.cli as cli
+    import rtg_anomaly.cli.options as cli_options
     from rtg_anomaly.pipeline import selection
 
     # The tiny random backbone stands in for DINOv2 (its model kwargs are not a CLI flag).
-    real_config = cli._config_from_args
-    monkeypatch.setattr(cli, "_config_from_args",
+    real_config = cli_options.config_from_args
+    monkeypatch.setattr(cli_options, "config_from_args",
                         lambda args: real_config(args).replace(model_kwargs=TINY_MODEL, tile_size=64, input_size=56))
     model = tmp_path / "model"
     assert main(["fit", "--clean-dir", str(clean_paths[0].parent), "--model", str(model), "--device", "cpu",

@@ -53,6 +53,13 @@ def resolve_device(name: str = "auto") -> torch.device:
     raise DeviceError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)")
 
 
+def cuda_device_of(name: str = "auto") -> torch.device | None:
+    """The CUDA device ``name`` resolves to (``auto``: when CUDA is present), else None: where the pixel work
+    (tiling, stitching, overlays) can run on the GPU."""
+    resolved = resolve_device(name)
+    return resolved if resolved.type == "cuda" else None
+
+
 def backbones_dirs() -> list[Path]:
     """Folders searched for bundled backbone weights, in order."""
     dirs = []

@@ -1,7 +1,7 @@
 """One scored scan and its outputs as ``detect`` writes them: overlay, heatmap, triptych, sorted copy, report entry.
 
 Shared by the command line and the Ray engine, so that a folder scored either way gives the same files. The
-options are plain values (``OutputOptions``), built from ``detect``'s flags by ``cli.output_options``.
+options are plain values (``OutputOptions``), built from ``detect``'s flags by ``cli.options.output_options``.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ run, read the scans and do the per-scan work. Ray is an optional dependency: ``p
 'rtg-anomaly[ray]'``; nothing here imports it before it is needed.
 
 Entry points:
-    detect_folder / fit_on_ray: what ``--engine ray`` runs (``cli.py``).
+    detect_folder / fit_on_ray: what ``--engine ray`` runs (``cli/fit.py``, ``cli/detect.py``).
     ScanScorer, score_dataset: the same scoring inside a user's own Ray Data program.
 """
 

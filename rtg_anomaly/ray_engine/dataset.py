@@ -40,20 +40,22 @@ class ScanScorer:
 
     def __init__(self, model: str, device: str = "auto", runtime: str = "auto", output_dir: str | None = None,
                  heatmap_dir: str | None = None, detect_flags: tuple[str, ...] = ()):
-        from .. import cli
+        from ..backbone.features import cuda_device_of
+        from ..cli import options as cli_options
+        from ..cli.parser import build_parser
         from ..pipeline.detector import Detector
 
         argv = ["detect", "--input", ".", "--output", output_dir or ".", *detect_flags]
-        args = cli.build_parser().parse_args(argv)
-        args.style = cli._display_style(args)
-        self.options = cli.output_options(args)
+        args = build_parser().parse_args(argv)
+        args.style = cli_options.display_style(args)
+        self.options = cli_options.output_options(args)
         self.output_dir = Path(output_dir) if output_dir else None
         self.heatmap_dir = Path(heatmap_dir) if heatmap_dir else None
         for folder in (self.output_dir, self.heatmap_dir):
             if folder is not None:
                 folder.mkdir(parents=True, exist_ok=True)
         self.detector = Detector.load(model, device=device, runtime=runtime)
-        self.gpu = cli._gpu_of(device)
+        self.gpu = cuda_device_of(device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         columns: dict[str, list] = {name: [] for name in RESULT_COLUMNS}

@@ -31,19 +31,20 @@ class DetectWorker:
 
     def __init__(self, model_dir: str, device: str, runtime: str, options: argparse.Namespace,
                  folder: tuple[str, bool] | None = None, hook: str | None = None):
-        from .. import cli
+        from ..backbone.features import cuda_device_of
+        from ..cli import options as cli_options
         from ..pipeline.detector import Detector
 
-        self.options, self.hook, self.scans_done = cli.output_options(options), hook, 0
+        self.options, self.hook, self.scans_done = cli_options.output_options(options), hook, 0
         self.error: InputError | None = None
         try:
             enter_driver_folder(folder)
             self.detector = Detector.load(model_dir, device=device, runtime=runtime)
             if options.roi is not None:
-                cli._override_roi(self.detector, options.roi, options.roi_mask)
+                cli_options.override_roi(self.detector, options.roi, options.roi_mask)
             extractor = self.detector.extractor
             self.runtime, self.fallback = extractor.runtime, extractor.runtime_fallback
-            self.gpu = cli._gpu_of(device)
+            self.gpu = cuda_device_of(device)
         except InputError as exc:
             self.error = exc
 
@@ -78,7 +79,7 @@ class RayFolderDetect:
     """The actors of one folder run and the model facts they report.
 
     ray: the connected ``ray`` module; jobs: (scan, overlay, heatmap or None, triptych or None) paths, as
-    ``cli._plan_detect`` lists them (on a cluster they must name the same files on every node: shared
+    ``cli.detect.plan_detect`` lists them (on a cluster they must name the same files on every node: shared
     storage; relative paths are taken from the driver's working folder, which the workers then need).
     InputError when the bundle cannot be loaded.
     """
