@@ -131,6 +131,15 @@ CANDIDATES["select-scale+auto-score+cr25"] = (["--select", "scale", "--image-sco
                                               "patches, the zoom still judged with a 10 % bank (the selection now "
                                               "caps its candidates' banks there): unlike select-scale+cr25, the "
                                               "bank size cannot move the zoom choice")
+CANDIDATES["select-scale+auto-score+pca384"] = (["--select", "scale", "--image-score", "auto", "--pca-dim", "384"],
+                                                "as select-scale+auto-score with every one of the ViT's 384 "
+                                                "feature values kept (no PCA reduction): PCA keeps the directions "
+                                                "clean patches vary along most, and a defect may stand out in the "
+                                                "ones it drops")
+CANDIDATES["select-scale+auto-score+k3"] = (["--select", "scale", "--image-score", "auto", "--k", "3"],
+                                            "as select-scale+auto-score with each patch scored by its mean "
+                                            "distance to the 3 nearest clean patches instead of the nearest: one "
+                                            "stray clean patch near a defect no longer hides it")
 # Diagnostics for the few-scan side study (docs/defaults_few32.md): each zoom with every clean patch in the bank.
 for _name, _zoom_flags, _what in (("current+bank-all", [], "16"), ("i322+bank-all", ["--input-size", "322"], "22"),
                                   ("t384+bank-all", ["--tile-size", "384"], "12")):
@@ -522,7 +531,16 @@ def decision_lines(cache: dict, datasets: list[str]) -> list[str]:
               "of the scan cut elsewhere and pasted (CutPaste) is found by every backbone (0.96-0.998) and still "
               "ranks an EfficientNet first (screw 0.994 at 18 px against 0.968). Every local object drawn so far "
               "favours early CNN blocks at fine cells; what the ViT does better on the real castings and screws "
-              "is not a local change of this kind, so the synthesis of the shipped selection is left as it is."]
+              "is not a local change of this kind, so the synthesis of the shipped selection is left as it is.",
+              "", "Two settings of the distance, each on top of the shipped `select-scale+auto-score`, are rejected "
+              "(2026-12-07, `python scripts/benchmark_defaults.py --candidates select-scale+auto-score+pca384,"
+              "select-scale+auto-score+k3`). `select-scale+auto-score+pca384` (every one of the ViT's 384 feature "
+              "values, no PCA reduction: a defect may stand out along directions that clean patches barely vary "
+              "along, which PCA drops): welds +0.009 (pixel -0.003), castings +0.002, the casting crops -0.001, "
+              "fish -0.003, screw -0.032 (0.877 -> 0.845); mean 0.912 -> 0.907. The zooms chosen were the shipped "
+              "ones. `select-scale+auto-score+k3` (each patch scored by its mean distance to its 3 nearest clean "
+              "patches) lost on the four sets it ran before screw: castings -0.008, welds -0.003, the crops "
+              "-0.003, fish -0.003; with the mean already down on four of five sets, screw was not run."]
     return lines
 
 
