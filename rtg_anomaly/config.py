@@ -17,6 +17,10 @@ PIXEL_BACKBONE = "pixels"  # no network: grey pixel cells as features (pixel_bac
 PIXEL_CELL = 8  # pixels per cell side of the pixels backbone: a patch score covers PIXEL_CELL^2 input pixels
 PIXEL_INPUT_SIZE = 64  # the tile side the pixel methods see by default (the TransGAN seed's 64 px tiles)
 PIXEL_TILE_SIZE = 128  # scan pixels per tile for the pixel target by default: 2 scan px per input px
+# The map's unit when the image score has its own (``global``): the default rule's clean median. Also what
+# ``auto`` resolves to where it does not fuse, and the patch part of the fused rule.
+MAP_SCORE_RULE = "patch_top_mean"
+FUSED_RULE = "patch_or_global"  # the larger surprisal of the top patches and the whole-scan descriptor
 # Image scores that need whole-scan descriptors (and so a held-out calibration set).
 DESCRIPTOR_RULES = ("global", "patch_or_global", "scan_centroid")
 INTENSITY_WINDOWS = ("auto", "dtype", "percentile", "clean")

@@ -20,14 +20,12 @@ from typing import Callable, Iterable, NamedTuple, Sequence, TypeVar
 import numpy as np
 import torch
 
-from .. import __version__
 from ..backbone.features import FeatureExtractor, resolve_device
-from ..backbone.graph_export import GRAPH_KEY, StoredGraph, graph_from_bundle
+from ..backbone.graph_export import StoredGraph
 from ..backbone.transfer import to_host
-from ..bundle import BundleError, load_bundle, save_bundle
-from ..bundle_checks import check_detector_bundle
-from ..config import (CLEAN_WINDOW_MAX_SCANS, DESCRIPTOR_RULES, FUSION_MIN_CALIBRATION_SCANS, LEAVE_ONE_OUT_MAX_SCANS,
-                      DetectorConfig)
+from ..bundle import save_bundle
+from ..config import (CLEAN_WINDOW_MAX_SCANS, DESCRIPTOR_RULES, FUSED_RULE, FUSION_MIN_CALIBRATION_SCANS,
+                      LEAVE_ONE_OUT_MAX_SCANS, MAP_SCORE_RULE, DetectorConfig)
 from ..errors import InputError, first_line
 from ..methods import FitPlan, GlobalDescriptor, PatchMethod, TileFeatures, create_method, method_class
 from ..methods.descriptor import DescriptorAccumulator, scan_descriptor
@@ -47,9 +45,6 @@ from .results import (AnomalyResult, ImageTooSmallError, NonFiniteScanError, Not
 from .scale import fit_scale_to_scans, shorter_sides
 from .stitching import DeviceMapStitcher, MapStitcher, gaussian_smooth, gaussian_smooth_torch
 
-# The map's unit when the image score has its own (``global``): the default rule's clean median.
-MAP_SCORE_RULE = "patch_top_mean"
-FUSED_RULE = "patch_or_global"
 CALIBRATION_PIXELS_PER_SCAN = 20_000
 
 T = TypeVar("T")
@@ -982,100 +977,19 @@ class Detector:
 
     # ------------------------------------------------------------------ persistence
     def save(self, folder: str | os.PathLike) -> Path:
-        """Write the fitted model as a bundle folder (atomic; see bundle.py)."""
-        self._check_fitted()
-        import timm
+        """Write the fitted model as a bundle folder (atomic; see bundle.py and detector_bundle.py)."""
+        from .detector_bundle import bundle_contents
 
-        info = self.extractor.weights_info
-        manifest = {
-            "package_version": __version__,
-            "config": self.config.to_dict(),
-            "backbone": {
-                "name": self.config.backbone,
-                "weights_file": None if info["weights"] in ("hub", "random") else Path(info["weights"]).name,
-                "weights_source": "file" if info["weights_sha256"] else info["weights"],
-                "weights_sha256": info["weights_sha256"],
-                "state_dict_sha256": self.backbone_digest_,
-                "feature_dim": self.extractor.feature_dim,
-                "input_size": self.extractor.input_size,
-                "grid": list(self.extractor.grid),
-            },
-            "method": {"name": self.method_.name, "params": self.method_.params()},
-            "calibration": self.calibration_.to_dict(),
-            "fit": {k: v for k, v in self.fit_info_.items() if k != "seconds"},
-            "versions": {"torch": torch.__version__.split("+")[0], "timm": timm.__version__, "numpy": np.__version__},
-        }
-        if self.selection_ is not None:
-            manifest["selection"] = self.selection_
-        if self.clean_window_ is not None:
-            manifest["clean_window"] = {"low": self.clean_window_[0], "high": self.clean_window_[1]}
-        arrays = dict(self.method_.to_arrays())
-        if self.graph_ is not None and self.graph_.entry.get("backbone_state_dict_sha256") == self.backbone_digest_:
-            manifest[GRAPH_KEY] = self.graph_.entry  # kept through calibrate; a refit drops it
-            arrays.update(self.graph_.arrays)
-        if self.global_ is not None:
-            global_arrays = self.global_.to_arrays()
-            assert not set(global_arrays) & set(arrays), "array names of the method and the global score collide"
-            arrays.update(global_arrays)
-        if self.config.roi == "file":
-            if self.roi_mask is None:
-                raise InputError("the ROI mode is 'file' but no ROI mask was given to save with the model")
-            assert "roi_mask" not in arrays, "a method's array is named roi_mask"
-            arrays["roi_mask"] = np.ascontiguousarray(self.roi_mask, dtype=np.uint8)  # 1 = inside
-        return save_bundle(folder, manifest, arrays)
+        self._check_fitted()
+        return save_bundle(folder, *bundle_contents(self))
 
     @classmethod
     def load(cls, folder: str | os.PathLike, device: str | torch.device = "auto", runtime: str = "auto") -> "Detector":
         """Load a bundle and its backbone (run by ``runtime``, see FeatureExtractor); refuses a bundle built on
-        other backbone weights."""
-        manifest, arrays = load_bundle(folder)  # one read: config and arrays from the same save
-        check_detector_bundle(folder, manifest, arrays)
-        try:
-            config = DetectorConfig.from_dict(manifest["config"])
-            if config.image_score == "auto":  # a fit always records the rule "auto" resolved to
-                if "image_score" in manifest["config"]:
-                    raise ValueError("image_score 'auto' was never resolved by a fit")
-                config = config.replace(image_score=MAP_SCORE_RULE)  # bundles older than the rule: its default
-            calibration = Calibration.from_dict(manifest["calibration"])
-            backbone = manifest["backbone"]
-            # Bundles from before methods had a name hold PatchCore's arrays (and no "method" entry).
-            method_name = manifest.get("method", {"name": "patchcore"})["name"]
-            method_cls = method_class(method_name, config)
-            if method_name != config.method:
-                raise ValueError(f"the method {method_name!r} is not the config's {config.method!r}")
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BundleError(f"model bundle {folder} has an invalid manifest: {first_line(exc)}") from None
-        detector = cls(config, device=device, runtime=runtime)
-        detector.graph_ = graph_from_bundle(folder, manifest, arrays)
-        extractor = detector.extractor
-        if extractor.digest != backbone.get("state_dict_sha256"):
-            raise BundleError(
-                f"model bundle {folder} was fitted with other backbone weights than {config.backbone!r} "
-                f"loaded from {extractor.weights_info['weights']}; refit or pass the original weights"
-            )
-        try:
-            detector.method_ = method_cls.from_arrays(config, arrays, extractor.feature_dim)
-            detector.global_ = (GlobalDescriptor.from_arrays(arrays, extractor.feature_dim,
-                                                             fused=config.image_score == FUSED_RULE)
-                                if detector._uses_descriptors else None)
-        except KeyError as exc:
-            raise BundleError(f"model bundle {folder} lacks array {exc}") from None
-        except ValueError as exc:
-            raise BundleError(f"model bundle {folder} does not fit {config.backbone!r}: {exc}") from None
-        if config.roi == "file":
-            mask = arrays.get("roi_mask")
-            if mask is None or mask.ndim != 2 or mask.dtype.kind not in "biu" or not mask.any():
-                raise BundleError(f"model bundle {folder}: its ROI mode is 'file' but it holds no usable roi_mask "
-                                  "(a 2-D array of 0/1 with some 1)")
-            detector.roi_mask = mask.astype(bool)
-        detector.calibration_ = calibration
-        detector.backbone_digest_ = backbone["state_dict_sha256"]
-        detector.fit_info_ = dict(manifest.get("fit", {}))
-        selection = manifest.get("selection")
-        detector.selection_ = selection if isinstance(selection, dict) else None
-        window = manifest.get("clean_window")  # checked by check_detector_bundle
-        detector.clean_window_ = None if window is None else (float(window["low"]), float(window["high"]))
-        return detector
+        other backbone weights (detector_bundle.py)."""
+        from .detector_bundle import restore_detector
+
+        return restore_detector(cls, folder, device, runtime)
 
 
 def _synchronise(tensor: torch.Tensor) -> None:
