@@ -24,38 +24,16 @@ class _Parser(argparse.ArgumentParser):
 
 # Flags that are not DetectorConfig settings; the settings' own ranges are ranges.SETTING_RANGES.
 PERCENTILE = Range(0.0, 100.0)
-
-
 OPACITY = Range(0.0, 1.0)
-
-
 GAMMA = Range(0.0, 20.0, low_open=True)
-
-
 BLUR_SIGMA = Range(0.0, 256.0)
-
-
 COLOUR_VALUE = Range(-1e6, 1e6)
-
-
 REGION_AREA = Range(0, 10**12, integer=True)
-
-
 SUBSAMPLE = Range(1, 10**6, integer=True)
-
-
 WORST_OVERLAYS = Range(0, 1000, integer=True)
-
-
 SEED = Range(0, 2**32 - 1, integer=True)
-
-
 WORKERS = Range(1, 100_000, integer=True)
-
-
 GPUS_PER_WORKER = Range(0.0, 64.0)
-
-
 CALIBRATION_TILES = Range(1, 4096, integer=True)
 
 
