@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import datetime as _dt
-import json
 import sys
 from pathlib import Path
 
@@ -39,7 +37,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import benchmark_quality as bq  # noqa: E402
 from benchmark_defaults import machine  # noqa: E402
-from study_pages import page_text, parse_page_args, written_read  # noqa: E402
+from study_pages import new_cache, page_text, parse_page_args, save_cache  # noqa: E402
 from rtg_anomaly import DetectorConfig  # noqa: E402
 from rtg_anomaly.pipeline.detector import Detector  # noqa: E402
 from rtg_anomaly.evaluation.mvtec import load_mvtec_folder  # noqa: E402
@@ -109,14 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     places = sequence_places(list(eval_set.train_paths) + good)
     if any(places[path.name] % 3 != 2 for path in good):
         raise SystemExit("the clean test frames are not every third clean frame of their sequence: not this split")
-    cache = {"date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
-             "rows": {}, "read": written_read(output)}
+    cache = new_cache(output, machine(), rows={})
     for name, (bank, calibration) in splits(sorted(eval_set.train_paths), places).items():
         cache["rows"][name] = run_split(bank, calibration, good, defect)
         row = cache["rows"][name]
         print(f"{name}: median ratio {row['median_ratio']:.3f}, false alarms {row['false_alarms']}/{row['n_good']}, "
               f"recall {row['recall']:.3f}, image AUROC {row['image_auroc']:.4f}", flush=True)
-        output.write_text(json.dumps(cache, indent=1) + "\n")
+        save_cache(output, cache)
     output.with_suffix(".md").write_text(render(cache))
     return 0
 

@@ -24,7 +24,6 @@ Raw (uncalibrated) scores: each variant's AUROC is what it would give, the thres
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import sys
 import time
@@ -39,7 +38,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import benchmark_quality as bq  # noqa: E402
 from benchmark_defaults import machine  # noqa: E402
-from study_pages import page_text, parse_page_args, written_read  # noqa: E402
+from study_pages import new_cache, page_text, parse_page_args, save_cache  # noqa: E402
 from rtg_anomaly import DetectorConfig  # noqa: E402
 from rtg_anomaly.evaluation.metrics import image_auroc  # noqa: E402
 from rtg_anomaly.evaluation.mvtec import load_mvtec_folder  # noqa: E402
@@ -126,13 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--datasets: unknown {', '.join(sorted(unknown))} (choose from {', '.join(ZOOM_KEPT)})")
     flags = "" if args.datasets == ",".join(ZOOM_KEPT) else f" --datasets {args.datasets}"
-    cache = {"flags": flags, "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-             "machine": machine(), "datasets": {}, "read": written_read(output)}
+    cache = new_cache(output, machine(), flags=flags, datasets={})
     for dataset in args.datasets.split(","):
         cache["datasets"][dataset] = study_dataset(root / dataset)
         print(dataset, json.dumps({k: round(v, 4) for k, v in cache["datasets"][dataset]["auroc"].items()}),
               flush=True)
-        output.write_text(json.dumps(cache, indent=1) + "\n")
+        save_cache(output, cache)
     output.with_suffix(".md").write_text(render(cache))
     return 0
 

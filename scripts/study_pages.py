@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import json
 from pathlib import Path
 from typing import Callable
@@ -31,3 +32,15 @@ def written_read(output: Path) -> str:
 def page_text(lines: list[str], cache: dict) -> str:
     """A study page's Markdown: ``lines``, then the reading kept in ``cache`` (if any)."""
     return "\n".join(lines + (["", cache["read"]] if cache.get("read") else [])) + "\n"
+
+
+def new_cache(output: Path, machine: str, **fields) -> dict:
+    """A study's results, to be filled: when and where it ran, ``fields``, and the reading of an earlier run of
+    ``output`` (``written_read``)."""
+    return {"date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine,
+            **fields, "read": written_read(output)}
+
+
+def save_cache(output: Path, cache: dict) -> None:
+    """Write ``cache`` to ``output`` (after every dataset, so that an interrupted study keeps what it measured)."""
+    output.write_text(json.dumps(cache, indent=1) + "\n")

@@ -19,8 +19,6 @@ as the larger z does; the row is computed by the library's ``GlobalDescriptor.fu
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import json
 import sys
 from pathlib import Path
 
@@ -32,7 +30,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import benchmark_quality as bq  # noqa: E402
 from benchmark_defaults import DATASETS, machine  # noqa: E402
-from study_pages import page_text, parse_page_args, written_read  # noqa: E402
+from study_pages import new_cache, page_text, parse_page_args, save_cache  # noqa: E402
 from rtg_anomaly import DetectorConfig  # noqa: E402
 from rtg_anomaly.pipeline.detector import Detector  # noqa: E402
 from rtg_anomaly.evaluation.mvtec import load_mvtec_folder  # noqa: E402
@@ -129,13 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     output = Path(args.output)
     root, _ = bq._data_root(args.data_root)
-    cache = {"date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
-             "rows": {}, "read": written_read(output)}
+    cache = new_cache(output, machine(), rows={})
     for dataset in args.datasets.split(","):
         cache["rows"][dataset] = row = study_dataset(root, dataset)
         print(f"{dataset}: " + ", ".join(f"{name} {value:.4f}" for name, value in row["image_auroc"].items()),
               flush=True)
-        output.write_text(json.dumps(cache, indent=1) + "\n")
+        save_cache(output, cache)
     output.with_suffix(".md").write_text(render(cache))
     return 0
 

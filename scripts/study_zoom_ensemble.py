@@ -20,9 +20,7 @@ times also kept in the JSON, which each zoom's first scans' warm-up and a busy C
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import itertools
-import json
 import sys
 import time
 from pathlib import Path
@@ -36,7 +34,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import benchmark_quality as bq  # noqa: E402
 from benchmark_defaults import machine  # noqa: E402
-from study_pages import page_text, parse_page_args, written_read  # noqa: E402
+from study_pages import new_cache, page_text, parse_page_args, save_cache  # noqa: E402
 from rtg_anomaly import DetectorConfig
 from rtg_anomaly.pipeline import selection  # noqa: E402
 from rtg_anomaly.pipeline.detector import Detector  # noqa: E402
@@ -156,8 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     subsample = ("Full sets." if args.max_train is None and args.max_per_class is None else
                  f"Subsampled as the defaults study (`--max-train {args.max_train}`, `--max-per-class "
                  f"{args.max_per_class}`, evenly spaced).")
-    cache = {"flags": flags, "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-             "machine": machine(), "subsample": subsample, "datasets": {}, "read": written_read(output)}
+    cache = new_cache(output, machine(), flags=flags, subsample=subsample, datasets={})
     for dataset in args.datasets.split(","):
         runs = {}
         for zoom in zooms:
@@ -165,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{dataset} {zoom} px/cell: image AUROC {image_auroc(runs[zoom]['labels'], runs[zoom]['scores']):.4f}"
                   f" (fit {runs[zoom]['fit_s']:.0f} s, detect {runs[zoom]['detect_ms']:.0f} ms/image)", flush=True)
         cache["datasets"][dataset] = ensemble_rows(runs)
-        output.write_text(json.dumps(cache, indent=1) + "\n")
+        save_cache(output, cache)
     output.with_suffix(".md").write_text(render(cache))
     return 0
 
