@@ -148,6 +148,18 @@ CANDIDATES["select-scale+auto-score+s0"] = (["--select", "scale", "--image-score
                                             "selection, which judges the zooms on synthetic maps, keeps another zoom")
 CANDIDATES["select-scale+auto-score+s025"] = (["--select", "scale", "--image-score", "auto", "--smoothing-sigma",
                                                "0.25"], "as select-scale+auto-score+s0 with a Gaussian of 0.25 cells")
+# s0 and s025 ran while the selection judged the zooms on maps with the fit's own Gaussian; since 2026-12-08 it
+# judges them with 0.5 patch (selection.SELECTION_SMOOTHING_SIGMA) whatever the fit's map, so a rerun of those two
+# runs as s0-sel05 below does, not as they did.
+CANDIDATES["select-scale+auto-score+s0-sel05"] = (
+    ["--select", "scale", "--image-score", "auto", "--smoothing-sigma", "0"],
+    "as select-scale+auto-score+s0, the zoom selection judging the zooms on maps with the Gaussian of 0.5 patch it "
+    "was validated with (SELECTION_SMOOTHING_SIGMA), whatever the fit's own map: the map setting can then move no "
+    "zoom and no image score")
+# The map's Gaussian went from 0.5 patch to none on 2026-12-08 (s0-sel05, by the pixel-side rule). Every candidate that
+# does not set it ran, and is rerun, with the Gaussian it had then, so that a rerun reproduces its figures.
+SHIPPED_2026_12_08 = "select-scale+auto-score+s0-sel05"
+MAP_GAUSSIAN_BEFORE = ["--smoothing-sigma", "0.5"]
 # Diagnostics for the few-scan side study (docs/defaults_few32.md): each zoom with every clean patch in the bank.
 for _name, _zoom_flags, _what in (("current+bank-all", [], "16"), ("i322+bank-all", ["--input-size", "322"], "22"),
                                   ("t384+bank-all", ["--tile-size", "384"], "12")):
@@ -159,13 +171,20 @@ for _name, _zoom_flags, _what in (("current+bank-all", [], "16"), ("i322+bank-al
 REFERENCE = {"select-scale-3": SHIPPED_2026_12_05, "select-scale": SHIPPED_2026_12_05,
              **{name: SHIPPED_2026_12_06 for name in CANDIDATES if name.startswith(SHIPPED_2026_12_06 + "+")},
              **{name: name.removesuffix("+bank-all") for name in CANDIDATES if name.endswith("+bank-all")},
-             **{name: SHIPPED_2026_12_07 for name in CANDIDATES if name.startswith(SHIPPED_2026_12_07 + "+")}}
+             **{name: SHIPPED_2026_12_07 for name in CANDIDATES if name.startswith(SHIPPED_2026_12_07 + "+")},
+             **{name: SHIPPED_2026_12_08 for name in CANDIDATES if name.startswith(SHIPPED_2026_12_08 + "+")}}
 MAX_LOSS = 0.01
 # AUROCs are ratios of pair counts: a loss of exactly MAX_LOSS (0.92 after 0.93) must not fail by float rounding.
 LOSS_TOLERANCE = 1e-9
 # Candidates that passed here and then failed the same rule on the full sets (benchmark_quality.py --headline):
 # the verdict column says so; the decisions below give the figures.
 FULL_SET_CHECKS = {"select-scale+hflip": "; failed on the full sets (screw -0.017)"}
+# Candidates left incomplete on purpose: why the remaining runs were not worth their time.
+DROPPED = {"select-scale+auto-score+k3": "; dropped: lost on every set it ran on (screw not run)"}
+# Settings of the stitched map alone: the image score never reads the map, so the image rule cannot admit them.
+# They are judged by the pixel-side rule (``map_verdict``).
+MAP_ONLY = {"select-scale+auto-score+s0", "select-scale+auto-score+s025", "select-scale+auto-score+s0-sel05"}
+PIXEL_METRICS = ("pixel_auroc", "aupro")
 DEFAULT_OUTPUT = REPO_ROOT / "docs" / "defaults.json"
 
 
@@ -185,11 +204,21 @@ def fit_variant(name: str) -> tuple[str, float] | None:
 def _same_flags(flags: list[str]) -> list[str]:
     # Runs before 2026-12-05 had scale_to_scans off by default and no --no-scale-to-scans flag, and ran before
     # `--select scale` became the default (so without `--select off`).
+    # Runs before 2026-12-08 had the Gaussian of 0.5 patch by default (MAP_GAUSSIAN_BEFORE).
     out = [f for f in flags if f != "--no-scale-to-scans"]
-    for i in range(len(out) - 1):
-        if out[i:i + 2] == ["--select", "off"]:
-            return out[:i] + out[i + 2:]
+    for pair in (["--select", "off"], MAP_GAUSSIAN_BEFORE):
+        for i in range(len(out) - 1):
+            if out[i:i + 2] == pair:
+                out = out[:i] + out[i + 2:]
+                break
     return out
+
+
+def run_flags_of(name: str) -> list[str]:
+    """The flags a candidate runs with: its own, plus the map's Gaussian it had before 2026-12-08 unless it sets
+    one (``--smoothing-sigma``)."""
+    flags = CANDIDATES[name][0]
+    return flags if "--smoothing-sigma" in flags else [*flags, *MAP_GAUSSIAN_BEFORE]
 
 
 def scale_flags(flags: list[str], dataset_dir: Path, share: float) -> list[str]:
@@ -215,8 +244,8 @@ def run(candidates: list[str], datasets: list[str], data_root: Path, max_train: 
     cache = json.loads(output.read_text()) if output.is_file() else {"runs": {}}
     weights = str(data_root.parent / "weights")
     for name in candidates:
-        flags, why = CANDIDATES[name]
-        flags = [f.replace("{weights}", weights) for f in flags]
+        why = CANDIDATES[name][1]
+        flags = [f.replace("{weights}", weights) for f in run_flags_of(name)]
         for dataset in datasets:
             key = f"{name}/{dataset}"
             if key in cache["runs"]:
@@ -251,13 +280,42 @@ def _value(cache: dict, name: str, dataset: str, metric: str):
     return None if record is None or "error" in record else record.get(metric)
 
 
+def map_verdict(cache: dict, name: str, reference: str, datasets: list[str]) -> tuple[str, float | None, float | None]:
+    """The pixel-side rule for a ``MAP_ONLY`` setting: (verdict, mean pixel AUROC change over the datasets with
+    masks, worst change of pixel AUROC or AUPRO). Accepted only if it ran on every dataset, left every image
+    AUROC exactly as it was (the zoom selection, which reads synthetic maps, kept its choice), lost no more than
+    ``MAX_LOSS`` of pixel AUROC or AUPRO anywhere, and raised the mean pixel AUROC."""
+    pixel_deltas, worst = [], None
+    for dataset in datasets:
+        new, old = _value(cache, name, dataset, "image_auroc"), _value(cache, reference, dataset, "image_auroc")
+        if new is None or old is None:
+            return "incomplete", None, None
+        if abs(new - old) > LOSS_TOLERANCE:
+            return "rejected (image AUROC moved)", None, new - old
+        for metric in PIXEL_METRICS:
+            new, old = _value(cache, name, dataset, metric), _value(cache, reference, dataset, metric)
+            if new is None or old is None:
+                continue
+            worst = new - old if worst is None else min(worst, new - old)
+            if metric == "pixel_auroc":
+                pixel_deltas.append(new - old)
+    if not pixel_deltas:
+        return "incomplete", None, None
+    mean = sum(pixel_deltas) / len(pixel_deltas)
+    accepted = mean > 0 and worst >= -MAX_LOSS - LOSS_TOLERANCE
+    return ("accepted (pixel rule)" if accepted else "rejected (pixel rule)"), mean, worst
+
+
 def verdict(cache: dict, name: str, datasets: list[str]) -> tuple[str, float | None, float | None]:
     """(verdict, mean image AUROC change, worst change of image or pixel AUROC) against the candidate's
     reference: ``REFERENCE[name]``, else "current". A candidate not run on every dataset is "incomplete",
-    unless a dataset it ran on already lost more than ``MAX_LOSS``: then it is "rejected" (mean None)."""
+    unless a dataset it ran on already lost more than ``MAX_LOSS``: then it is "rejected" (mean None).
+    A ``MAP_ONLY`` candidate is judged by ``map_verdict`` instead."""
     reference = REFERENCE.get(name, "current")
     if name == "current" or not any(key.startswith(reference + "/") for key in cache["runs"]):
         return "reference", None, None  # a side study (another --output) need not hold the reference's runs
+    if name in MAP_ONLY:
+        return map_verdict(cache, name, reference, datasets)
     deltas, worst, missing = [], None, False
     for dataset in datasets:
         for metric in ("image_auroc", "pixel_auroc"):
@@ -292,7 +350,10 @@ def render(cache: dict, datasets: list[str], max_train, max_per_class, source: s
         f"Generated by `python scripts/benchmark_defaults.py` from `{source}` (`--render-only` redraws it).",
         "Each candidate is one list of flags applied unchanged to every shared dataset, as a user without a test",
         "set would run it. Rule (issue 22): a candidate replaces the defaults only if the mean image AUROC rises",
-        f"and no dataset loses more than {MAX_LOSS} image or pixel AUROC. Every dataset is subsampled the same way "
+        f"and no dataset loses more than {MAX_LOSS} image or pixel AUROC. A setting of the map alone, which the "
+        "image score never reads, is judged by a pixel-side rule instead: every image AUROC unchanged, the mean "
+        f"pixel AUROC up, no dataset losing more than {MAX_LOSS} pixel AUROC or AUPRO. Every dataset is subsampled "
+        "the same way "
         f"for every candidate (`--max-train {max_train}`, `--max-per-class {max_per_class}`, evenly spaced), so the",
         "figures compare candidates on the same images; they are not the full-set figures.",
         "",
@@ -316,6 +377,7 @@ def render(cache: dict, datasets: list[str], max_train, max_per_class, source: s
         mean = sum(images) / len(images) if all(v is not None for v in images) else None
         kind, _, worst = verdict(cache, name, datasets)
         kind += FULL_SET_CHECKS.get(name, "") if kind == "accepted" else ""
+        kind += DROPPED.get(name, "") if kind == "incomplete" else ""
         lines.append(f"| `{name}` | " + " | ".join(cells) + f" | {'–' if mean is None else f'{mean:.3f}'} | "
                      f"{'–' if worst is None else f'{worst:+.3f}'} | "
                      f"{'–' if kind == 'reference' else '`' + REFERENCE.get(name, 'current') + '`'} | {kind} |")
@@ -324,7 +386,9 @@ def render(cache: dict, datasets: list[str], max_train, max_per_class, source: s
     else:
         lines += validator_lines(cache, datasets, "select-scale")
         lines += ["", "A side study of [defaults.md](defaults.md), which gives its reading and decision."]
-    lines += ["", "What each candidate is (flags added to the defaults):", ""]
+    lines += ["", "What each candidate is (flags added to the defaults; every one that sets no `--smoothing-sigma` "
+              "runs with `--smoothing-sigma 0.5`, the map's default before 2026-12-08, so that a rerun reproduces "
+              "it):", ""]
     for name in names:
         flags, why = CANDIDATES[name]
         shown = " ".join(f.replace("{weights}", "../shared/weights") for f in flags) or "(none)"

@@ -132,3 +132,39 @@ def test_validator_table_claims_no_hit_while_a_zoom_has_no_real_run(script):
                        {"name": "t512-i322 (22 px/cell)", "pixel_auroc": 0.78, "error": None}]}
     row = next(line for line in script.validator_lines(cache, ["a"]) if line.startswith("| a"))
     assert "0.750 → not run" in row and [c.strip() for c in row.split("|")][4:7] == ["–", "–", "–"]
+
+
+def test_a_map_only_setting_is_judged_by_the_pixel_side_rule(script):
+    base, s0 = "select-scale+auto-score", "select-scale+auto-score+s0"
+    assert s0 in script.MAP_ONLY and script.REFERENCE[s0] == base
+    cache = _cache({f"{base}/a": (0.90, 0.90), f"{base}/b": (0.80, None),
+                    f"{s0}/a": (0.90, 0.905), f"{s0}/b": (0.80, None)})
+    cache["runs"][f"{base}/a"]["aupro"], cache["runs"][f"{s0}/a"]["aupro"] = 0.60, 0.595
+    kind, mean, worst = script.verdict(cache, s0, ["a", "b"])
+    assert kind == "accepted (pixel rule)" and mean == pytest.approx(0.005) and worst == pytest.approx(-0.005)
+    cache["runs"][f"{s0}/a"]["aupro"] = 0.58                      # AUPRO loses 0.02
+    assert script.verdict(cache, s0, ["a", "b"])[0] == "rejected (pixel rule)"
+    cache["runs"][f"{s0}/a"]["aupro"] = 0.60
+    cache["runs"][f"{s0}/b"]["image_auroc"] = 0.81                # the zoom selection chose another zoom
+    assert script.verdict(cache, s0, ["a", "b"])[:2] == ("rejected (image AUROC moved)", None)
+    del cache["runs"][f"{s0}/b"]
+    assert script.verdict(cache, s0, ["a", "b"]) == ("incomplete", None, None)
+
+
+def test_candidates_keep_the_map_gaussian_they_ran_with(script):
+    assert script.run_flags_of("select-scale+auto-score") == ["--select", "scale", "--image-score", "auto",
+                                                              "--smoothing-sigma", "0.5"]
+    assert script.run_flags_of("select-scale+auto-score+s0")[-2:] == ["--smoothing-sigma", "0"]
+    # a run recorded before the pin stands for the same run with it
+    assert (script._same_flags(["--select", "off", "--tile-size", "384"])
+            == script._same_flags(["--select", "off", "--tile-size", "384", "--smoothing-sigma", "0.5"]))
+    assert script._same_flags(["--smoothing-sigma", "0"]) == ["--smoothing-sigma", "0"]
+
+
+def test_a_candidate_dropped_on_purpose_says_why(script, monkeypatch):
+    monkeypatch.setattr(script, "DATASETS", ["a", "b"])
+    base, k3 = "select-scale+auto-score", "select-scale+auto-score+k3"
+    cache = _cache({f"{base}/a": (0.90, None), f"{base}/b": (0.80, None), f"{k3}/a": (0.895, None)})
+    assert script.verdict(cache, k3, ["a", "b"])[0] == "incomplete"
+    assert "| incomplete; dropped: lost on every set it ran on (screw not run) |" in script.render(cache, ["a", "b"],
+                                                                                                   160, 40)

@@ -11,8 +11,8 @@ from PIL import Image
 from rtg_anomaly import Detector
 from rtg_anomaly.cli import main
 from rtg_anomaly.errors import InputError
-from rtg_anomaly.pipeline.selection import (MARGIN, SCALE_MARGIN, SELECTION_CORESET_RATIO, Candidate, CandidateResult,
-                                            _best, fit_candidate, refinement_candidates, scale_candidates,
+from rtg_anomaly.pipeline.selection import (MARGIN, SCALE_MARGIN, SELECTION_CORESET_RATIO, SELECTION_SMOOTHING_SIGMA,
+                                            Candidate, CandidateResult, _best, candidate_config, fit_candidate, refinement_candidates, scale_candidates,
                                             select_config, select_scale, synthetic_validation_set, zoom_candidates)
 from rtg_anomaly.scans.synthetic import write_demo_dataset
 from rtg_anomaly.scans.threat_projection import ProjectionSettings
@@ -218,6 +218,17 @@ def test_candidates_are_judged_with_a_capped_bank_so_the_bank_size_cannot_move_t
     assert [(r.name, r.image_auroc, r.pixel_auroc) for r in large.candidates] == [
         (r.name, r.image_auroc, r.pixel_auroc) for r in small.candidates]
     assert large.chosen == small.chosen and large.config == small.config.replace(coreset_ratio=0.5)
+
+
+def test_zooms_are_judged_on_maps_smoothed_as_validated_whatever_the_maps_own_setting(clean_paths):
+    zoom = Candidate("t64", {"tile_size": 64, "input_size": 56})
+    for sigma in (0.0, 0.5, 3.0):
+        assert candidate_config(zoom, tiny_config(smoothing_sigma=sigma)).smoothing_sigma == SELECTION_SMOOTHING_SIGMA
+    sharp = select_scale(clean_paths, tiny_config(pca_dim=8, smoothing_sigma=0.0), device="cpu", runtime="torch")
+    smooth = select_scale(clean_paths, tiny_config(pca_dim=8, smoothing_sigma=2.0), device="cpu", runtime="torch")
+    assert [(r.name, r.pixel_auroc) for r in sharp.candidates] == [(r.name, r.pixel_auroc) for r in smooth.candidates]
+    # the chosen config keeps the user's map setting
+    assert sharp.chosen == smooth.chosen and sharp.config == smooth.config.replace(smoothing_sigma=0.0)
 
 
 @pytest.mark.parametrize("image_score", ["global", "patch_or_global", "auto"])

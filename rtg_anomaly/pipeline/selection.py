@@ -62,6 +62,10 @@ SCALE_MIN_SCANS = 6  # fewer clean scans: the configured scale is kept (2 valida
 # not a chosen field, so the choice should not move with it, and the selection's fits should not cost more when
 # a user asks for a larger bank (the greedy coreset's work grows with the rows it keeps).
 SELECTION_CORESET_RATIO = 0.1
+# The Gaussian (in patches) on a candidate's synthetic maps, whatever the fit's own map setting: the validator's
+# rank correlations were measured with it (docs/defaults.md). Without it a map one cell sharper moved screw's zoom
+# on the defaults study's subsample, which the map's own setting must not do.
+SELECTION_SMOOTHING_SIGMA = 0.5
 MAX_TRAIN_SCANS = 48
 MAX_VALIDATION_SCANS = 16
 OBJECTS_PER_SCAN = 2
@@ -251,10 +255,11 @@ def _evaluate_all(candidates: Sequence[Candidate], base: DetectorConfig, train, 
 def candidate_config(candidate: Candidate, base: DetectorConfig) -> DetectorConfig:
     """``candidate``'s config as a selection fits it: no augmentation, no calibration pass (a candidate is judged
     on uncalibrated scores, ``Detector.raw_scores``: its patch scores and map), so the image score is the top
-    patches' (a whole-scan rule would need held-out scans), and a memory bank of at most
-    ``SELECTION_CORESET_RATIO`` of the clean patches (an absolute ``memory_bank_size`` is kept)."""
+    patches' (a whole-scan rule would need held-out scans), a memory bank of at most
+    ``SELECTION_CORESET_RATIO`` of the clean patches (an absolute ``memory_bank_size`` is kept), and maps
+    smoothed by ``SELECTION_SMOOTHING_SIGMA``."""
     return candidate.config(base).replace(calibration="holdout", holdout_fraction=0.0, augment=(),
-                                          image_score="patch_top_mean",
+                                          image_score="patch_top_mean", smoothing_sigma=SELECTION_SMOOTHING_SIGMA,
                                           coreset_ratio=min(base.coreset_ratio, SELECTION_CORESET_RATIO))
 
 
