@@ -149,9 +149,9 @@ def test_cli_fit_with_the_clean_window(tmp_path):
 
 
 def test_the_clean_window_is_learned_from_at_most_64_scans_evenly_spaced(monkeypatch):
-    from rtg_anomaly.pipeline import detector as detector_module
+    from rtg_anomaly.pipeline import fitting
 
-    monkeypatch.setattr(detector_module, "CLEAN_WINDOW_MAX_SCANS", 2)
+    monkeypatch.setattr(fitting, "CLEAN_WINDOW_MAX_SCANS", 2)
     dark, bright = np.full((96, 160), 20, np.uint8), np.full((96, 160), 220, np.uint8)
     middle = narrow_scans(1)[0]
     detector = Detector(tiny_config(intensity_window="clean"), device="cpu")

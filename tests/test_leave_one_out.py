@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-import rtg_anomaly.pipeline.detector as detector_module
+import rtg_anomaly.pipeline.fitting as fitting
 from rtg_anomaly import Detector
 from rtg_anomaly.cli import main
 from rtg_anomaly.config import CALIBRATION_MODES, ConfigError, DetectorConfig
@@ -154,7 +154,7 @@ def test_methods_that_cannot_leave_a_scan_out_hold_scans_out(clean_paths):
 
 
 def test_leave_one_out_scores_a_seeded_sample_of_at_most_the_cap(clean_paths, monkeypatch):
-    monkeypatch.setattr(detector_module, "LEAVE_ONE_OUT_MAX_SCANS", 3)
+    monkeypatch.setattr(fitting, "LEAVE_ONE_OUT_MAX_SCANS", 3)
     first = Detector(tiny_config(**LOO), device="cpu").fit(clean_paths)
     second = Detector(tiny_config(**LOO), device="cpu").fit(clean_paths)
     assert first.fit_info_["n_calibration_scans"] == 3 and first.fit_info_["n_train_scans"] == len(clean_paths)

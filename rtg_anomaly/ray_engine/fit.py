@@ -181,7 +181,7 @@ def fit_on_ray(ray, detector, images, workers: int | None = None, gpus_per_worke
     from tqdm import tqdm
 
     from ..pipeline.calibration import DEFAULT_FALSE_ALARM_RATE, check_false_alarm_rate
-    from ..pipeline.detector import _CleanStatistics
+    from ..pipeline.fitting import CleanStatistics
     from ..methods import FitPlan, GlobalDescriptor, create_method
 
     check_ray_fit(detector.config)
@@ -242,7 +242,7 @@ def fit_on_ray(ray, detector, images, workers: int | None = None, gpus_per_worke
             arrays.update(global_score.to_arrays())
         model = ("first-round", [ray.put(arrays)])
 
-        def statistics(items, learn_them: bool, on_bad, call_args=None, progress_bar=None) -> _CleanStatistics:
+        def statistics(items, learn_them: bool, on_bad, call_args=None, progress_bar=None) -> CleanStatistics:
             """Calibration statistics of ``items`` scored by the workers: by default the first round's model
             scores them as scans after the training ones (held-out scans, learned with ``learn_them``)."""
             first_view = n_train * n_views
@@ -255,7 +255,7 @@ def fit_on_ray(ray, detector, images, workers: int | None = None, gpus_per_worke
                 for column, value in zip(columns, scan.statistics):
                     column.append(value)
             scores, map_scores, maxima, samples = columns
-            return _CleanStatistics(np.array(scores), np.array(map_scores) if global_score is not None else None,
+            return CleanStatistics(np.array(scores), np.array(map_scores) if global_score is not None else None,
                                     np.array(maxima), np.concatenate(samples) if samples else np.zeros(0, np.float32))
 
         if detector._leaves_scans_out:
