@@ -284,7 +284,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                         help=_ranged("side of the average pooling over the patch grid, odd (default 1: off)",
                                      "neighbourhood"))
     parser.add_argument("--smoothing-sigma", type=_setting("smoothing_sigma"),
-                        help=_ranged("Gaussian sigma of the map, in backbone patches (default 0.5)", "smoothing_sigma"))
+                        help=_ranged("Gaussian sigma of the map, in backbone patches (default 0: none)",
+                                     "smoothing_sigma"))
     parser.add_argument("--image-score", choices=IMAGE_SCORE_RULES,
                         help="image score rule: max of the map, top_mean of the map, patch_top_mean of the "
                              "raw patch scores, or global: distance of the whole scan's feature "
