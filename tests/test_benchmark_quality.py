@@ -108,7 +108,7 @@ def test_benchmark_then_ablation_writes_both_sections(tmp_path, capsys, one_thre
     assert variants[0]["command"].endswith("--image-score top_mean --false-alarm-rate 0.05 --device cpu")
     text = out.read_text()
     assert "## Ablations" in text and "| `--image-score top_mean` |" in text
-    assert "Baseline image score `top_mean`, map smoothing sigma 0.5 patch" in text  # the settings measured
+    assert "Baseline image score `top_mean`, map smoothing sigma 0 patch" in text  # the settings measured
     assert "| synthetic_demo † | 3 / 2 / 2 |" in text                # the results table is still there
 
     # A second ablation run merges its variant in; the Runs table names both commands that measured rows.
