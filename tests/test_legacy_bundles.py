@@ -12,8 +12,7 @@ import pytest
 
 from rtg_anomaly import Detector
 from rtg_anomaly.bundle import BundleError, load_bundle
-from tests.conftest import tiny_config
-from tests.legacy.make_fixtures import CASES, demo_files
+from tests.legacy.make_fixtures import CASES, case_config, demo_files
 
 LEGACY = Path(__file__).resolve().parent / "legacy"
 
@@ -38,7 +37,7 @@ def _bundle_for_this_cpu(case: str, tmp_path: Path) -> tuple[Path, bool]:
     manifest names this machine's digest stands in: the arrays, calibration and format are the old ones."""
     bundle = LEGACY / case / "bundle"
     manifest = json.loads((bundle / "manifest.json").read_text())
-    local = Detector(tiny_config(**CASES[case]), device="cpu").extractor.digest
+    local = Detector(case_config(case), device="cpu").extractor.digest
     if manifest["backbone"]["state_dict_sha256"] == local:
         return bundle, True
     copy = tmp_path / "bundle"
@@ -81,7 +80,7 @@ def test_a_bundle_with_another_backbone_digest_is_refused(tmp_path):
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_fresh_fit_writes_the_old_arrays(case, legacy_scans, tmp_path):
-    detector = Detector(tiny_config(**CASES[case]), device="cpu").fit(legacy_scans["train_good"])
+    detector = Detector(case_config(case), device="cpu").fit(legacy_scans["train_good"])
     detector.save(tmp_path / "model")
     old_manifest, old_arrays = load_bundle(LEGACY / case / "bundle")
     new_manifest, new_arrays = load_bundle(tmp_path / "model")
