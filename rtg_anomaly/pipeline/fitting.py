@@ -132,11 +132,7 @@ class CleanFitting:
             bar.close()
             raise InputError("none of the clean images could be read")
 
-        method.finish(self.extractor.device)
-        if global_score is not None:
-            global_score.finish()
-        self.method_, self.global_ = method, global_score
-        self.backbone_digest_ = self.extractor.digest
+        self._adopt_learned(method, global_score)
 
         if self._leaves_scans_out:
             bar.close()
@@ -149,6 +145,15 @@ class CleanFitting:
             stats = None
         return self._conclude_fit(stats, lambda: self._clean_statistics(train_items[:10], lambda *_: None),
                                   n_train, n_views, kinds, counts, false_alarm_rate, threshold_rule, started, scale)
+
+    def _adopt_learned(self, method: PatchMethod, global_score: GlobalDescriptor | None) -> None:
+        """The method (and global score) that learned the training scans finish and become the fitted state,
+        with the digest of the backbone whose features they learned."""
+        method.finish(self.extractor.device)
+        if global_score is not None:
+            global_score.finish()
+        self.method_, self.global_ = method, global_score
+        self.backbone_digest_ = self.extractor.digest
 
     @property
     def _leaves_scans_out(self) -> bool:

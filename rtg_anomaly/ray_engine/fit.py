@@ -232,11 +232,7 @@ def fit_on_ray(ray, detector, images, workers: int | None = None, gpus_per_worke
         learned = [item for item in train_items if id(item) not in unreadable]  # readable ones, in learning order
         if n_train == 0:
             raise InputError("none of the clean images could be read")
-        method.finish(detector.extractor.device)
-        if global_score is not None:
-            global_score.finish()
-        detector.method_, detector.global_ = method, global_score
-        detector.backbone_digest_ = detector.extractor.digest
+        detector._adopt_learned(method, global_score)
         arrays = dict(method.to_arrays())
         if global_score is not None:
             arrays.update(global_score.to_arrays())
