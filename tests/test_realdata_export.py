@@ -24,10 +24,12 @@ pytest.importorskip("onnxruntime")
 # Largest heatmap difference from torch float32 allowed, calibrated units (the pixel threshold is ~1.2-2).
 FP32_TOLERANCE = 1e-3
 # int8 is not within the tolerance (docs/precision.md): this bounds its error. Measured 0.31 here since
-# the default fits the tile to these 100 px crops (scale_to_scans, 2026-12-05); 0.25 held at the 512 px tile.
-INT8_TOLERANCE = 0.35
-# NNCF's int8 OpenVINO IR (transformer scheme), on the same crops: measured 0.313 (ONNX Runtime's: 0.309).
-NNCF_TOLERANCE = 0.35
+# the default fits the tile to these 100 px crops (scale_to_scans, 2026-12-05; 0.25 held at the 512 px tile), and
+# 0.352 since the map has no Gaussian to average the int8 error away (2026-12-07).
+INT8_TOLERANCE = 0.4
+# NNCF's int8 OpenVINO IR (transformer scheme), on the same crops: measured 0.313 (ONNX Runtime's: 0.309), and
+# 0.324 without the map's Gaussian (ONNX Runtime's: 0.352).
+NNCF_TOLERANCE = 0.4
 # OpenVINO computing in bfloat16 (a CPU with AVX-512 BF16 or AMX): within the 0.05 (docs/precision.md:
 # 0.013 castings, 0.037 welds); in float32 on a CPU without it.
 BF16_TOLERANCE = 0.05
