@@ -351,7 +351,7 @@ class CleanFitting:
             samples.append(sample)
         pixel_samples = np.concatenate(samples) if samples else np.zeros(0, np.float32)
         return CleanStatistics(np.array(scores), np.array(map_scores) if self._uses_descriptors else None,
-                                np.array(maxima), pixel_samples)
+                               np.array(maxima), pixel_samples)
 
     def _clean_scan_statistics(self, raw: RawScores, scan_index: int, roi: np.ndarray | None = None
                                ) -> tuple[float, float | None, float, np.ndarray]:

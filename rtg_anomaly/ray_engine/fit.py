@@ -252,7 +252,7 @@ def fit_on_ray(ray, detector, images, workers: int | None = None, gpus_per_worke
                     column.append(value)
             scores, map_scores, maxima, samples = columns
             return CleanStatistics(np.array(scores), np.array(map_scores) if global_score is not None else None,
-                                    np.array(maxima), np.concatenate(samples) if samples else np.zeros(0, np.float32))
+                                   np.array(maxima), np.concatenate(samples) if samples else np.zeros(0, np.float32))
 
         if detector._leaves_scans_out:
             # The workers score the chosen training scans, each without its own bank rows: the model they
