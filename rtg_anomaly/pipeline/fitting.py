@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 CALIBRATION_PIXELS_PER_SCAN = 20_000
 
+
 def holdout_count(holdout_fraction: float, n_images: int) -> int:
     """How many of ``n_images`` clean scans a held-out calibration sets aside at ``holdout_fraction``."""
     if not (holdout_fraction > 0 and n_images >= 2):
@@ -44,7 +45,6 @@ def holdout_count(holdout_fraction: float, n_images: int) -> int:
     # At least two held-out scans when there are three or more: one scan alone sets no spread.
     wanted = max(2, int(round(holdout_fraction * n_images)))
     return min(n_images - 1, wanted, max(1, n_images // 2))
-
 
 
 class CleanStatistics(NamedTuple):
@@ -60,7 +60,6 @@ class CleanStatistics(NamedTuple):
     map_scores: np.ndarray | None
     map_maxima: np.ndarray
     pixel_samples: np.ndarray
-
 
 
 class CleanFitting:
