@@ -642,7 +642,8 @@ def decision_lines(cache: dict, datasets: list[str]) -> list[str]:
               " zoom as shipped, castings pixel AUROC 0.946 -> 0.946 and AUPRO 0.620 -> 0.648, welds 0.887 -> 0.893"
               " and 0.613 -> 0.644. Accepted. On the full sets (the headline of docs/benchmarks.md, `python "
               "scripts/benchmark_quality.py --headline`): castings AUPRO 0.573 -> 0.601, welds pixel AUROC 0.882 "
-              "-> 0.888 and AUPRO 0.600 -> 0.627, every image AUROC, zoom and recall as before. `s025` was not run on the other sets: below `s0` on both "
+              "-> 0.888 and AUPRO 0.600 -> 0.627, every image AUROC, zoom and recall as before. `s025` was not "
+              "run on the other sets: below `s0` on both "
               "sets with masks."]
     return lines
 

@@ -12,8 +12,9 @@ from rtg_anomaly import Detector
 from rtg_anomaly.cli import main
 from rtg_anomaly.errors import InputError
 from rtg_anomaly.pipeline.selection import (MARGIN, SCALE_MARGIN, SELECTION_CORESET_RATIO, SELECTION_SMOOTHING_SIGMA,
-                                            Candidate, CandidateResult, _best, candidate_config, fit_candidate, refinement_candidates, scale_candidates,
-                                            select_config, select_scale, synthetic_validation_set, zoom_candidates)
+                                            Candidate, CandidateResult, _best, candidate_config, fit_candidate,
+                                            refinement_candidates, scale_candidates, select_config, select_scale,
+                                            synthetic_validation_set, zoom_candidates)
 from rtg_anomaly.scans.synthetic import write_demo_dataset
 from rtg_anomaly.scans.threat_projection import ProjectionSettings
 
