@@ -160,6 +160,13 @@ CANDIDATES["select-scale+auto-score+s0-sel05"] = (
 # does not set it ran, and is rerun, with the Gaussian it had then, so that a rerun reproduces its figures.
 SHIPPED_MAP_2026_12_07 = "select-scale+auto-score+s0-sel05"
 MAP_GAUSSIAN_BEFORE = ["--smoothing-sigma", "0.5"]
+# select-scale+l46 lost on the zoom its selection chose with blocks 4 and 6; since 2026-12-07 the selection judges the
+# zooms with the deepest block alone (selection.zoom_judging_config), so a rerun of that row runs as this one does.
+CANDIDATES["select-scale+auto-score+s0-sel05+l46"] = (
+    ["--select", "scale", "--image-score", "auto", "--smoothing-sigma", "0", "--layers", "4,6"],
+    "as select-scale+auto-score+s0-sel05 with the patch features of blocks 4 and 6 side by side, the zooms judged "
+    "with block 6 alone as before (zoom_judging_config): at one zoom the two blocks lifted castings and screw on "
+    "this page (select-scale+l46 lost them to the zoom its selection then chose)")
 # Diagnostics for the few-scan side study (docs/defaults_few32.md): each zoom with every clean patch in the bank.
 for _name, _zoom_flags, _what in (("current+bank-all", [], "16"), ("i322+bank-all", ["--input-size", "322"], "22"),
                                   ("t384+bank-all", ["--tile-size", "384"], "12")):

@@ -14,7 +14,8 @@ from rtg_anomaly.errors import InputError
 from rtg_anomaly.pipeline.selection import (MARGIN, SCALE_MARGIN, SELECTION_CORESET_RATIO, SELECTION_SMOOTHING_SIGMA,
                                             Candidate, CandidateResult, _best, candidate_config, fit_candidate,
                                             refinement_candidates, scale_candidates, select_config, select_scale,
-                                            synthetic_validation_set, zoom_candidates)
+                                            synthetic_validation_set, zoom_candidates,
+                                            zoom_judging_config)
 from rtg_anomaly.scans.synthetic import write_demo_dataset
 from rtg_anomaly.scans.threat_projection import ProjectionSettings
 
@@ -230,6 +231,15 @@ def test_zooms_are_judged_on_maps_smoothed_as_validated_whatever_the_maps_own_se
     assert [(r.name, r.pixel_auroc) for r in sharp.candidates] == [(r.name, r.pixel_auroc) for r in smooth.candidates]
     # the chosen config keeps the user's map setting
     assert sharp.chosen == smooth.chosen and sharp.config == smooth.config.replace(smoothing_sigma=0.0)
+
+
+def test_zooms_are_judged_with_the_deepest_block_alone_and_the_fit_keeps_every_block(clean_paths):
+    assert zoom_judging_config(tiny_config(layers=(0, 1))).layers == (1,)
+    assert zoom_judging_config(tiny_config(layers=(1, 0))).layers == (1,)
+    deepest = select_scale(clean_paths, tiny_config(pca_dim=8, layers=(1,)), device="cpu", runtime="torch")
+    both = select_scale(clean_paths, tiny_config(pca_dim=8, layers=(0, 1)), device="cpu", runtime="torch")
+    assert [(r.name, r.pixel_auroc) for r in both.candidates] == [(r.name, r.pixel_auroc) for r in deepest.candidates]
+    assert both.chosen == deepest.chosen and both.config == deepest.config.replace(layers=(0, 1))
 
 
 @pytest.mark.parametrize("image_score", ["global", "patch_or_global", "auto"])

@@ -66,6 +66,9 @@ SELECTION_CORESET_RATIO = 0.1
 # rank correlations were measured with it (docs/defaults.md). Without it a map one cell sharper moved screw's zoom
 # on the defaults study's subsample, which the map's own setting must not do.
 SELECTION_SMOOTHING_SIGMA = 0.5
+# --select scale judges the zooms with the deepest of the fit's blocks alone, the one that sets what a cell means (the
+# validator's rank correlations were measured with block 6 alone). With blocks 4 and 6 side by side the zooms'
+# synthetic scores came within the margin of each other and the choice moved on castings and screw (docs/defaults.md).
 MAX_TRAIN_SCANS = 48
 MAX_VALIDATION_SCANS = 16
 OBJECTS_PER_SCAN = 2
@@ -390,14 +393,20 @@ def zoom_candidates(base: DetectorConfig, shorter_sides: Sequence[int]) -> list[
     return candidates
 
 
+def zoom_judging_config(base: DetectorConfig) -> DetectorConfig:
+    """``base`` as ``select_scale`` fits its zooms: the deepest of ``base.layers`` alone (the fit itself keeps every
+    block). ``candidate_config`` then applies the pins every candidate shares."""
+    return base.replace(layers=(max(base.layers),))
+
+
 def select_scale(items: Sequence, base: DetectorConfig | None = None, device="auto", runtime: str = "auto",
                  settings: ProjectionSettings | None = None, progress: Callable[[str], None] | None = None,
                  on_bad_image: Callable[[object, Exception], None] | None = None) -> Selection:
     """Choose the zoom (tile and input size) of ``base`` from clean scans alone (``fit --select scale``).
 
     items: paths or arrays of clean scans. The seeded split, the synthetic objects and the fits are those of
-    ``select_config``; the candidates are ``zoom_candidates`` and the score is the synthetic pixel AUROC
-    (a zoom tried later must gain ``SCALE_MARGIN``). With fewer than ``SCALE_MIN_SCANS`` scans, a method other
+    ``select_config``; the candidates are ``zoom_candidates``, fitted as ``zoom_judging_config`` says, and the
+    score is the synthetic pixel AUROC (a zoom tried later must gain ``SCALE_MARGIN``). With fewer than ``SCALE_MIN_SCANS`` scans, a method other
     than PatchCore, or a single candidate, nothing is fitted and ``base`` is returned, the reason in
     ``notes``. The scans' sizes come from their headers, the same sizes the fit refits by; only the sampled
     scans are decoded, and none when there is no choice. Returns a Selection with ``mode == "scale"``.
@@ -425,7 +434,8 @@ def select_scale(items: Sequence, base: DetectorConfig | None = None, device="au
     if len(train) < 2 or len(clean) < 2:
         return kept("scale kept: too few readable clean scans", len(train), len(clean))
     synthetic = synthetic_validation_set(clean, train, base.seed, settings)
-    results = _evaluate_all(candidates, base, train, clean, synthetic, device, runtime, "pixel", progress)
+    results = _evaluate_all(candidates, zoom_judging_config(base), train, clean, synthetic, device, runtime, "pixel",
+                            progress)
     best = _best(results, SCALE_MARGIN)
     if best is None:
         return kept("scale kept: no zoom could be fitted: " + "; ".join(r.error or "" for r in results),
