@@ -56,6 +56,7 @@ if str(REPO_ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from rtg_anomaly import Detector, DetectorConfig  # noqa: E402
+from rtg_anomaly.pipeline.fitting import holdout_count  # noqa: E402
 from rtg_anomaly.scans.tiling import tile_grid  # noqa: E402
 
 TINY_BACKBONE = dict(weights="random", model_kwargs=dict(depth=2, embed_dim=32, num_heads=2), layers=(1,),
@@ -148,14 +149,6 @@ def low_rank_features(n: int, dim: int, seed: int, rank: int = 32, basis_seed: i
     basis = torch.randn(rank, dim, generator=torch.Generator().manual_seed(basis_seed)) / math.sqrt(rank)
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(n, rank, generator=generator) @ basis + 0.1 * torch.randn(n, dim, generator=generator)
-
-
-def holdout_count(n_images: int, fraction: float) -> int:
-    """Held-out calibration scans, exactly as ``Detector.fit`` computes it."""
-    if fraction <= 0 or n_images < 2:
-        return 0
-    wanted = max(2, int(round(fraction * n_images)))
-    return min(n_images - 1, wanted, max(1, n_images // 2))
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -757,7 +750,7 @@ def worker_fitscale(spec: dict) -> dict:
 
     config = DetectorConfig()
     n_scans, patches, dim = spec["n_scans"], spec["patches"], spec["dim"]
-    n_holdout = holdout_count(n_scans, config.holdout_fraction)
+    n_holdout = holdout_count(config.holdout_fraction, n_scans)
     n_train = n_scans - n_holdout
     max_kept = per_scan_share(config.max_bank_size, n_scans)
     keep_true = min(max(1, math.ceil(config.coreset_ratio * min(patches, config.max_patches_per_scan))), max_kept)
