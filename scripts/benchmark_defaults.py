@@ -156,10 +156,12 @@ CANDIDATES["select-scale+auto-score+s0-sel05"] = (
     "as select-scale+auto-score+s0, the zoom selection judging the zooms on maps with the Gaussian of 0.5 patch it "
     "was validated with (SELECTION_SMOOTHING_SIGMA), whatever the fit's own map: the map setting can then move no "
     "zoom and no image score")
-# The map's Gaussian went from 0.5 patch to none on 2026-12-07 (s0-sel05, by the pixel-side rule). Every candidate that
-# does not set it ran, and is rerun, with the Gaussian it had then, so that a rerun reproduces its figures.
+# The map's Gaussian went from 0.5 patch to none on 2026-12-07 (s0-sel05, by the pixel-side rule), and the default
+# blocks from 6 to 4 and 6 later that day (l46-tiled). Every candidate that sets neither ran, and is rerun, with the
+# Gaussian and the block it had then, so that a rerun reproduces its figures.
 SHIPPED_MAP_2026_12_07 = "select-scale+auto-score+s0-sel05"
 MAP_GAUSSIAN_BEFORE = ["--smoothing-sigma", "0.5"]
+LAYERS_BEFORE = ["--layers", "6"]
 # select-scale+l46 lost on the zoom its selection chose with blocks 4 and 6; since 2026-12-07 the selection judges the
 # zooms with the deepest block alone (selection.zoom_judging_config), so a rerun of that row runs as this one does.
 CANDIDATES["select-scale+auto-score+s0-sel05+l46"] = (
@@ -167,6 +169,16 @@ CANDIDATES["select-scale+auto-score+s0-sel05+l46"] = (
     "as select-scale+auto-score+s0-sel05 with the patch features of blocks 4 and 6 side by side, the zooms judged "
     "with block 6 alone as before (zoom_judging_config): at one zoom the two blocks lifted castings and screw on "
     "this page (select-scale+l46 lost them to the zoom its selection then chose)")
+CANDIDATES["select-scale+auto-score+s0-sel05+l46-tiled"] = (
+    ["--select", "scale", "--image-score", "auto", "--smoothing-sigma", "0", "--layers", "4,6"],
+    "as select-scale+auto-score+s0-sel05+l46, except where the scans are fitted whole into one tile (the casting "
+    "crops, fish): there block 6 alone (scale.fit_scale_to_scans), as the scan is magnified to the backbone's "
+    "smallest input and block 4 would describe the interpolation between its pixels. A rule drawn after "
+    "select-scale+auto-score+s0-sel05+l46 lost fish 0.013: on the sets whose scans are tiled it changes nothing, so "
+    "that candidate's runs stand for it there")
+# Candidates that differ from another only where the scans are fitted whole into one tile: on the other sets the
+# other's run stands for theirs (``same_as``).
+SAME_WHERE_TILED = {"select-scale+auto-score+s0-sel05+l46-tiled": "select-scale+auto-score+s0-sel05+l46"}
 # Diagnostics for the few-scan side study (docs/defaults_few32.md): each zoom with every clean patch in the bank.
 for _name, _zoom_flags, _what in (("current+bank-all", [], "16"), ("i322+bank-all", ["--input-size", "322"], "22"),
                                   ("t384+bank-all", ["--tile-size", "384"], "12")):
@@ -213,7 +225,7 @@ def _same_flags(flags: list[str]) -> list[str]:
     # `--select scale` became the default (so without `--select off`).
     # Runs before s0-sel05 was shipped had the Gaussian of 0.5 patch by default (MAP_GAUSSIAN_BEFORE).
     out = [f for f in flags if f != "--no-scale-to-scans"]
-    for pair in (["--select", "off"], MAP_GAUSSIAN_BEFORE):
+    for pair in (["--select", "off"], MAP_GAUSSIAN_BEFORE, LAYERS_BEFORE):
         for i in range(len(out) - 1):
             if out[i:i + 2] == pair:
                 out = out[:i] + out[i + 2:]
@@ -223,9 +235,17 @@ def _same_flags(flags: list[str]) -> list[str]:
 
 def run_flags_of(name: str) -> list[str]:
     """The flags a candidate runs with: its own, plus the map's Gaussian it had before s0-sel05 was shipped unless
-    it sets one (``--smoothing-sigma``)."""
+    it sets one (``--smoothing-sigma``), and block 6 unless it sets ``--layers``."""
     flags = CANDIDATES[name][0]
-    return flags if "--smoothing-sigma" in flags else [*flags, *MAP_GAUSSIAN_BEFORE]
+    flags = flags if "--smoothing-sigma" in flags else [*flags, *MAP_GAUSSIAN_BEFORE]
+    return flags if "--layers" in flags else [*flags, *LAYERS_BEFORE]
+
+
+def scans_fitted_whole(dataset_dir: Path, flags: list[str]) -> bool:
+    """Whether a fit with ``flags`` fits the dataset's clean scans whole into one tile (``fit_scale_to_scans``)."""
+    from rtg_anomaly.pipeline.scale import SMALL_SCAN_SHARE
+
+    return scale_flags(flags, dataset_dir, SMALL_SCAN_SHARE) != flags
 
 
 def scale_flags(flags: list[str], dataset_dir: Path, share: float) -> list[str]:
@@ -258,6 +278,11 @@ def run(candidates: list[str], datasets: list[str], data_root: Path, max_train: 
             if key in cache["runs"]:
                 continue
             run_flags = flags
+            twin = SAME_WHERE_TILED.get(name)
+            if twin is not None and f"{twin}/{dataset}" in cache["runs"] and not scans_fitted_whole(
+                    data_root / dataset, flags):
+                cache["runs"][key] = dict(cache["runs"][f"{twin}/{dataset}"], candidate=name, same_as=f"{twin}/{dataset}")
+                continue
             variant = fit_variant(name)
             if variant is not None:
                 run_flags = scale_flags(flags, data_root / dataset, variant[1])
