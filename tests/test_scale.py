@@ -47,6 +47,8 @@ def test_scans_fitted_whole_are_seen_by_the_deepest_block_alone_tiled_scans_by_e
     assert fit_scale_to_scans(config, [100]).layers == (6,)  # magnified 2.2x: no finer structure for block 4
     assert fit_scale_to_scans(config.replace(layers=(6, 3, 8)), [32]).layers == (8,)
     assert fit_scale_to_scans(config, [600]).layers == (4, 6)  # tiled: kept
+    # a CNN's earlier stage sets its finer grid: kept
+    assert fit_scale_to_scans(DetectorConfig(backbone="tf_efficientnet_lite0", layers=(2, 3)), [100]).layers == (2, 3)
 
 
 def test_scale_to_scans_is_on_by_default():
