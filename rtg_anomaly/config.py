@@ -82,16 +82,15 @@ class DetectorConfig:
         no pretrained weights (tests and ablations only).
     model_kwargs: extra keyword arguments passed to ``timm.create_model``.
     layers: indices of the backbone blocks whose patch tokens are used; several
-        are concatenated along the feature axis. A ViT on scans fitted whole into one tile
-        (``scale_to_scans``) keeps the deepest alone.
+        are concatenated along the feature axis.
     tile_size, overlap: square tiles cut from the scan; neighbours overlap by
         ``overlap * tile_size`` pixels.
     input_size: side of the square backbone input each tile is resized to
         (``None``: the backbone's default).
     scale_to_scans: at fit time, when the clean scans' median shorter side is below half ``tile_size``, the tile
         shrinks to it and the input with it (same scan pixels per feature cell, at least 224 px): small
-        scans are seen whole instead of mirror-padded (``scale.fit_scale_to_scans``), by a ViT's deepest
-        block of ``layers`` alone. The bundle stores the sizes and layers it chose.
+        scans are seen whole instead of mirror-padded (``scale.fit_scale_to_scans``). The bundle stores
+        the sizes it chose.
     neighbourhood: side of the average-pooling window applied to the patch grid
         (1 = off); gives every patch feature some local context.
     pca_dim: dimension kept after PCA (``None`` or >= feature dim: no reduction).
@@ -161,7 +160,7 @@ class DetectorConfig:
     backbone: str = DEFAULT_BACKBONE
     weights: str | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
-    layers: tuple[int, ...] = (4, 6)
+    layers: tuple[int, ...] = (6,)
     tile_size: int = 512
     overlap: float = 0.25
     input_size: int | None = 448

@@ -64,8 +64,6 @@ from rtg_anomaly.backbone.features import resolve_device  # noqa: E402
 WELDS_FLAGS = ["--backbone", "tf_efficientnet_lite0", "--weights", "{weights}/tf_efficientnet_lite0.in1k_fp16.safetensors",
                "--layers", "2,3", "--neighbourhood", "3", "--tile-size", "256", "--augment", "hflip,vflip,rot180",
                "--overlap", "0.5"]
-# `--layers 6` where a row sets no blocks: the default until 2026-12-07 (now 4 and 6), which these flags were tuned
-# with.
 DATASET_FLAGS: dict[str, list[str]] = {
     # A wheel filmed as it rotates: mirrored frames are plausible clean frames, and they widen a bank of
     # 78 frames (30 training frames, 24+24 test frames: image AUROC 0.823 -> 0.858, pixel 0.940 -> 0.938).
@@ -101,15 +99,14 @@ DATASET_FLAGS: dict[str, list[str]] = {
     # 1 % of the map at sigma 1 0.841. Cached block-6 features, full sets, image score from the whole crop's
     # feature statistics, nearest clean crop: centred cosine 0.965 (mean only 0.945, spread only 0.975,
     # uncentred 0.951). Full benchmark with this flag: 0.965.
-    "gdxray_castingpatches": ["--tile-size", "32", "--image-score", "global", "--layers", "6"],
+    "gdxray_castingpatches": ["--tile-size", "32", "--image-score", "global"],
     # Fillets differ in thickness and exposure; a per-image percentile window makes thin bones stand out,
     # and 224 px input (2.2x, not 4.5x upsampling) keeps them sharp: image AUROC 0.795 with the defaults
     # (160 train images), 0.863 at 224 px, 0.988 at 224 px with the percentile window.
-    "gdxray_fishbones": ["--tile-size", "100", "--input-size", "224", "--intensity-window", "percentile",
-                         "--layers", "6"],
+    "gdxray_fishbones": ["--tile-size", "100", "--input-size", "224", "--intensity-window", "percentile"],
     # Screws lie at any angle, so clean patches are more varied than on a lane scan: a bank of 25 % of the
     # clean patches instead of 10 % (full benchmark, image AUROC 0.919 -> 0.937).
-    "mvtec_screw": ["--coreset-ratio", "0.25", "--layers", "6"],
+    "mvtec_screw": ["--coreset-ratio", "0.25"],
 }
 
 # The operator target: the measured false-alarm rate on test/good at a requested 5 % stays within what

@@ -44,9 +44,6 @@ from rtg_anomaly.evaluation.metrics import image_auroc  # noqa: E402
 from rtg_anomaly.evaluation.mvtec import load_mvtec_folder  # noqa: E402
 from rtg_anomaly.pipeline.detector import Detector  # noqa: E402
 
-# The default blocks when this study ran (blocks 4 and 6 since 2026-12-07): a rerun reproduces its page.
-STUDIED_LAYERS = (6,)
-
 # The zoom the shipped `--select scale` keeps on each set (docs/benchmarks.md); {} keeps the library's sizes.
 ZOOM_KEPT = {"gdxray_castings": {"tile_size": 512, "input_size": 322}, "gdxray_welds": {},
              "gdxray_castingpatches": {}, "gdxray_fishbones": {}, "mvtec_screw": {}}
@@ -75,7 +72,7 @@ def study_dataset(dataset_dir: Path) -> dict:
     """Fit at the kept zoom, score the test set; each variant's image AUROC and the run's facts."""
     eval_set = load_mvtec_folder(dataset_dir)
     started = time.perf_counter()
-    config = DetectorConfig(smoothing_sigma=MAP_SIGMA_CELLS, layers=STUDIED_LAYERS, **ZOOM_KEPT[dataset_dir.name])
+    config = DetectorConfig(smoothing_sigma=MAP_SIGMA_CELLS, **ZOOM_KEPT[dataset_dir.name])
     detector = Detector(config, device="cpu").fit(eval_set.train_paths)
     fit_seconds = time.perf_counter() - started
     rows = [variant_scores(detector, detector.raw_scores(item.path)) for item in eval_set.test_items]

@@ -38,9 +38,6 @@ from rtg_anomaly.methods import GlobalDescriptor  # noqa: E402
 from rtg_anomaly.evaluation.metrics import image_auroc  # noqa: E402
 from rtg_anomaly.pipeline.scale import fit_scale_to_scans, shorter_sides  # noqa: E402
 
-# The default blocks when this study ran (blocks 4 and 6 since 2026-12-07): a rerun reproduces its page.
-STUDIED_LAYERS = (6,)
-
 DEFAULT_OUTPUT = REPO_ROOT / "docs" / "score_fusion.json"
 ZOOMS = {"gdxray_castings": {"input_size": 322}}  # the zoom --select scale chose on the full castings set
 PARTS = ("top patches", "whole scan")
@@ -89,7 +86,7 @@ def fuses_here(train: list) -> bool:
 
 def study_dataset(root: Path, dataset: str) -> dict:
     eval_set = load_mvtec_folder(root / dataset)
-    config = DetectorConfig(layers=STUDIED_LAYERS, **ZOOMS.get(dataset, {}))
+    config = DetectorConfig(**ZOOMS.get(dataset, {}))
     fit_items, held_items = Detector(config)._holdout_split(sorted(eval_set.train_paths))
     detector = Detector(config.replace(image_score="global"), device="cpu").fit(fit_items)
 

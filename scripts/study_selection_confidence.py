@@ -41,9 +41,6 @@ from rtg_anomaly.evaluation.metrics import pixel_auroc  # noqa: E402
 from rtg_anomaly.pipeline.scale import shorter_sides  # noqa: E402
 from rtg_anomaly.scans.threat_projection import ProjectionSettings  # noqa: E402
 
-# The default blocks when this study ran (blocks 4 and 6 since 2026-12-07): a rerun reproduces its page.
-STUDIED_LAYERS = (6,)
-
 DEFAULT_OUTPUT = REPO_ROOT / "docs" / "selection_confidence.json"
 CONFIDENT = 0.9  # share of draws a later zoom must win for a cautious rule to move off the default
 SHRINK = 4
@@ -60,7 +57,7 @@ def zoom_maps(dataset_dir: Path, seed: int, max_train: int) -> tuple[dict, list,
     """(zoom name -> (clean maps, synthetic maps)), the synthetic masks (``OBJECTS_PER_SCAN`` per validation scan,
     in scan order) and the number of validation scans, all maps and masks at 1/SHRINK of the side."""
     items = evenly_spaced(sorted((dataset_dir / "train" / "good").iterdir()), max_train)
-    base = DetectorConfig(seed=seed, layers=STUDIED_LAYERS)
+    base = DetectorConfig(seed=seed)
     train, clean = selection._validation_scans(items, seed, None)
     synthetic = selection.synthetic_validation_set(clean, train, seed, ProjectionSettings())
     maps = {}

@@ -74,9 +74,6 @@ from rtg_anomaly.pipeline.detector import Detector  # noqa: E402
 from rtg_anomaly.evaluation.metrics import image_auroc, pixel_auroc  # noqa: E402
 from rtg_anomaly.pipeline.scale import shorter_sides  # noqa: E402
 
-# The default blocks when this study ran (blocks 4 and 6 since 2026-12-07): a rerun reproduces its page.
-STUDIED_LAYERS = (6,)
-
 DEFAULT_OUTPUT = REPO_ROOT / "docs" / "validator_variants.json"
 IMAGE_SCORE_OUTPUT = REPO_ROOT / "docs" / "validator_image_score.json"
 IMAGE_SCORES = ("patch_top_mean", "global")
@@ -264,7 +261,7 @@ def evenly_spaced(items: list, n: int) -> list:
 
 def study(dataset: str, data_root: Path, seed: int, max_train: int) -> dict:
     items = evenly_spaced(sorted((data_root / dataset / "train" / "good").iterdir()), max_train)
-    base = DetectorConfig(seed=seed, layers=STUDIED_LAYERS)
+    base = DetectorConfig(seed=seed)
     train, clean = selection._validation_scans(items, seed, None)
     synthetic = {"shipped": selection.synthetic_validation_set(clean, train, seed, projection.ProjectionSettings())}
     shipped_projection = selection.project_object
@@ -301,7 +298,7 @@ def image_score_study(dataset: str, data_root: Path, seed: int, max_train: int,
     and that scale."""
     settings = settings or projection.ProjectionSettings()
     items = evenly_spaced(sorted((data_root / dataset / "train" / "good").iterdir()), max_train)
-    base = DetectorConfig(seed=seed, layers=STUDIED_LAYERS)
+    base = DetectorConfig(seed=seed)
     train, clean = selection._validation_scans(items, seed, None)
     synthetic = (texture_validation_set(clean, seed, settings) if objects == "texture" else
                  selection.synthetic_validation_set(clean, train, seed, settings))
@@ -328,7 +325,7 @@ def choice_study(dataset: str, data_root: Path, seed: int, max_train: int, candi
     ``augment`` (``fit_keeping_augment``); ``objects``: "shipped" or one of ``STRUCTURE_OBJECTS``. Returns
     {candidate name: {"image", "pixel"}, "zoom": that zoom}."""
     items = evenly_spaced(sorted((data_root / dataset / "train" / "good").iterdir()), max_train)
-    base = DetectorConfig(seed=seed, layers=STUDIED_LAYERS)
+    base = DetectorConfig(seed=seed)
     if dataset in WINDOW_STUDY_ZOOMS:
         base = base.replace(tile_size=WINDOW_STUDY_ZOOMS[dataset][0], input_size=WINDOW_STUDY_ZOOMS[dataset][1])
     train, clean = selection._validation_scans(items, seed, None)

@@ -41,9 +41,6 @@ from rtg_anomaly.pipeline.detector import Detector  # noqa: E402
 from rtg_anomaly.evaluation.mvtec import load_mask, load_mvtec_folder, subsample_items  # noqa: E402
 from rtg_anomaly.evaluation.metrics import image_auroc, pixel_auroc  # noqa: E402
 
-# The default blocks when this study ran (blocks 4 and 6 since 2026-12-07): a rerun reproduces its page.
-STUDIED_LAYERS = (6,)
-
 DATASETS = ("gdxray_castings", "gdxray_welds", "mvtec_screw")
 # scan px per ViT cell -> (tile, input size): the zooms `--select scale` tries on large scans (12, 16, 22, 32)
 ZOOMS = {round(c.overrides["tile_size"] * 14 / c.overrides["input_size"]): (c.overrides["tile_size"],
@@ -61,7 +58,7 @@ def score_zoom(dataset_dir: Path, zoom: int, max_train: int | None, max_per_clas
     items = subsample_items(eval_set.test_items, max_per_class)
     tile, size = ZOOMS[zoom]
     started = time.perf_counter()
-    detector = Detector(DetectorConfig(tile_size=tile, input_size=size, layers=STUDIED_LAYERS), device="cpu").fit(train)
+    detector = Detector(DetectorConfig(tile_size=tile, input_size=size), device="cpu").fit(train)
     fit_seconds = time.perf_counter() - started
     scores, labels, maps, masks, detect_seconds = [], [], [], [], 0.0
     for item in items:

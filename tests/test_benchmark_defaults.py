@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import json
-
-import numpy as np
 import pytest
-from PIL import Image
 
 from tests.conftest import load_script
 
@@ -155,43 +151,14 @@ def test_a_map_only_setting_is_judged_by_the_pixel_side_rule(script):
     assert script.verdict(cache, s0, ["a", "b"]) == ("incomplete", None, None)
 
 
-def test_candidates_keep_the_map_gaussian_and_the_blocks_they_ran_with(script):
+def test_candidates_keep_the_map_gaussian_they_ran_with(script):
     assert script.run_flags_of("select-scale+auto-score") == ["--select", "scale", "--image-score", "auto",
-                                                              "--smoothing-sigma", "0.5", "--layers", "6"]
-    assert script.run_flags_of("select-scale+auto-score+s0")[-4:] == ["--smoothing-sigma", "0", "--layers", "6"]
-    assert script.run_flags_of("select-scale+auto-score+s0-sel05+l46")[-2:] == ["--layers", "4,6"]
-    assert "--layers" in script.CANDIDATES["effnet-i224-nb3"][0]
-    assert script.run_flags_of("effnet-i224-nb3").count("--layers") == 1
-    # a run recorded before the pins stands for the same run with them
+                                                              "--smoothing-sigma", "0.5"]
+    assert script.run_flags_of("select-scale+auto-score+s0")[-2:] == ["--smoothing-sigma", "0"]
+    # a run recorded before the pin stands for the same run with it
     assert (script._same_flags(["--select", "off", "--tile-size", "384"])
-            == script._same_flags(["--select", "off", "--tile-size", "384", "--smoothing-sigma", "0.5", "--layers",
-                                   "6"]))
+            == script._same_flags(["--select", "off", "--tile-size", "384", "--smoothing-sigma", "0.5"]))
     assert script._same_flags(["--smoothing-sigma", "0"]) == ["--smoothing-sigma", "0"]
-    assert script._same_flags(["--layers", "4,6"]) == ["--layers", "4,6"]
-
-
-def test_a_candidate_that_differs_only_on_scans_fitted_whole_reuses_the_other_run_on_tiled_sets(script, tmp_path,
-                                                                                                  monkeypatch):
-    data = tmp_path / "data"
-    for name, side in (("tiled", 600), ("small", 40)):
-        folder = data / name / "train" / "good"
-        folder.mkdir(parents=True)
-        for i in range(3):
-            Image.fromarray(np.zeros((side, side + 10), np.uint8)).save(folder / f"{i}.png")
-    tiled, other = "select-scale+auto-score+s0-sel05+l46-tiled", "select-scale+auto-score+s0-sel05+l46"
-    flags = script.run_flags_of(tiled)
-    assert not script.scans_fitted_whole(data / "tiled", flags) and script.scans_fitted_whole(data / "small", flags)
-    fitted = []
-    monkeypatch.setattr(script.bq, "run_dataset", lambda dataset, *args, **kwargs: fitted.append(dataset) or
-                        {"image_auroc": 0.5})
-    output = tmp_path / "cache.json"
-    output.write_text(json.dumps({"runs": {f"{other}/tiled": {"image_auroc": 0.9}, f"{other}/small": {
-        "image_auroc": 0.8}}}))
-    cache = script.run([tiled], ["tiled", "small"], data, 160, 40, output)
-    assert fitted == ["small"]
-    assert cache["runs"][f"{tiled}/tiled"]["image_auroc"] == 0.9
-    assert cache["runs"][f"{tiled}/tiled"]["same_as"] == f"{other}/tiled"
-    assert cache["runs"][f"{tiled}/small"]["image_auroc"] == 0.5
 
 
 def test_a_candidate_dropped_on_purpose_says_why(script, monkeypatch):

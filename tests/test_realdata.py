@@ -133,7 +133,7 @@ def test_fishbones_evaluate_command_with_its_documented_flags(tmp_path):
     """`rtg-anomaly evaluate` end to end on gdxray_fishbones (image-level only: no masks).
 
     The benchmark's flags for 100 px fillet crops: one tile per image, 224 px input, per-image percentile
-    window, block 6 (a tile given explicitly is not refitted, so the default blocks 4 and 6 would stay). Fitted on all 320 clean crops, scored on all 20 good and 20 fishbone crops.
+    window. Fitted on all 320 clean crops, scored on all 20 good and 20 fishbone crops.
     """
     import json
 
@@ -141,7 +141,7 @@ def test_fishbones_evaluate_command_with_its_documented_flags(tmp_path):
 
     root = shared_data_dir() / "gdxray_fishbones"
     argv = ["evaluate", "--data", str(root), "--output", str(tmp_path), "--device", "cpu", "--quiet",
-            "--tile-size", "100", "--input-size", "224", "--intensity-window", "percentile", "--layers", "6"]
+            "--tile-size", "100", "--input-size", "224", "--intensity-window", "percentile"]
     assert main(argv) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     print(f"\ngdxray_fishbones: image AUROC {metrics['image_auroc']:.3f}, best F1 {metrics['best_f1']:.3f}")
@@ -157,7 +157,7 @@ def test_casting_crops_judged_whole_with_the_global_score():
     224 px input keeps it fast (the benchmark runs 448 px on the full sets).
     """
     root = shared_data_dir() / "gdxray_castingpatches"
-    config = DetectorConfig(tile_size=32, input_size=224, image_score="global", layers=(6,))
+    config = DetectorConfig(tile_size=32, input_size=224, image_score="global")
     detector = Detector(config, device="cpu").fit(evenly((root / "train" / "good").iterdir(), 200))
     assert detector.global_.bank_.rows.shape[0] == 200
     good = evenly((root / "test" / "good").iterdir(), 30)
@@ -209,7 +209,7 @@ def test_each_method_finds_fishbones_on_real_scans(method, tmp_path):
     train = evenly((root / "train" / "good").iterdir(), 60)
     good = evenly((root / "test" / "good").iterdir(), 15)
     bad = evenly((root / "test" / "fishbone").iterdir(), 15)
-    config = DetectorConfig(method=method, tile_size=100, input_size=224, layers=(6,))
+    config = DetectorConfig(method=method, tile_size=100, input_size=224)
     folder = Detector(config, device="cpu").fit(train).save(tmp_path / "model")
     detector = Detector.load(folder, device="cpu")
     assert detector.method_.name == method

@@ -41,16 +41,6 @@ def test_small_scans_are_one_tile_at_the_same_zoom_never_below_the_minimum_input
     assert (coarse.tile_size, coarse.input_size, coarse.pca_whiten) == (100, 160, 0.5)
 
 
-def test_scans_fitted_whole_are_seen_by_the_deepest_block_alone_tiled_scans_by_every_block():
-    config = DetectorConfig()
-    assert config.layers == (4, 6)
-    assert fit_scale_to_scans(config, [100]).layers == (6,)  # magnified 2.2x: no finer structure for block 4
-    assert fit_scale_to_scans(config.replace(layers=(6, 3, 8)), [32]).layers == (8,)
-    assert fit_scale_to_scans(config, [600]).layers == (4, 6)  # tiled: kept
-    # a CNN's earlier stage sets its finer grid: kept
-    assert fit_scale_to_scans(DetectorConfig(backbone="tf_efficientnet_lite0", layers=(2, 3)), [100]).layers == (2, 3)
-
-
 def test_scale_to_scans_is_on_by_default():
     assert DetectorConfig().scale_to_scans is True
 
@@ -79,14 +69,13 @@ def _scans(n: int, size: int, seed: int = 0) -> list[np.ndarray]:
 
 
 def test_fit_shrinks_the_tile_to_small_scans_and_the_bundle_keeps_it(tmp_path):
-    config = tiny_config(tile_size=64, input_size=56, scale_to_scans=True, layers=(0, 1))
-    detector = Detector(config, device="cpu").fit(_scans(5, 24))
-    assert (detector.config.tile_size, detector.config.input_size, detector.config.layers) == (24, 56, (1,))
+    detector = Detector(tiny_config(tile_size=64, input_size=56, scale_to_scans=True), device="cpu").fit(_scans(5, 24))
+    assert (detector.config.tile_size, detector.config.input_size) == (24, 56)
     assert detector.extractor.input_size == 56
     assert detector.fit_info_["scale"] == {"tile_size": 24, "input_size": 56, "fitted_to_scans": True,
-                                           "configured": [64, 56], "median_shorter_side": 24, "layers": [1]}
+                                           "configured": [64, 56], "median_shorter_side": 24}
     loaded = Detector.load(detector.save(tmp_path / "model"), device="cpu")
-    assert (loaded.config.tile_size, loaded.config.layers) == (24, (1,))
+    assert loaded.config.tile_size == 24
     scan = _scans(1, 24, seed=9)[0]
     assert np.array_equal(loaded.score(scan).heatmap, detector.score(scan).heatmap)
 
@@ -109,16 +98,3 @@ def test_shorter_sides_reads_arrays_by_shape_and_files_by_header(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"not an image")
     items = [np.zeros((300, 120), np.uint16), tmp_path / "wide.png", tmp_path / "broken.png"]
     assert shorter_sides(items) == [120, 40]
-
-
-def test_fit_summary_says_the_small_scans_fitted_tile_and_block(tmp_path, capsys):
-    from rtg_anomaly.cli import main
-
-    clean = tmp_path / "clean"
-    clean.mkdir()
-    for i, scan in enumerate(_scans(5, 24)):
-        Image.fromarray(scan).save(clean / f"{i}.png")
-    assert main(["fit", "--clean-dir", str(clean), "--model", str(tmp_path / "model"), "--weights", "random",
-                 "--tile-size", "64", "--input-size", "56", "--layers", "0,1", "--pca-dim", "16",
-                 "--device", "cpu"]) == 0
-    assert "tile 24 px seen at 56 px by block 1 (fitted to the clean scans' size)" in capsys.readouterr().out

@@ -46,7 +46,6 @@ def test_a_dataset_row_and_its_page(study, tmp_path, monkeypatch):
     write_crops(tmp_path / "crops" / "test" / "good", 4, seed=1)
     write_crops(tmp_path / "crops" / "test" / "defect", 4, seed=2, blob=True)
     monkeypatch.setattr(study, "DetectorConfig", tiny_config)
-    monkeypatch.setattr(study, "STUDIED_LAYERS", (1,))  # the tiny backbone's deepest block
     row = study.study_dataset(tmp_path, "crops")
     assert (row["n_fit"], row["n_held"], row["n_test"]) == (32, 8, 8) and row["fuses_here"]
     assert set(row["image_auroc"]) == set(study.VARIANTS)

@@ -76,13 +76,11 @@ def _calibration_note(fit_info: dict) -> str:
 
 
 def _scale_note(fit_info: dict) -> str:
-    """', tile N px seen at M px by block B (fitted to the scans)' when the fit shrank the tile to small scans."""
+    """', tile N px seen at M px (fitted to the scans)' when the fit shrank the tile to small scans."""
     scale = fit_info.get("scale") or {}
     if not scale.get("fitted_to_scans"):
         return ""
-    blocks = ",".join(str(i) for i in scale.get("layers", []))  # absent from bundles fitted before 2026-12-07
-    return (f", tile {scale['tile_size']} px seen at {scale['input_size']} px" + (f" by block {blocks}" if blocks else "")
-            + " (fitted to the clean scans' size)")
+    return f", tile {scale['tile_size']} px seen at {scale['input_size']} px (fitted to the clean scans' size)"
 
 
 def _image_score_note(fit_info: dict) -> str:

@@ -279,8 +279,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=_setting("batch_size"),
                         help=_ranged("tiles per backbone batch (default 8)", "batch_size"))
     parser.add_argument("--layers", type=_block_indices,
-                        help=f"comma-separated backbone block indices (default 4,6; a ViT on scans fitted whole into one "
-                             f"tile: the deepest alone), each {LAYER_INDEX}")
+                        help=f"comma-separated backbone block indices (default 6), each {LAYER_INDEX}")
     parser.add_argument("--neighbourhood", type=_setting("neighbourhood"),
                         help=_ranged("side of the average pooling over the patch grid, odd (default 1: off)",
                                      "neighbourhood"))

@@ -286,8 +286,8 @@ class CleanFitting:
         return limits
 
     def _fit_scale(self, images: Sequence) -> dict:
-        """Fit the tile and input size (and with them the layers) to the clean scans (when ``scale_to_scans``);
-        the backbone is made again for a new input size. Returns what was decided, for ``fit_info_``."""
+        """Fit the tile and input size to the clean scans (when ``scale_to_scans``); the backbone is made
+        again for a new input size. Returns what was decided, for ``fit_info_``."""
         config = self.config
         record = {"tile_size": config.tile_size, "input_size": config.input_size, "fitted_to_scans": False}
         if not config.scale_to_scans:
@@ -296,8 +296,7 @@ class CleanFitting:
         if fitted != config:
             self.config, self._extractor = fitted, None
             record.update(tile_size=fitted.tile_size, input_size=fitted.input_size, fitted_to_scans=True,
-                          configured=[config.tile_size, config.input_size], median_shorter_side=fitted.tile_size,
-                          layers=list(fitted.layers))
+                          configured=[config.tile_size, config.input_size], median_shorter_side=fitted.tile_size)
         return record
 
     @staticmethod

@@ -12,13 +12,6 @@ Only scans under half a tile a side are refitted (``SMALL_SCAN_SHARE``): there a
 backbone's view would be mirrored copies. A scan of most of a tile keeps the configured tile: mirrored
 context of up to half the view costs little, and on the shared welds (median side 378 px, 0.74 of a tile)
 refitting lost 0.016 image AUROC (docs/defaults.md), so the rule leaves such scans alone.
-
-A scan fitted whole is also seen by the deepest of the configured blocks alone: it is magnified to at least
-``MIN_INPUT`` (the shared casting crops 7x, fish 2.2x), and an earlier block would describe the interpolation
-between its pixels, structure the scan does not have. Tiled scans keep every block (blocks 4 and 6 by default), and
-so does a CNN, whose earlier stage also sets its finer feature grid.
-On the defaults study's subsample the earlier block lifted the three tiled sets and cost fish 0.013 image AUROC
-(docs/defaults.md).
 """
 
 from __future__ import annotations
@@ -58,8 +51,7 @@ def fit_scale_to_scans(config: DetectorConfig, shorter_sides: Sequence[int],
 
     Unchanged when the median shorter side is at least ``small_scan_share`` of a tile, or when the config
     has no input size (the backbone's own). Otherwise the tile is that median side and the input keeps the config's zoom, rounded
-    to the backbone's multiple and kept within [``MIN_INPUT``, the config's input size], and a ViT's layers are the
-    deepest of the configured ones alone (a magnified scan has no finer structure for an earlier block to see).
+    to the backbone's multiple and kept within [``MIN_INPUT``, the config's input size].
     """
     sides = sorted(int(s) for s in shorter_sides if s and s > 0)
     if not sides or config.input_size is None:
@@ -71,6 +63,4 @@ def fit_scale_to_scans(config: DetectorConfig, shorter_sides: Sequence[int],
     zoomed = median * config.input_size / config.tile_size
     size = max(MIN_INPUT, int(math.ceil(zoomed / multiple)) * multiple)
     size = min(size, config.input_size)
-    # A CNN's earlier stage also sets its finer grid, so its stages are kept; a ViT's blocks share one patch grid.
-    layers = config.layers if multiple == 32 else (max(config.layers),)
-    return config.replace(tile_size=median, input_size=size, layers=layers)
+    return config.replace(tile_size=median, input_size=size)
