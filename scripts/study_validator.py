@@ -259,17 +259,22 @@ def evenly_spaced(items: list, n: int) -> list:
     return [items[i] for i in np.unique(np.linspace(0, len(items) - 1, n).round().astype(int))]
 
 
-def study(dataset: str, data_root: Path, seed: int, max_train: int) -> dict:
+def study(dataset: str, data_root: Path, seed: int, max_train: int,
+          objects_per_scan: int = selection.OBJECTS_PER_SCAN) -> dict:
+    """Every zoom's four scores on the seeded split (``VARIANTS``); with another ``objects_per_scan`` than the
+    selection's, the shipped objects alone (``shipped/pixel``, ``shipped/object``), that many per validation scan."""
     items = evenly_spaced(sorted((data_root / dataset / "train" / "good").iterdir()), max_train)
     base = DetectorConfig(seed=seed)
     train, clean = selection._validation_scans(items, seed, None)
-    synthetic = {"shipped": selection.synthetic_validation_set(clean, train, seed, projection.ProjectionSettings())}
-    shipped_projection = selection.project_object
-    selection.project_object = project_with_cracks
-    try:
-        synthetic["cracks"] = selection.synthetic_validation_set(clean, train, seed, projection.ProjectionSettings())
-    finally:
-        selection.project_object = shipped_projection
+    settings = projection.ProjectionSettings()
+    synthetic = {"shipped": selection.synthetic_validation_set(clean, train, seed, settings, objects_per_scan)}
+    if objects_per_scan == selection.OBJECTS_PER_SCAN:
+        shipped_projection = selection.project_object
+        selection.project_object = project_with_cracks
+        try:
+            synthetic["cracks"] = selection.synthetic_validation_set(clean, train, seed, settings)
+        finally:
+            selection.project_object = shipped_projection
     rows = {}
     for candidate in selection.zoom_candidates(base, shorter_sides(items)):
         started = time.perf_counter()
@@ -450,6 +455,13 @@ def chosen(rows: dict, variant: str) -> str:
     return best_name
 
 
+def scored_variants(results: dict) -> tuple[str, ...]:
+    """The ``VARIANTS`` every zoom of every run in ``results`` has (a run with more objects per scan has the
+    shipped objects' alone)."""
+    rows = [row for run in results.values() for row in run.values()]
+    return tuple(v for v in VARIANTS if all(v in row for row in rows))
+
+
 def pooled(results: dict) -> dict[str, tuple[list[str], dict]]:
     """dataset -> (its seeds, zoom -> variant -> mean over those seeds), for datasets run with two seeds or more:
     what a selection that pools several seeded splits would see."""
@@ -463,33 +475,35 @@ def pooled(results: dict) -> dict[str, tuple[list[str], dict]]:
             continue
         runs = [results[f"{dataset}/{seed}"] for seed in names]
         zooms = [zoom for zoom in runs[0] if all(zoom in run for run in runs)]
-        out[dataset] = (names, {zoom: {v: float(np.mean([run[zoom][v] for run in runs])) for v in VARIANTS}
+        out[dataset] = (names, {zoom: {v: float(np.mean([run[zoom][v] for run in runs])) for v in scored_variants(
+            {seed: run for seed, run in zip(names, runs)})}
                                 for zoom in zooms})
     return out
 
 
-def _zoom_rows(dataset: str, seeds: str, rows: dict) -> list[str]:
+def _zoom_rows(dataset: str, seeds: str, rows: dict, variants: tuple[str, ...]) -> list[str]:
     """Table rows of one dataset's zooms in trial order, each score bold where the selection rule keeps it."""
-    picks = {variant: chosen(rows, variant) for variant in VARIANTS}
+    picks = {variant: chosen(rows, variant) for variant in variants}
     return [f"| {dataset} | {seeds} | {name} | "
-            + " | ".join(f"**{rows[name][v]:.3f}**" if picks[v] == name else f"{rows[name][v]:.3f}" for v in VARIANTS)
+            + " | ".join(f"**{rows[name][v]:.3f}**" if picks[v] == name else f"{rows[name][v]:.3f}" for v in variants)
             + " |" for name in trial_order(rows)]
 
 
 def render(results: dict) -> str:
-    lines = ["| dataset | seed | zoom | " + " | ".join(VARIANTS) + " |", "|---|---|---|" + "---|" * len(VARIANTS)]
+    variants = scored_variants(results)
+    lines = ["| dataset | seed | zoom | " + " | ".join(variants) + " |", "|---|---|---|" + "---|" * len(variants)]
     for key in sorted(results):
         dataset, seed = key.rsplit("/", 1)
-        lines += _zoom_rows(dataset, seed, results[key])
+        lines += _zoom_rows(dataset, seed, results[key], variants)
     lines += ["", "Rows in the order the zooms are tried. Bold: the zoom the selection rule would keep by that score "
               "(a zoom tried later must gain 0.005 over the best before it)."]
     pools = pooled(results)
     if pools:
         lines += ["", "Pooled over the seeds (each zoom's score averaged over the seeded splits, then the same rule):",
-                  "", "| dataset | seeds | zoom | " + " | ".join(VARIANTS) + " |",
-                  "|---|---|---|" + "---|" * len(VARIANTS)]
+                  "", "| dataset | seeds | zoom | " + " | ".join(variants) + " |",
+                  "|---|---|---|" + "---|" * len(variants)]
         for dataset, (names, rows) in pools.items():
-            lines += _zoom_rows(dataset, ",".join(names), rows)
+            lines += _zoom_rows(dataset, ",".join(names), rows, variants)
     return "\n".join(lines) + "\n"
 
 
@@ -520,6 +534,10 @@ def main(argv=None) -> int:
                         help="print each folder's share of scans more than 10 %% open air (>= 250) and stop")
     parser.add_argument("--exposure", action="store_true",
                         help="print each dataset's exposure spread over its clean scans (exposure_spread) and stop")
+    parser.add_argument("--objects-per-scan", type=int, default=selection.OBJECTS_PER_SCAN,
+                        help="synthetic copies of each validation scan, one object each (default: the selection's "
+                             f"{selection.OBJECTS_PER_SCAN}); another count scores the shipped objects alone, into "
+                             "docs/validator_objects<N>.json")
     parser.add_argument("--render-only", action="store_true")
     args = parser.parse_args(argv)
     if args.exposure:
@@ -537,7 +555,9 @@ def main(argv=None) -> int:
         settings = projection.ProjectionSettings(min_size=low, max_size=high)
     output = Path(args.output or (WINDOW_OUTPUT if args.windows else BACKBONE_OUTPUT if args.backbones else
                                   AUGMENT_OUTPUT if args.augment else
-                                  IMAGE_SCORE_OUTPUT if args.image_score else DEFAULT_OUTPUT))
+                                  IMAGE_SCORE_OUTPUT if args.image_score else
+                                  DEFAULT_OUTPUT if args.objects_per_scan == selection.OBJECTS_PER_SCAN else
+                                  DEFAULT_OUTPUT.with_name(f"validator_objects{args.objects_per_scan}.json")))
     results = json.loads(output.read_text()) if output.is_file() else {}
     if not args.render_only:
         for dataset in args.datasets.split(","):
@@ -561,7 +581,8 @@ def main(argv=None) -> int:
                     results[key] = image_score_study(dataset, Path(args.data_root), seed, args.max_train, settings,
                                                      args.objects)
                 else:
-                    results[f"{dataset}/{seed}"] = study(dataset, Path(args.data_root), seed, args.max_train)
+                    results[f"{dataset}/{seed}"] = study(dataset, Path(args.data_root), seed, args.max_train,
+                                                         args.objects_per_scan)
                 output.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
     if args.windows or args.backbones or args.augment:
         names = (WINDOWS if args.windows else AUGMENTS if args.augment else
