@@ -236,6 +236,8 @@ def test_zooms_are_judged_on_maps_smoothed_as_validated_whatever_the_maps_own_se
 def test_zooms_are_judged_with_the_deepest_block_alone_and_the_fit_keeps_every_block(clean_paths):
     assert zoom_judging_config(tiny_config(layers=(0, 1))).layers == (1,)
     assert zoom_judging_config(tiny_config(layers=(1, 0))).layers == (1,)
+    cnn = tiny_config(backbone="tf_efficientnet_lite0", model_kwargs={}, layers=(2, 3))
+    assert zoom_judging_config(cnn) == cnn  # a CNN's earlier stage sets its finer grid
     deepest = select_scale(clean_paths, tiny_config(pca_dim=8, layers=(1,)), device="cpu", runtime="torch")
     both = select_scale(clean_paths, tiny_config(pca_dim=8, layers=(0, 1)), device="cpu", runtime="torch")
     assert [(r.name, r.pixel_auroc) for r in both.candidates] == [(r.name, r.pixel_auroc) for r in deepest.candidates]

@@ -66,9 +66,6 @@ SELECTION_CORESET_RATIO = 0.1
 # rank correlations were measured with it (docs/defaults.md). Without it a map one cell sharper moved screw's zoom
 # on the defaults study's subsample, which the map's own setting must not do.
 SELECTION_SMOOTHING_SIGMA = 0.5
-# --select scale judges the zooms with the deepest of the fit's blocks alone, the one that sets what a cell means (the
-# validator's rank correlations were measured with block 6 alone). With blocks 4 and 6 side by side the zooms'
-# synthetic scores came within the margin of each other and the choice moved on castings and screw (docs/defaults.md).
 MAX_TRAIN_SCANS = 48
 MAX_VALIDATION_SCANS = 16
 OBJECTS_PER_SCAN = 2
@@ -394,8 +391,15 @@ def zoom_candidates(base: DetectorConfig, shorter_sides: Sequence[int]) -> list[
 
 
 def zoom_judging_config(base: DetectorConfig) -> DetectorConfig:
-    """``base`` as ``select_scale`` fits its zooms: the deepest of ``base.layers`` alone (the fit itself keeps every
-    block). ``candidate_config`` then applies the pins every candidate shares."""
+    """``base`` as ``select_scale`` fits its zooms: a ViT with the deepest of ``base.layers`` alone (the fit itself
+    keeps every block); ``candidate_config`` then applies the pins every candidate shares.
+
+    The deepest block sets what a cell means, and the validator's rank correlations were measured with block 6
+    alone: with blocks 4 and 6 side by side the zooms' synthetic scores came within the margin of each other and
+    the choice moved on castings and screw (docs/defaults.md). A CNN keeps its stages: the earlier one also sets
+    its finer feature grid."""
+    if input_multiple(base.backbone) == 32:
+        return base
     return base.replace(layers=(max(base.layers),))
 
 
@@ -406,10 +410,11 @@ def select_scale(items: Sequence, base: DetectorConfig | None = None, device="au
 
     items: paths or arrays of clean scans. The seeded split, the synthetic objects and the fits are those of
     ``select_config``; the candidates are ``zoom_candidates``, fitted as ``zoom_judging_config`` says, and the
-    score is the synthetic pixel AUROC (a zoom tried later must gain ``SCALE_MARGIN``). With fewer than ``SCALE_MIN_SCANS`` scans, a method other
-    than PatchCore, or a single candidate, nothing is fitted and ``base`` is returned, the reason in
-    ``notes``. The scans' sizes come from their headers, the same sizes the fit refits by; only the sampled
-    scans are decoded, and none when there is no choice. Returns a Selection with ``mode == "scale"``.
+    score is the synthetic pixel AUROC (a zoom tried later must gain ``SCALE_MARGIN``). With fewer than
+    ``SCALE_MIN_SCANS`` scans, a method other than PatchCore, or a single candidate, nothing is fitted and
+    ``base`` is returned, the reason in ``notes``. The scans' sizes come from their headers, the same sizes the
+    fit refits by; only the sampled scans are decoded, and none when there is no choice. Returns a Selection with
+    ``mode == "scale"``.
     """
     base = base or DetectorConfig()
     settings = settings or ProjectionSettings()
