@@ -7,6 +7,8 @@
         --output docs/validator_few32.json                                      # few clean scans; ~10 min
     python scripts/study_validator.py --saturation --datasets gdxray_castingpatches  # open air per folder
     python scripts/study_validator.py --exposure --datasets gdxray_castingpatches,gdxray_fishbones  # exposure spread
+    python scripts/study_validator.py --datasets gdxray_welds,gdxray_castings --seeds 0,1,2 --objects-per-scan 8
+                                                                   # 4x the objects, shipped ones only; ~50 min
     python scripts/study_validator.py --render-only                             # the table from the JSON
 
 For each dataset and seed it does what ``select_scale`` does (the seeded split of the clean training scans,
