@@ -8,7 +8,7 @@
     python scripts/study_validator.py --saturation --datasets gdxray_castingpatches  # open air per folder
     python scripts/study_validator.py --exposure --datasets gdxray_castingpatches,gdxray_fishbones  # exposure spread
     python scripts/study_validator.py --datasets gdxray_welds,gdxray_castings --seeds 0,1,2 --objects-per-scan 8
-                                                                   # 4x the objects, shipped ones only; ~50 min
+                                                                   # 4x the objects, shipped ones only; ~45 min
     python scripts/study_validator.py --render-only                             # the table from the JSON
 
 For each dataset and seed it does what ``select_scale`` does (the seeded split of the clean training scans,
@@ -477,8 +477,8 @@ def pooled(results: dict) -> dict[str, tuple[list[str], dict]]:
             continue
         runs = [results[f"{dataset}/{seed}"] for seed in names]
         zooms = [zoom for zoom in runs[0] if all(zoom in run for run in runs)]
-        out[dataset] = (names, {zoom: {v: float(np.mean([run[zoom][v] for run in runs])) for v in scored_variants(
-            {seed: run for seed, run in zip(names, runs)})}
+        variants = scored_variants(dict(zip(names, runs)))
+        out[dataset] = (names, {zoom: {v: float(np.mean([run[zoom][v] for run in runs])) for v in variants}
                                 for zoom in zooms})
     return out
 

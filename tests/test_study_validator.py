@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -62,16 +64,13 @@ def test_runs_with_more_objects_per_scan_show_the_shipped_objects_scores_alone(s
     assert "| dataset | seed | zoom | shipped/pixel | shipped/object |" in page and "cracks" not in page
     assert "| d | 0,1 | t512-i448 (16 px/cell) | **0.800** | **0.800** |" in page  # pooled: 16 px 0.8, 22 px 0.75
     # the defaults page shows such a run beside the shipped one
-    import json
-
-    from tests.conftest import load_script
-
     path = tmp_path / "validator_objects8.json"
     path.write_text(json.dumps(results))
-    lines = load_script("benchmark_defaults").validator_objects_lines(path)
+    defaults = load_script("benchmark_defaults")
+    lines = defaults.validator_objects_lines(path)
     assert any(line.startswith("## More synthetic objects per validation scan") for line in lines)
     assert "| d | 0 | t512-i322 (22 px/cell) | **0.800** | **0.800** |" in "\n".join(lines)
-    assert load_script("benchmark_defaults").validator_objects_lines(tmp_path / "absent.json") == []
+    assert defaults.validator_objects_lines(tmp_path / "absent.json") == []
 
 
 def test_pooled_seeds_average_each_zoom_and_apply_the_same_rule(study):
