@@ -3,6 +3,7 @@
     python scripts/benchmark_defaults.py                               # every candidate, every dataset
     python scripts/benchmark_defaults.py --candidates current,nb3      # some of them
     python scripts/benchmark_defaults.py --render-only                 # docs/defaults.md again from the JSON
+    python scripts/benchmark_defaults.py --full-sets --candidates A,B  # the full-set check of candidates
 
 A candidate is a list of documented CLI flags applied unchanged to every dataset (what a user who has no
 test set would run). The acceptance rule of the project (issue 22, point 4): a candidate may replace the
@@ -12,7 +13,10 @@ is kept in ``docs/defaults.json``, the ones that lost too.
 
 To stay within a 2-core CPU's patience each dataset is subsampled the same way for every candidate
 (``--max-train``, ``--max-per-class``: evenly spaced over the sorted names), so candidates are compared on
-the same images; the absolute figures are those of the subsample, not of the full sets.
+the same images; the absolute figures are those of the subsample, not of the full sets. A candidate that
+passes there is checked by the same rule on the full sets (``--full-sets``: every clean scan, every test
+image, results in ``docs/defaults_full.json`` beside its reference's full-set runs), and the main page's
+verdict says whether it held.
 """
 
 from __future__ import annotations
@@ -192,8 +196,10 @@ REFERENCE = {"select-scale-3": SHIPPED_2026_12_05, "select-scale": SHIPPED_2026_
 MAX_LOSS = 0.01
 # AUROCs are ratios of pair counts: a loss of exactly MAX_LOSS (0.92 after 0.93) must not fail by float rounding.
 LOSS_TOLERANCE = 1e-9
-# Candidates that passed here and then failed the same rule on the full sets (benchmark_quality.py --headline):
-# the verdict column says so; the decisions below give the figures.
+# Candidates that passed here and then failed the same rule on the full sets, checked before ``--full-sets`` existed
+# (benchmark_quality.py --headline with the candidate's flags, or at the commit where it was the default; their
+# references have moved since, so a rerun would not repeat them): the verdict column says so; the decisions below
+# give the figures. Checks run with ``--full-sets`` are read from FULL_OUTPUT instead (``full_set_check``).
 FULL_SET_CHECKS = {"select-scale+hflip": "; failed on the full sets (screw -0.017)",
                    "select-scale+auto-score+s0-sel05+l46-tiled": "; failed on the full sets (mean -0.001)"}
 # Candidates left incomplete on purpose: why the remaining runs were not worth their time.
@@ -203,6 +209,7 @@ DROPPED = {"select-scale+auto-score+k3": "; dropped: lost on every set it ran on
 MAP_ONLY = {"select-scale+auto-score+s0", "select-scale+auto-score+s025", "select-scale+auto-score+s0-sel05"}
 PIXEL_METRICS = ("pixel_auroc", "aupro")
 DEFAULT_OUTPUT = REPO_ROOT / "docs" / "defaults.json"
+FULL_OUTPUT = REPO_ROOT / "docs" / "defaults_full.json"
 
 
 def machine() -> str:
@@ -355,11 +362,30 @@ def verdict(cache: dict, name: str, datasets: list[str]) -> tuple[str, float | N
     return ("accepted" if accepted else "rejected"), mean, worst
 
 
+def full_set_check(name: str, full_cache: dict | None, datasets: list[str]) -> str:
+    """The verdict-column suffix of a candidate accepted on the subsample: what the same rule says on the full
+    sets (``--full-sets`` runs in ``full_cache``), else the hand-recorded ``FULL_SET_CHECKS``, else nothing (not
+    checked yet, or the full-set runs are incomplete)."""
+    if name in FULL_SET_CHECKS:
+        return FULL_SET_CHECKS[name]
+    if not full_cache:
+        return ""
+    kind, mean, worst = verdict(full_cache, name, datasets)
+    if kind in ("reference", "incomplete"):
+        return ""
+    if mean is None:
+        return f"; {'held' if kind.startswith('accepted') else 'failed'} on the full sets (worst {worst:+.3f})"
+    return (f"; {'held' if kind.startswith('accepted') else 'failed'} on the full sets "
+            f"(mean {mean:+.4f}, worst {worst:+.3f})")
+
+
 def render(cache: dict, datasets: list[str], max_train, max_per_class, source: str = "defaults.json",
-           notes: bool = True) -> str:
+           notes: bool = True, full_cache: dict | None = None) -> str:
     """The Markdown page of a cache. ``notes``: the validator sections and the decisions (the main study's
     page); a side study (another ``--output``) gets the table, the zooms of its ``select-scale`` runs beside its
-    real runs at each zoom, the candidates and the runs, and points to the main study for the reading."""
+    real runs at each zoom, the candidates and the runs, and points to the main study for the reading.
+    ``full_cache``: the ``--full-sets`` runs, whose verdicts the main page gives beside the accepted candidates'.
+    ``max_train`` None: the cache holds full-set runs."""
     names = [n for n in CANDIDATES if any(k.startswith(n + "/") for k in cache["runs"])]
     lines = [
         "# Defaults: one set of flags for every dataset",
@@ -369,10 +395,12 @@ def render(cache: dict, datasets: list[str], max_train, max_per_class, source: s
         "set would run it. Rule (issue 22): a candidate replaces the defaults only if the mean image AUROC rises",
         f"and no dataset loses more than {MAX_LOSS} image or pixel AUROC. A setting of the map alone, which the "
         "image score never reads, is judged by a pixel-side rule instead: every image AUROC unchanged, the mean "
-        f"pixel AUROC up, no dataset losing more than {MAX_LOSS} pixel AUROC or AUPRO. Every dataset is subsampled "
-        "the same way "
-        f"for every candidate (`--max-train {max_train}`, `--max-per-class {max_per_class}`, evenly spaced), so the",
-        "figures compare candidates on the same images; they are not the full-set figures.",
+        f"pixel AUROC up, no dataset losing more than {MAX_LOSS} pixel AUROC or AUPRO. "
+        + ("Every dataset is subsampled the same way for every candidate (`--max-train "
+           f"{max_train}`, `--max-per-class {max_per_class}`, evenly spaced), so the figures compare candidates on "
+           "the same images; they are not the full-set figures." if max_train is not None else
+           "These are the full-set checks (`--full-sets`: every clean scan, every test image) of candidates that "
+           "passed the subsampled study of [defaults.md](defaults.md), beside their reference's full-set runs."),
         "",
         "Image AUROC (pixel AUROC in brackets where the dataset has masks):",
         "",
@@ -393,7 +421,7 @@ def render(cache: dict, datasets: list[str], max_train, max_per_class, source: s
         images = [_value(cache, name, d, "image_auroc") for d in datasets]
         mean = sum(images) / len(images) if all(v is not None for v in images) else None
         kind, _, worst = verdict(cache, name, datasets)
-        kind += FULL_SET_CHECKS.get(name, "") if kind == "accepted" else ""
+        kind += full_set_check(name, full_cache, datasets) if kind == "accepted" else ""
         kind += DROPPED.get(name, "") if kind == "incomplete" else ""
         lines.append(f"| `{name}` | " + " | ".join(cells) + f" | {'–' if mean is None else f'{mean:.3f}'} | "
                      f"{'–' if worst is None else f'{worst:+.3f}'} | "
@@ -862,7 +890,14 @@ def main(argv=None) -> int:
     parser.add_argument("--max-per-class", type=int, default=40)
     parser.add_argument("--output", default=str(DEFAULT_OUTPUT))
     parser.add_argument("--render-only", action="store_true")
+    parser.add_argument("--full-sets", action="store_true",
+                        help="no subsampling (every clean scan and test image); results in docs/defaults_full.json "
+                             "unless --output says otherwise")
     args = parser.parse_args(argv)
+    if args.full_sets:
+        args.max_train = args.max_per_class = None
+        if args.output == str(DEFAULT_OUTPUT):
+            args.output = str(FULL_OUTPUT)
     output = Path(args.output)
     datasets = args.datasets.split(",")
     if args.render_only:
@@ -876,8 +911,9 @@ def main(argv=None) -> int:
         cache.update(max_train=args.max_train, max_per_class=args.max_per_class)
         output.write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n")
     main_study = output.resolve() == DEFAULT_OUTPUT.resolve()
+    full_cache = json.loads(FULL_OUTPUT.read_text()) if main_study and FULL_OUTPUT.is_file() else None
     output.with_suffix(".md").write_text(render(cache, DATASETS, cache.get("max_train"), cache.get("max_per_class"),
-                                                source=output.name, notes=main_study))
+                                                source=output.name, notes=main_study, full_cache=full_cache))
     print(output.with_suffix(".md").read_text())
     return 0
 
