@@ -24,6 +24,7 @@ FUSED_RULE = "patch_or_global"  # the larger surprisal of the top patches and th
 # Image scores that need whole-scan descriptors (and so a held-out calibration set).
 DESCRIPTOR_RULES = ("global", "patch_or_global", "scan_centroid")
 INTENSITY_WINDOWS = ("auto", "dtype", "percentile", "clean")
+PATCH_NORMS = ("none", "l2")  # PatchCore's patch features as they come, or divided by their norm
 # How clean scans are scored for the thresholds (DetectorConfig.calibration).
 CALIBRATION_MODES = ("leave_one_out", "holdout")
 # Clean scans leave-one-scan-out calibration scores (a seeded sample beyond this): enough for a 1 % false-alarm
@@ -98,6 +99,9 @@ class DetectorConfig:
         deviation (relative to the mean variance of the kept directions) to the
         power w, so that a few high-variance directions weigh less in the kNN
         distance. 0: plain PCA; 1: full whitening; 0.5: half-whitening.
+    patch_norm: ``"none"`` (default) or ``"l2"``: PatchCore divides every patch feature by its
+        Euclidean norm before the PCA and the bank, so the kNN distance follows the angle between
+        features (cosine distance, as AnomalyDINO scores DINOv2 patches) and not their length.
     coreset_ratio / memory_bank_size: size of the memory bank, as a fraction of
         all clean patches or as an absolute count (the count wins when given).
     k: neighbours averaged for the patch score.
@@ -168,6 +172,7 @@ class DetectorConfig:
     neighbourhood: int = 1
     pca_dim: int | None = 128
     pca_whiten: float = 0.0
+    patch_norm: str = "none"
     coreset_ratio: float = 0.1
     memory_bank_size: int | None = None
     k: int = 1
@@ -234,6 +239,7 @@ class DetectorConfig:
             (self.neighbourhood >= 1 and self.neighbourhood % 2 == 1, "neighbourhood must be an odd integer >= 1"),
             (self.pca_dim is None or self.pca_dim >= 1, "pca_dim must be >= 1"),
             (0.0 <= self.pca_whiten <= 1.0, "pca_whiten must be in [0, 1]"),
+            (self.patch_norm in PATCH_NORMS, f"patch_norm must be one of {PATCH_NORMS}"),
             (0.0 < self.coreset_ratio <= 1.0, "coreset_ratio must be in (0, 1]"),
             (self.memory_bank_size is None or self.memory_bank_size >= 1, "memory_bank_size must be >= 1"),
             (self.k >= 1, "k must be >= 1"),

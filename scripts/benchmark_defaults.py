@@ -180,6 +180,12 @@ CANDIDATES["select-scale+auto-score+s0-sel05+l46-tiled"] = (
     "fish 0.013; on the sets whose scans are tiled it is that candidate, whose runs stood for it there. Recorded "
     "with the code of commit efa4aae (the rule in scale.fit_scale_to_scans, reverted after the full sets): a rerun "
     "runs select-scale+auto-score+s0-sel05+l46")
+CANDIDATES["select-scale+auto-score+s0-sel05+l2"] = (
+    ["--select", "scale", "--image-score", "auto", "--smoothing-sigma", "0", "--patch-norm", "l2"],
+    "as select-scale+auto-score+s0-sel05 with every patch feature divided by its length before the PCA and the bank "
+    "(`--patch-norm l2`): the kNN distance then follows the angle between features, as AnomalyDINO scores DINOv2 "
+    "patches, so a clean patch whose feature is merely longer or shorter (ViT tokens vary in norm with content and "
+    "exposure) is not scored as far from the bank")
 # Diagnostics for the few-scan side study (docs/defaults_few32.md): each zoom with every clean patch in the bank.
 for _name, _zoom_flags, _what in (("current+bank-all", [], "16"), ("i322+bank-all", ["--input-size", "322"], "22"),
                                   ("t384+bank-all", ["--tile-size", "384"], "12")):

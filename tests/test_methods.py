@@ -357,3 +357,36 @@ def test_cli_reconstruction_writes_its_loss_curve_and_records_its_architecture(d
     params = manifest["method"]["params"]
     assert params["recon_target"] == "features" and params["recon_epochs"] == 2 and params["recon_layers"] == 2
     assert manifest["config"]["svdd_epochs"] == DetectorConfig().svdd_epochs  # --epochs went to the method fitted
+
+
+def _fitted_patchcore(clean: torch.Tensor, **changes):
+    method = create_method(tiny_config(method="patchcore", pca_dim=4, coreset_ratio=1.0, **changes))
+    method.begin(FitPlan(training_views=clean.shape[0], all_views=clean.shape[0]))
+    for view in clean:
+        method.learn(view[None], torch.ones(1, *view.shape[:2], dtype=torch.bool))
+    method.finish(torch.device("cpu"))
+    return method
+
+
+def test_patchcore_l2_patch_norm_scores_the_direction_of_a_feature_not_its_length():
+    rng = np.random.default_rng(3)
+    clean = torch.from_numpy(rng.normal(size=(3, 4, 4, 8)).astype(np.float32))
+    # Clean patches again, each stretched by its own factor: only their lengths differ from the bank's.
+    stretched = clean[:1] * torch.from_numpy(rng.uniform(0.3, 3.0, size=(1, 4, 4, 1)).astype(np.float32))
+    valid = torch.ones(1, 4, 4, dtype=torch.bool)
+    plain, cosine = _fitted_patchcore(clean), _fitted_patchcore(clean, patch_norm="l2")
+    assert cosine.params()["patch_norm"] == "l2" and plain.params()["patch_norm"] == "none"
+    assert float(cosine.score(stretched, valid).max()) < 1e-3
+    assert float(plain.score(stretched, valid).max()) > 0.1
+    # A patch pointing elsewhere is still far from the bank.
+    turned = torch.roll(clean[:1], shifts=1, dims=-1)
+    assert float(cosine.score(turned, valid).min()) > 0.05
+
+
+def test_patch_norm_is_a_fit_flag_recorded_in_the_bundle(demo_data, tmp_path):
+    model = tmp_path / "model"
+    clean = str(demo_data / "train" / "good")
+    assert main(["fit", "--clean-dir", clean, "--model", str(model), "--patch-norm", "l2", *TINY_CLI_FLAGS]) == 0
+    assert json.loads((model / "manifest.json").read_text())["config"]["patch_norm"] == "l2"
+    with pytest.raises(ConfigError, match="patch_norm"):
+        DetectorConfig(patch_norm="l1")

@@ -34,7 +34,7 @@ def config_from_args(args: argparse.Namespace):
         "svdd_pretrain": args.pretrain,
         "backbone": args.backbone, "weights": args.weights, "tile_size": args.tile_size, "overlap": args.overlap,
         "input_size": args.input_size, "scale_to_scans": args.scale_to_scans, "pca_dim": args.pca_dim,
-        "pca_whiten": args.pca_whiten,
+        "pca_whiten": args.pca_whiten, "patch_norm": args.patch_norm,
         "coreset_ratio": args.coreset_ratio,
         "memory_bank_size": args.memory_bank_size, "k": args.k, "seed": args.seed, "batch_size": args.batch_size,
         "layers": args.layers, "neighbourhood": args.neighbourhood, "smoothing_sigma": args.smoothing_sigma,

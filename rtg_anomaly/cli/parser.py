@@ -268,6 +268,10 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pca-whiten", type=_setting("pca_whiten"), metavar="POWER",
                         help=_ranged("divide each PCA direction by its standard deviation to this power "
                                      "(0: plain PCA, default; 0.5: half-whitening; 1: full whitening)", "pca_whiten"))
+    parser.add_argument("--patch-norm", choices=("none", "l2"),
+                        help="patchcore: none (default) keeps the patch features as they come; l2 divides each by "
+                             "its length before the PCA and the memory bank, so the kNN distance follows the angle "
+                             "between features (cosine distance)")
     bank = parser.add_mutually_exclusive_group()
     bank.add_argument("--coreset-ratio", type=_setting("coreset_ratio"),
                       help=_ranged("memory bank size as a fraction of clean patches (default 0.1)", "coreset_ratio"))

@@ -38,8 +38,8 @@ class PatchCore(PatchMethod):
     """Memory bank of clean patch features; a patch scores its mean distance to the ``k`` nearest.
 
     Fitted state: pca_ (PCAProjection, (D,) -> (d,)); memory_bank_: float32 (M, d) rows in PCA space.
-    Parameters (from the config): pca_dim, pca_whiten, coreset_ratio, memory_bank_size, max_bank_size,
-    max_patches_per_scan, k, seed.
+    Parameters (from the config): patch_norm, pca_dim, pca_whiten, coreset_ratio, memory_bank_size,
+    max_bank_size, max_patches_per_scan, k, seed.
     """
 
     name = "patchcore"
@@ -75,7 +75,7 @@ class PatchCore(PatchMethod):
         """What ``learn`` takes from the view number ``view_index`` of the fit (0 for the first one learned);
         ``sample_for_pca``: in the first round (no PCA yet), also its PCA rows. Reads only what ``begin`` set,
         so any process that ran ``begin`` with the same plan computes the same part."""
-        features = features[valid]  # (n, D): PatchCore pools patches, wherever they sit
+        features = self.normalised(features[valid])  # (n, D): PatchCore pools patches, wherever they sit
         sample = None
         if sample_for_pca:
             rows = random_rows(features.shape[0], self._per_view_sample, self.config.seed + view_index)
@@ -149,9 +149,16 @@ class PatchCore(PatchMethod):
             self._on_device = (bank, (bank * bank).sum(1))
         return self._on_device
 
+    def normalised(self, features: torch.Tensor) -> torch.Tensor:
+        """Patch features (..., D) as the bank holds them: unchanged, or with ``patch_norm == "l2"`` divided by
+        their Euclidean norm (a zero row stays zero)."""
+        if self.config.patch_norm != "l2":
+            return features
+        return features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
     def score(self, features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         b, h, w, d = features.shape
-        queries = self.pca_.transform(features.reshape(-1, d))
+        queries = self.pca_.transform(self.normalised(features).reshape(-1, d))
         bank, bank_norms = self.device_bank(features.device)
         return self.nearest_distance(queries, bank, bank_norms).reshape(b, h, w)
 
@@ -168,7 +175,8 @@ class PatchCore(PatchMethod):
     # ------------------------------------------------------------------ state
     def params(self) -> dict:
         config = self.config
-        return {"pca_dim": config.pca_dim, "pca_whiten": config.pca_whiten, "coreset_ratio": config.coreset_ratio,
+        return {"patch_norm": config.patch_norm, "pca_dim": config.pca_dim, "pca_whiten": config.pca_whiten,
+                "coreset_ratio": config.coreset_ratio,
                 "memory_bank_size": config.memory_bank_size, "max_bank_size": config.max_bank_size,
                 "max_patches_per_scan": config.max_patches_per_scan, "k": config.k}
 
