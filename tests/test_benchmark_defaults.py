@@ -168,3 +168,25 @@ def test_a_candidate_dropped_on_purpose_says_why(script, monkeypatch):
     assert script.verdict(cache, k3, ["a", "b"])[0] == "incomplete"
     assert "| incomplete; dropped: lost on every set it ran on (screw not run) |" in script.render(cache, ["a", "b"],
                                                                                                    160, 40)
+
+
+def test_the_full_set_check_is_judged_by_the_same_rule_and_shown_beside_the_subsample_verdict(script, monkeypatch):
+    monkeypatch.setattr(script, "DATASETS", ["a", "b"])
+    cache = _cache({"current/a": (0.90, 0.90), "current/b": (0.80, None),
+                    "nb3/a": (0.95, 0.895), "nb3/b": (0.795, None)})        # accepted on the subsample
+    page = script.render(cache, ["a", "b"], 160, 40, full_cache=None)
+    assert "| accepted |" in page                                          # not checked on the full sets yet
+    failed = _cache({"current/a": (0.91, 0.92), "current/b": (0.85, None),
+                     "nb3/a": (0.93, 0.92), "nb3/b": (0.83, None)})        # b loses 0.02 on the full sets
+    failed.update(max_train=None, max_per_class=None)
+    page = script.render(cache, ["a", "b"], 160, 40, full_cache=failed)
+    assert "| accepted; failed on the full sets (mean +0.0000, worst -0.020) |" in page
+    held = _cache({"current/a": (0.91, 0.92), "current/b": (0.85, None),
+                   "nb3/a": (0.93, 0.925), "nb3/b": (0.845, None)})
+    assert "| accepted; held on the full sets (mean +0.0075, worst -0.005) |" in script.render(
+        cache, ["a", "b"], 160, 40, full_cache=held)
+    # incomplete full-set runs say nothing yet; the full-set page says what it is
+    del held["runs"]["nb3/b"]
+    assert "| accepted |" in script.render(cache, ["a", "b"], 160, 40, full_cache=held)
+    full_page = script.render(failed, ["a", "b"], None, None, source="defaults_full.json", notes=False)
+    assert "full-set checks (`--full-sets`" in full_page and "Every dataset is subsampled" not in full_page
