@@ -716,7 +716,17 @@ def decision_lines(cache: dict, datasets: list[str]) -> list[str]:
               "selection keeps 16 px, says -0.006: what blocks 4 and 6 gain on 160 clean screws does not hold "
               "with 320. Not adopted: the default stays block 6, and the rule for scans fitted whole went with "
               "it. Blocks 4 and 6 stay a flag (`--layers 4,6`); on the castings frames alone they give 0.950 "
-              "image AUROC with no other flag (the castings row above)."]
+              "image AUROC with no other flag (the castings row above).",
+              "", "Cosine distance between patch features (2026-12-07, night), on top of the shipped `s0-sel05`, is "
+              "rejected. `select-scale+auto-score+s0-sel05+l2` (`--patch-norm l2`, new: every patch feature divided by "
+              "its length before the PCA and the bank, as AnomalyDINO compares DINOv2 patches; `python "
+              "scripts/benchmark_defaults.py --candidates select-scale+auto-score+s0-sel05+l2 --datasets "
+              "gdxray_fishbones,gdxray_castingpatches,gdxray_welds,mvtec_screw,gdxray_castings`): welds +0.013 (0.925 "
+              "-> 0.938, pixel 0.893 -> 0.888, AUPRO 0.644 -> 0.658; the shipped 16 px kept), the casting crops "
+              "-0.001, fish -0.013 (0.920 -> 0.907), screw -0.061 (0.877 -> 0.816; its selection moved from 12 to 16 "
+              "px per cell, where the plain distance gives 0.850 on this subsample, so the angle alone costs screw "
+              "about 0.03 more). With two sets already past the 0.01 limit, castings was stopped unfinished. "
+              "`--patch-norm l2` stays a flag, off by default."]
     return lines
 
 
