@@ -9,6 +9,8 @@
     python scripts/study_validator.py --exposure --datasets gdxray_castingpatches,gdxray_fishbones  # exposure spread
     python scripts/study_validator.py --datasets gdxray_welds,gdxray_castings --seeds 0,1,2 --objects-per-scan 8
                                                                    # 4x the objects, shipped ones only; ~45 min
+    python scripts/study_validator.py --datasets gdxray_castings,gdxray_welds,mvtec_screw --seeds 0,1,2 --visible
+                                                    # objects redrawn until visible (docs/validator_visible.json)
     python scripts/study_validator.py --render-only                             # the table from the JSON
 
 For each dataset and seed it does what ``select_scale`` does (the seeded split of the clean training scans,
@@ -24,6 +26,12 @@ and scores every zoom four ways:
 
 The real test AUROC per zoom is not computed here: it is the study's (``benchmark_defaults.ZOOM_RUNS``).
 Results go to ``docs/validator_variants.json``; the table is printed.
+
+``--visible`` scores the shipped objects against ``visible/pixel`` and ``visible/object``: the same objects, except
+that a draw which changes the scan by less than ``VISIBLE_MIN_CHANGE`` of its range (on average over its mask: an
+object in front of material that already stops the beam, or in open air clipped at the top of the range, is not
+seen by the detector either) is drawn again, up to ``VISIBLE_TRIES`` times. Results in
+``docs/validator_visible.json``.
 
 ``--image-score`` asks the same of the image score where there is no zoom to choose (scans fitted to their own
 size): on the seeded split, one fit with the whole-scan descriptor kept, the synthetic image AUROC of the shipped
@@ -90,7 +98,10 @@ CNN_WEIGHTS = "tf_efficientnet_lite0.in1k_fp16.safetensors"
 # EfficientNet-Lite0 zooms: 18 and 26 scan px per cell (the defaults study's `effnet-i224-nb3` and `effnet-i160-nb3`,
 # whose real test figures exist), and 8 px (what `--select auto` chose on welds, docs/selection.md).
 CNN_STUDY_ZOOMS = ((512, 224), (512, 160), (256, 256))
-VARIANTS = ("shipped/pixel", "shipped/object", "cracks/pixel", "cracks/object")
+VARIANTS = ("shipped/pixel", "shipped/object", "cracks/pixel", "cracks/object", "visible/pixel", "visible/object")
+VISIBLE_OUTPUT = REPO_ROOT / "docs" / "validator_visible.json"
+VISIBLE_MIN_CHANGE = 0.01  # mean change over the object's mask, as a share of the scan's 0.5-99.5 percentile range
+VISIBLE_TRIES = 10
 
 
 def crack_profile(rng: np.random.Generator, box_h: int, box_w: int) -> np.ndarray:
@@ -127,6 +138,26 @@ def project_with_cracks(scan, rng, settings=None, donor=None):
         attenuation = -attenuation
     return projection.ProjectedObject(projection.apply_attenuation(scan, thickness, attenuation), thickness > 0,
                                       thickness, attenuation, "crack")
+
+
+def visible_change(scan: np.ndarray, projected: np.ndarray, mask: np.ndarray) -> float:
+    """Mean absolute change of ``projected`` from ``scan`` over ``mask`` (bool (H, W)), as a share of ``scan``'s
+    0.5-99.5 percentile range (channels averaged)."""
+    change = np.abs(projected.astype(np.float64) - scan.astype(np.float64))
+    if change.ndim == 3:
+        change = change.mean(axis=2)
+    low, high = np.percentile(scan, [0.5, 99.5])
+    return float(change[mask].mean() / max(float(high - low), 1e-9)) if mask.any() else 0.0
+
+
+def project_visible(scan, rng, settings=None, donor=None):
+    """``projection.project_object``, drawn again (up to ``VISIBLE_TRIES`` draws, the last kept) while the object
+    changes the scan by less than ``VISIBLE_MIN_CHANGE`` of its range (``visible_change``)."""
+    for _ in range(VISIBLE_TRIES):
+        projected = projection.project_object(scan, rng, settings, donor=donor)
+        if visible_change(scan, projected.scan, projected.mask) >= VISIBLE_MIN_CHANGE:
+            break
+    return projected
 
 
 def texture_object(scan: np.ndarray, rng: np.random.Generator, settings: projection.ProjectionSettings):
@@ -262,21 +293,29 @@ def evenly_spaced(items: list, n: int) -> list:
 
 
 def study(dataset: str, data_root: Path, seed: int, max_train: int,
-          objects_per_scan: int = selection.OBJECTS_PER_SCAN) -> dict:
+          objects_per_scan: int = selection.OBJECTS_PER_SCAN, visible: bool = False) -> dict:
     """Every zoom's four scores on the seeded split (``VARIANTS``); with another ``objects_per_scan`` than the
-    selection's, the shipped objects alone (``shipped/pixel``, ``shipped/object``), that many per validation scan."""
+    selection's, the shipped objects alone (``shipped/pixel``, ``shipped/object``), that many per validation scan;
+    with ``visible``, the shipped objects and the same redrawn until visible (``visible/...``, ``project_visible``)."""
     items = evenly_spaced(sorted((data_root / dataset / "train" / "good").iterdir()), max_train)
     base = DetectorConfig(seed=seed)
     train, clean = selection._validation_scans(items, seed, None)
     settings = projection.ProjectionSettings()
     synthetic = {"shipped": selection.synthetic_validation_set(clean, train, seed, settings, objects_per_scan)}
-    if objects_per_scan == selection.OBJECTS_PER_SCAN:
+    other = {"visible": project_visible} if visible else {"cracks": project_with_cracks} \
+        if objects_per_scan == selection.OBJECTS_PER_SCAN else {}
+    for name, projector in other.items():
         shipped_projection = selection.project_object
-        selection.project_object = project_with_cracks
+        selection.project_object = projector
         try:
-            synthetic["cracks"] = selection.synthetic_validation_set(clean, train, seed, settings)
+            synthetic[name] = selection.synthetic_validation_set(clean, train, seed, settings, objects_per_scan)
         finally:
             selection.project_object = shipped_projection
+    for name, objects in synthetic.items():
+        changes = [visible_change(scan, out, mask) for scan, (out, mask) in
+                   zip((scan for scan in clean for _ in range(objects_per_scan)), objects)]
+        print(f"{dataset} seed {seed}: {name} objects changing the scan by less than {VISIBLE_MIN_CHANGE:.0%} of its "
+              f"range: {np.mean(np.array(changes) < VISIBLE_MIN_CHANGE):.0%} of {len(changes)}", flush=True)
     rows = {}
     for candidate in selection.zoom_candidates(base, shorter_sides(items)):
         started = time.perf_counter()
@@ -540,6 +579,9 @@ def main(argv=None) -> int:
                         help="synthetic copies of each validation scan, one object each (default: the selection's "
                              f"{selection.OBJECTS_PER_SCAN}); another count scores the shipped objects alone, into "
                              "docs/validator_objects<N>.json")
+    parser.add_argument("--visible", action="store_true",
+                        help="score the shipped objects and the same redrawn until the detector would see them "
+                             "(project_visible), into docs/validator_visible.json")
     parser.add_argument("--render-only", action="store_true")
     args = parser.parse_args(argv)
     if args.exposure:
@@ -557,7 +599,7 @@ def main(argv=None) -> int:
         settings = projection.ProjectionSettings(min_size=low, max_size=high)
     output = Path(args.output or (WINDOW_OUTPUT if args.windows else BACKBONE_OUTPUT if args.backbones else
                                   AUGMENT_OUTPUT if args.augment else
-                                  IMAGE_SCORE_OUTPUT if args.image_score else
+                                  IMAGE_SCORE_OUTPUT if args.image_score else VISIBLE_OUTPUT if args.visible else
                                   DEFAULT_OUTPUT if args.objects_per_scan == selection.OBJECTS_PER_SCAN else
                                   DEFAULT_OUTPUT.with_name(f"validator_objects{args.objects_per_scan}.json")))
     results = json.loads(output.read_text()) if output.is_file() else {}
@@ -584,7 +626,7 @@ def main(argv=None) -> int:
                                                      args.objects)
                 else:
                     results[f"{dataset}/{seed}"] = study(dataset, Path(args.data_root), seed, args.max_train,
-                                                         args.objects_per_scan)
+                                                         args.objects_per_scan, visible=args.visible)
                 output.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
     if args.windows or args.backbones or args.augment:
         names = (WINDOWS if args.windows else AUGMENTS if args.augment else
