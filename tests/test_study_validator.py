@@ -218,3 +218,20 @@ def test_exposure_spread_is_the_coefficient_of_variation_of_the_scans_ranges(stu
         scan[10:] = span  # half the scan at 0, half at span: its 0.5-99.5 percentile range is span
         Image.fromarray(scan).save(tmp_path / "train" / "good" / f"{index}.png")
     assert study.exposure_spread(tmp_path) == pytest.approx(10 / 20)
+
+
+def test_visible_objects_are_redrawn_off_material_that_already_stops_the_beam(study):
+    # Left two thirds: material that stops the beam (0); right third: a bright, seen region.
+    scan = np.zeros((90, 150), np.uint8)
+    scan[:, 100:] = 200
+    assert study.visible_change(scan, scan, np.ones(scan.shape, bool)) == 0.0
+    shipped = [study.projection.project_object(scan, np.random.default_rng(seed)) for seed in range(40)]
+    visible = [study.project_visible(scan, np.random.default_rng(seed)) for seed in range(40)]
+    unseen = [study.visible_change(scan, p.scan, p.mask) < study.VISIBLE_MIN_CHANGE for p in shipped]
+    assert sum(unseen) >= 10  # many plain draws fall on the dark part and change nothing
+    assert all(study.visible_change(scan, p.scan, p.mask) >= study.VISIBLE_MIN_CHANGE for p in visible)
+    # seeded: the same generator state gives the same object
+    again = study.project_visible(scan, np.random.default_rng(3))
+    assert np.array_equal(again.scan, visible[3].scan) and np.array_equal(again.mask, visible[3].mask)
+    for projected in visible:
+        assert np.array_equal(projected.scan[~projected.mask], scan[~projected.mask])
