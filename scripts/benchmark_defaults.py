@@ -726,7 +726,13 @@ def decision_lines(cache: dict, datasets: list[str]) -> list[str]:
               "-0.001, fish -0.013 (0.920 -> 0.907), screw -0.061 (0.877 -> 0.816; its selection moved from 12 to 16 "
               "px per cell, where the plain distance gives 0.850 on this subsample, so the angle alone costs screw "
               "about 0.03 more). With two sets already past the 0.01 limit, castings was stopped unfinished. "
-              "`--patch-norm l2` stays a flag, off by default."]
+              "`--patch-norm l2` stays a flag, off by default.",
+              "", "The full-set check is a command since 2026-12-07 (night): `python scripts/benchmark_defaults.py "
+              "--full-sets --candidates NAME` runs a candidate on every clean scan and test image into "
+              "`defaults_full.json`, and the verdict column above gives the same rule's verdict there against its "
+              "reference's full-set runs ([defaults_full.md](defaults_full.md)). The shipped defaults' runs, the "
+              "reference of the next check, were run so (`--full-sets --candidates select-scale+auto-score+s0-sel05`) "
+              "and repeat the headline of benchmarks.md to the last digit of every AUROC and threshold."]
     return lines
 
 
