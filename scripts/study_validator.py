@@ -11,6 +11,8 @@
                                                                    # 4x the objects, shipped ones only; ~45 min
     python scripts/study_validator.py --datasets gdxray_castings,gdxray_welds,mvtec_screw --seeds 0,1,2 --visible
                                                     # objects redrawn until visible (docs/validator_visible.json)
+    python scripts/study_validator.py --datasets gdxray_castings --seeds 0 --soft
+                                      # visible objects with soft edges (docs/validator_soft.json)
     python scripts/study_validator.py --render-only                             # the table from the JSON
 
 For each dataset and seed it does what ``select_scale`` does (the seeded split of the clean training scans,
@@ -31,7 +33,10 @@ Results go to ``docs/validator_variants.json``; the table is printed.
 that a draw which changes the scan by less than ``VISIBLE_MIN_CHANGE`` of its range (on average over its mask: an
 object in front of material that already stops the beam, or in open air clipped at the top of the range, is not
 seen by the detector either) is drawn again, up to ``VISIBLE_TRIES`` times. Results in
-``docs/validator_visible.json``.
+``docs/validator_visible.json``. ``--soft`` scores ``soft/pixel`` and ``soft/object`` instead: visible objects whose
+thickness is blurred by a Gaussian of ``SOFT_SIGMA`` of their extent (the real castings defects are diffuse spots
+without edges), cut where it falls under ``SOFT_CUT`` of its peak so that the mask stays exact; in
+``docs/validator_soft.json``.
 
 ``--image-score`` asks the same of the image score where there is no zoom to choose (scans fitted to their own
 size): on the seeded split, one fit with the whole-scan descriptor kept, the synthetic image AUROC of the shipped
@@ -72,6 +77,7 @@ from unittest import mock
 
 import cv2
 import numpy as np
+from scipy.ndimage import gaussian_filter
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
@@ -98,10 +104,14 @@ CNN_WEIGHTS = "tf_efficientnet_lite0.in1k_fp16.safetensors"
 # EfficientNet-Lite0 zooms: 18 and 26 scan px per cell (the defaults study's `effnet-i224-nb3` and `effnet-i160-nb3`,
 # whose real test figures exist), and 8 px (what `--select auto` chose on welds, docs/selection.md).
 CNN_STUDY_ZOOMS = ((512, 224), (512, 160), (256, 256))
-VARIANTS = ("shipped/pixel", "shipped/object", "cracks/pixel", "cracks/object", "visible/pixel", "visible/object")
+VARIANTS = ("shipped/pixel", "shipped/object", "cracks/pixel", "cracks/object", "visible/pixel", "visible/object",
+            "soft/pixel", "soft/object")
 VISIBLE_OUTPUT = REPO_ROOT / "docs" / "validator_visible.json"
 VISIBLE_MIN_CHANGE = 0.01  # mean change over the object's mask, as a share of the scan's 0.5-99.5 percentile range
 VISIBLE_TRIES = 10
+SOFT_OUTPUT = REPO_ROOT / "docs" / "validator_soft.json"
+SOFT_SIGMA = 0.25  # of the object's extent (the square root of its footprint's area)
+SOFT_CUT = 0.1  # share of the blurred thickness's peak below which it is set to 0 (outside the mask)
 
 
 def crack_profile(rng: np.random.Generator, box_h: int, box_w: int) -> np.ndarray:
@@ -155,6 +165,26 @@ def project_visible(scan, rng, settings=None, donor=None):
     changes the scan by less than ``VISIBLE_MIN_CHANGE`` of its range (``visible_change``)."""
     for _ in range(VISIBLE_TRIES):
         projected = projection.project_object(scan, rng, settings, donor=donor)
+        if visible_change(scan, projected.scan, projected.mask) >= VISIBLE_MIN_CHANGE:
+            break
+    return projected
+
+
+def soft_object(projected, scan: np.ndarray):
+    """``projected`` (a ProjectedObject on ``scan``) with its thickness blurred by ``SOFT_SIGMA`` of its extent and
+    cut under ``SOFT_CUT`` of its peak: the same attenuation, projected again; the mask is where it is > 0."""
+    extent = float(np.sqrt(projected.mask.sum()))
+    thickness = gaussian_filter(projected.thickness.astype(np.float64), sigma=max(1.0, SOFT_SIGMA * extent))
+    thickness = np.where(thickness >= SOFT_CUT * thickness.max(), thickness / thickness.max(), 0.0).astype(np.float32)
+    return projection.ProjectedObject(projection.apply_attenuation(scan, thickness, projected.attenuation),
+                                      thickness > 0, thickness, projected.attenuation, projected.shape)
+
+
+def project_soft(scan, rng, settings=None, donor=None):
+    """``soft_object`` of draws of ``projection.project_object``, drawn again (up to ``VISIBLE_TRIES`` draws, the
+    last kept) while the softened object changes the scan by less than ``VISIBLE_MIN_CHANGE`` of its range."""
+    for _ in range(VISIBLE_TRIES):
+        projected = soft_object(projection.project_object(scan, rng, settings, donor=donor), scan)
         if visible_change(scan, projected.scan, projected.mask) >= VISIBLE_MIN_CHANGE:
             break
     return projected
@@ -293,17 +323,18 @@ def evenly_spaced(items: list, n: int) -> list:
 
 
 def study(dataset: str, data_root: Path, seed: int, max_train: int,
-          objects_per_scan: int = selection.OBJECTS_PER_SCAN, visible: bool = False) -> dict:
+          objects_per_scan: int = selection.OBJECTS_PER_SCAN, visible: bool = False, soft: bool = False) -> dict:
     """Every zoom's four scores on the seeded split (``VARIANTS``); with another ``objects_per_scan`` than the
     selection's, the shipped objects alone (``shipped/pixel``, ``shipped/object``), that many per validation scan;
-    with ``visible``, the shipped objects and the same redrawn until visible (``visible/...``, ``project_visible``)."""
+    with ``visible``, the shipped objects and the same redrawn until visible (``visible/...``, ``project_visible``);
+    with ``soft``, the shipped objects and visible soft ones (``soft/...``, ``project_soft``)."""
     items = evenly_spaced(sorted((data_root / dataset / "train" / "good").iterdir()), max_train)
     base = DetectorConfig(seed=seed)
     train, clean = selection._validation_scans(items, seed, None)
     settings = projection.ProjectionSettings()
     synthetic = {"shipped": selection.synthetic_validation_set(clean, train, seed, settings, objects_per_scan)}
-    other = {"visible": project_visible} if visible else {"cracks": project_with_cracks} \
-        if objects_per_scan == selection.OBJECTS_PER_SCAN else {}
+    other = ({"visible": project_visible} if visible else {"soft": project_soft} if soft else
+             {"cracks": project_with_cracks} if objects_per_scan == selection.OBJECTS_PER_SCAN else {})
     for name, projector in other.items():
         shipped_projection = selection.project_object
         selection.project_object = projector
@@ -582,6 +613,9 @@ def main(argv=None) -> int:
     parser.add_argument("--visible", action="store_true",
                         help="score the shipped objects and the same redrawn until the detector would see them "
                              "(project_visible), into docs/validator_visible.json")
+    parser.add_argument("--soft", action="store_true",
+                        help="score the shipped objects and visible ones with soft edges (project_soft), into "
+                             "docs/validator_soft.json")
     parser.add_argument("--render-only", action="store_true")
     args = parser.parse_args(argv)
     if args.exposure:
@@ -600,6 +634,7 @@ def main(argv=None) -> int:
     output = Path(args.output or (WINDOW_OUTPUT if args.windows else BACKBONE_OUTPUT if args.backbones else
                                   AUGMENT_OUTPUT if args.augment else
                                   IMAGE_SCORE_OUTPUT if args.image_score else VISIBLE_OUTPUT if args.visible else
+                                  SOFT_OUTPUT if args.soft else
                                   DEFAULT_OUTPUT if args.objects_per_scan == selection.OBJECTS_PER_SCAN else
                                   DEFAULT_OUTPUT.with_name(f"validator_objects{args.objects_per_scan}.json")))
     results = json.loads(output.read_text()) if output.is_file() else {}
@@ -626,7 +661,7 @@ def main(argv=None) -> int:
                                                      args.objects)
                 else:
                     results[f"{dataset}/{seed}"] = study(dataset, Path(args.data_root), seed, args.max_train,
-                                                         args.objects_per_scan, visible=args.visible)
+                                                         args.objects_per_scan, visible=args.visible, soft=args.soft)
                 output.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
     if args.windows or args.backbones or args.augment:
         names = (WINDOWS if args.windows else AUGMENTS if args.augment else

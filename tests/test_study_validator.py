@@ -235,3 +235,16 @@ def test_visible_objects_are_redrawn_off_material_that_already_stops_the_beam(st
     assert np.array_equal(again.scan, visible[3].scan) and np.array_equal(again.mask, visible[3].mask)
     for projected in visible:
         assert np.array_equal(projected.scan[~projected.mask], scan[~projected.mask])
+
+
+def test_soft_objects_have_no_edge_keep_the_scan_outside_their_mask_and_are_seeded(study):
+    scan = np.random.default_rng(1).integers(120, 180, (96, 128), dtype=np.uint8)
+    for seed in range(10):
+        soft = study.project_soft(scan, np.random.default_rng(seed))
+        assert soft.scan.dtype == np.uint8 and soft.mask.any()
+        assert np.array_equal(soft.scan[~soft.mask], scan[~soft.mask])
+        # the thickness rises from the cut (a tenth of the peak) at the mask's rim to 1 inside: no plateau edge
+        rim = soft.mask & ~np.pad(soft.mask, 1)[2:, 1:-1]
+        assert soft.thickness.max() == pytest.approx(1.0) and soft.thickness[rim].max() < 0.5
+        again = study.project_soft(scan, np.random.default_rng(seed))
+        assert np.array_equal(again.scan, soft.scan)
