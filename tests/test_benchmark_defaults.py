@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from tests.conftest import load_script
@@ -99,7 +102,7 @@ def test_image_score_section_sets_the_synthetic_choice_beside_the_real_runs(scri
     study = {"a/0/0.03-0.15": {"patch_top_mean": 0.82, "global": 0.60, "object_sizes": [0.03, 0.15],
                                "tile_size": 32, "input_size": 224, "n_validation": 16, "n_objects": 32}}
     path = tmp_path / "validator_image_score.json"
-    path.write_text(__import__("json").dumps(study))
+    path.write_text(json.dumps(study))
     cache = _cache({"select-scale/a": (0.824, None), "select-scale+global/a": (0.902, None)})
     page = "\n".join(script.validator_image_score_lines(cache, path))
     assert "\n| a | 0 | shipped: 0.03–0.15 | t32-i224 | 16 / 32 | **0.820** | 0.600 |" in page
@@ -190,3 +193,24 @@ def test_the_full_set_check_is_judged_by_the_same_rule_and_shown_beside_the_subs
     assert "| accepted |" in script.render(cache, ["a", "b"], 160, 40, full_cache=held)
     full_page = script.render(failed, ["a", "b"], None, None, source="defaults_full.json", notes=False)
     assert "full-set checks (`--full-sets`" in full_page and "Every dataset is subsampled" not in full_page
+
+
+def test_visibility_section_correlates_each_seed_with_the_real_castings_runs(script, tmp_path):
+    zooms = ["t512-i448 (16 px/cell)", "t512-i322 (22 px/cell)", "t768-i336 (32 px/cell)", "t384-i448 (12 px/cell)"]
+    real = {"current": 0.92, "i322": 0.95, "t768-i336": 0.90, "t384": 0.91}
+    cache = _cache({f"{name}/gdxray_castings": (value, None) for name, value in real.items()})
+    # shipped objects rank the zooms as the real runs do; the new objects in reverse
+    shipped = {z: v for z, v in zip(zooms, (0.76, 0.78, 0.70, 0.74))}
+    reverse = {z: v for z, v in zip(zooms, (0.80, 0.70, 0.90, 0.85))}
+
+    def write(name: str, objects: str) -> Path:
+        rows = {z: {"shipped/pixel": shipped[z], "shipped/object": shipped[z], f"{objects}/pixel": reverse[z],
+                    f"{objects}/object": reverse[z]} for z in zooms}
+        path = tmp_path / name
+        path.write_text(json.dumps({"gdxray_castings/0": rows}))
+        return path
+
+    page = "\n".join(script.validator_visibility_lines(cache, write("v.json", "visible"), write("s.json", "soft")))
+    assert "| visible | 0 | +1.00 | -1.00 |" in page and "| soft | 0 | +1.00 | -1.00 |" in page
+    assert "16 px 0.920, 22 px 0.950, 32 px 0.900, 12 px 0.910" in page
+    assert script.validator_visibility_lines(cache, tmp_path / "missing.json", tmp_path / "s.json") == []
