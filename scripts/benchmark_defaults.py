@@ -379,10 +379,8 @@ def full_set_check(name: str, full_cache: dict | None, datasets: list[str]) -> s
     kind, mean, worst = verdict(full_cache, name, datasets)
     if kind in ("reference", "incomplete"):
         return ""
-    if mean is None:
-        return f"; {'held' if kind.startswith('accepted') else 'failed'} on the full sets (worst {worst:+.3f})"
-    return (f"; {'held' if kind.startswith('accepted') else 'failed'} on the full sets "
-            f"(mean {mean:+.4f}, worst {worst:+.3f})")
+    figures = f"worst {worst:+.3f}" if mean is None else f"mean {mean:+.4f}, worst {worst:+.3f}"
+    return f"; {'held' if kind.startswith('accepted') else 'failed'} on the full sets ({figures})"
 
 
 def render(cache: dict, datasets: list[str], max_train, max_per_class, source: str = "defaults.json",
@@ -887,9 +885,9 @@ def validator_visibility_lines(cache: dict, visible: Path = REPO_ROOT / "docs" /
                     f"{spearmanr([zooms[n][f'{v}/pixel'] for n in names], truth).statistic:+.2f}"
                     for v in ("shipped", objects)]
             rows.append(f"| {objects} | {key.rsplit('/', 1)[1]} | {rhos[0]} | {rhos[1]} |")
-    shown = ", ".join(f"{_zoom(n)[0] * 14 // _zoom(n)[1]} px "
-                      + ("not run" if real.get(_zoom(n)) is None else f"{real[_zoom(n)]:.3f}")
-                      for n in study_validator.trial_order(runs["soft"]["gdxray_castings/0"]))
+    shown = ", ".join(f"{name.split('(')[1].removesuffix('/cell)')} "
+                      + ("not run" if real.get(_zoom(name)) is None else f"{real[_zoom(name)]:.3f}")
+                      for name in study_validator.trial_order(runs["soft"]["gdxray_castings/0"]))
     return ["", "## Visible and soft synthetic objects on the castings frames (`scripts/study_validator.py --visible`, "
             "`--soft`)", "",
             "On the castings frames 28 % of the shipped objects change the scan by less than 1 % of its range on "

@@ -160,11 +160,12 @@ def visible_change(scan: np.ndarray, projected: np.ndarray, mask: np.ndarray) ->
     return float(change[mask].mean() / max(float(high - low), 1e-9)) if mask.any() else 0.0
 
 
-def project_visible(scan, rng, settings=None, donor=None):
-    """``projection.project_object``, drawn again (up to ``VISIBLE_TRIES`` draws, the last kept) while the object
-    changes the scan by less than ``VISIBLE_MIN_CHANGE`` of its range (``visible_change``)."""
+def project_visible(scan, rng, settings=None, donor=None, shape=lambda projected, scan: projected):
+    """``shape`` (default: as drawn) of ``projection.project_object``, drawn again (up to ``VISIBLE_TRIES`` draws,
+    the last kept) while the object changes the scan by less than ``VISIBLE_MIN_CHANGE`` of its range
+    (``visible_change``)."""
     for _ in range(VISIBLE_TRIES):
-        projected = projection.project_object(scan, rng, settings, donor=donor)
+        projected = shape(projection.project_object(scan, rng, settings, donor=donor), scan)
         if visible_change(scan, projected.scan, projected.mask) >= VISIBLE_MIN_CHANGE:
             break
     return projected
@@ -181,13 +182,8 @@ def soft_object(projected, scan: np.ndarray):
 
 
 def project_soft(scan, rng, settings=None, donor=None):
-    """``soft_object`` of draws of ``projection.project_object``, drawn again (up to ``VISIBLE_TRIES`` draws, the
-    last kept) while the softened object changes the scan by less than ``VISIBLE_MIN_CHANGE`` of its range."""
-    for _ in range(VISIBLE_TRIES):
-        projected = soft_object(projection.project_object(scan, rng, settings, donor=donor), scan)
-        if visible_change(scan, projected.scan, projected.mask) >= VISIBLE_MIN_CHANGE:
-            break
-    return projected
+    """``project_visible`` of ``soft_object``s: the softened object must be the visible one."""
+    return project_visible(scan, rng, settings, donor, shape=soft_object)
 
 
 def texture_object(scan: np.ndarray, rng: np.random.Generator, settings: projection.ProjectionSettings):
@@ -610,12 +606,13 @@ def main(argv=None) -> int:
                         help="synthetic copies of each validation scan, one object each (default: the selection's "
                              f"{selection.OBJECTS_PER_SCAN}); another count scores the shipped objects alone, into "
                              "docs/validator_objects<N>.json")
-    parser.add_argument("--visible", action="store_true",
-                        help="score the shipped objects and the same redrawn until the detector would see them "
-                             "(project_visible), into docs/validator_visible.json")
-    parser.add_argument("--soft", action="store_true",
-                        help="score the shipped objects and visible ones with soft edges (project_soft), into "
-                             "docs/validator_soft.json")
+    redrawn = parser.add_mutually_exclusive_group()
+    redrawn.add_argument("--visible", action="store_true",
+                         help="score the shipped objects and the same redrawn until the detector would see them "
+                              "(project_visible), into docs/validator_visible.json")
+    redrawn.add_argument("--soft", action="store_true",
+                         help="score the shipped objects and visible ones with soft edges (project_soft), into "
+                              "docs/validator_soft.json")
     parser.add_argument("--render-only", action="store_true")
     args = parser.parse_args(argv)
     if args.exposure:
