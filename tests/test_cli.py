@@ -688,3 +688,20 @@ def test_fit_and_detect_with_a_whitened_pca(demo_data, tmp_path):
     entry = json.loads(report.read_text())["images"][0]
     assert entry["score"] == pytest.approx(whitened.score(scan).score, rel=1e-6)
     assert entry["score"] != pytest.approx(reference.score(scan).score, rel=1e-3)
+
+
+def test_a_detect_that_fails_after_decoding_began_leaves_no_decoder_thread(demo_data, tmp_path, capsys):
+    """The scans' decoder threads are shut down when detect returns, not whenever the garbage collector
+    finalises their generator: finalised inside another thread's start-up, it deadlocked the test suite once."""
+    import gc
+    import threading
+
+    gc.disable()  # only an explicit close may end the decoders here
+    try:
+        code = main(["detect", "--input", str(demo_data / "test" / "good"), "--output", str(tmp_path / "out"),
+                     "--model", str(tmp_path / "no_such_model")])
+        alive = [t.name for t in threading.enumerate() if t.name.startswith("rtg-prefetch")]
+    finally:
+        gc.enable()
+    assert code != 0 and "no_such_model" in capsys.readouterr().err
+    assert alive == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import itertools
 import json
 import math
@@ -113,13 +114,14 @@ def run(args: argparse.Namespace) -> int:
     for path in (p for p in outputs if p is not None):
         if checks.same_path(path.parent, model_dir):  # even a new file there makes it "not a bundle" (bundle.py)
             raise InputError(f"cannot write {path}: it is inside the model bundle {model_dir}")
-    with options.engine_session(args) as ray:
-        return _detect_jobs(args, plan, model_dir, ray)
+    with options.engine_session(args) as ray, contextlib.ExitStack() as cleanup:
+        return _detect_jobs(args, plan, model_dir, ray, cleanup)
 
 
-def _detect_jobs(args: argparse.Namespace, plan: tuple, model_dir, ray) -> int:
+def _detect_jobs(args: argparse.Namespace, plan: tuple, model_dir, ray, cleanup: contextlib.ExitStack) -> int:
     """Score the planned scans, in this process (``ray`` None) or on Ray actors, and write the report,
-    CSV and page; the per-scan work and the bookkeeping are the same code either way."""
+    CSV and page; the per-scan work and the bookkeeping are the same code either way. ``cleanup`` closes the
+    scans' decoder when the caller's block ends, however it ends."""
     from tqdm import tqdm
 
     from ..outputs.triage import triage_row, write_triage_csv
@@ -131,7 +133,9 @@ def _detect_jobs(args: argparse.Namespace, plan: tuple, model_dir, ray) -> int:
 
         # The first scans decode in background threads while the model loads (a 16-bit PNG vehicle scan
         # takes a few tenths of a second); a decoding error surfaces only when that scan's turn comes.
-        decoding = prefetch(load_image, [job[0] for job in jobs])
+        # Closed here, not by the garbage collector: finalised inside another thread's start-up, the decoder's
+        # shutdown deadlocked on threading's own lock.
+        decoding = cleanup.enter_context(contextlib.closing(prefetch(load_image, [job[0] for job in jobs])))
         scans = itertools.chain([next(decoding)], decoding)
         detector = Detector.load(model_dir, device=args.device, runtime=args.runtime)
         if args.roi is not None:
