@@ -459,7 +459,9 @@ def render_markdown(cache: dict) -> str:
              "correlations: [selection.md](selection.md). Region-of-interest masking (`--roi auto`) against none, on every "
              "dataset without per-dataset flags: [roi.md](roi.md). The default image score (`auto`: top patches, "
              "or top patches and the whole scan joined where scans are fitted into one tile) against every other "
-             "way of joining them: [score_fusion.md](score_fusion.md).", ""]
+             "way of joining them: [score_fusion.md](score_fusion.md). Welds split by source radiograph (where "
+             "its pixel-level gap sits), with the changes tried against it: [welds_radiographs.md]"
+             "(welds_radiographs.md).", ""]
     lines += _headline_markdown(sections.get("headline"), bench)
     lines += _methods_markdown(sections.get("methods"))
     lines += _roi_markdown(REPO_ROOT / "docs" / "roi.md")
