@@ -60,6 +60,16 @@ def test_resized_to_side_scales_the_shorter_side(study):
     assert study.resized_to_side(image, 30) is image
 
 
+def test_exposure_copy_scales_contrast_about_the_mean_and_shifts_brightness_within_the_dtype(study):
+    image = np.array([[100, 200], [100, 200]], np.uint8)
+    np.testing.assert_array_equal(study.exposure_copy(image, 0.8, 0.0), [[110, 190], [110, 190]])
+    np.testing.assert_array_equal(study.exposure_copy(image, 1.0, 0.1), [[126, 226], [126, 226]])
+    np.testing.assert_array_equal(study.exposure_copy(image, 1.25, 0.1), [[113, 238], [113, 238]])
+    deep = np.array([[0, 65535]], np.uint16)
+    copy = study.exposure_copy(deep, 1.0, -0.1)
+    assert copy.dtype == np.uint16 and copy.tolist() == [[0, 58982]]
+
+
 def test_bank_spacing_is_the_mean_distance_to_the_nearest_other_rows(study):
     bank = np.array([[0.0], [1.0], [3.0], [7.0]], np.float32)
     np.testing.assert_allclose(study.bank_spacing(bank, neighbours=1), [1.0, 1.0, 2.0, 4.0])
@@ -87,7 +97,7 @@ def test_each_variant_splits_the_figures_by_radiograph_and_the_page_shows_them(s
     write_welds_like(tmp_path)
     base = tiny_config()
     rows = {variant: study.study_variant(variant, tmp_path, base)
-            for variant in ("shipped", "common side", "half-cell shifts", "density kNN")}
+            for variant in ("shipped", "common side", "half-cell shifts", "density kNN", "exposure copies")}
     shipped = rows["shipped"]
     assert shipped["trained_on"] == ["A", "B"] and shipped["side"] == 64
     assert set(shipped["radiographs"]) == {"A", "C"} and shipped["radiographs"]["C"]["size"] == 48
