@@ -115,6 +115,8 @@ def test_each_variant_splits_the_figures_by_radiograph_and_the_page_shows_them(s
     assert "| density kNN | 1.000 |" in page and page.rstrip().endswith("Read: C is new.")
 
 
-def test_unknown_variants_are_refused(study, tmp_path):
-    with pytest.raises(SystemExit):
+def test_unknown_variants_are_refused_before_any_work(study, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
         study.main(["--variants", "shipped,wider", "--output", str(tmp_path / "x.json")])
+    assert stop.value.code == 2 and "unknown variant(s): wider" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
