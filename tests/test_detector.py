@@ -8,6 +8,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from PIL import Image
 import torch
 
 from rtg_anomaly import Detector, NotFittedError
@@ -527,6 +528,31 @@ def test_calibrating_or_fitting_on_other_kinds_warns(tiny_bundle, demo_data):
     assert mixed.fit_info_["scan_kinds"] == {"uint16 grey": 2, "uint8 grey": len(clean) - 2}
     assert any(w.endswith(f"{len(clean) - 2} uint8 grey, 2 uint16 grey; fit one model per kind")
                for w in mixed.calibration_.warnings)
+
+
+def test_a_multi_page_file_is_scored_from_its_first_page_with_a_warning(tiny_detector, tmp_path):
+    first, _ = make_vehicle_scan(seed=5, height=96, length=300)
+    second, _ = make_vehicle_scan(seed=6, height=96, length=300)
+    Image.fromarray(first).save(tmp_path / "pair.tif", save_all=True, append_images=[Image.fromarray(second)])
+    warning = "the file holds 2 images (pages); only the first was scored"
+    from_path = tiny_detector.score(tmp_path / "pair.tif")
+    from_array = tiny_detector.score(first, source=tmp_path / "pair.tif")  # how detect passes a decoded scan
+    plain = tiny_detector.score(first)
+    assert warning in from_path.warnings and warning in from_array.warnings
+    assert not any("pages" in w for w in plain.warnings)
+    assert from_path.score == from_array.score == plain.score
+
+
+def test_a_fit_on_multi_page_files_warns_that_only_first_pages_were_learned(demo_data, tmp_path):
+    clean = sorted((demo_data / "train" / "good").iterdir())
+    pages = [np.asarray(Image.open(path)) for path in clean[:2]]
+    Image.fromarray(pages[0]).save(tmp_path / "pair.tif", save_all=True, append_images=[Image.fromarray(pages[1])])
+    detector = Detector(tiny_config(), device="cpu").fit([tmp_path / "pair.tif", *clean[1:]])
+    assert ("1 clean scan file(s) hold several images (pages): only the first page of each was learned"
+            in detector.calibration_.warnings)
+    reference = Detector(tiny_config(), device="cpu").fit([pages[0], *clean[1:]])
+    assert not any("pages" in w for w in reference.calibration_.warnings)
+    np.testing.assert_array_equal(detector.method_.memory_bank_, reference.method_.memory_bank_)
 
 
 def test_library_overlay_is_the_operator_display_detect_draws(tiny_detector):

@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from rtg_anomaly.errors import InputError
-from rtg_anomaly.scans.io import ImageReadError, check_output_path, list_images, load_image, save_array, save_image
+from rtg_anomaly.scans.io import (ImageReadError, check_output_path, list_images, load_image, page_count, save_array,
+                                  save_image)
 
 
 def _grey8(shape=(23, 37), seed=0):
@@ -116,6 +117,15 @@ def test_multi_page_tiff_reads_its_first_page(tmp_path):
     Image.fromarray(first).save(tmp_path / "pair.tif", save_all=True, append_images=[Image.fromarray(second)])
     assert Image.open(tmp_path / "pair.tif").n_frames == 2
     assert np.array_equal(load_image(tmp_path / "pair.tif"), first)
+    assert page_count(tmp_path / "pair.tif") == 2
+
+
+def test_page_count_is_one_for_single_images_and_unreadable_headers(tmp_path):
+    Image.fromarray(_grey16(seed=1)).save(tmp_path / "one.tif")
+    Image.fromarray(np.zeros((4, 5), np.uint8)).save(tmp_path / "one.png")
+    (tmp_path / "text.tif").write_text("not an image")
+    for name in ("one.tif", "one.png", "text.tif", "missing.tif"):
+        assert page_count(tmp_path / name) == 1, name
 
 
 def test_load_float_tiff(tmp_path):

@@ -32,7 +32,7 @@ from ..outputs.display_torch import render_display_torch
 from ..outputs.overlay import percentile_mask, percentile_mask_torch, render_overlay, render_overlay_torch
 from ..scans.augment import augmented_views
 from ..scans.intensity import apply_window, apply_window_torch, to_device_float, window_limits
-from ..scans.io import load_image
+from ..scans.io import load_image, page_count
 from ..scans.roi import PATCH_INSIDE_FRACTION, auto_roi, fixed_roi, patch_inside_fraction
 from ..scans.scan_kinds import kind_mismatch, scan_kind
 from ..scans.tiling import extract_tiles, pad_to_tile, tile_grid
@@ -91,6 +91,7 @@ class Detector(CleanFitting):
         self.roi_mask: np.ndarray | None = None  # bool (H, W): the fixed ROI when config.roi == "file"
         self.graph_: StoredGraph | None = None  # the bundle's exported backbone graph (graph_export.py)
         self._image_score_choice: dict | None = None  # set by _resolve_image_score, recorded by _conclude_fit
+        self._multi_page_scans = 0  # set by _count_multi_page, warned of by _conclude_fit
 
     # ------------------------------------------------------------------ backbone
     @property
@@ -431,6 +432,10 @@ class Detector(CleanFitting):
         mismatch = self._kind_mismatch(scan_kind(image))
         anomalous = bool(score > calibration.image_threshold)
         warnings = [mismatch] if mismatch else []
+        origin = item if source is None else source
+        pages = page_count(origin) if isinstance(origin, (str, os.PathLike)) else 1
+        if pages > 1:
+            warnings.append(f"the file holds {pages} images (pages); only the first was scored")
         if anomalous and evidence == "whole scan":
             warnings.append("flagged as a whole (its feature statistics), not by one spot: the heatmap may show "
                             "no region above the pixel threshold")

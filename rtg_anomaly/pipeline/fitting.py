@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import os
 import time
 from typing import TYPE_CHECKING, Callable, NamedTuple, Sequence
 
@@ -27,6 +28,7 @@ from ..methods.descriptor import scan_descriptor
 from ..methods.memory_bank import random_rows
 from ..scans.augment import augmented_views
 from ..scans.intensity import clean_window
+from ..scans.io import page_count
 from ..scans.scan_kinds import mixed_kinds, scan_kind
 from .calibration import DEFAULT_FALSE_ALARM_RATE, ThresholdRule, calibrate, check_false_alarm_rate
 from .results import RawScores
@@ -91,6 +93,7 @@ class CleanFitting:
         if not images:
             raise InputError("no clean images to fit on")
         scale = self._fit_scale(images)
+        self._count_multi_page(images)
         self._resolve_image_score(scale, len(images))
         config = self.config
         self.clean_window_ = self._fit_clean_window(images)
@@ -250,6 +253,9 @@ class CleanFitting:
         mixed = mixed_kinds(kinds, config.intensity_window)
         if mixed:
             calibration.warnings.append(mixed)
+        if self._multi_page_scans:
+            calibration.warnings.append(f"{self._multi_page_scans} clean scan file(s) hold several images (pages): "
+                                        "only the first page of each was learned")
         self.calibration_ = calibration
         mode = ("leave_one_out" if leave_one_out else "holdout") if n_calibration else "training"
         # Held out scans are learned after calibration, left-out ones before: both count once in n_train_scans.
@@ -270,6 +276,12 @@ class CleanFitting:
         fused = np.array([self.global_.fused(patch, distance)
                           for patch, distance in zip(stats.map_scores, stats.image_scores)])
         return stats._replace(image_scores=fused)
+
+    def _count_multi_page(self, images: Sequence) -> None:
+        """Count the clean scans given as files that hold several images (``page_count``): the fit learns only
+        their first page, and its calibration warns of it (``_conclude_fit``). Headers only, nothing decoded."""
+        self._multi_page_scans = sum(1 for item in images
+                                     if isinstance(item, (str, os.PathLike)) and page_count(item) > 1)
 
     def _fit_clean_window(self, images: Sequence) -> tuple[float, float] | None:
         """With ``intensity_window="clean"``, the clean window (``intensity.clean_window``) of up to

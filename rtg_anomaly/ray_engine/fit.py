@@ -191,6 +191,7 @@ def fit_on_ray(ray, detector, images, workers: int | None = None, gpus_per_worke
     if not images:
         raise InputError("no clean images to fit on")
     scale = detector._fit_scale(images)  # before the workers start: they build the backbone from the config
+    detector._count_multi_page(images)
     detector._resolve_image_score(scale, len(images))
     config = detector.config
     detector.clean_window_ = detector._fit_clean_window(images)  # and window every scan by it

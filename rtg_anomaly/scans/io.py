@@ -58,7 +58,8 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.nda
     Returns an array of shape (H, W) for grey or (H, W, 3) for colour, in the
     file's own dtype: uint8, uint16 (16-bit grey or 16 bits a channel colour PNG/TIFF,
     16-bit grey BMP, see ``bmp16``) or float32 (float or signed integer TIFF).
-    Alpha channels are dropped; palette images become RGB.
+    Alpha channels are dropped; palette images become RGB. Of a file holding several images (a multi-page
+    TIFF) only the first is read; ``page_count`` tells how many there are.
 
     max_pixels: a file whose header declares more pixels is refused before its pixels are decoded
     (default ``MAX_PIXELS``: ``$RTG_ANOMALY_MAX_PIXELS`` or 1 Gpx), so a decompression bomb (a small
@@ -93,6 +94,19 @@ def image_shape(path: str | os.PathLike) -> tuple[int, int] | None:
                 return img.height, img.width
     except Exception:  # any unreadable header: the caller goes on without the size
         return None
+
+
+def page_count(path: str | os.PathLike) -> int:
+    """How many images (pages, frames) a file holds, from its headers alone: more than 1 for a multi-page TIFF
+    (a stack, or a dual-energy scan's two images), of which ``load_image`` reads only the first; 1 when the
+    file holds one image or its headers cannot be read (the full read reports why)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with quiet_codecs(), Image.open(path) as img:
+                return max(1, int(getattr(img, "n_frames", 1)))
+    except Exception:  # any unreadable header: one image, as far as this count can tell
+        return 1
 
 
 def _decode(path: Path, max_pixels: int) -> np.ndarray:
