@@ -7,7 +7,7 @@ import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -16,6 +16,8 @@ from ..atomic import output_problem, replacing
 from ..errors import InputError
 from .bmp16 import read_grey16_bmp
 from .codec_noise import quiet_codecs
+
+_T = TypeVar("_T")
 
 IMAGE_SUFFIXES = (".bmp", ".png", ".tif", ".tiff", ".jpg", ".jpeg")
 DEFAULT_MAX_PIXELS = 1_000_000_000
@@ -87,26 +89,26 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.nda
 def image_shape(path: str | os.PathLike) -> tuple[int, int] | None:
     """(height, width) of an image file from its header alone (nothing decoded); None when the header
     cannot be read (the full read reports why, later)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a bomb's header is refused by the real read, not warned about here
-            with quiet_codecs(), Image.open(path) as img:
-                return img.height, img.width
-    except Exception:  # any unreadable header: the caller goes on without the size
-        return None
+    return _from_header(path, lambda img: (img.height, img.width), None)
 
 
 def page_count(path: str | os.PathLike) -> int:
     """How many images (pages, frames) a file holds, from its headers alone: more than 1 for a multi-page TIFF
     (a stack, or a dual-energy scan's two images), of which ``load_image`` reads only the first; 1 when the
     file holds one image or its headers cannot be read (the full read reports why)."""
+    return _from_header(path, lambda img: max(1, int(getattr(img, "n_frames", 1))), 1)
+
+
+def _from_header(path: str | os.PathLike, read: Callable[[Image.Image], _T], unreadable: _T) -> _T:
+    """``read`` of the file as Pillow opens it (headers only, no pixels decoded), or ``unreadable`` when it cannot
+    be opened or read: the caller goes on without the figure, and the full read reports why."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            warnings.simplefilter("ignore")  # a bomb's header is refused by the real read, not warned about here
             with quiet_codecs(), Image.open(path) as img:
-                return max(1, int(getattr(img, "n_frames", 1)))
-    except Exception:  # any unreadable header: one image, as far as this count can tell
-        return 1
+                return read(img)
+    except Exception:  # any unreadable header
+        return unreadable
 
 
 def _decode(path: Path, max_pixels: int) -> np.ndarray:
