@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from rtg_anomaly.bundle import load_bundle
 from rtg_anomaly.cli import main
@@ -131,14 +132,17 @@ def test_an_interrupted_ray_run_keeps_the_report_of_what_finished(local_ray, dem
 @pytest.mark.parametrize("calibration, window", [("holdout", "auto"), ("leave-one-out", "auto"), ("holdout", "clean")])
 def test_fit_on_ray_writes_the_in_process_bundle_byte_for_byte(local_ray, demo_data, tmp_path, monkeypatch,
                                                                calibration, window):
-    """With an unreadable clean scan (the scans after it get their places in the fit again), augmentation and a
-    worker that dies during the fit; with the clean intensity window, the workers window by the driver's."""
+    """With an unreadable clean scan (the scans after it get their places in the fit again), a two-page TIFF (its
+    first page learned, the calibration warning of it), augmentation and a worker that dies during the fit; with the
+    clean intensity window, the workers window by the driver's."""
     clean = tmp_path / "clean"
     clean.mkdir()
     for index, scan in enumerate(sorted((demo_data / "train" / "good").iterdir()) +
                                  sorted((demo_data / "test" / "good").iterdir())):
         shutil.copy(scan, clean / f"{index:02d}.bmp")
     (clean / "01b.bmp").write_bytes(b"truncated")
+    pages = [Image.open(clean / name) for name in ("00.bmp", "01.bmp")]
+    pages[0].save(clean / "02b.tif", save_all=True, append_images=pages[1:])
     flags = [*TINY_CLI_FLAGS, "--augment", "hflip", "--device", "cpu", "--clean-dir", str(clean),
              "--calibration", calibration, "--intensity-window", window]
     assert main(["fit", "--model", str(tmp_path / "inprocess"), *flags]) == 0
@@ -155,6 +159,8 @@ def test_fit_on_ray_writes_the_in_process_bundle_byte_for_byte(local_ray, demo_d
     fit_info = manifest["fit"]
     assert fit_info["calibration"] == calibration.replace("-", "_") and fit_info["n_calibration_scans"] >= 1
     assert ("clean_window" in manifest) == (window == "clean")
+    assert ("1 clean scan file(s) hold several images (pages): only the first page of each was learned"
+            in manifest["calibration"]["warnings"])
 
 
 @pytest.mark.ray

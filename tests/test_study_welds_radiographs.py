@@ -20,7 +20,7 @@ def study():
 
 
 def _tile(rng, side: int, defect: bool) -> tuple[np.ndarray, np.ndarray]:
-    yy, xx = np.mgrid[:side, :side]
+    xx = np.mgrid[:side, :side][1]
     image = 120 + 40 * np.sin(xx / 3.0 + rng.uniform(0, 6)) + rng.normal(0, 6, (side, side))
     mask = np.zeros((side, side), bool)
     if defect:
